@@ -1,0 +1,523 @@
+//! The agent's state machine: at most one backup at a time, moving through
+//! `prepared` (lock held) → `committed` (lock released, snapshots open) →
+//! `transferring` → idle.
+//!
+//! The lock is never left to the caller's good behaviour: a watcher task per
+//! prepare releases it when the lease runs out or when the Prepare stream's
+//! caller goes away, whichever comes first, and a committed backup whose
+//! transfer never starts drops its snapshots after `snapshot_ttl`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::cut::{
+    self, Budgets, CommittedCut, Position, PrepareOptions, PrepareTimings, PreparedCut, unix_micros,
+};
+use crate::dump::{self, DumpOptions, DumpResult, Origin};
+use crate::error::{Error, Result};
+use crate::flavour::{LockMethod, ServerInfo};
+use crate::format::manifest::LockRecord;
+use crate::mysql::Server;
+use crate::progress::Progress;
+
+/// Why and when a lock was released.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Released {
+    pub backup_id: String,
+    /// "commit", "abort", "lease-expired", "caller-gone", "shutdown".
+    pub reason: String,
+    pub held_us: u64,
+    pub released_at_unix_us: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The name of this agent's server in the catalog and in backup paths.
+    pub name: String,
+    pub server: Server,
+    /// Root of the disk sink: backups go to `<sink_dir>/<backup id>/<name>/`.
+    pub sink_dir: PathBuf,
+    pub lock_method: LockMethod,
+    /// Budgets used when a request leaves them at zero.
+    pub budgets: Budgets,
+    /// Upper bound on any requested lease.
+    pub max_lease: Duration,
+    /// How long snapshots stay open after commit if no transfer starts.
+    pub snapshot_ttl: Duration,
+    pub snapshot_connections: usize,
+    pub dump: DumpOptions,
+}
+
+/// What a successful prepare reports.
+#[derive(Debug, Clone)]
+pub struct PreparedInfo {
+    pub backup_id: String,
+    pub position: Position,
+    pub info: ServerInfo,
+    pub method: LockMethod,
+    pub timings: PrepareTimings,
+}
+
+/// What a commit reports.
+#[derive(Debug, Clone)]
+pub struct CommitInfo {
+    pub released: Released,
+    pub snapshot_positions: Vec<Position>,
+}
+
+#[derive(Debug)]
+enum Stage {
+    Prepared(PreparedCut),
+    Committed(CommittedCut),
+    Transferring,
+}
+
+#[derive(Debug)]
+struct Session {
+    backup_id: String,
+    stage: Stage,
+    started_at: String,
+    /// Tells the watcher the lock was released by commit/abort.
+    notify: Option<oneshot::Sender<Released>>,
+    lock_record: LockRecord,
+}
+
+/// Snapshot of the agent's state for `Status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentStatus {
+    pub state: &'static str,
+    pub backup_id: Option<String>,
+    pub lock_held_for_us: Option<u64>,
+    pub last_release: Option<Released>,
+    pub server: Option<ServerInfo>,
+}
+
+#[derive(Debug)]
+pub struct Agent {
+    cfg: AgentConfig,
+    session: Mutex<Option<Session>>,
+    last_release: std::sync::Mutex<Option<Released>>,
+    info: std::sync::Mutex<Option<ServerInfo>>,
+    shutdown: CancellationToken,
+}
+
+/// Parameters of one prepare request.
+#[derive(Debug, Clone)]
+pub struct PrepareRequest {
+    pub backup_id: String,
+    pub lease: Duration,
+    pub budgets: Budgets,
+    pub snapshot_connections: usize,
+}
+
+impl Agent {
+    pub fn new(cfg: AgentConfig, shutdown: CancellationToken) -> Arc<Agent> {
+        Arc::new(Agent {
+            cfg,
+            session: Mutex::new(None),
+            last_release: std::sync::Mutex::new(None),
+            info: std::sync::Mutex::new(None),
+            shutdown,
+        })
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.cfg
+    }
+
+    /// Locks the server and captures the position. `caller_gone` resolves when
+    /// whoever asked disappears; the returned receiver yields the release record
+    /// once the lock is dropped, whatever dropped it.
+    pub async fn prepare(
+        self: &Arc<Self>,
+        req: PrepareRequest,
+        caller_gone: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(PreparedInfo, oneshot::Receiver<Released>)> {
+        if req.backup_id.is_empty() {
+            return Err(Error::Config("backup id is empty".into()));
+        }
+        let mut slot = self.session.lock().await;
+        if let Some(s) = slot.as_ref() {
+            return Err(Error::Busy {
+                current: s.backup_id.clone(),
+                requested: req.backup_id,
+            });
+        }
+        let lease = req.lease.min(self.cfg.max_lease);
+        let started_at = crate::now_rfc3339();
+        let span = tracing::info_span!("prepare", backup = %req.backup_id, server = %self.cfg.name);
+        let _enter = span.enter();
+        let prepared = cut::prepare(
+            &self.cfg.server,
+            PrepareOptions {
+                budgets: req.budgets,
+                lock_method: self.cfg.lock_method,
+                snapshot_connections: req.snapshot_connections.max(1),
+            },
+        )
+        .await?;
+        *self.info.lock().expect("info lock") = Some(prepared.info.clone());
+        let info = PreparedInfo {
+            backup_id: req.backup_id.clone(),
+            position: prepared.position.clone(),
+            info: prepared.info.clone(),
+            method: prepared.lock.method(),
+            timings: prepared.timings,
+        };
+        tracing::info!(
+            position = %info.position,
+            lock_wait_us = info.timings.lock_wait_us,
+            capture_us = info.timings.capture_us,
+            lease_ms = lease.as_millis() as u64,
+            "locked and captured"
+        );
+        let (notify_tx, notify_rx) = oneshot::channel();
+        let (out_tx, out_rx) = oneshot::channel();
+        *slot = Some(Session {
+            backup_id: req.backup_id.clone(),
+            lock_record: LockRecord {
+                method: info.method.as_str().into(),
+                lock_wait_us: info.timings.lock_wait_us,
+                capture_us: info.timings.capture_us,
+                held_us: 0,
+                locked_at_unix_us: info.timings.locked_at_unix_us,
+            },
+            stage: Stage::Prepared(prepared),
+            started_at,
+            notify: Some(notify_tx),
+        });
+        drop(slot);
+
+        // The watcher: whichever comes first releases the lock.
+        let agent = self.clone();
+        let id = req.backup_id;
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let released = tokio::select! {
+                r = notify_rx => r.ok(),
+                _ = tokio::time::sleep(lease) => agent.expire(&id, "lease-expired").await,
+                _ = caller_gone => agent.expire(&id, "caller-gone").await,
+                _ = shutdown.cancelled() => agent.expire(&id, "shutdown").await,
+            };
+            if let Some(r) = released {
+                let _ = out_tx.send(r);
+            }
+        });
+        Ok((info, out_rx))
+    }
+
+    /// Releases the lock of a prepared backup without committing it: the
+    /// snapshots are dropped, and a later Commit fails.
+    async fn expire(&self, backup_id: &str, reason: &str) -> Option<Released> {
+        let mut slot = self.session.lock().await;
+        let prepared = matches!(slot.as_ref(), Some(s) if s.backup_id == backup_id && matches!(s.stage, Stage::Prepared(_)));
+        if !prepared {
+            return None;
+        }
+        let session = slot.take().expect("checked above");
+        let Stage::Prepared(cut) = session.stage else {
+            unreachable!("checked above")
+        };
+        let released = self.release_prepared(backup_id, cut, reason).await;
+        tracing::warn!(backup = backup_id, server = %self.cfg.name, reason, held_us = released.held_us, "lock released without commit; backup dropped");
+        Some(released)
+    }
+
+    async fn release_prepared(&self, backup_id: &str, cut: PreparedCut, reason: &str) -> Released {
+        let held = cut.lock.held_for();
+        let held = match cut.lock.release().await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(backup = backup_id, error = %e, "unlock failed; the connection was closed, which releases the lock");
+                held
+            }
+        };
+        drop(cut.snapshots);
+        self.record(backup_id, reason, held)
+    }
+
+    fn record(&self, backup_id: &str, reason: &str, held: Duration) -> Released {
+        let r = Released {
+            backup_id: backup_id.into(),
+            reason: reason.into(),
+            held_us: held.as_micros() as u64,
+            released_at_unix_us: unix_micros(SystemTime::now()),
+        };
+        *self.last_release.lock().expect("release lock") = Some(r.clone());
+        r
+    }
+
+    fn gone(&self, backup_id: &str) -> Error {
+        let why = match self.last_release.lock().expect("release lock").as_ref() {
+            Some(r) if r.backup_id == backup_id => {
+                format!("its lock was already released ({})", r.reason)
+            }
+            _ => "this agent has no such backup in progress".into(),
+        };
+        Error::BadState {
+            backup_id: backup_id.into(),
+            reason: why,
+        }
+    }
+
+    /// Releases the lock; the snapshots stay open for Transfer.
+    pub async fn commit(self: &Arc<Self>, backup_id: &str) -> Result<CommitInfo> {
+        let mut slot = self.session.lock().await;
+        let Some(session) = slot.as_mut().filter(|s| s.backup_id == backup_id) else {
+            return Err(self.gone(backup_id));
+        };
+        let Stage::Prepared(_) = session.stage else {
+            return Err(Error::BadState {
+                backup_id: backup_id.into(),
+                reason: "it is already committed".into(),
+            });
+        };
+        let Stage::Prepared(cut) = std::mem::replace(&mut session.stage, Stage::Transferring)
+        else {
+            unreachable!("checked above")
+        };
+        match cut.commit(self.cfg.server.address()).await {
+            Ok(committed) => {
+                let released = self.record(backup_id, "commit", committed.held);
+                session.lock_record.held_us = released.held_us;
+                let snapshot_positions = committed.snapshot_positions.clone();
+                session.stage = Stage::Committed(committed);
+                if let Some(n) = session.notify.take() {
+                    let _ = n.send(released.clone());
+                }
+                tracing::info!(
+                    backup = backup_id,
+                    held_us = released.held_us,
+                    "committed: lock released"
+                );
+                let agent = self.clone();
+                let id = backup_id.to_string();
+                let ttl = self.cfg.snapshot_ttl;
+                tokio::spawn(async move {
+                    tokio::time::sleep(ttl).await;
+                    agent.drop_stale(&id).await;
+                });
+                Ok(CommitInfo {
+                    released,
+                    snapshot_positions,
+                })
+            }
+            Err(e) => {
+                let session = slot.take().expect("present");
+                let released = self.record(backup_id, "error", Duration::ZERO);
+                if let Some(n) = session.notify {
+                    let _ = n.send(released);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn drop_stale(&self, backup_id: &str) {
+        let mut slot = self.session.lock().await;
+        if matches!(slot.as_ref(), Some(s) if s.backup_id == backup_id && matches!(s.stage, Stage::Committed(_)))
+        {
+            tracing::warn!(backup = backup_id, ttl = ?self.cfg.snapshot_ttl, "no transfer started in time; snapshots dropped");
+            *slot = None;
+        }
+    }
+
+    /// Releases the lock if held and drops the snapshots. Aborting a backup
+    /// this agent does not have is not an error. Returns whether a lock was held.
+    pub async fn abort(&self, backup_id: &str, reason: &str) -> bool {
+        let mut slot = self.session.lock().await;
+        if !matches!(slot.as_ref(), Some(s) if s.backup_id == backup_id) {
+            return false;
+        }
+        let session = slot.take().expect("checked above");
+        match session.stage {
+            Stage::Prepared(cut) => {
+                let released = self.release_prepared(backup_id, cut, "abort").await;
+                tracing::info!(
+                    backup = backup_id,
+                    reason,
+                    held_us = released.held_us,
+                    "aborted: lock released, snapshots dropped"
+                );
+                if let Some(n) = session.notify {
+                    let _ = n.send(released);
+                }
+                true
+            }
+            Stage::Committed(_) => {
+                tracing::info!(backup = backup_id, reason, "aborted: snapshots dropped");
+                false
+            }
+            Stage::Transferring => {
+                // The transfer task owns the snapshots; put the session back.
+                *slot = Some(session);
+                false
+            }
+        }
+    }
+
+    /// Dumps a committed backup into the sink. Progress goes to `progress`.
+    pub async fn transfer(
+        &self,
+        backup_id: &str,
+        zstd_level: Option<i32>,
+        progress: Arc<Progress>,
+    ) -> Result<DumpResult> {
+        let (committed, origin) = {
+            let mut slot = self.session.lock().await;
+            let Some(session) = slot.as_mut().filter(|s| s.backup_id == backup_id) else {
+                return Err(self.gone(backup_id));
+            };
+            let committed = match std::mem::replace(&mut session.stage, Stage::Transferring) {
+                Stage::Committed(c) => c,
+                other => {
+                    let reason = match &other {
+                        Stage::Prepared(_) => "it is not committed yet",
+                        _ => "its transfer is already running",
+                    };
+                    session.stage = other;
+                    return Err(Error::BadState {
+                        backup_id: backup_id.into(),
+                        reason: reason.into(),
+                    });
+                }
+            };
+            let origin = Origin {
+                backup_id: backup_id.into(),
+                server_name: self.cfg.name.clone(),
+                address: self.cfg.server.address().into(),
+                info: committed.info.clone(),
+                position: committed.position.clone(),
+                lock: session.lock_record.clone(),
+                started_at: session.started_at.clone(),
+            };
+            (committed, origin)
+        };
+        let dir = self
+            .cfg
+            .sink_dir
+            .join(crate::format::fs_name(backup_id))
+            .join(crate::format::fs_name(&self.cfg.name));
+        let mut opts = self.cfg.dump.clone();
+        if let Some(level) = zstd_level {
+            opts.zstd_level = level;
+        }
+        let result = dump::dump(
+            origin,
+            committed.snapshots,
+            &dir,
+            &opts,
+            progress,
+            self.shutdown.child_token(),
+        )
+        .await;
+        let mut slot = self.session.lock().await;
+        if matches!(slot.as_ref(), Some(s) if s.backup_id == backup_id) {
+            *slot = None;
+        }
+        result
+    }
+
+    pub async fn status(&self) -> AgentStatus {
+        let slot = self.session.lock().await;
+        let (state, backup_id, held) = match slot.as_ref() {
+            None => ("idle", None, None),
+            Some(s) => match &s.stage {
+                Stage::Prepared(c) => (
+                    "prepared",
+                    Some(s.backup_id.clone()),
+                    Some(c.lock.held_for().as_micros() as u64),
+                ),
+                Stage::Committed(_) => ("committed", Some(s.backup_id.clone()), None),
+                Stage::Transferring => ("transferring", Some(s.backup_id.clone()), None),
+            },
+        };
+        drop(slot);
+        let mut server = self.info.lock().expect("info lock").clone();
+        if server.is_none()
+            && let Ok(Ok(mut conn)) = tokio::time::timeout(
+                Duration::from_secs(2),
+                self.cfg.server.connect("detect server for status"),
+            )
+            .await
+            && let Ok(info) = ServerInfo::detect(&mut conn, self.cfg.server.address()).await
+        {
+            *self.info.lock().expect("info lock") = Some(info.clone());
+            server = Some(info);
+        }
+        AgentStatus {
+            state,
+            backup_id,
+            lock_held_for_us: held,
+            last_release: self.last_release.lock().expect("release lock").clone(),
+            server,
+        }
+    }
+
+    /// Releases anything held; called on shutdown.
+    pub async fn release_all(&self) {
+        let id = self
+            .session
+            .lock()
+            .await
+            .as_ref()
+            .map(|s| s.backup_id.clone());
+        if let Some(id) = id {
+            self.abort(&id, "agent shutting down").await;
+        }
+    }
+}
+
+/// Runs a whole local cut without a coordinator: prepare, commit at once,
+/// dump. Used by `lockstep-agent dump`.
+pub async fn dump_once(
+    server: &Server,
+    name: &str,
+    out: &std::path::Path,
+    prepare: PrepareOptions,
+    opts: &DumpOptions,
+    progress: Arc<Progress>,
+    cancel: CancellationToken,
+) -> Result<DumpResult> {
+    let backup_id = uuid::Uuid::new_v4().to_string();
+    let started_at = crate::now_rfc3339();
+    let t = Instant::now();
+    let prepared = cut::prepare(server, prepare).await?;
+    let method = prepared.lock.method();
+    let committed = prepared.commit(server.address()).await?;
+    tracing::info!(
+        position = %committed.position,
+        lock_wait_us = committed.timings.lock_wait_us,
+        held_us = committed.held.as_micros() as u64,
+        elapsed_ms = t.elapsed().as_millis() as u64,
+        "snapshot taken; lock released"
+    );
+    let origin = Origin {
+        backup_id,
+        server_name: name.into(),
+        address: server.address().into(),
+        info: committed.info.clone(),
+        position: committed.position.clone(),
+        lock: LockRecord {
+            method: method.as_str().into(),
+            lock_wait_us: committed.timings.lock_wait_us,
+            capture_us: committed.timings.capture_us,
+            held_us: committed.held.as_micros() as u64,
+            locked_at_unix_us: committed.timings.locked_at_unix_us,
+        },
+        started_at,
+    };
+    dump::dump(origin, committed.snapshots, out, opts, progress, cancel).await
+}
+
+/// A channel-backed future that resolves when an mpsc sender's receiver is dropped.
+pub fn receiver_dropped<T: Send + 'static>(
+    tx: mpsc::Sender<T>,
+) -> impl Future<Output = ()> + Send + 'static {
+    async move { tx.closed().await }
+}

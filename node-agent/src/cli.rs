@@ -1,0 +1,668 @@
+//! `lockstep-agent` commands: `serve` (the daemon), `dump`, `load` and
+//! `verify` (standalone, no coordinator), and `cut`/`status` (talk to a
+//! running agent, for operators and tests).
+//!
+//! Every command prints a human summary by default and one JSON object with
+//! `--json`. Exit codes: 0 success, 1 failure, 2 bad usage, 75 a temporary
+//! refusal worth retrying (a long statement, a lock that was not granted in
+//! time, an agent busy with another backup).
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use lockstep_proto::agent as pb;
+use lockstep_proto::agent::node_agent_client::NodeAgentClient;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServeConfig;
+use crate::cut::{Budgets, PrepareOptions};
+use crate::dump::DumpOptions;
+use crate::error::Error;
+use crate::flavour::LockMethod;
+use crate::mysql::Server;
+use crate::progress::{self, Progress};
+use crate::restore::{self, LoadOptions};
+
+/// Exit code of a refusal worth retrying (EX_TEMPFAIL).
+pub const EXIT_RETRY: i32 = 75;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lockstep-agent",
+    version,
+    about = "lockstep node agent: lock a MySQL/MariaDB server for milliseconds, capture its binlog position, dump and restore it"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log filter (tracing syntax, e.g. "info" or "lockstep_node_agent=debug").
+    #[arg(long, global = true, env = "LOCKSTEP_LOG", default_value = "info")]
+    pub log: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent daemon (gRPC service for coordinators).
+    Serve(ServeArgs),
+    /// Take a consistent snapshot of one server into a directory.
+    Dump(DumpArgs),
+    /// Restore a snapshot directory into a server.
+    Load(LoadArgs),
+    /// Check every file of a snapshot directory against its manifest.
+    Verify(VerifyArgs),
+    /// Drive one cut on a running agent: prepare, hold, commit or abort.
+    Cut(CutArgs),
+    /// Show a running agent's state.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (see deploy/agent.toml); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:7400].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// This server's name in the catalog [default: the MySQL host:port].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Local server, mysql://USER[:PASSWORD]@HOST:PORT.
+    #[arg(long, env = "LOCKSTEP_MYSQL", hide_env_values = true)]
+    pub mysql: Option<String>,
+    /// Root directory of the disk sink.
+    #[arg(long)]
+    pub sink_dir: Option<PathBuf>,
+    /// Cluster name used when registering with coordinators.
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// Coordinator URLs, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub coordinators: Option<Vec<String>>,
+    /// Lock primitive: auto, backup-stage (MariaDB ≥ 10.4) or ftwrl.
+    #[arg(long, value_enum)]
+    pub lock_method: Option<LockMethod>,
+    /// Longest lease a caller may ask for, e.g. "10s".
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub max_lease: Option<Duration>,
+    /// Pre-flight budget: refuse if a write or DDL has run longer, e.g. "1s".
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub preflight_budget: Option<Duration>,
+    /// Lock-wait budget: cancel the lock if not granted within, e.g. "500ms".
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub lock_wait_budget: Option<Duration>,
+}
+
+impl ServeArgs {
+    /// The file's settings (or defaults) with the flags applied.
+    pub fn config(&self) -> Result<ServeConfig, Error> {
+        let mut c = match &self.config {
+            Some(p) => ServeConfig::from_file(p)?,
+            None => ServeConfig::default(),
+        };
+        if let Some(v) = self.listen {
+            c.listen = v;
+        }
+        if let Some(v) = &self.name {
+            c.name = v.clone();
+        }
+        if let Some(v) = &self.mysql {
+            c.mysql = v.clone();
+        }
+        if let Some(v) = &self.sink_dir {
+            c.sink_dir = v.clone();
+        }
+        if let Some(v) = &self.cluster {
+            c.cluster = v.clone();
+        }
+        if let Some(v) = &self.coordinators {
+            c.coordinators = v.clone();
+        }
+        if let Some(v) = self.lock_method {
+            c.lock_method = v;
+        }
+        if let Some(v) = self.max_lease {
+            c.max_lease = v;
+        }
+        if let Some(v) = self.preflight_budget {
+            c.budgets.preflight = v;
+        }
+        if let Some(v) = self.lock_wait_budget {
+            c.budgets.lock_wait = v;
+        }
+        Ok(c)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DumpArgs {
+    /// Server to dump, mysql://USER[:PASSWORD]@HOST:PORT.
+    #[arg(long, env = "LOCKSTEP_MYSQL", hide_env_values = true)]
+    pub mysql: String,
+    /// Output directory; must not exist or be empty.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Snapshot connections dumping in parallel.
+    #[arg(long, default_value_t = 4)]
+    pub threads: usize,
+    /// Name recorded for the server in the manifest [default: host:port].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Lock primitive: auto, backup-stage (MariaDB ≥ 10.4) or ftwrl.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub lock_method: LockMethod,
+    /// Refuse if a write or DDL has run longer than this.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub preflight_budget: Duration,
+    /// Cancel the lock if it is not granted within this time.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub lock_wait_budget: Duration,
+    /// Skip FLUSH NO_WRITE_TO_BINLOG TABLES before locking.
+    #[arg(long)]
+    pub no_preflush: bool,
+    /// zstd level of the data files (1 fast … 19 small).
+    #[arg(long, default_value_t = 3)]
+    pub zstd_level: i32,
+    /// Rows per data file for tables with an integer primary key.
+    #[arg(long, default_value_t = 250_000)]
+    pub chunk_rows: u64,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress lines on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// Target server, mysql://USER[:PASSWORD]@HOST:PORT.
+    #[arg(long, env = "LOCKSTEP_MYSQL", hide_env_values = true)]
+    pub mysql: String,
+    /// Snapshot directory (the one holding manifest.json).
+    #[arg(long)]
+    pub from: PathBuf,
+    /// Connections loading in parallel.
+    #[arg(long, default_value_t = 4)]
+    pub threads: usize,
+    /// Load into a server that has user databases; the backup's databases
+    /// are dropped and recreated there.
+    #[arg(long)]
+    pub force: bool,
+    /// Write the loaded data to the target's binlog.
+    #[arg(long)]
+    pub binlog: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress lines on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Snapshot directory (the one holding manifest.json).
+    #[arg(long)]
+    pub from: PathBuf,
+    /// Files checked in parallel.
+    #[arg(long, default_value_t = 4)]
+    pub threads: usize,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CutArgs {
+    /// Agent gRPC address, e.g. http://127.0.0.1:7400.
+    #[arg(long)]
+    pub agent: String,
+    /// Backup id [default: a new UUID].
+    #[arg(long)]
+    pub backup_id: Option<String>,
+    /// Lease: the agent releases the lock by itself after this long.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub lease: Duration,
+    /// How long to hold the lock before committing (0: commit at once).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub hold: Duration,
+    /// Abort instead of committing.
+    #[arg(long)]
+    pub abort: bool,
+    /// After committing, transfer the snapshot to the agent's sink.
+    #[arg(long)]
+    pub transfer: bool,
+    /// Print results as JSON (one object per step, one per line).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Agent gRPC address, e.g. http://127.0.0.1:7400.
+    #[arg(long)]
+    pub agent: String,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs a command; returns the process exit code.
+pub async fn run(cli: Cli, shutdown: CancellationToken) -> i32 {
+    let result = match cli.command {
+        Command::Serve(a) => serve(a, shutdown).await,
+        Command::Dump(a) => dump(a, shutdown).await,
+        Command::Load(a) => load(a).await,
+        Command::Verify(a) => verify(a).await,
+        Command::Cut(a) => cut(a).await,
+        Command::Status(a) => status(a).await,
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            let retry = e.downcast_ref::<Error>().is_some_and(|e| {
+                matches!(
+                    e,
+                    Error::LongStatement { .. } | Error::LockTimeout { .. } | Error::Busy { .. }
+                )
+            });
+            eprintln!("error: {e:#}");
+            if retry { EXIT_RETRY } else { 1 }
+        }
+    }
+}
+
+async fn serve(a: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let cfg = a.config()?;
+    let agent = cfg.validate()?;
+    crate::server::run(agent, cfg.listen, shutdown).await?;
+    Ok(())
+}
+
+/// Prints progress lines to stderr every two seconds until dropped.
+struct Ticker(Option<tokio::task::JoinHandle<()>>);
+
+impl Ticker {
+    fn start(verb: &'static str, progress: Arc<Progress>, quiet: bool) -> Ticker {
+        if quiet {
+            return Ticker(None);
+        }
+        let started = Instant::now();
+        Ticker(Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                eprintln!("{}", progress.snapshot().line(verb, started.elapsed()));
+            }
+        })))
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            h.abort();
+        }
+    }
+}
+
+async fn dump(a: DumpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let server = Server::parse(&a.mysql)?;
+    if !(1..=64).contains(&a.threads) {
+        anyhow::bail!("--threads must be 1..=64, got {}", a.threads);
+    }
+    let name = a
+        .name
+        .clone()
+        .unwrap_or_else(|| server.address().to_string());
+    let progress = Arc::new(Progress::default());
+    let started = Instant::now();
+    let ticker = Ticker::start("dump", progress.clone(), a.quiet);
+    let result = crate::agent::dump_once(
+        &server,
+        &name,
+        &a.out,
+        PrepareOptions {
+            budgets: Budgets {
+                preflight: a.preflight_budget,
+                lock_wait: a.lock_wait_budget,
+                preflush: !a.no_preflush,
+            },
+            lock_method: a.lock_method,
+            snapshot_connections: a.threads,
+        },
+        &DumpOptions {
+            zstd_level: a.zstd_level,
+            chunk_rows: a.chunk_rows,
+        },
+        progress,
+        shutdown,
+    )
+    .await?;
+    drop(ticker);
+    let m = &result.manifest;
+    let elapsed = started.elapsed();
+    if a.json {
+        println!(
+            "{}",
+            json!({
+                "backup_id": m.backup_id,
+                "dir": result.dir,
+                "server": m.server.address,
+                "position": m.position,
+                "lock": m.lock,
+                "tables": m.totals.tables,
+                "rows": m.totals.rows,
+                "bytes": m.totals.bytes,
+                "files": m.totals.files,
+                "manifest_sha256": result.manifest_sha256,
+                "duration_ms": elapsed.as_millis() as u64,
+                "warnings": m.warnings,
+            })
+        );
+    } else {
+        println!("dumped {} into {}", m.server.address, result.dir.display());
+        println!("  position   {}", m.position);
+        println!(
+            "  lock       {} held {:.2} ms (waited {:.2} ms)",
+            m.lock.method,
+            m.lock.held_us as f64 / 1000.0,
+            m.lock.lock_wait_us as f64 / 1000.0
+        );
+        println!(
+            "  data       {} tables, {} rows, {} in {} files",
+            m.totals.tables,
+            progress::group(m.totals.rows),
+            progress::mib(m.totals.bytes),
+            m.totals.files
+        );
+        println!("  took       {:.1}s", elapsed.as_secs_f64());
+        for w in &m.warnings {
+            println!("  warning    {w}");
+        }
+    }
+    Ok(())
+}
+
+async fn load(a: LoadArgs) -> anyhow::Result<()> {
+    let server = Server::parse(&a.mysql)?;
+    if !(1..=64).contains(&a.threads) {
+        anyhow::bail!("--threads must be 1..=64, got {}", a.threads);
+    }
+    let progress = Arc::new(Progress::default());
+    let ticker = Ticker::start("load", progress.clone(), a.quiet);
+    let report = restore::load(
+        &server,
+        &a.from,
+        &LoadOptions {
+            threads: a.threads,
+            force: a.force,
+            binlog: a.binlog,
+        },
+        progress,
+    )
+    .await?;
+    drop(ticker);
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "loaded backup {} of {} into {}",
+            report.backup_id, report.source_server, report.server
+        );
+        println!(
+            "  data       {} databases, {} tables, {} rows (row counts match the manifest)",
+            report.databases,
+            report.tables,
+            progress::group(report.rows)
+        );
+        if let Some(g) = &report.gtid_slave_pos {
+            println!("  gtid       replication position set to {g}");
+        }
+        println!("  took       {:.1}s", report.duration_ms as f64 / 1000.0);
+    }
+    Ok(())
+}
+
+async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
+    let progress = Arc::new(Progress::default());
+    let m = restore::verify(&a.from, a.threads, progress).await?;
+    if a.json {
+        println!(
+            "{}",
+            json!({"dir": a.from, "ok": true, "backup_id": m.backup_id, "files": m.files.len(), "bytes": m.totals.bytes, "rows": m.totals.rows, "position": m.position})
+        );
+    } else {
+        println!(
+            "{}: backup {} of {} is intact ({} files, {} checked)",
+            a.from.display(),
+            m.backup_id,
+            m.server.address,
+            m.files.len(),
+            progress::mib(m.totals.bytes)
+        );
+    }
+    Ok(())
+}
+
+async fn connect(addr: &str) -> anyhow::Result<NodeAgentClient<tonic::transport::Channel>> {
+    let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
+        .map_err(|e| anyhow::anyhow!("invalid agent address {addr:?}: {e}"))?
+        .connect_timeout(Duration::from_secs(5));
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach agent at {addr}: {e}"))?;
+    Ok(NodeAgentClient::new(channel))
+}
+
+fn status_err(addr: &str, what: &str, s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("agent {addr}: {what}: {} ({:?})", s.message(), s.code())
+}
+
+fn emit(json_mode: bool, value: serde_json::Value, human: String) {
+    if json_mode {
+        println!("{value}");
+    } else {
+        println!("{human}");
+    }
+    let _ = std::io::stdout().flush();
+}
+
+async fn cut(a: CutArgs) -> anyhow::Result<()> {
+    let mut client = connect(&a.agent).await?;
+    let id = a
+        .backup_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let mut stream = client
+        .prepare(pb::PrepareRequest {
+            backup_id: id.clone(),
+            lease_ms: a.lease.as_millis() as u64,
+            budgets: None,
+            snapshot_connections: 0,
+        })
+        .await
+        .map_err(|s| status_err(&a.agent, "prepare", s))?
+        .into_inner();
+    let Some(pb::PrepareEvent {
+        event: Some(pb::prepare_event::Event::Prepared(p)),
+    }) = stream
+        .message()
+        .await
+        .map_err(|s| status_err(&a.agent, "prepare", s))?
+    else {
+        anyhow::bail!("agent {}: prepare stream ended without PREPARED", a.agent);
+    };
+    let pos = p.position.clone().unwrap_or_default();
+    emit(
+        a.json,
+        json!({"step": "prepared", "backup_id": id, "binlog_file": pos.binlog_file, "binlog_pos": pos.binlog_pos, "gtid": pos.gtid_set, "lock_method": p.lock_method, "lock_wait_us": p.lock_wait_us, "capture_us": p.capture_us}),
+        format!(
+            "prepared {id}: {}:{} gtid {} ({}, waited {} us, captured in {} us)",
+            pos.binlog_file,
+            pos.binlog_pos,
+            pos.gtid_set,
+            p.lock_method,
+            p.lock_wait_us,
+            p.capture_us
+        ),
+    );
+    if !a.hold.is_zero() {
+        // Keep the stream open while holding, and notice an early release.
+        tokio::select! {
+            _ = tokio::time::sleep(a.hold) => {}
+            m = stream.message() => {
+                if let Ok(Some(pb::PrepareEvent { event: Some(pb::prepare_event::Event::Released(r)) })) = m {
+                    anyhow::bail!("agent {}: lock released early ({}) after {} us", a.agent, r.reason, r.held_us);
+                }
+            }
+        }
+    }
+    if a.abort {
+        let r = client
+            .abort(pb::AbortRequest {
+                backup_id: id.clone(),
+                reason: "lockstep-agent cut --abort".into(),
+            })
+            .await
+            .map_err(|s| status_err(&a.agent, "abort", s))?
+            .into_inner();
+        emit(
+            a.json,
+            json!({"step": "aborted", "backup_id": id, "was_held": r.was_held}),
+            format!("aborted {id}"),
+        );
+        return Ok(());
+    }
+    let c = client
+        .commit(pb::CommitRequest {
+            backup_id: id.clone(),
+        })
+        .await
+        .map_err(|s| status_err(&a.agent, "commit", s))?
+        .into_inner();
+    let snaps: Vec<serde_json::Value> = c
+        .snapshot_positions
+        .iter()
+        .map(|p| json!({"binlog_file": p.binlog_file, "binlog_pos": p.binlog_pos}))
+        .collect();
+    emit(
+        a.json,
+        json!({"step": "committed", "backup_id": id, "held_us": c.held_us, "snapshot_positions": snaps}),
+        format!("committed {id}: lock held {} us", c.held_us),
+    );
+    if a.transfer {
+        let mut t = client
+            .transfer(pb::TransferRequest {
+                backup_id: id.clone(),
+                zstd_level: 0,
+            })
+            .await
+            .map_err(|s| status_err(&a.agent, "transfer", s))?
+            .into_inner();
+        while let Some(m) = t
+            .message()
+            .await
+            .map_err(|s| status_err(&a.agent, "transfer", s))?
+        {
+            if let Some(art) = m.artifact.filter(|_| m.done) {
+                emit(
+                    a.json,
+                    json!({"step": "transferred", "backup_id": id, "location": art.location, "bytes": art.total_bytes, "files": art.files, "rows": art.rows, "manifest_sha256": art.manifest_sha256}),
+                    format!(
+                        "transferred {id} to {} ({} rows, {} bytes)",
+                        art.location, art.rows, art.total_bytes
+                    ),
+                );
+            } else if !a.json {
+                eprintln!(
+                    "transfer: tables {}/{}, {} rows",
+                    m.tables_done, m.tables_total, m.rows
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn status(a: StatusArgs) -> anyhow::Result<()> {
+    let mut client = connect(&a.agent).await?;
+    let s = client
+        .status(pb::StatusRequest {})
+        .await
+        .map_err(|s| status_err(&a.agent, "status", s))?
+        .into_inner();
+    let server = s.server.clone().unwrap_or_default();
+    let last = s.last_release.clone();
+    emit(
+        a.json,
+        json!({
+            "state": s.state, "backup_id": s.backup_id, "lock_held": s.lock_held, "lock_held_for_us": s.lock_held_for_us,
+            "server": {"name": server.name, "address": server.address, "flavour": server.flavour, "version": server.version, "server_id": server.server_id, "gtid_mode": server.gtid_mode},
+            "last_release": last.as_ref().map(|r| json!({"reason": r.reason, "held_us": r.held_us, "released_at_unix_us": r.released_at_unix_us})),
+            "agent_version": s.agent_version,
+        }),
+        format!(
+            "agent {}: {}{}\n  server  {} {} {} ({})\n  last release  {}",
+            a.agent,
+            s.state,
+            if s.backup_id.is_empty() {
+                String::new()
+            } else {
+                format!(" (backup {})", s.backup_id)
+            },
+            server.name,
+            server.flavour,
+            server.version,
+            server.address,
+            last.map_or("none".into(), |r| format!(
+                "{} after {} us",
+                r.reason, r.held_us
+            )),
+        ),
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let cli = Cli::parse_from([
+            "lockstep-agent",
+            "serve",
+            "--mysql",
+            "mysql://root@127.0.0.1:3307",
+            "--name",
+            "db7",
+            "--lock-wait-budget",
+            "250ms",
+        ]);
+        let Command::Serve(a) = cli.command else {
+            panic!("serve")
+        };
+        let c = a.config().expect("config");
+        assert_eq!(c.name, "db7");
+        assert_eq!(c.budgets.lock_wait, Duration::from_millis(250));
+        assert_eq!(
+            c.validate().expect("valid").server.address(),
+            "127.0.0.1:3307"
+        );
+    }
+}

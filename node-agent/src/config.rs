@@ -1,0 +1,155 @@
+//! The daemon's configuration: a TOML file (see `deploy/agent.toml`) whose
+//! keys are also flags of `lockstep-agent serve`; flags win.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::agent::AgentConfig;
+use crate::cut::Budgets;
+use crate::dump::DumpOptions;
+use crate::error::{Error, IoContext, Result};
+use crate::flavour::LockMethod;
+use crate::mysql::Server;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeConfig {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// This server's name in the catalog; defaults to the MySQL host:port.
+    pub name: String,
+    /// `mysql://USER[:PASSWORD]@HOST:PORT` of the local server.
+    pub mysql: String,
+    /// Disk sink root: backups go to `<sink_dir>/<backup id>/<name>/`.
+    pub sink_dir: PathBuf,
+    /// Cluster this server belongs to (used when registering with coordinators).
+    pub cluster: String,
+    /// Coordinator URLs to register with (none: standalone agent).
+    pub coordinators: Vec<String>,
+    pub lock_method: LockMethod,
+    /// Upper bound on any lease a caller asks for; also the default lease.
+    #[serde(with = "humantime_serde")]
+    pub max_lease: Duration,
+    /// How long snapshots stay open after commit waiting for Transfer.
+    #[serde(with = "humantime_serde")]
+    pub snapshot_ttl: Duration,
+    pub snapshot_connections: usize,
+    pub zstd_level: i32,
+    pub chunk_rows: u64,
+    pub budgets: Budgets,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        let dump = DumpOptions::default();
+        ServeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            name: String::new(),
+            mysql: String::new(),
+            sink_dir: PathBuf::from("/var/lib/lockstep/backups"),
+            cluster: "default".into(),
+            coordinators: Vec::new(),
+            lock_method: LockMethod::Auto,
+            max_lease: Duration::from_secs(10),
+            snapshot_ttl: Duration::from_secs(3600),
+            snapshot_connections: 4,
+            zstd_level: dump.zstd_level,
+            chunk_rows: dump.chunk_rows,
+            budgets: Budgets::default(),
+        }
+    }
+}
+
+impl ServeConfig {
+    pub fn from_file(path: &Path) -> Result<ServeConfig> {
+        let text = std::fs::read_to_string(path).on_file(path, "read configuration")?;
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Checks the settings and builds the agent's runtime configuration.
+    pub fn validate(&self) -> Result<AgentConfig> {
+        if self.mysql.is_empty() {
+            return Err(Error::Config(
+                "mysql is not set (--mysql mysql://USER[:PASS]@HOST:PORT)".into(),
+            ));
+        }
+        let server = Server::parse(&self.mysql)?;
+        if !(1..=64).contains(&self.snapshot_connections) {
+            return Err(Error::Config(format!(
+                "snapshot_connections must be 1..=64, got {}",
+                self.snapshot_connections
+            )));
+        }
+        if !(-7..=22).contains(&self.zstd_level) {
+            return Err(Error::Config(format!(
+                "zstd_level must be -7..=22, got {}",
+                self.zstd_level
+            )));
+        }
+        if self.max_lease.is_zero() || self.max_lease > Duration::from_secs(600) {
+            return Err(Error::Config(format!(
+                "max_lease must be between 1ms and 10m, got {}",
+                humantime::format_duration(self.max_lease)
+            )));
+        }
+        if self.budgets.lock_wait.is_zero() {
+            return Err(Error::Config("budgets.lock_wait must be positive".into()));
+        }
+        let name = if self.name.is_empty() {
+            server.address().to_string()
+        } else {
+            self.name.clone()
+        };
+        Ok(AgentConfig {
+            name,
+            server,
+            sink_dir: self.sink_dir.clone(),
+            lock_method: self.lock_method,
+            budgets: self.budgets,
+            max_lease: self.max_lease,
+            snapshot_ttl: self.snapshot_ttl,
+            snapshot_connections: self.snapshot_connections,
+            dump: DumpOptions {
+                zstd_level: self.zstd_level,
+                chunk_rows: self.chunk_rows,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/agent.toml");
+        let cfg = ServeConfig::from_file(&path).expect("deploy/agent.toml parses");
+        let agent = cfg.validate().expect("deploy/agent.toml is valid");
+        assert_eq!(agent.name, "db1");
+        assert_eq!(agent.budgets.lock_wait, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn rejects_bad_settings() {
+        let mut cfg = ServeConfig {
+            mysql: "mysql://root@127.0.0.1:3306".into(),
+            ..ServeConfig::default()
+        };
+        assert!(cfg.validate().is_ok());
+        cfg.snapshot_connections = 0;
+        assert!(
+            cfg.validate()
+                .expect_err("0 connections")
+                .to_string()
+                .contains("snapshot_connections")
+        );
+        let err = toml::from_str::<ServeConfig>("lisen = \"x\"")
+            .expect_err("typo")
+            .to_string();
+        assert!(err.contains("lisen"), "{err}");
+    }
+}

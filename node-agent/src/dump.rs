@@ -1,0 +1,605 @@
+//! Phase two on one server: stream the snapshot into a directory.
+//!
+//! Schema first (from snapshot connection 0), then the data: every table is
+//! cut into primary-key ranges and the K snapshot connections take ranges
+//! from one queue, biggest first. Each range becomes one zstd-compressed
+//! `LOAD DATA` file, compressed and hashed on a blocking thread while the
+//! next rows arrive. The manifest is written last; a dump that fails removes
+//! what it wrote, so a directory without a manifest is never a backup.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
+use tokio_util::sync::CancellationToken;
+
+use crate::cut::{Position, Snapshots};
+use crate::error::{Error, IoContext, MysqlContext, Result};
+use crate::flavour::ServerInfo;
+use crate::format::files::{self, HashingWriter};
+use crate::format::manifest::{
+    self, Chunk, Database, FileEntry, LockRecord, Manifest, ServerRecord, Table, Totals,
+};
+use crate::format::{fs_name, tsv};
+use crate::mysql::{DATA_SESSION, ident};
+use crate::progress::Progress;
+use crate::schema::{self, TableDef};
+
+/// Rows buffered before a block is handed to the compressor.
+const BLOCK_BYTES: usize = 1 << 20;
+
+#[derive(Debug, Clone)]
+pub struct DumpOptions {
+    /// zstd level of data files.
+    pub zstd_level: i32,
+    /// Target rows per data file for tables with an integer primary key.
+    pub chunk_rows: u64,
+}
+
+impl Default for DumpOptions {
+    fn default() -> Self {
+        DumpOptions {
+            zstd_level: 3,
+            chunk_rows: 250_000,
+        }
+    }
+}
+
+/// Everything the manifest says about where the data came from.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub backup_id: String,
+    pub server_name: String,
+    pub address: String,
+    pub info: ServerInfo,
+    pub position: Position,
+    pub lock: LockRecord,
+    pub started_at: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct DumpResult {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub manifest_sha256: String,
+}
+
+/// Dumps the snapshots into `dir`, which must not exist or be empty.
+pub async fn dump(
+    origin: Origin,
+    snapshots: Snapshots,
+    dir: &Path,
+    opts: &DumpOptions,
+    progress: Arc<Progress>,
+    cancel: CancellationToken,
+) -> Result<DumpResult> {
+    let created = claim_dir(dir)?;
+    let result = dump_into(origin, snapshots, dir, opts, progress, cancel).await;
+    if result.is_err() {
+        discard(dir, created);
+    }
+    result
+}
+
+async fn dump_into(
+    origin: Origin,
+    snapshots: Snapshots,
+    dir: &Path,
+    opts: &DumpOptions,
+    progress: Arc<Progress>,
+    cancel: CancellationToken,
+) -> Result<DumpResult> {
+    let addr = origin.address.clone();
+    let mut conns = snapshots.conns;
+    let first = conns
+        .first_mut()
+        .ok_or_else(|| Error::Config("a dump needs at least one snapshot connection".into()))?;
+
+    // Schema.
+    let mut files: Vec<FileEntry> = Vec::new();
+    let mut warnings = Vec::new();
+    let mut dbs = Vec::new();
+    for db in schema::list_databases(first, &addr).await? {
+        let s = schema::read_database(first, &addr, &db).await?;
+        warnings.extend(s.warnings.iter().cloned());
+        dbs.push(s);
+    }
+    let mut databases = Vec::new();
+    let mut jobs = Vec::new();
+    for s in &dbs {
+        let d = fs_name(&s.name);
+        let mut write_opt = |name: &str, text: &Option<String>| -> Result<Option<String>> {
+            let Some(t) = text else { return Ok(None) };
+            let rel = format!("{d}/{name}");
+            files.push(files::write_file(dir, &rel, t.as_bytes())?);
+            Ok(Some(rel))
+        };
+        let schema_file = write_opt("schema.sql", &Some(s.schema_sql.clone()))?
+            .expect("schema is always written");
+        let routines_file = write_opt("routines.sql", &s.routines_sql)?;
+        let views_file = write_opt("views.sql", &s.views_sql)?;
+        let triggers_file = write_opt("triggers.sql", &s.triggers_sql)?;
+        let events_file = write_opt("events.sql", &s.events_sql)?;
+        let mut tables = Vec::new();
+        for t in &s.tables {
+            let ranges = plan_ranges(first, &addr, &s.name, t, opts.chunk_rows).await?;
+            let chunks: Vec<Chunk> = ranges
+                .iter()
+                .enumerate()
+                .map(|(i, range)| Chunk {
+                    file: format!("{d}/{}.{i:05}.tsv.zst", fs_name(&t.name)),
+                    rows: 0,
+                    range: range.clone(),
+                })
+                .collect();
+            for (i, c) in chunks.iter().enumerate() {
+                jobs.push(ChunkJob {
+                    db_index: databases.len(),
+                    table_index: tables.len(),
+                    chunk_index: i,
+                    select: select_sql(&s.name, t, &c.range),
+                    file: c.file.clone(),
+                    weight: t.estimated_rows / chunks.len() as u64,
+                });
+            }
+            tables.push(Table {
+                name: t.name.clone(),
+                engine: t.engine.clone(),
+                rows: 0,
+                columns: t.columns.clone(),
+                load_sql: load_sql(&s.name, t),
+                has_foreign_keys: t.has_foreign_keys(),
+                chunks,
+            });
+        }
+        databases.push(Database {
+            name: s.name.clone(),
+            schema_file,
+            routines_file,
+            views_file,
+            triggers_file,
+            events_file,
+            tables,
+            views: s.views.clone(),
+            routines: s.routines.clone(),
+            triggers: s.triggers.clone(),
+            events: s.events.clone(),
+        });
+    }
+    progress.set_tables_total(databases.iter().map(|d| d.tables.len() as u64).sum());
+
+    // Data: biggest ranges first, so the last one to finish is small.
+    jobs.sort_by(|a, b| b.weight.cmp(&a.weight));
+    let remaining: Vec<usize> = databases
+        .iter()
+        .flat_map(|d| d.tables.iter().map(|t| t.chunks.len()))
+        .collect();
+    let shared = Arc::new(Shared {
+        queue: Mutex::new(jobs.into()),
+        remaining: Mutex::new(remaining),
+        offsets: databases
+            .iter()
+            .scan(0, |acc, d| {
+                let o = *acc;
+                *acc += d.tables.len();
+                Some(o)
+            })
+            .collect(),
+    });
+    let workers = conns.into_iter().map(|conn| {
+        let shared = shared.clone();
+        let progress = progress.clone();
+        let cancel = cancel.clone();
+        let root = dir.to_path_buf();
+        let addr = addr.clone();
+        let level = opts.zstd_level;
+        tokio::spawn(
+            async move { worker(conn, &addr, &root, level, shared, progress, cancel).await },
+        )
+    });
+    let mut results = Vec::new();
+    let mut first_err = None;
+    for w in futures::future::join_all(workers).await {
+        match w {
+            Ok(Ok(done)) => results.extend(done),
+            Ok(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            Err(join) => {
+                first_err.get_or_insert(Error::Cancelled(format!("dump worker stopped: {join}")));
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    for (job, rows, entry) in results {
+        let t = &mut databases[job.db_index].tables[job.table_index];
+        t.rows += rows;
+        t.chunks[job.chunk_index].rows = rows;
+        files.push(entry);
+    }
+
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let totals = Totals {
+        rows: databases
+            .iter()
+            .flat_map(|d| &d.tables)
+            .map(|t| t.rows)
+            .sum(),
+        bytes: files.iter().map(|f| f.size).sum(),
+        files: files.len() as u64,
+        tables: databases.iter().map(|d| d.tables.len() as u64).sum(),
+    };
+    let sums = files::sha256sums(&files);
+    files.push(files::write_file(dir, "SHA256SUMS", sums.as_bytes())?);
+    let manifest = Manifest {
+        format: manifest::FORMAT.into(),
+        version: manifest::VERSION,
+        backup_id: origin.backup_id,
+        tool: format!("lockstep-agent {}", env!("CARGO_PKG_VERSION")),
+        started_at: origin.started_at,
+        completed_at: crate::now_rfc3339(),
+        server: ServerRecord {
+            name: origin.server_name,
+            address: origin.address,
+            info: origin.info,
+        },
+        position: origin.position,
+        lock: origin.lock,
+        load_session: load_session(),
+        databases,
+        files,
+        totals,
+        warnings,
+    };
+    for w in &manifest.warnings {
+        tracing::warn!(server = %addr, "{w}");
+    }
+    let entry = manifest.write(dir)?;
+    Ok(DumpResult {
+        dir: dir.to_path_buf(),
+        manifest,
+        manifest_sha256: entry.sha256,
+    })
+}
+
+/// Session settings the data files are loaded with; also in the manifest.
+pub fn load_session() -> Vec<String> {
+    let mut s: Vec<String> = DATA_SESSION.iter().map(|s| s.to_string()).collect();
+    s.push("SET SESSION foreign_key_checks = 0, unique_checks = 0".into());
+    s.push(
+        "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION'"
+            .into(),
+    );
+    s
+}
+
+#[derive(Debug)]
+struct ChunkJob {
+    db_index: usize,
+    table_index: usize,
+    chunk_index: usize,
+    select: String,
+    file: String,
+    weight: u64,
+}
+
+#[derive(Debug)]
+struct Shared {
+    queue: Mutex<VecDeque<ChunkJob>>,
+    /// Chunks left per table (flattened over databases), to count finished tables.
+    remaining: Mutex<Vec<usize>>,
+    offsets: Vec<usize>,
+}
+
+type Done = (ChunkJob, u64, FileEntry);
+
+async fn worker(
+    mut conn: Conn,
+    addr: &str,
+    root: &Path,
+    level: i32,
+    shared: Arc<Shared>,
+    progress: Arc<Progress>,
+    cancel: CancellationToken,
+) -> Result<Vec<Done>> {
+    let mut done = Vec::new();
+    loop {
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled("dump cancelled".into()));
+        }
+        let Some(job) = shared.queue.lock().expect("queue lock").pop_front() else {
+            break;
+        };
+        let result = dump_chunk(&mut conn, addr, root, &job, level, &progress, &cancel).await;
+        let (rows, entry) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                // Stop the other workers early.
+                shared.queue.lock().expect("queue lock").clear();
+                return Err(e);
+            }
+        };
+        {
+            let mut rem = shared.remaining.lock().expect("remaining lock");
+            let slot = &mut rem[shared.offsets[job.db_index] + job.table_index];
+            *slot -= 1;
+            if *slot == 0 {
+                progress.table_done();
+            }
+        }
+        done.push((job, rows, entry));
+    }
+    // End the snapshot transaction; the connection closes after.
+    let _ = conn.query_drop("COMMIT").await;
+    let _ = conn.disconnect().await;
+    Ok(done)
+}
+
+async fn dump_chunk(
+    conn: &mut Conn,
+    addr: &str,
+    root: &Path,
+    job: &ChunkJob,
+    level: i32,
+    progress: &Progress,
+    cancel: &CancellationToken,
+) -> Result<(u64, FileEntry)> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    let root_owned = root.to_path_buf();
+    let rel = job.file.clone();
+    let writer = tokio::task::spawn_blocking(move || -> Result<FileEntry> {
+        let w = HashingWriter::create(&root_owned, &rel)?;
+        let path = w.path().to_path_buf();
+        let mut enc = zstd::Encoder::new(w, level).on_file(&path, "start compressing")?;
+        for block in rx {
+            enc.write_all(&block).on_file(&path, "write")?;
+        }
+        enc.finish().on_file(&path, "finish compressing")?.finish()
+    });
+
+    let read = async {
+        let what = format!("read rows for {}", job.file);
+        let mut result = conn.query_iter(job.select.as_str()).await.on(addr, &what)?;
+        let mut buf = Vec::with_capacity(BLOCK_BYTES + 64 * 1024);
+        let mut rows = 0u64;
+        let mut unreported = 0u64;
+        let mut sent_ok = true;
+        while let Some(row) = result.next().await.on(addr, &what)? {
+            tsv::push_row(
+                &mut buf,
+                (0..row.len()).map(|i| match row.as_ref(i) {
+                    Some(mysql_async::Value::Bytes(b)) => Some(b.as_slice()),
+                    _ => None,
+                }),
+            );
+            rows += 1;
+            unreported += 1;
+            if buf.len() >= BLOCK_BYTES {
+                progress.add_rows(std::mem::take(&mut unreported));
+                progress.add_bytes(buf.len() as u64);
+                if tx
+                    .send(std::mem::replace(
+                        &mut buf,
+                        Vec::with_capacity(BLOCK_BYTES + 64 * 1024),
+                    ))
+                    .is_err()
+                {
+                    // The writer failed; its error says why.
+                    sent_ok = false;
+                    break;
+                }
+                if cancel.is_cancelled() {
+                    return Err(Error::Cancelled("dump cancelled".into()));
+                }
+            }
+        }
+        if !sent_ok {
+            // Drain the result so the connection stays usable.
+            while result.next().await.on(addr, &what)?.is_some() {}
+        }
+        progress.add_rows(unreported);
+        progress.add_bytes(buf.len() as u64);
+        if !buf.is_empty() {
+            let _ = tx.send(buf);
+        }
+        drop(tx);
+        Ok::<_, Error>(rows)
+    };
+    let read_result = read.await;
+    let write_result = writer
+        .await
+        .map_err(|e| Error::Cancelled(format!("writer of {} stopped: {e}", job.file)))?;
+    let rows = read_result?;
+    Ok((rows, write_result?))
+}
+
+/// Splits a table into primary-key ranges of about `chunk_rows` rows.
+/// Returns SQL conditions; one empty condition means the whole table.
+async fn plan_ranges(
+    conn: &mut Conn,
+    addr: &str,
+    db: &str,
+    t: &TableDef,
+    chunk_rows: u64,
+) -> Result<Vec<String>> {
+    let Some(pk) = &t.int_pk else {
+        return Ok(vec![String::new()]);
+    };
+    if t.estimated_rows <= chunk_rows || chunk_rows == 0 {
+        return Ok(vec![String::new()]);
+    }
+    let bounds: Option<(Option<String>, Option<String>)> = conn
+        .query_first(format!(
+            "SELECT MIN({c}), MAX({c}) FROM {}.{}",
+            ident(db),
+            ident(&t.name),
+            c = ident(pk)
+        ))
+        .await
+        .on(addr, &format!("read key range of {db}.{}", t.name))?;
+    let Some((Some(lo), Some(hi))) = bounds else {
+        return Ok(vec![String::new()]);
+    };
+    let (Ok(lo), Ok(hi)) = (lo.parse::<i128>(), hi.parse::<i128>()) else {
+        return Ok(vec![String::new()]);
+    };
+    Ok(split_range(
+        &ident(pk),
+        lo,
+        hi,
+        t.estimated_rows.div_ceil(chunk_rows).min(1024),
+    ))
+}
+
+/// `n` conditions covering every value of `col`: below, inside and above
+/// `[lo, hi]` all land in some range.
+pub fn split_range(col: &str, lo: i128, hi: i128, n: u64) -> Vec<String> {
+    let n = n.max(1) as i128;
+    let span = hi - lo + 1;
+    if n == 1 || span <= 1 {
+        return vec![String::new()];
+    }
+    let step = (span + n - 1) / n;
+    let mut cuts = Vec::new();
+    let mut b = lo + step;
+    while b <= hi {
+        cuts.push(b);
+        b += step;
+    }
+    let mut out = Vec::with_capacity(cuts.len() + 1);
+    let mut prev: Option<i128> = None;
+    for c in &cuts {
+        out.push(match prev {
+            None => format!("{col} < {c}"),
+            Some(p) => format!("{col} >= {p} AND {col} < {c}"),
+        });
+        prev = Some(*c);
+    }
+    match prev {
+        None => vec![String::new()],
+        Some(p) => {
+            out.push(format!("{col} >= {p}"));
+            out
+        }
+    }
+}
+
+fn column_list(t: &TableDef) -> String {
+    t.columns
+        .iter()
+        .map(|c| ident(c))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn select_sql(db: &str, t: &TableDef, range: &str) -> String {
+    let mut sql = format!(
+        "SELECT {} FROM {}.{}",
+        column_list(t),
+        ident(db),
+        ident(&t.name)
+    );
+    if !range.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(range);
+    }
+    sql
+}
+
+/// The statement that loads one data file; `{file}` stands for its path.
+fn load_sql(db: &str, t: &TableDef) -> String {
+    format!(
+        "LOAD DATA LOCAL INFILE '{{file}}' INTO TABLE {}.{} CHARACTER SET binary \
+         FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' ({})",
+        ident(db),
+        ident(&t.name),
+        column_list(t)
+    )
+}
+
+/// Makes sure `dir` is ours to fill: absent (created, returns true) or empty.
+fn claim_dir(dir: &Path) -> Result<bool> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(Error::BadBackup {
+                    path: dir.to_path_buf(),
+                    reason: "already exists and is not empty; refusing to write a backup into it"
+                        .into(),
+                });
+            }
+            Ok(false)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).on_file(dir, "create backup directory")?;
+            Ok(true)
+        }
+        Err(e) => Err(Error::io(dir, "open backup directory", e)),
+    }
+}
+
+/// Removes what a failed dump wrote. The directory was empty or absent before.
+fn discard(dir: &Path, created: bool) {
+    let result = if created {
+        std::fs::remove_dir_all(dir)
+    } else {
+        std::fs::read_dir(dir).and_then(|entries| {
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    std::fs::remove_dir_all(&p)?;
+                } else {
+                    std::fs::remove_file(&p)?;
+                }
+            }
+            Ok(())
+        })
+    };
+    if let Err(e) = result {
+        tracing::warn!(dir = %dir.display(), error = %e, "could not remove the files of a failed dump; no manifest was written, so it is not a backup");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_cover_everything_once() {
+        let r = split_range("`id`", 1, 1_000_000, 4);
+        assert_eq!(
+            r,
+            vec![
+                "`id` < 250001",
+                "`id` >= 250001 AND `id` < 500001",
+                "`id` >= 500001 AND `id` < 750001",
+                "`id` >= 750001",
+            ]
+        );
+        assert_eq!(split_range("`id`", 5, 5, 4), vec![String::new()]);
+        assert_eq!(split_range("`id`", -10, 10, 1), vec![String::new()]);
+        let neg = split_range("`id`", -100, 99, 2);
+        assert_eq!(neg, vec!["`id` < 0", "`id` >= 0"]);
+    }
+
+    #[test]
+    fn claim_refuses_non_empty_dirs() {
+        let d = tempfile::tempdir().expect("tempdir");
+        assert!(!claim_dir(d.path()).expect("empty dir is fine"));
+        std::fs::write(d.path().join("x"), b"keep me").expect("write");
+        let err = claim_dir(d.path()).expect_err("non-empty").to_string();
+        assert!(err.contains("not empty"), "{err}");
+        assert_eq!(
+            std::fs::read(d.path().join("x")).expect("still there"),
+            b"keep me"
+        );
+        let sub = d.path().join("new/deeper");
+        assert!(claim_dir(&sub).expect("created"));
+        assert!(sub.is_dir());
+    }
+}

@@ -1,0 +1,172 @@
+//! The agent's one error type. Every variant names the thing that failed: the
+//! server (by address, never with its password), the backup, the file.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid MySQL URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+
+    #[error("server {server}: cannot {action}: {source}")]
+    Mysql {
+        server: String,
+        action: String,
+        #[source]
+        source: mysql_async::Error,
+    },
+
+    #[error(
+        "server {server}: binary logging is off (log_bin=0); lockstep needs the binlog to capture a position. Start the server with --log-bin"
+    )]
+    BinlogOff { server: String },
+
+    #[error("server {server}: unsupported server {version:?}: {reason}")]
+    Unsupported {
+        server: String,
+        version: String,
+        reason: String,
+    },
+
+    #[error(
+        "server {server}: refusing to lock: thread {thread_id} (user {user}) has run a {kind} for {seconds:.1}s, longer than the pre-flight budget of {budget_ms} ms, and the lock would queue behind it: {statement}"
+    )]
+    LongStatement {
+        server: String,
+        thread_id: u64,
+        user: String,
+        kind: &'static str,
+        seconds: f64,
+        budget_ms: u64,
+        statement: String,
+    },
+
+    #[error(
+        "server {server}: {method} was not granted within the lock-wait budget of {budget_ms} ms; our lock statement was cancelled and nothing is locked"
+    )]
+    LockTimeout {
+        server: String,
+        method: &'static str,
+        budget_ms: u64,
+    },
+
+    #[error(
+        "server {server}: snapshot connection {connection} sees binlog position {seen} but the captured position is {captured}; the cut is not consistent"
+    )]
+    SnapshotMismatch {
+        server: String,
+        connection: usize,
+        seen: String,
+        captured: String,
+    },
+
+    #[error("backup {backup_id}: {reason}")]
+    BadState { backup_id: String, reason: String },
+
+    #[error(
+        "the agent is busy with backup {current}; finish or abort it before starting backup {requested}"
+    )]
+    Busy { current: String, requested: String },
+
+    #[error("file {}: cannot {action}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("backup directory {}: {reason}", path.display())]
+    BadBackup { path: PathBuf, reason: String },
+
+    #[error("file {}: checksum mismatch: manifest says sha256 {expected} ({expected_size} bytes), file has {actual} ({actual_size} bytes)", path.display())]
+    Checksum {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+        expected_size: u64,
+        actual_size: u64,
+    },
+
+    #[error(
+        "server {server}: target is not empty: it has database(s) {databases}; pass --force to load into it anyway"
+    )]
+    TargetNotEmpty { server: String, databases: String },
+
+    #[error("server {server}: table {table}: restored {actual} rows but the backup has {expected}")]
+    RowCount {
+        server: String,
+        table: String,
+        expected: u64,
+        actual: u64,
+    },
+
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    #[error("cancelled: {0}")]
+    Cancelled(String),
+}
+
+impl Error {
+    pub(crate) fn mysql(
+        server: &str,
+        action: impl Into<String>,
+        source: mysql_async::Error,
+    ) -> Self {
+        Error::Mysql {
+            server: server.to_string(),
+            action: action.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn io(
+        path: impl Into<PathBuf>,
+        action: &'static str,
+        source: std::io::Error,
+    ) -> Self {
+        Error::Io {
+            path: path.into(),
+            action,
+            source,
+        }
+    }
+
+    /// Errors a caller may retry unchanged: the server was busy or briefly
+    /// unreachable, not misconfigured.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::LongStatement { .. } | Error::LockTimeout { .. } | Error::Busy { .. } => true,
+            Error::Mysql { source, .. } => matches!(
+                source,
+                mysql_async::Error::Io(_) | mysql_async::Error::Driver(_)
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// Adds "which server, doing what" to a mysql_async result.
+pub(crate) trait MysqlContext<T> {
+    fn on(self, server: &str, action: &str) -> Result<T>;
+}
+
+impl<T> MysqlContext<T> for std::result::Result<T, mysql_async::Error> {
+    fn on(self, server: &str, action: &str) -> Result<T> {
+        self.map_err(|e| Error::mysql(server, action, e))
+    }
+}
+
+/// Adds "which file, doing what" to an io result.
+pub(crate) trait IoContext<T> {
+    fn on_file(self, path: &std::path::Path, action: &'static str) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn on_file(self, path: &std::path::Path, action: &'static str) -> Result<T> {
+        self.map_err(|e| Error::io(path, action, e))
+    }
+}

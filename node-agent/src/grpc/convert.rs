@@ -1,0 +1,137 @@
+//! Wire ↔ domain conversions, and errors → gRPC status codes.
+
+use std::time::Duration;
+
+use lockstep_proto::agent as pb;
+use tonic::{Code, Status};
+
+use crate::agent::{AgentConfig, AgentStatus, PrepareRequest, PreparedInfo, Released};
+use crate::cut::{Budgets, Position};
+use crate::dump::DumpResult;
+use crate::error::Error;
+use crate::flavour::ServerInfo;
+use crate::format::manifest::FILE_NAME;
+
+/// Fills zero fields of a request from the agent's defaults.
+pub fn prepare_request(r: pb::PrepareRequest, cfg: &AgentConfig) -> PrepareRequest {
+    let b = r.budgets.unwrap_or_default();
+    let ms = |v: u64, default: Duration| {
+        if v == 0 {
+            default
+        } else {
+            Duration::from_millis(v)
+        }
+    };
+    PrepareRequest {
+        backup_id: r.backup_id,
+        lease: ms(r.lease_ms, cfg.max_lease),
+        budgets: Budgets {
+            preflight: ms(b.preflight_ms, cfg.budgets.preflight),
+            lock_wait: ms(b.lock_wait_ms, cfg.budgets.lock_wait),
+            // proto3 bools default to false; the agent's setting decides
+            // unless the caller asks for a pre-flush.
+            preflush: b.preflush || cfg.budgets.preflush,
+        },
+        snapshot_connections: if r.snapshot_connections == 0 {
+            cfg.snapshot_connections
+        } else {
+            r.snapshot_connections as usize
+        },
+    }
+}
+
+pub fn position(p: &Position) -> pb::Position {
+    pb::Position {
+        binlog_file: p.binlog_file.clone(),
+        binlog_pos: p.binlog_pos,
+        gtid_set: p.gtid_set.clone(),
+    }
+}
+
+pub fn identity(info: &ServerInfo, cfg: &AgentConfig) -> pb::ServerIdentity {
+    pb::ServerIdentity {
+        flavour: info.flavour.as_str().into(),
+        version: info.version.clone(),
+        server_id: info.server_id,
+        server_uuid: info.server_uuid.clone(),
+        gtid_domain_id: info.gtid_domain_id,
+        gtid_mode: info.gtid_mode.clone(),
+        address: cfg.server.address().into(),
+        name: cfg.name.clone(),
+    }
+}
+
+pub fn prepared(p: &PreparedInfo, cfg: &AgentConfig) -> pb::PrepareEvent {
+    pb::PrepareEvent {
+        event: Some(pb::prepare_event::Event::Prepared(pb::Prepared {
+            backup_id: p.backup_id.clone(),
+            position: Some(position(&p.position)),
+            server: Some(identity(&p.info, cfg)),
+            lock_method: p.method.as_str().into(),
+            preflight_us: p.timings.preflight_us,
+            lock_wait_us: p.timings.lock_wait_us,
+            capture_us: p.timings.capture_us,
+            locked_at_unix_us: p.timings.locked_at_unix_us,
+        })),
+    }
+}
+
+pub fn released(r: &Released) -> pb::Released {
+    pb::Released {
+        reason: r.reason.clone(),
+        held_us: r.held_us,
+        released_at_unix_us: r.released_at_unix_us,
+    }
+}
+
+pub fn released_event(r: &Released) -> pb::PrepareEvent {
+    pb::PrepareEvent {
+        event: Some(pb::prepare_event::Event::Released(released(r))),
+    }
+}
+
+pub fn artifact(d: &DumpResult) -> pb::Artifact {
+    pb::Artifact {
+        location: d.dir.display().to_string(),
+        manifest: FILE_NAME.into(),
+        total_bytes: d.manifest.totals.bytes,
+        files: d.manifest.totals.files,
+        manifest_sha256: d.manifest_sha256.clone(),
+        rows: d.manifest.totals.rows,
+    }
+}
+
+pub fn status(s: &AgentStatus, cfg: &AgentConfig) -> pb::StatusReply {
+    pb::StatusReply {
+        state: s.state.into(),
+        backup_id: s.backup_id.clone().unwrap_or_default(),
+        server: s.server.as_ref().map(|i| identity(i, cfg)),
+        lock_held: s.lock_held_for_us.is_some(),
+        lock_held_for_us: s.lock_held_for_us.unwrap_or(0),
+        last_release: s.last_release.as_ref().map(released),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+    }
+}
+
+/// Maps an agent error to a gRPC status; the message is the error's text,
+/// which names the server, backup or file.
+pub fn to_status(e: &Error) -> Status {
+    let code = match e {
+        Error::BadUrl { .. } | Error::Config(_) => Code::InvalidArgument,
+        Error::Mysql { source, .. } => match source {
+            mysql_async::Error::Io(_) | mysql_async::Error::Driver(_) => Code::Unavailable,
+            _ => Code::Internal,
+        },
+        Error::BinlogOff { .. }
+        | Error::Unsupported { .. }
+        | Error::LongStatement { .. }
+        | Error::BadState { .. } => Code::FailedPrecondition,
+        Error::LockTimeout { .. } => Code::DeadlineExceeded,
+        Error::Busy { .. } => Code::Aborted,
+        Error::SnapshotMismatch { .. } | Error::RowCount { .. } => Code::DataLoss,
+        Error::Io { .. } | Error::BadBackup { .. } | Error::Checksum { .. } => Code::Internal,
+        Error::TargetNotEmpty { .. } => Code::AlreadyExists,
+        Error::Cancelled(_) => Code::Cancelled,
+    };
+    Status::new(code, e.to_string())
+}

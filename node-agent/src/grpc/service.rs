@@ -1,0 +1,150 @@
+//! `lockstep.agent.v1.NodeAgent` handlers: convert, call the agent, map errors.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use lockstep_proto::agent as pb;
+use lockstep_proto::agent::node_agent_server::NodeAgent;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use crate::agent::{Agent, receiver_dropped};
+use crate::progress::Progress;
+
+/// How often Transfer reports progress.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone)]
+pub struct AgentService {
+    agent: Arc<Agent>,
+}
+
+impl AgentService {
+    pub fn new(agent: Arc<Agent>) -> Self {
+        AgentService { agent }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl NodeAgent for AgentService {
+    type PrepareStream = BoxStream<pb::PrepareEvent>;
+    type TransferStream = BoxStream<pb::TransferProgress>;
+
+    async fn prepare(
+        &self,
+        request: Request<pb::PrepareRequest>,
+    ) -> Result<Response<Self::PrepareStream>, Status> {
+        let cfg = self.agent.config();
+        let req = convert::prepare_request(request.into_inner(), cfg);
+        let (tx, rx) = mpsc::channel(4);
+        let (info, released) = self
+            .agent
+            .prepare(req, receiver_dropped(tx.clone()))
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "prepare refused");
+                convert::to_status(&e)
+            })?;
+        let _ = tx.send(Ok(convert::prepared(&info, cfg))).await;
+        tokio::spawn(async move {
+            if let Ok(r) = released.await {
+                let _ = tx.send(Ok(convert::released_event(&r))).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn commit(
+        &self,
+        request: Request<pb::CommitRequest>,
+    ) -> Result<Response<pb::CommitReply>, Status> {
+        let id = request.into_inner().backup_id;
+        let c = self
+            .agent
+            .commit(&id)
+            .await
+            .map_err(|e| convert::to_status(&e))?;
+        Ok(Response::new(pb::CommitReply {
+            held_us: c.released.held_us,
+            released_at_unix_us: c.released.released_at_unix_us,
+            snapshot_positions: c.snapshot_positions.iter().map(convert::position).collect(),
+        }))
+    }
+
+    async fn abort(
+        &self,
+        request: Request<pb::AbortRequest>,
+    ) -> Result<Response<pb::AbortReply>, Status> {
+        let r = request.into_inner();
+        let reason = if r.reason.is_empty() {
+            "requested".to_string()
+        } else {
+            r.reason
+        };
+        let was_held = self.agent.abort(&r.backup_id, &reason).await;
+        Ok(Response::new(pb::AbortReply { was_held }))
+    }
+
+    async fn transfer(
+        &self,
+        request: Request<pb::TransferRequest>,
+    ) -> Result<Response<Self::TransferStream>, Status> {
+        let r = request.into_inner();
+        let level = (r.zstd_level != 0).then_some(r.zstd_level);
+        let progress = Arc::new(Progress::default());
+        let (tx, rx) = mpsc::channel(16);
+        let agent = self.agent.clone();
+        let p = progress.clone();
+        // The dump keeps going if the caller goes away: its result lands on disk.
+        let job = tokio::spawn(async move { agent.transfer(&r.backup_id, level, p).await });
+        tokio::spawn(async move {
+            let mut job = job;
+            let mut tick = tokio::time::interval(PROGRESS_EVERY);
+            let msg = |done: bool, artifact: Option<pb::Artifact>| {
+                let s = progress.snapshot();
+                pb::TransferProgress {
+                    rows: s.rows,
+                    bytes: s.bytes,
+                    tables_done: s.tables_done as u32,
+                    tables_total: s.tables_total as u32,
+                    done,
+                    artifact,
+                }
+            };
+            loop {
+                tokio::select! {
+                    r = &mut job => {
+                        let last = match r {
+                            Ok(Ok(d)) => Ok(msg(true, Some(convert::artifact(&d)))),
+                            Ok(Err(e)) => {
+                                tracing::error!(error = %e, "transfer failed");
+                                Err(convert::to_status(&e))
+                            }
+                            Err(e) => Err(Status::internal(format!("transfer task stopped: {e}"))),
+                        };
+                        let _ = tx.send(last).await;
+                        return;
+                    }
+                    _ = tick.tick() => {
+                        let _ = tx.send(Ok(msg(false, None))).await;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusReply>, Status> {
+        let s = self.agent.status().await;
+        Ok(Response::new(convert::status(&s, self.agent.config())))
+    }
+}

@@ -1,0 +1,47 @@
+//! The lockstep node agent: one per database host. It takes its server's share
+//! of a cluster-wide cut (lock for milliseconds, capture the binlog position,
+//! open consistent snapshots), streams the snapshot to a sink, and restores.
+//!
+//! Modules, from the database outwards:
+//! - [`mysql`]: reaching a server (URL, connect, session settings, quoting).
+//! - [`flavour`]: MariaDB vs MySQL: version detection and every statement
+//!   whose text differs between them.
+//! - [`cut`]: phase one on one server (pre-flight, pre-flush, lock with a
+//!   watchdog, snapshots, position) and the lock guard.
+//! - [`schema`]: reading definitions (tables, views, routines, triggers, events).
+//! - [`format`]: the on-disk snapshot format (manifest, data encoding, files).
+//! - [`dump`]: phase two: snapshot connections → data files + manifest.
+//! - [`restore`]: verify a snapshot and load it into a server.
+//! - [`progress`]: counters for long jobs.
+//! - [`agent`]: the agent's state machine (one backup at a time, leases).
+//! - [`grpc`]: the `lockstep.agent.v1` service over [`agent`].
+//! - [`config`], [`server`], [`cli`]: the daemon's configuration, its run
+//!   loop, and the `lockstep-agent` commands.
+//!
+//! Where new code goes: SQL that depends on the server kind goes to
+//! [`flavour`]; anything that decides bytes on disk goes to [`format`];
+//! gRPC handlers stay thin and call [`agent`].
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod cut;
+pub mod dump;
+pub mod error;
+pub mod flavour;
+pub mod format;
+pub mod grpc;
+pub mod mysql;
+pub mod progress;
+pub mod restore;
+pub mod schema;
+pub mod server;
+
+pub use error::{Error, Result};
+
+/// The current time as RFC 3339 (UTC), for manifests and logs.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

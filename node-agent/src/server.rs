@@ -1,0 +1,47 @@
+//! Running the daemon: bind, serve gRPC until shutdown, release anything
+//! held on the way out.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use lockstep_proto::agent::node_agent_server::NodeAgentServer;
+use tokio_util::sync::CancellationToken;
+
+use crate::agent::{Agent, AgentConfig};
+use crate::error::{Error, Result};
+use crate::grpc::AgentService;
+
+/// Serves the agent on `listen` until `shutdown` is cancelled.
+pub async fn run(cfg: AgentConfig, listen: SocketAddr, shutdown: CancellationToken) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| Error::Config(format!("cannot listen on {listen}: {e}")))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Error::Config(format!("listen address: {e}")))?;
+    tracing::info!(
+        listen = %local,
+        name = %cfg.name,
+        mysql = %cfg.server.address(),
+        sink = %cfg.sink_dir.display(),
+        "lockstep agent serving"
+    );
+    let agent = Agent::new(cfg, shutdown.clone());
+    let service = NodeAgentServer::new(AgentService::new(agent.clone()));
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let served = tonic::transport::Server::builder()
+        // Notice a vanished caller quickly: the lock of a Prepare whose
+        // caller is gone must drop well before its lease.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(1)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(2)))
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await;
+    release(&agent).await;
+    served.map_err(|e| Error::Config(format!("gRPC server on {local} failed: {e}")))
+}
+
+async fn release(agent: &Arc<Agent>) {
+    agent.release_all().await;
+    tracing::info!("lockstep agent stopped");
+}
