@@ -1,0 +1,377 @@
+//! The real `lockstep-agent` binary as a test process: `serve` on a free
+//! port with a gRPC client for it, and one-shot CLI runs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use lockstep_proto::agent::StatusRequest;
+use lockstep_proto::agent::node_agent_client::NodeAgentClient;
+use tonic::transport::Channel;
+
+use crate::ports;
+use crate::process::{ChildProcess, Signal, bin_path, remove_temp_dir, short_temp_dir};
+
+/// The agent binary's name in the target directory.
+pub const AGENT_BIN: &str = "lockstep-agent";
+/// How long an agent may take to answer `Status` after it is started.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often readiness is polled.
+const READY_POLL: Duration = Duration::from_millis(10);
+/// How long one readiness probe (connect + `Status`) may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `stop()` waits after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How many ports to try when another process takes the one we picked.
+const PORT_ATTEMPTS: usize = 10;
+/// Lines of the agent's log quoted in errors.
+const LOG_TAIL_LINES: usize = 30;
+/// How long [`run_agent_cli`] lets the binary run.
+pub const CLI_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How to start an agent (`lockstep-agent serve`).
+#[derive(Debug, Clone, Default)]
+pub struct AgentOptions {
+    /// `--name`: the agent's name for its server.
+    pub name: String,
+    /// `--mysql`: the URL of the server it manages.
+    pub mysql_url: String,
+    /// `--sink-dir`: where its disk sink writes backups. Empty means
+    /// `sink/` inside the agent's temp dir (gone when the agent is dropped).
+    pub sink_dir: PathBuf,
+    /// Extra arguments, appended after ours.
+    pub extra_args: Vec<String>,
+}
+
+impl AgentOptions {
+    /// Options for an agent named `name` managing the server at `mysql_url`,
+    /// with its sink in its own temp dir.
+    pub fn new(name: impl Into<String>, mysql_url: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            mysql_url: mysql_url.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// A running `lockstep-agent serve`. Dropping it kills the process (by PID)
+/// and removes its temp dir (which holds its log).
+#[derive(Debug)]
+pub struct AgentProc {
+    opts: AgentOptions,
+    port: u16,
+    /// Declared before `dir`: the process dies before its log goes.
+    child: Option<ChildProcess>,
+    dir: Option<tempfile::TempDir>,
+    log_path: PathBuf,
+}
+
+impl AgentProc {
+    /// Starts the agent on a free port and waits until its `Status` RPC
+    /// answers.
+    pub async fn start(opts: AgentOptions) -> anyhow::Result<AgentProc> {
+        crate::init_tracing();
+        let dir = short_temp_dir("ls-agent-")
+            .with_context(|| format!("create temp dir for agent {}", opts.name))?;
+        let log_path = dir.path().join("agent.log");
+        let mut opts = opts;
+        if opts.sink_dir.as_os_str().is_empty() {
+            opts.sink_dir = dir.path().join("sink");
+            std::fs::create_dir(&opts.sink_dir)
+                .with_context(|| format!("create sink dir {}", opts.sink_dir.display()))?;
+        }
+        let mut agent = AgentProc {
+            opts,
+            port: 0,
+            child: None,
+            dir: Some(dir),
+            log_path,
+        };
+        agent.launch(None).await?;
+        Ok(agent)
+    }
+
+    async fn launch(&mut self, fixed_port: Option<u16>) -> anyhow::Result<()> {
+        let bin = bin_path(AGENT_BIN)?;
+        let started = Instant::now();
+        for attempt in 1..=PORT_ATTEMPTS {
+            let port = match fixed_port {
+                Some(port) => port,
+                None => ports::free_port()?,
+            };
+            if let Some(child) = self.launch_on(&bin, port).await? {
+                self.port = port;
+                self.child = Some(child);
+                tracing::info!(agent = self.opts.name, port, pid = self.pid(), elapsed = ?started.elapsed(), "agent ready");
+                return Ok(());
+            }
+            tracing::info!(
+                agent = self.opts.name,
+                port,
+                attempt,
+                "port taken by another process; retrying"
+            );
+        }
+        bail!(
+            "start agent {}: no port could be bound after {PORT_ATTEMPTS} attempts\nlog tail ({}):\n{}",
+            self.opts.name,
+            self.log_path.display(),
+            self.log_tail(LOG_TAIL_LINES)
+        )
+    }
+
+    /// One attempt: `Ok(None)` if the port was taken.
+    async fn launch_on(&mut self, bin: &Path, port: u16) -> anyhow::Result<Option<ChildProcess>> {
+        let log_offset = std::fs::metadata(&self.log_path)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let mut cmd = Command::new(bin);
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--name")
+            .arg(&self.opts.name)
+            .arg("--mysql")
+            .arg(&self.opts.mysql_url)
+            .arg("--sink-dir")
+            .arg(&self.opts.sink_dir)
+            .args(&self.opts.extra_args)
+            .env("RUST_LOG", agent_log_filter())
+            .env("LOCKSTEP_LOG", agent_log_filter());
+        let mut child =
+            ChildProcess::spawn(format!("agent {}", self.opts.name), cmd, &self.log_path)?;
+        let addr = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_exit()? {
+                let new_log = std::fs::read(&self.log_path)
+                    .map(|b| {
+                        String::from_utf8_lossy(
+                            &b[usize::try_from(log_offset).unwrap_or(0).min(b.len())..],
+                        )
+                        .into_owned()
+                    })
+                    .unwrap_or_default();
+                if ports::says_address_in_use(&new_log) {
+                    return Ok(None);
+                }
+                bail!(
+                    "start agent {} on port {port}: it exited early ({status})\nlog tail ({}):\n{}",
+                    self.opts.name,
+                    self.log_path.display(),
+                    child.log_tail(LOG_TAIL_LINES)
+                );
+            }
+            let last_error = match tokio::time::timeout(PROBE_TIMEOUT, probe_status(&addr)).await {
+                Ok(Ok(())) => return Ok(Some(child)),
+                Ok(Err(e)) => format!("{e:#}"),
+                Err(_) => format!("Status did not answer within {PROBE_TIMEOUT:?}"),
+            };
+            if Instant::now() >= deadline {
+                bail!(
+                    "start agent {} on port {port}: Status not answering after {READY_TIMEOUT:?} (last: {last_error})\nlog tail ({}):\n{}",
+                    self.opts.name,
+                    self.log_path.display(),
+                    child.log_tail(LOG_TAIL_LINES)
+                );
+            }
+            tokio::time::sleep(READY_POLL).await;
+        }
+    }
+
+    /// The options it was started with.
+    pub fn options(&self) -> &AgentOptions {
+        &self.opts
+    }
+
+    /// The disk sink's root directory (`--sink-dir`).
+    pub fn sink_dir(&self) -> &Path {
+        &self.opts.sink_dir
+    }
+
+    /// The agent's name.
+    pub fn name(&self) -> &str {
+        &self.opts.name
+    }
+
+    /// The gRPC port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://127.0.0.1:PORT`, for gRPC clients.
+    pub fn addr(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A new gRPC client.
+    pub async fn client(&self) -> anyhow::Result<NodeAgentClient<Channel>> {
+        NodeAgentClient::connect(self.addr())
+            .await
+            .with_context(|| format!("connect to agent {} at {}", self.opts.name, self.addr()))
+    }
+
+    /// The file holding the agent's stdout and stderr.
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// The last `n` lines of the agent's log.
+    pub fn log_tail(&self, n: usize) -> String {
+        crate::process::file_tail(&self.log_path, n)
+    }
+
+    /// The agent's PID, or `None` if it is not running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(ChildProcess::pid)
+    }
+
+    /// True if the process is alive (a SIGSTOPped agent counts).
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(ChildProcess::is_running)
+    }
+
+    /// Sends a signal to the agent.
+    pub fn signal(&mut self, sig: Signal) -> anyhow::Result<()> {
+        let name = self.opts.name.clone();
+        self.child
+            .as_mut()
+            .with_context(|| format!("cannot send {sig} to agent {name}: it is not running"))?
+            .signal(sig)
+    }
+
+    /// SIGSTOP: the agent freezes (its sockets stay open, nothing answers).
+    pub fn pause(&mut self) -> anyhow::Result<()> {
+        self.signal(Signal::Stop)
+    }
+
+    /// SIGCONT after [`AgentProc::pause`].
+    pub fn resume(&mut self) -> anyhow::Result<()> {
+        self.signal(Signal::Cont)
+    }
+
+    /// Crash: SIGKILL and reap.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let status = child
+                .kill()
+                .with_context(|| format!("kill agent {}", self.opts.name))?;
+            tracing::info!(agent = self.opts.name, %status, "agent killed");
+        }
+        Ok(())
+    }
+
+    /// Clean shutdown: SIGTERM, wait up to 10 s, then SIGKILL. Returns the
+    /// exit status (`None` if it was not running).
+    pub fn stop(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(None);
+        };
+        let status = child
+            .terminate(STOP_GRACE)
+            .with_context(|| format!("stop agent {}", self.opts.name))?;
+        tracing::info!(agent = self.opts.name, %status, "agent stopped");
+        Ok(Some(status))
+    }
+
+    /// Stops the agent if it runs, then starts it again with the same
+    /// options on the same port.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop()?;
+        let port = self.port;
+        self.launch(Some(port))
+            .await
+            .with_context(|| format!("restart agent {} on port {port}", self.opts.name))
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take()
+            && let Err(e) = child.kill()
+        {
+            tracing::warn!(agent = self.opts.name, error = %format!("{e:#}"), "kill agent on drop");
+        }
+        if let Some(dir) = self.dir.take() {
+            remove_temp_dir(dir, &format!("agent {}", self.opts.name));
+        }
+    }
+}
+
+/// One readiness probe: connect and call `Status`. Any answer from the
+/// service counts, except `Unavailable` (the transport's "not there yet").
+async fn probe_status(addr: &str) -> anyhow::Result<()> {
+    let mut client = NodeAgentClient::connect(addr.to_string())
+        .await
+        .context("connect")?;
+    match client.status(StatusRequest {}).await {
+        Ok(_) => Ok(()),
+        Err(status) if status.code() == tonic::Code::Unavailable => Err(status).context("Status"),
+        Err(status) => {
+            tracing::debug!(addr, %status, "agent answers Status with an error; it is serving");
+            Ok(())
+        }
+    }
+}
+
+/// The log filter given to the project's binaries: `$LOCKSTEP_AGENT_LOG`, or
+/// `info`. Passed as both `RUST_LOG` and `LOCKSTEP_LOG` (the agent's `--log`).
+fn agent_log_filter() -> String {
+    std::env::var("LOCKSTEP_AGENT_LOG").unwrap_or_else(|_| "info".into())
+}
+
+/// What a finished CLI run printed.
+#[derive(Debug, Clone)]
+pub struct CliOutput {
+    /// The exit status.
+    pub status: ExitStatus,
+    /// Standard output, lossily decoded.
+    pub stdout: String,
+    /// Standard error, lossily decoded.
+    pub stderr: String,
+}
+
+impl CliOutput {
+    /// Fails (quoting stdout and stderr) unless the exit status is 0.
+    pub fn success(&self) -> anyhow::Result<&Self> {
+        if !self.status.success() {
+            bail!(
+                "command failed ({})\nstdout:\n{}\nstderr:\n{}",
+                self.status,
+                self.stdout,
+                self.stderr
+            );
+        }
+        Ok(self)
+    }
+}
+
+/// Runs `lockstep-agent ARGS...` to completion (killed after 10 min) and
+/// captures its output.
+pub async fn run_agent_cli(args: &[&str]) -> anyhow::Result<CliOutput> {
+    run_cli(&bin_path(AGENT_BIN)?, args, CLI_TIMEOUT).await
+}
+
+/// Runs `bin ARGS...` to completion with the log filter of
+/// `LOCKSTEP_AGENT_LOG` (default `info`), killed after `timeout`, and captures
+/// its output.
+pub async fn run_cli(bin: &Path, args: &[&str], timeout: Duration) -> anyhow::Result<CliOutput> {
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.args(args)
+        .env("RUST_LOG", agent_log_filter())
+        .env("LOCKSTEP_LOG", agent_log_filter())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let what = format!("{} {}", bin.display(), args.join(" "));
+    let out = tokio::time::timeout(timeout, cmd.output())
+        .await
+        .with_context(|| format!("`{what}` still running after {timeout:?}; killed it"))?
+        .with_context(|| format!("run `{what}`"))?;
+    Ok(CliOutput {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}

@@ -1,0 +1,49 @@
+//! lockstep's integration-test harness: real MariaDB servers and the
+//! project's real binaries as processes on 127.0.0.1, each in its own short
+//! temp dir under /tmp, on free ports, cleaned up on drop. Nothing in the
+//! database path is mocked.
+//!
+//! Modules:
+//! - [`process`]: generic child processes (spawn with a log file, signals by
+//!   PID, wait with a deadline, kill and reap on drop), temp dirs, and
+//!   [`process::bin_path`] for the workspace's binaries.
+//! - [`ports`]: free TCP ports and "address already in use" detection.
+//! - [`mariadb`]: [`MariaDb`], one real server from a shared template datadir,
+//!   with query helpers, stop/kill/restart and signals.
+//! - [`agent`]: [`AgentProc`], the `lockstep-agent serve` process with a gRPC
+//!   client, and [`run_agent_cli`] for one-shot CLI runs.
+//! - [`causal`]: the causal-chain writer and check that prove consistency
+//!   (invariant I3).
+//! - [`compare`]: checksums and normalised dumps to compare two servers' data.
+//! - [`probe`]: what a database user sees (can a write commit now?) and
+//!   driving one cut on an agent over gRPC.
+//! - [`logging`]: [`init_tracing`] and the [`step!`] macro.
+//!
+//! Where new code goes: anything about one kind of process belongs in that
+//! process's module (a new binary gets its own module beside [`agent`], built
+//! on [`process::ChildProcess`]); checks on data go in [`causal`] or
+//! [`compare`]; clusters of several processes (agents + servers +
+//! coordinators wired together) get their own module that composes the
+//! others. Tests themselves live in `tests/tests/tNN_area.rs`, never here, and
+//! only the harness's own smoke test (`t00_harness.rs`) tests the harness.
+//!
+//! Rules every module follows: errors are `anyhow` with context naming the
+//! server, port or file; waits poll observable state with a deadline (never a
+//! fixed sleep); every process and temp dir is released on drop (set
+//! `LOCKSTEP_KEEP_TMP=1` to keep the temp dirs for a post-mortem).
+
+pub mod agent;
+pub mod causal;
+pub mod compare;
+pub mod logging;
+pub mod mariadb;
+pub mod ports;
+pub mod probe;
+pub mod process;
+
+pub use agent::{AgentOptions, AgentProc, CliOutput, run_agent_cli};
+pub use causal::{CausalWriter, Target, check_chain};
+pub use compare::{assert_same_data, checksum_tables, dump_text};
+pub use logging::init_tracing;
+pub use mariadb::{MariaDb, MariaDbOptions};
+pub use process::{ChildProcess, Signal, bin_path};
