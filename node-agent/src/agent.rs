@@ -515,9 +515,7 @@ pub async fn dump_once(
     dump::dump(origin, committed.snapshots, out, opts, progress, cancel).await
 }
 
-/// A channel-backed future that resolves when an mpsc sender's receiver is dropped.
-pub fn receiver_dropped<T: Send + 'static>(
-    tx: mpsc::Sender<T>,
-) -> impl Future<Output = ()> + Send + 'static {
-    async move { tx.closed().await }
+/// Resolves when the receiving side of `tx` is dropped (the caller went away).
+pub async fn receiver_dropped<T: Send + 'static>(tx: mpsc::Sender<T>) {
+    tx.closed().await
 }

@@ -428,10 +428,13 @@ async fn run_bounded(
     }
 }
 
+/// (thread id, user, command, elapsed ms, statement) from the processlist.
+type RunningStatement = (u64, Option<String>, String, u64, Option<Vec<u8>>);
+
 /// Refuses if a statement that would make the lock queue has run longer
 /// than `budget`.
 async fn preflight(conn: &mut Conn, addr: &str, info: &ServerInfo, budget: Duration) -> Result<()> {
-    let rows: Vec<(u64, Option<String>, String, u64, Option<Vec<u8>>)> = conn
+    let rows: Vec<RunningStatement> = conn
         .query(info.running_statements_sql())
         .await
         .on(addr, "list running statements (pre-flight)")?;

@@ -172,7 +172,7 @@ async fn dump_into(
     progress.set_tables_total(databases.iter().map(|d| d.tables.len() as u64).sum());
 
     // Data: biggest ranges first, so the last one to finish is small.
-    jobs.sort_by(|a, b| b.weight.cmp(&a.weight));
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.weight));
     let remaining: Vec<usize> = databases
         .iter()
         .flat_map(|d| d.tables.iter().map(|t| t.chunks.len()))

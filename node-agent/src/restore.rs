@@ -192,7 +192,12 @@ pub async fn load(
             }
         }
     }
-    jobs.sort_by(|a, b| b.size.cmp(&a.size));
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.size));
+    let mut chunks_left: HashMap<String, usize> = HashMap::new();
+    for j in &jobs {
+        *chunks_left.entry(j.table.clone()).or_default() += 1;
+    }
+    let chunks_left = Arc::new(Mutex::new(chunks_left));
     let queue = Arc::new(Mutex::new(VecDeque::from(jobs)));
     let mut workers = Vec::new();
     for _ in 0..threads {
@@ -202,14 +207,15 @@ pub async fn load(
                 .await
                 .on(&addr, "set up load session")?;
         }
-        let (queue, progress, addr, dir) = (
+        let (queue, left, progress, addr, dir) = (
             queue.clone(),
+            chunks_left.clone(),
             progress.clone(),
             addr.clone(),
             dir.to_path_buf(),
         );
         workers.push(tokio::spawn(async move {
-            load_worker(conn, &addr, &dir, queue, progress).await
+            load_worker(conn, &addr, &dir, queue, left, progress).await
         }));
     }
     for r in futures::future::join_all(workers).await {
@@ -217,9 +223,10 @@ pub async fn load(
     }
 
     // Deferred secondary indexes, one table per connection at a time.
+    let builders = threads.min(deferred.len());
     let queue = Arc::new(Mutex::new(VecDeque::from(deferred)));
     let mut workers = Vec::new();
-    for _ in 0..threads.min(queue.lock().expect("queue lock").len()) {
+    for _ in 0..builders {
         let mut conn = server.connect("open index-build connection").await?;
         for stmt in &session {
             conn.query_drop(stmt.as_str())
@@ -340,6 +347,7 @@ async fn load_worker(
     addr: &str,
     dir: &Path,
     queue: Arc<Mutex<VecDeque<LoadJob>>>,
+    chunks_left: Arc<Mutex<HashMap<String, usize>>>,
     progress: Arc<Progress>,
 ) -> Result<()> {
     loop {
@@ -348,7 +356,7 @@ async fn load_worker(
             return Ok(());
         };
         let path = Manifest::file_path(dir, &job.file)?;
-        conn.set_infile_handler(infile(path.clone(), job.size));
+        conn.set_infile_handler(infile(path.clone()));
         let result = conn.query_drop(job.sql.as_str()).await;
         if let Err(e) = result {
             queue.lock().expect("queue lock").clear();
@@ -392,43 +400,44 @@ async fn load_worker(
         }
         progress.add_rows(loaded);
         progress.add_bytes(job.size);
+        let mut left = chunks_left.lock().expect("chunks lock");
+        if let Some(n) = left.get_mut(&job.table) {
+            *n -= 1;
+            if *n == 0 {
+                progress.table_done();
+            }
+        }
     }
 }
 
 /// A LOCAL INFILE source: the file, decompressed on a blocking thread.
-fn infile(
-    path: PathBuf,
-    _size: u64,
-) -> impl Future<Output = mysql_async::Result<mysql_async::InfileData>> + Send + Sync + 'static {
-    async move {
-        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
-        tokio::task::spawn_blocking(move || {
-            let run = || -> std::io::Result<()> {
-                let f = std::fs::File::open(&path)?;
-                let mut dec = zstd::Decoder::new(f)?;
-                loop {
-                    let mut buf = vec![0u8; 1 << 20];
-                    let n = read_full(&mut dec, &mut buf)?;
-                    if n == 0 {
-                        return Ok(());
-                    }
-                    buf.truncate(n);
-                    if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
-                        return Ok(());
-                    }
+async fn infile(path: PathBuf) -> mysql_async::Result<mysql_async::InfileData> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+    tokio::task::spawn_blocking(move || {
+        let run = || -> std::io::Result<()> {
+            let f = std::fs::File::open(&path)?;
+            let mut dec = zstd::Decoder::new(f)?;
+            loop {
+                let mut buf = vec![0u8; 1 << 20];
+                let n = read_full(&mut dec, &mut buf)?;
+                if n == 0 {
+                    return Ok(());
                 }
-            };
-            if let Err(e) = run() {
-                let _ = tx.blocking_send(Err(std::io::Error::new(
-                    e.kind(),
-                    format!("{}: {e}", path.display()),
-                )));
+                buf.truncate(n);
+                if tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                    return Ok(());
+                }
             }
-        });
-        let stream: mysql_async::InfileData =
-            Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
-        Ok(stream)
-    }
+        };
+        if let Err(e) = run() {
+            let _ = tx.blocking_send(Err(std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", path.display()),
+            )));
+        }
+    });
+    let stream: mysql_async::InfileData = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
+    Ok(stream)
 }
 
 fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {

@@ -11,6 +11,9 @@ use crate::agent::{Agent, AgentConfig};
 use crate::error::{Error, Result};
 use crate::grpc::AgentService;
 
+/// How long open gRPC streams may keep the process alive after shutdown.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Serves the agent on `listen` until `shutdown` is cancelled.
 pub async fn run(cfg: AgentConfig, listen: SocketAddr, shutdown: CancellationToken) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
@@ -29,14 +32,30 @@ pub async fn run(cfg: AgentConfig, listen: SocketAddr, shutdown: CancellationTok
     let agent = Agent::new(cfg, shutdown.clone());
     let service = NodeAgentServer::new(AgentService::new(agent.clone()));
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // After the shutdown signal, open streams get a short grace period; the
+    // agent's locks are already released by then (the prepare watchers see
+    // the same signal).
+    let hard_stop = {
+        let s = shutdown.clone();
+        async move {
+            s.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        }
+    };
     let served = tonic::transport::Server::builder()
         // Notice a vanished caller quickly: the lock of a Prepare whose
         // caller is gone must drop well before its lease.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(2)))
         .add_service(service)
-        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-        .await;
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned());
+    let served = tokio::select! {
+        r = served => r,
+        _ = hard_stop => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period; stopping anyway");
+            Ok(())
+        }
+    };
     release(&agent).await;
     served.map_err(|e| Error::Config(format!("gRPC server on {local} failed: {e}")))
 }

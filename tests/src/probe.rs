@@ -124,7 +124,9 @@ pub async fn transfer(
         .into_inner();
     while let Some(m) = stream.message().await.context("transfer stream")? {
         if m.done {
-            return m.artifact.context("final transfer message without artifact");
+            return m
+                .artifact
+                .context("final transfer message without artifact");
         }
     }
     bail!("transfer stream ended without a final message")

@@ -21,8 +21,13 @@ async fn server_and_agent(name: &str, extra: &[&str]) -> anyhow::Result<(MariaDb
 
 /// Starts `INSERT ... SELECT SLEEP(secs)` on its own connection and waits
 /// until the server has run it for at least `age`.
-async fn start_long_write(db: &MariaDb, secs: u32, age: Duration) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    db.exec("CREATE TABLE IF NOT EXISTS lockstep_probe.slow (v INT) ENGINE=InnoDB").await?;
+async fn start_long_write(
+    db: &MariaDb,
+    secs: u32,
+    age: Duration,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    db.exec("CREATE TABLE IF NOT EXISTS lockstep_probe.slow (v INT) ENGINE=InnoDB")
+        .await?;
     let mut conn = db.conn().await?;
     let sql = format!("INSERT INTO lockstep_probe.slow SELECT SLEEP({secs})");
     let task = tokio::spawn(async move {
@@ -66,29 +71,73 @@ async fn lock_is_held_until_commit() -> anyhow::Result<()> {
     });
 
     step!("writes are blocked while prepared");
-    assert!(!write_commits_within(&db, Duration::from_millis(400)).await?, "a write committed while the server was locked");
+    assert!(
+        !write_commits_within(&db, Duration::from_millis(400)).await?,
+        "a write committed while the server was locked"
+    );
     let status = client.status(pb::StatusRequest {}).await?.into_inner();
     assert_eq!(status.state, "prepared");
-    assert!(status.lock_held && status.lock_held_for_us >= 400_000, "{status:?}");
-    assert_eq!(status.server.as_ref().map(|s| s.flavour.as_str()), Some("mariadb"));
+    assert!(
+        status.lock_held && status.lock_held_for_us >= 400_000,
+        "{status:?}"
+    );
+    assert_eq!(
+        status.server.as_ref().map(|s| s.flavour.as_str()),
+        Some("mariadb")
+    );
 
     step!("commit releases the lock");
-    let committed = client.commit(pb::CommitRequest { backup_id: "b-held".into() }).await?.into_inner();
-    assert!(committed.held_us >= 400_000, "held {} us", committed.held_us);
+    let committed = client
+        .commit(pb::CommitRequest {
+            backup_id: "b-held".into(),
+        })
+        .await?
+        .into_inner();
+    assert!(
+        committed.held_us >= 400_000,
+        "held {} us",
+        committed.held_us
+    );
     assert_eq!(committed.snapshot_positions.len(), 2);
     for p in &committed.snapshot_positions {
-        assert_eq!((p.binlog_file.as_str(), p.binlog_pos), (pos.binlog_file.as_str(), pos.binlog_pos));
+        assert_eq!(
+            (p.binlog_file.as_str(), p.binlog_pos),
+            (pos.binlog_file.as_str(), pos.binlog_pos)
+        );
     }
     let took = wait_writable(&db, Duration::from_secs(2)).await?;
-    assert!(took < Duration::from_secs(1), "writes resumed only after {took:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "writes resumed only after {took:?}"
+    );
     let released = cut.released(Duration::from_secs(2)).await?;
     assert_eq!(released.reason, "commit");
 
     step!("abort drops the snapshots; a second commit is refused");
-    let err = client.commit(pb::CommitRequest { backup_id: "b-held".into() }).await.expect_err("second commit");
+    let err = client
+        .commit(pb::CommitRequest {
+            backup_id: "b-held".into(),
+        })
+        .await
+        .expect_err("second commit");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-    assert!(client.abort(pb::AbortRequest { backup_id: "b-held".into(), reason: "test".into() }).await.is_ok());
-    assert_eq!(client.status(pb::StatusRequest {}).await?.into_inner().state, "idle");
+    assert!(
+        client
+            .abort(pb::AbortRequest {
+                backup_id: "b-held".into(),
+                reason: "test".into()
+            })
+            .await
+            .is_ok()
+    );
+    assert_eq!(
+        client
+            .status(pb::StatusRequest {})
+            .await?
+            .into_inner()
+            .state,
+        "idle"
+    );
     Ok(())
 }
 
@@ -99,11 +148,20 @@ async fn second_prepare_is_refused_while_busy() -> anyhow::Result<()> {
     let (_db, agent) = server_and_agent("lock-busy", &[]).await?;
     let mut client = agent.client().await?;
     let _cut = probe::prepare(&mut client, "first", Duration::from_secs(30), None).await?;
-    let err = probe::prepare(&mut client, "second", Duration::from_secs(30), None).await.expect_err("busy");
+    let err = probe::prepare(&mut client, "second", Duration::from_secs(30), None)
+        .await
+        .expect_err("busy");
     assert_eq!(err.code(), Code::Aborted);
-    assert!(err.message().contains("first") && err.message().contains("second"), "{}", err.message());
+    assert!(
+        err.message().contains("first") && err.message().contains("second"),
+        "{}",
+        err.message()
+    );
     let status = client.status(pb::StatusRequest {}).await?.into_inner();
-    assert_eq!((status.state.as_str(), status.backup_id.as_str()), ("prepared", "first"));
+    assert_eq!(
+        (status.state.as_str(), status.backup_id.as_str()),
+        ("prepared", "first")
+    );
     Ok(())
 }
 
@@ -127,7 +185,12 @@ async fn lease_releases_the_lock() -> anyhow::Result<()> {
     );
     wait_writable(&db, Duration::from_secs(2)).await?;
     assert!(started.elapsed() < Duration::from_secs(4));
-    let err = client.commit(pb::CommitRequest { backup_id: "b-lease".into() }).await.expect_err("late commit");
+    let err = client
+        .commit(pb::CommitRequest {
+            backup_id: "b-lease".into(),
+        })
+        .await
+        .expect_err("late commit");
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("lease-expired"), "{}", err.message());
     Ok(())
@@ -141,24 +204,53 @@ async fn killed_caller_releases_the_lock() -> anyhow::Result<()> {
     step!("a separate process prepares with a 60 s lease and holds");
     let dir = lockstep_tests::process::short_temp_dir("ls-cut-")?;
     let mut cmd = std::process::Command::new(lockstep_tests::bin_path("lockstep-agent")?);
-    cmd.args(["cut", "--agent", &agent.addr(), "--backup-id", "b-caller", "--lease", "60s", "--hold", "120s", "--json"]);
-    let mut caller = lockstep_tests::ChildProcess::spawn("cut caller", cmd, dir.path().join("cut.log"))?;
+    cmd.args([
+        "cut",
+        "--agent",
+        &agent.addr(),
+        "--backup-id",
+        "b-caller",
+        "--lease",
+        "60s",
+        "--hold",
+        "120s",
+        "--json",
+    ]);
+    let mut caller =
+        lockstep_tests::ChildProcess::spawn("cut caller", cmd, dir.path().join("cut.log"))?;
     let deadline = Instant::now() + Duration::from_secs(20);
     while !caller.log_tail(20).contains("\"step\":\"prepared\"") {
-        anyhow::ensure!(caller.is_running(), "cut caller exited: {}", caller.log_tail(20));
-        anyhow::ensure!(Instant::now() < deadline, "cut caller never prepared: {}", caller.log_tail(20));
+        anyhow::ensure!(
+            caller.is_running(),
+            "cut caller exited: {}",
+            caller.log_tail(20)
+        );
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "cut caller never prepared: {}",
+            caller.log_tail(20)
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(!write_commits_within(&db, Duration::from_millis(300)).await?, "not locked");
+    assert!(
+        !write_commits_within(&db, Duration::from_millis(300)).await?,
+        "not locked"
+    );
 
     step!("SIGKILL the caller");
     caller.kill()?;
     let took = wait_writable(&db, Duration::from_secs(10)).await?;
-    assert!(took < Duration::from_secs(6), "released {took:?} after the caller died");
+    assert!(
+        took < Duration::from_secs(6),
+        "released {took:?} after the caller died"
+    );
     let mut client = agent.client().await?;
     let status = client.status(pb::StatusRequest {}).await?.into_inner();
     assert_eq!(status.state, "idle");
-    assert_eq!(status.last_release.map(|r| r.reason), Some("caller-gone".to_string()));
+    assert_eq!(
+        status.last_release.map(|r| r.reason),
+        Some("caller-gone".to_string())
+    );
     Ok(())
 }
 
@@ -170,15 +262,31 @@ async fn preflight_refuses_behind_a_long_write() -> anyhow::Result<()> {
     let long = start_long_write(&db, 4, Duration::from_millis(700)).await?;
     let mut client = agent.client().await?;
     step!("prepare while an INSERT ... SELECT SLEEP(4) runs");
-    let err = probe::prepare(&mut client, "b-pre", Duration::from_secs(10), None).await.expect_err("refused");
+    let err = probe::prepare(&mut client, "b-pre", Duration::from_secs(10), None)
+        .await
+        .expect_err("refused");
     assert_eq!(err.code(), Code::FailedPrecondition);
     let msg = err.message();
-    for part in ["refusing to lock", "thread", "user root", "write statement", "INSERT INTO lockstep_probe.slow SELECT SLEEP(4)", db.address().as_str()] {
+    for part in [
+        "refusing to lock",
+        "thread",
+        "user root",
+        "write statement",
+        "INSERT INTO lockstep_probe.slow SELECT SLEEP(4)",
+        db.address().as_str(),
+    ] {
         assert!(msg.contains(part), "{part:?} missing from {msg}");
     }
     step!("nothing was locked");
     assert!(write_commits_within(&db, Duration::from_millis(500)).await?);
-    assert_eq!(client.status(pb::StatusRequest {}).await?.into_inner().state, "idle");
+    assert_eq!(
+        client
+            .status(pb::StatusRequest {})
+            .await?
+            .into_inner()
+            .state,
+        "idle"
+    );
     long.abort();
     Ok(())
 }
@@ -189,20 +297,39 @@ async fn preflight_refuses_behind_a_long_write() -> anyhow::Result<()> {
 async fn ftwrl_is_bounded_by_the_lock_wait_budget() -> anyhow::Result<()> {
     let (db, agent) = server_and_agent(
         "lock-ftwrl",
-        &["--lock-method", "ftwrl", "--preflight-budget", "30s", "--lock-wait-budget", "300ms"],
+        &[
+            "--lock-method",
+            "ftwrl",
+            "--preflight-budget",
+            "30s",
+            "--lock-wait-budget",
+            "300ms",
+        ],
     )
     .await?;
     let long = start_long_write(&db, 4, Duration::from_millis(200)).await?;
     let mut client = agent.client().await?;
     step!("prepare with FTWRL while an INSERT ... SELECT SLEEP(4) runs");
     let started = Instant::now();
-    let err = probe::prepare(&mut client, "b-ftwrl", Duration::from_secs(10), None).await.expect_err("timed out");
+    let err = probe::prepare(&mut client, "b-ftwrl", Duration::from_secs(10), None)
+        .await
+        .expect_err("timed out");
     let took = started.elapsed();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
-    assert!(err.message().contains("FLUSH TABLES WITH READ LOCK") && err.message().contains("300 ms"), "{}", err.message());
-    assert!(took < Duration::from_millis(1500), "prepare took {took:?} with a 300 ms budget");
+    assert!(
+        err.message().contains("FLUSH TABLES WITH READ LOCK") && err.message().contains("300 ms"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        took < Duration::from_millis(1500),
+        "prepare took {took:?} with a 300 ms budget"
+    );
     step!("no pile-up: other writers proceed while the long write still runs");
-    assert!(write_commits_within(&db, Duration::from_millis(500)).await?, "writes blocked after the lock was cancelled");
+    assert!(
+        write_commits_within(&db, Duration::from_millis(500)).await?,
+        "writes blocked after the lock was cancelled"
+    );
     let queued: Option<u64> = db
         .query_first("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE 'FLUSH TABLES WITH READ LOCK%'")
         .await?;
@@ -215,13 +342,26 @@ async fn ftwrl_is_bounded_by_the_lock_wait_budget() -> anyhow::Result<()> {
 /// write: the lock is granted at once and the write's commit waits instead.
 #[tokio::test]
 async fn backup_stage_does_not_queue_behind_writes() -> anyhow::Result<()> {
-    let (db, agent) = server_and_agent("lock-stage", &["--preflight-budget", "30s", "--lock-wait-budget", "300ms"]).await?;
+    let (db, agent) = server_and_agent(
+        "lock-stage",
+        &["--preflight-budget", "30s", "--lock-wait-budget", "300ms"],
+    )
+    .await?;
     let _long = start_long_write(&db, 3, Duration::from_millis(200)).await?;
     let mut client = agent.client().await?;
     let cut = probe::prepare(&mut client, "b-stage", Duration::from_secs(10), None).await?;
     assert_eq!(cut.prepared.lock_method, "backup-stage");
-    assert!(cut.prepared.lock_wait_us < 300_000, "waited {} us", cut.prepared.lock_wait_us);
-    let committed = client.commit(pb::CommitRequest { backup_id: "b-stage".into() }).await?.into_inner();
+    assert!(
+        cut.prepared.lock_wait_us < 300_000,
+        "waited {} us",
+        cut.prepared.lock_wait_us
+    );
+    let committed = client
+        .commit(pb::CommitRequest {
+            backup_id: "b-stage".into(),
+        })
+        .await?
+        .into_inner();
     assert!(committed.held_us < 300_000, "held {} us", committed.held_us);
     wait_writable(&db, Duration::from_secs(2)).await?;
     Ok(())

@@ -6,7 +6,10 @@
 use std::time::Duration;
 
 use lockstep_tests::probe;
-use lockstep_tests::{AgentOptions, AgentProc, CausalWriter, MariaDb, MariaDbOptions, Target, assert_same_data, check_chain, run_agent_cli, step};
+use lockstep_tests::{
+    AgentOptions, AgentProc, CausalWriter, MariaDb, MariaDbOptions, Target, assert_same_data,
+    check_chain, run_agent_cli, step,
+};
 
 /// Every common column type, NULL wherever allowed, awkward bytes, and all
 /// kinds of schema objects.
@@ -65,36 +68,70 @@ const KITCHEN_SINK: &[&str] = &[
 /// triggers did not fire during the load, row counts and GTID position set.
 #[tokio::test]
 async fn round_trip_every_type_and_object() -> anyhow::Result<()> {
-    let (src, dst) = tokio::try_join!(MariaDb::start(roomy("rt-src")), MariaDb::start(roomy("rt-dst")))?;
+    let (src, dst) = tokio::try_join!(
+        MariaDb::start(roomy("rt-src")),
+        MariaDb::start(roomy("rt-dst"))
+    )?;
     step!("create the kitchen-sink schema with a 1.1M-row table");
     for sql in KITCHEN_SINK {
         src.exec(sql).await?;
     }
-    let out = tempfile::Builder::new().prefix("ls-rt-").tempdir_in("/tmp")?;
+    let out = tempfile::Builder::new()
+        .prefix("ls-rt-")
+        .tempdir_in("/tmp")?;
     let dir = out.path().join("snap");
     let dir_s = dir.to_str().expect("utf-8 path");
 
     step!("dump");
-    let dumped = run_agent_cli(&["dump", "--mysql", &src.url(), "--out", dir_s, "--threads", "4", "--json"]).await?;
+    let dumped = run_agent_cli(&[
+        "dump",
+        "--mysql",
+        &src.url(),
+        "--out",
+        dir_s,
+        "--threads",
+        "4",
+        "--json",
+    ])
+    .await?;
     dumped.success()?;
     let summary: serde_json::Value = serde_json::from_str(dumped.stdout.trim())?;
     // big, types, customers, orders, audit, odd name, second-db
     assert_eq!(summary["rows"], 1_100_000 + 4 + 3 + 4 + 1 + 3 + 1);
     let held_us = summary["lock"]["held_us"].as_u64().expect("held_us");
     assert!(held_us < 1_000_000, "lock held {held_us} us");
-    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("manifest.json"))?)?;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json"))?)?;
     let big = manifest["databases"][1]["tables"]
         .as_array()
         .and_then(|t| t.iter().find(|t| t["name"] == "big"))
         .expect("shop.big in manifest");
-    assert!(big["chunks"].as_array().map_or(0, |c| c.len()) >= 4, "1.1M rows are split into ranges");
-    assert_eq!(manifest["position"]["gtid_set"].as_str(), Some(src.gtid_binlog_pos().await?.as_str()));
+    assert!(
+        big["chunks"].as_array().map_or(0, |c| c.len()) >= 4,
+        "1.1M rows are split into ranges"
+    );
+    assert_eq!(
+        manifest["position"]["gtid_set"].as_str(),
+        Some(src.gtid_binlog_pos().await?.as_str())
+    );
 
     step!("verify");
-    run_agent_cli(&["verify", "--from", dir_s]).await?.success()?;
+    run_agent_cli(&["verify", "--from", dir_s])
+        .await?
+        .success()?;
 
     step!("load into a fresh server");
-    let loaded = run_agent_cli(&["load", "--mysql", &dst.url(), "--from", dir_s, "--threads", "4", "--json"]).await?;
+    let loaded = run_agent_cli(&[
+        "load",
+        "--mysql",
+        &dst.url(),
+        "--from",
+        dir_s,
+        "--threads",
+        "4",
+        "--json",
+    ])
+    .await?;
     loaded.success()?;
 
     step!("compare");
@@ -109,10 +146,22 @@ async fn round_trip_every_type_and_object() -> anyhow::Result<()> {
              UNION ALL SELECT 'events', COUNT(*) FROM information_schema.EVENTS WHERE EVENT_SCHEMA='shop'",
         )
         .await?;
-    assert_eq!(kinds, vec![("routines".into(), 2), ("views".into(), 2), ("triggers".into(), 1), ("events".into(), 1)]);
-    let sum: String = dst.query_one("SELECT CAST(SUM(s) AS CHAR) FROM shop.a_view_on_view").await?;
+    assert_eq!(
+        kinds,
+        vec![
+            ("routines".into(), 2),
+            ("views".into(), 2),
+            ("triggers".into(), 1),
+            ("events".into(), 1)
+        ]
+    );
+    let sum: String = dst
+        .query_one("SELECT CAST(SUM(s) AS CHAR) FROM shop.a_view_on_view")
+        .await?;
     assert_eq!(sum, "119.99");
-    let taxed: String = dst.query_one("SELECT CAST(shop.with_tax(10) AS CHAR)").await?;
+    let taxed: String = dst
+        .query_one("SELECT CAST(shop.with_tax(10) AS CHAR)")
+        .await?;
     assert_eq!(taxed, "12.00");
     let slave_pos: String = dst.query_one("SELECT @@gtid_slave_pos").await?;
     assert_eq!(slave_pos, src.gtid_binlog_pos().await?);
@@ -122,9 +171,24 @@ async fn round_trip_every_type_and_object() -> anyhow::Result<()> {
     step!("a second load is refused without --force, and works with it");
     let again = run_agent_cli(&["load", "--mysql", &dst.url(), "--from", dir_s]).await?;
     assert!(!again.status.success());
-    assert!(again.stderr.contains("not empty") && again.stderr.contains("shop"), "{}", again.stderr);
-    dst.exec("INSERT INTO shop.audit (what) VALUES ('local change')").await?;
-    run_agent_cli(&["load", "--mysql", &dst.url(), "--from", dir_s, "--force", "--quiet"]).await?.success()?;
+    assert!(
+        again.stderr.contains("not empty") && again.stderr.contains("shop"),
+        "{}",
+        again.stderr
+    );
+    dst.exec("INSERT INTO shop.audit (what) VALUES ('local change')")
+        .await?;
+    run_agent_cli(&[
+        "load",
+        "--mysql",
+        &dst.url(),
+        "--from",
+        dir_s,
+        "--force",
+        "--quiet",
+    ])
+    .await?
+    .success()?;
     assert_same_data(&src, &dst, &["shop", "second-db"]).await?;
     Ok(())
 }
@@ -140,7 +204,10 @@ async fn snapshot_under_writes_is_exactly_the_captured_position() -> anyhow::Res
         MariaDb::start(MariaDbOptions::named("cc-src")),
         MariaDb::start(MariaDbOptions::named("cc-dst"))
     )?;
-    let targets: Vec<Target> = ["chain_a", "chain_b", "chain_c"].iter().map(|db| Target::on(&src, db, "rec")).collect();
+    let targets: Vec<Target> = ["chain_a", "chain_b", "chain_c"]
+        .iter()
+        .map(|db| Target::on(&src, db, "rec"))
+        .collect();
     let writer = CausalWriter::start(targets.clone()).await?;
     writer.wait_committed(200, Duration::from_secs(30)).await?;
     let agent = AgentProc::start(AgentOptions::new("cc-src", src.url())).await?;
@@ -149,19 +216,48 @@ async fn snapshot_under_writes_is_exactly_the_captured_position() -> anyhow::Res
     step!("prepare, commit and transfer while the writer runs");
     let cut = probe::prepare(&mut client, "b-chain", Duration::from_secs(10), None).await?;
     let pos = cut.position();
-    let committed = client.commit(lockstep_proto::agent::CommitRequest { backup_id: "b-chain".into() }).await?.into_inner();
-    assert!(committed.snapshot_positions.iter().all(|p| p.binlog_file == pos.binlog_file && p.binlog_pos == pos.binlog_pos));
+    let committed = client
+        .commit(lockstep_proto::agent::CommitRequest {
+            backup_id: "b-chain".into(),
+        })
+        .await?
+        .into_inner();
+    assert!(
+        committed
+            .snapshot_positions
+            .iter()
+            .all(|p| p.binlog_file == pos.binlog_file && p.binlog_pos == pos.binlog_pos)
+    );
     let more = writer.committed() + 200;
     writer.wait_committed(more, Duration::from_secs(30)).await?;
     let artifact = probe::transfer(&mut client, "b-chain").await?;
     let written = writer.stop().await;
-    assert!(artifact.location.ends_with("b-chain/cc-src"), "{}", artifact.location);
+    assert!(
+        artifact.location.ends_with("b-chain/cc-src"),
+        "{}",
+        artifact.location
+    );
 
     step!("restore and check the chain");
-    run_agent_cli(&["load", "--mysql", &dst.url(), "--from", &artifact.location, "--quiet"]).await?.success()?;
-    let restored: Vec<Target> = ["chain_a", "chain_b", "chain_c"].iter().map(|db| Target::on(&dst, db, "rec")).collect();
+    run_agent_cli(&[
+        "load",
+        "--mysql",
+        &dst.url(),
+        "--from",
+        &artifact.location,
+        "--quiet",
+    ])
+    .await?
+    .success()?;
+    let restored: Vec<Target> = ["chain_a", "chain_b", "chain_c"]
+        .iter()
+        .map(|db| Target::on(&dst, db, "rec"))
+        .collect();
     let m = check_chain(&restored).await?;
-    assert!(m >= 200 && m < written, "restored chain 1..{m} of {written} written");
+    assert!(
+        m >= 200 && m < written,
+        "restored chain 1..{m} of {written} written"
+    );
 
     step!("replay the source binlog from the captured position");
     let replay = std::process::Command::new("sh")
@@ -175,7 +271,11 @@ async fn snapshot_under_writes_is_exactly_the_captured_position() -> anyhow::Res
             dst.port()
         ))
         .output()?;
-    assert!(replay.status.success(), "replay failed: {}", String::from_utf8_lossy(&replay.stderr));
+    assert!(
+        replay.status.success(),
+        "replay failed: {}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
     assert_eq!(check_chain(&restored).await?, check_chain(&targets).await?);
     assert_same_data(&src, &dst, &["chain_a", "chain_b", "chain_c"]).await?;
     Ok(())
@@ -185,12 +285,19 @@ async fn snapshot_under_writes_is_exactly_the_captured_position() -> anyhow::Res
 /// harness default of 16 MB makes InnoDB flush constantly).
 fn roomy(name: &str) -> MariaDbOptions {
     let mut o = MariaDbOptions::named(name);
-    o.extra_args = vec!["--innodb-buffer-pool-size=128M".into(), "--innodb-log-file-size=128M".into()];
+    o.extra_args = vec![
+        "--innodb-buffer-pool-size=128M".into(),
+        "--innodb-log-file-size=128M".into(),
+    ];
     o
 }
 
 /// Binlog files of `server` that come after `file`.
 async fn binlog_files_after(server: &MariaDb, file: &str) -> anyhow::Result<Vec<String>> {
     let logs: Vec<(String, u64)> = server.query("SHOW BINARY LOGS").await?;
-    Ok(logs.into_iter().map(|(f, _)| f).filter(|f| f.as_str() > file).collect())
+    Ok(logs
+        .into_iter()
+        .map(|(f, _)| f)
+        .filter(|f| f.as_str() > file)
+        .collect())
 }
