@@ -99,18 +99,16 @@ impl Server {
     }
 }
 
-/// The URL with its password replaced by `***`.
+/// The URL with its password replaced by `***`. Works on malformed input
+/// too: whatever sits between the user and the last '@' is masked.
 pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        Err(_) => match (url.find("://"), url.rfind('@')) {
-            (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
-            _ => url.to_string(),
-        },
+    let start = url.find("://").map_or(0, |s| s + 3);
+    let Some(at) = url[start..].rfind('@').map(|at| start + at) else {
+        return url.to_string();
+    };
+    match url[start..at].find(':') {
+        Some(colon) => format!("{}:***{}", &url[..start + colon], &url[at..]),
+        None => url.to_string(),
     }
 }
 
