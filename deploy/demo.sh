@@ -36,8 +36,9 @@ start_server() {
   port=$(free_port)
   dir="$WORK/$name"
   cp -a "$WORK/template" "$dir"
+  mkdir -p "$dir.tmp"
   mariadbd --no-defaults --user=root --datadir="$dir" --socket="$dir/mysqld.sock" \
-    --port="$port" --bind-address=127.0.0.1 --pid-file="$dir/mysqld.pid" \
+    --port="$port" --bind-address=127.0.0.1 --pid-file="$dir/mysqld.pid" --tmpdir="$dir.tmp" \
     --log-error="$dir/error.log" --server-id="$id" --gtid-domain-id="$id" \
     --log-bin=mysql-bin --binlog-format=ROW --innodb-buffer-pool-size=64M \
     --innodb-log-file-size=64M --skip-name-resolve --performance-schema=OFF >"$dir.out" 2>&1 &

@@ -455,7 +455,8 @@ async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
 async fn connect(addr: &str) -> anyhow::Result<NodeAgentClient<tonic::transport::Channel>> {
     let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
         .map_err(|e| anyhow::anyhow!("invalid agent address {addr:?}: {e}"))?
-        .connect_timeout(Duration::from_secs(5));
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
     let channel = endpoint
         .connect()
         .await

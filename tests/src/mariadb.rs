@@ -358,6 +358,8 @@ impl MariaDb {
         let datadir = self.datadir();
         let error_log = self.error_log_path();
         let log_offset = std::fs::metadata(&error_log).map(|m| m.len()).unwrap_or(0);
+        let tmpdir = dir.join("tmp");
+        std::fs::create_dir_all(&tmpdir).with_context(|| format!("create {}", tmpdir.display()))?;
 
         let mut cmd = Command::new("mariadbd");
         // --no-defaults must come first.
@@ -369,7 +371,10 @@ impl MariaDb {
             .arg(format!("--pid-file={}", dir.join("mysqld.pid").display()))
             .arg(format!("--log-error={}", error_log.display()))
             .arg(format!("--server-id={}", self.server_id))
-            .arg(format!("--gtid-domain-id={}", self.gtid_domain_id));
+            .arg(format!("--gtid-domain-id={}", self.gtid_domain_id))
+            // A tmpdir of its own: servers sharing /tmp have been seen to
+            // lose each other's internal temporary tables.
+            .arg(format!("--tmpdir={}", tmpdir.display()));
         if self.opts.binlog {
             cmd.arg("--log-bin=mysql-bin");
         }
