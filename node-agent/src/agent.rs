@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::cut::{
     self, Budgets, CommittedCut, Position, PrepareOptions, PrepareTimings, PreparedCut, unix_micros,
@@ -151,7 +152,6 @@ impl Agent {
         let lease = req.lease.min(self.cfg.max_lease);
         let started_at = crate::now_rfc3339();
         let span = tracing::info_span!("prepare", backup = %req.backup_id, server = %self.cfg.name);
-        let _enter = span.enter();
         let prepared = cut::prepare(
             &self.cfg.server,
             PrepareOptions {
@@ -160,7 +160,9 @@ impl Agent {
                 snapshot_connections: req.snapshot_connections.max(1),
             },
         )
+        .instrument(span.clone())
         .await?;
+        let _in_span = span.enter();
         *self.info.lock().expect("info lock") = Some(prepared.info.clone());
         let info = PreparedInfo {
             backup_id: req.backup_id.clone(),

@@ -266,12 +266,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> i32 {
     match result {
         Ok(()) => 0,
         Err(e) => {
-            let retry = e.downcast_ref::<Error>().is_some_and(|e| {
-                matches!(
-                    e,
-                    Error::LongStatement { .. } | Error::LockTimeout { .. } | Error::Busy { .. }
-                )
-            });
+            let retry = e.downcast_ref::<Error>().is_some_and(Error::is_refusal);
             eprintln!("error: {e:#}");
             if retry { EXIT_RETRY } else { 1 }
         }

@@ -135,17 +135,27 @@ impl Error {
         }
     }
 
-    /// Errors a caller may retry unchanged: the server was busy or briefly
-    /// unreachable, not misconfigured.
+    /// The server or agent declined for now (a long statement, a lock not
+    /// granted in time, another backup running); the same request may work
+    /// later.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Error::LongStatement { .. } | Error::LockTimeout { .. } | Error::Busy { .. }
+        )
+    }
+
+    /// Errors a caller may retry unchanged: refusals, and a server that was
+    /// briefly unreachable rather than misconfigured.
     pub fn is_retryable(&self) -> bool {
-        match self {
-            Error::LongStatement { .. } | Error::LockTimeout { .. } | Error::Busy { .. } => true,
-            Error::Mysql { source, .. } => matches!(
-                source,
-                mysql_async::Error::Io(_) | mysql_async::Error::Driver(_)
-            ),
-            _ => false,
-        }
+        self.is_refusal()
+            || matches!(
+                self,
+                Error::Mysql {
+                    source: mysql_async::Error::Io(_) | mysql_async::Error::Driver(_),
+                    ..
+                }
+            )
     }
 }
 
