@@ -3,6 +3,8 @@
 //! Modules:
 //! - [`agent`]: `lockstep.agent.v1`, the node agent's service (two-phase cut,
 //!   transfer, status).
+//! - [`raft`]: `lockstep.raft.v1`, the coordinators' raft transport (raft-rs
+//!   messages as opaque bytes).
 //!
 //! Nothing but generated code lives here; conversions to domain types belong to
 //! the crate that owns the domain type.
@@ -10,4 +12,9 @@
 #[allow(missing_debug_implementations, clippy::all)]
 pub mod agent {
     tonic::include_proto!("lockstep.agent.v1");
+}
+
+#[allow(missing_debug_implementations, clippy::all)]
+pub mod raft {
+    tonic::include_proto!("lockstep.raft.v1");
 }

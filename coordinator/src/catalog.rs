@@ -1,0 +1,558 @@
+//! The backup catalog: the raft state machine.
+//!
+//! Every change is a [`Command`] that the leader proposes and every replica
+//! applies in log order with [`Catalog::apply`]. `apply` is deterministic and
+//! validates before it changes anything: a command that does not fit the
+//! current state (a second running backup for a cluster, an artifact for a
+//! server outside the cut, completing a backup with artifacts missing) is
+//! rejected with a reason and leaves the catalog as it was. Times are carried
+//! inside the commands, never read from the clock during apply.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A server as its agent registered it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Server {
+    pub cluster: String,
+    pub name: String,
+    /// gRPC address of its agent.
+    pub agent_addr: String,
+    pub flavour: String,
+    pub version: String,
+    pub server_id: u32,
+    pub server_uuid: String,
+    pub registered_at_unix_ms: i64,
+}
+
+/// One server's part of a cut.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CutEntry {
+    pub binlog_file: String,
+    pub binlog_pos: u64,
+    pub gtid: String,
+    pub lock_method: String,
+    pub lock_wait_us: u64,
+    pub capture_us: u64,
+    pub locked_at_unix_us: i64,
+    /// Set when the server reported its release.
+    pub held_us: Option<u64>,
+    pub released_at_unix_us: Option<i64>,
+}
+
+/// Where one server's snapshot was stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Artifact {
+    pub location: String,
+    pub manifest_sha256: String,
+    pub bytes: u64,
+    pub files: u64,
+    pub rows: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    /// PREPARE sent; nothing decided yet. A new leader aborts these.
+    Preparing,
+    /// The cut is committed: every server was locked at the barrier. A new
+    /// leader finishes the transfer or fails the backup.
+    Transferring,
+    Complete,
+    Failed,
+}
+
+impl Status {
+    pub fn is_running(self) -> bool {
+        matches!(self, Status::Preparing | Status::Transferring)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backup {
+    pub id: String,
+    pub cluster: String,
+    pub status: Status,
+    /// The servers taking part, fixed when the backup starts.
+    pub servers: Vec<String>,
+    pub started_at_unix_ms: i64,
+    pub finished_at_unix_ms: Option<i64>,
+    pub cut: BTreeMap<String, CutEntry>,
+    pub cut_committed_at_unix_ms: Option<i64>,
+    pub artifacts: BTreeMap<String, Artifact>,
+    /// Why it failed, naming the server where one is to blame.
+    pub reason: Option<String>,
+}
+
+impl Backup {
+    /// First lock acquired to last lock released, once every server reported
+    /// its release.
+    pub fn freeze_us(&self) -> Option<u64> {
+        if self.cut.len() != self.servers.len() || self.cut.is_empty() {
+            return None;
+        }
+        let first = self.cut.values().map(|c| c.locked_at_unix_us).min()?;
+        let last = self
+            .cut
+            .values()
+            .map(|c| c.released_at_unix_us)
+            .collect::<Option<Vec<_>>>()?
+            .into_iter()
+            .max()?;
+        Some(last.saturating_sub(first).max(0) as u64)
+    }
+}
+
+/// A change to the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    /// An agent registered (or re-registered with new details).
+    RegisterServer(Server),
+    /// The leader starts a backup of every registered server of a cluster.
+    StartBackup {
+        id: String,
+        cluster: String,
+        servers: Vec<String>,
+        at_unix_ms: i64,
+    },
+    /// One server replied PREPARED.
+    Prepared {
+        id: String,
+        server: String,
+        entry: CutEntry,
+    },
+    /// Every server is prepared: the cut is decided.
+    CommitCut { id: String, at_unix_ms: i64 },
+    /// One server released its lock after COMMIT.
+    Released {
+        id: String,
+        server: String,
+        held_us: u64,
+        released_at_unix_us: i64,
+    },
+    /// One server's snapshot is durable at `artifact.location`.
+    ArtifactStored {
+        id: String,
+        server: String,
+        artifact: Artifact,
+    },
+    /// Every artifact is durable.
+    Complete { id: String, at_unix_ms: i64 },
+    Fail {
+        id: String,
+        reason: String,
+        at_unix_ms: i64,
+    },
+}
+
+/// The catalog. Serialised whole for raft snapshots.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Catalog {
+    /// cluster → server name → server.
+    pub clusters: BTreeMap<String, BTreeMap<String, Server>>,
+    pub backups: BTreeMap<String, Backup>,
+}
+
+/// Why a command was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum Rejected {
+    #[error("unknown cluster {0:?}")]
+    UnknownCluster(String),
+    #[error("unknown backup {0}")]
+    UnknownBackup(String),
+    #[error("cluster {cluster} already has backup {running} running")]
+    BackupRunning { cluster: String, running: String },
+    #[error("backup {0} already exists")]
+    DuplicateBackup(String),
+    #[error("backup {id}: {reason}")]
+    BadTransition { id: String, reason: String },
+}
+
+impl Catalog {
+    pub fn running_backup(&self, cluster: &str) -> Option<&Backup> {
+        self.backups
+            .values()
+            .find(|b| b.cluster == cluster && b.status.is_running())
+    }
+
+    /// Applies one command; on rejection nothing changes.
+    pub fn apply(&mut self, cmd: Command) -> Result<(), Rejected> {
+        match cmd {
+            Command::RegisterServer(s) => {
+                self.clusters
+                    .entry(s.cluster.clone())
+                    .or_default()
+                    .insert(s.name.clone(), s);
+                Ok(())
+            }
+            Command::StartBackup {
+                id,
+                cluster,
+                servers,
+                at_unix_ms,
+            } => {
+                let registered = self
+                    .clusters
+                    .get(&cluster)
+                    .filter(|c| !c.is_empty())
+                    .ok_or_else(|| Rejected::UnknownCluster(cluster.clone()))?;
+                if let Some(running) = self.running_backup(&cluster) {
+                    return Err(Rejected::BackupRunning {
+                        cluster,
+                        running: running.id.clone(),
+                    });
+                }
+                if self.backups.contains_key(&id) {
+                    return Err(Rejected::DuplicateBackup(id));
+                }
+                if servers.is_empty() || servers.iter().any(|s| !registered.contains_key(s)) {
+                    return Err(Rejected::BadTransition {
+                        id,
+                        reason: format!(
+                            "servers {servers:?} are not all registered in cluster {cluster}"
+                        ),
+                    });
+                }
+                self.backups.insert(
+                    id.clone(),
+                    Backup {
+                        id,
+                        cluster,
+                        status: Status::Preparing,
+                        servers,
+                        started_at_unix_ms: at_unix_ms,
+                        finished_at_unix_ms: None,
+                        cut: BTreeMap::new(),
+                        cut_committed_at_unix_ms: None,
+                        artifacts: BTreeMap::new(),
+                        reason: None,
+                    },
+                );
+                Ok(())
+            }
+            Command::Prepared { id, server, entry } => {
+                let b = self.backup_in(&id, Status::Preparing)?;
+                require_member(b, &server)?;
+                b.cut.insert(server, entry);
+                Ok(())
+            }
+            Command::CommitCut { id, at_unix_ms } => {
+                let b = self.backup_in(&id, Status::Preparing)?;
+                if let Some(missing) = b.servers.iter().find(|s| !b.cut.contains_key(*s)) {
+                    return Err(Rejected::BadTransition {
+                        id: id.clone(),
+                        reason: format!("server {missing} has not prepared"),
+                    });
+                }
+                b.status = Status::Transferring;
+                b.cut_committed_at_unix_ms = Some(at_unix_ms);
+                Ok(())
+            }
+            Command::Released {
+                id,
+                server,
+                held_us,
+                released_at_unix_us,
+            } => {
+                let b = self.backup_in(&id, Status::Transferring)?;
+                let entry = b
+                    .cut
+                    .get_mut(&server)
+                    .ok_or_else(|| Rejected::BadTransition {
+                        id: id.clone(),
+                        reason: format!("server {server} is not in the cut"),
+                    })?;
+                entry.held_us = Some(held_us);
+                entry.released_at_unix_us = Some(released_at_unix_us);
+                Ok(())
+            }
+            Command::ArtifactStored {
+                id,
+                server,
+                artifact,
+            } => {
+                let b = self.backup_in(&id, Status::Transferring)?;
+                require_member(b, &server)?;
+                b.artifacts.insert(server, artifact);
+                Ok(())
+            }
+            Command::Complete { id, at_unix_ms } => {
+                let b = self.backup_in(&id, Status::Transferring)?;
+                if let Some(missing) = b.servers.iter().find(|s| !b.artifacts.contains_key(*s)) {
+                    return Err(Rejected::BadTransition {
+                        id: id.clone(),
+                        reason: format!("server {missing} has no durable artifact"),
+                    });
+                }
+                b.status = Status::Complete;
+                b.finished_at_unix_ms = Some(at_unix_ms);
+                Ok(())
+            }
+            Command::Fail {
+                id,
+                reason,
+                at_unix_ms,
+            } => {
+                let b = self
+                    .backups
+                    .get_mut(&id)
+                    .ok_or_else(|| Rejected::UnknownBackup(id.clone()))?;
+                if !b.status.is_running() {
+                    return Err(Rejected::BadTransition {
+                        id,
+                        reason: format!("it is already {:?}", b.status),
+                    });
+                }
+                b.status = Status::Failed;
+                b.reason = Some(reason);
+                b.finished_at_unix_ms = Some(at_unix_ms);
+                Ok(())
+            }
+        }
+    }
+
+    fn backup_in(&mut self, id: &str, status: Status) -> Result<&mut Backup, Rejected> {
+        let b = self
+            .backups
+            .get_mut(id)
+            .ok_or_else(|| Rejected::UnknownBackup(id.to_string()))?;
+        if b.status != status {
+            return Err(Rejected::BadTransition {
+                id: id.to_string(),
+                reason: format!("it is {:?}, not {:?}", b.status, status),
+            });
+        }
+        Ok(b)
+    }
+}
+
+/// Raft applies catalog commands as JSON; the reply is the JSON of
+/// `Result<(), Rejected>`.
+impl crate::raft::StateMachine for Catalog {
+    fn apply(&mut self, _index: u64, data: &[u8]) -> Vec<u8> {
+        let result = match serde_json::from_slice::<Command>(data) {
+            Ok(cmd) => Catalog::apply(self, cmd),
+            Err(e) => Err(Rejected::BadTransition {
+                id: String::new(),
+                reason: format!("undecodable command: {e}"),
+            }),
+        };
+        serde_json::to_vec(&result).expect("a catalog reply always serialises")
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a catalog always serialises")
+    }
+
+    fn restore(&mut self, data: &[u8]) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        *self = serde_json::from_slice(data)?;
+        Ok(())
+    }
+}
+
+fn require_member(b: &Backup, server: &str) -> Result<(), Rejected> {
+    if b.servers.iter().any(|s| s == server) {
+        Ok(())
+    } else {
+        Err(Rejected::BadTransition {
+            id: b.id.clone(),
+            reason: format!("server {server} is not part of it"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(cluster: &str, name: &str) -> Command {
+        Command::RegisterServer(Server {
+            cluster: cluster.into(),
+            name: name.into(),
+            agent_addr: format!("http://{name}:7400"),
+            flavour: "mariadb".into(),
+            version: "10.11.6".into(),
+            server_id: 1,
+            server_uuid: String::new(),
+            registered_at_unix_ms: 1,
+        })
+    }
+
+    fn start(id: &str) -> Command {
+        Command::StartBackup {
+            id: id.into(),
+            cluster: "c".into(),
+            servers: vec!["a".into(), "b".into()],
+            at_unix_ms: 10,
+        }
+    }
+
+    fn prepared(id: &str, server: &str, locked_at: i64) -> Command {
+        Command::Prepared {
+            id: id.into(),
+            server: server.into(),
+            entry: CutEntry {
+                binlog_file: "mysql-bin.000001".into(),
+                binlog_pos: 4,
+                locked_at_unix_us: locked_at,
+                ..CutEntry::default()
+            },
+        }
+    }
+
+    fn artifact() -> Artifact {
+        Artifact {
+            location: "/b".into(),
+            manifest_sha256: "00".into(),
+            bytes: 1,
+            files: 1,
+            rows: 1,
+        }
+    }
+
+    fn catalog() -> Catalog {
+        let mut c = Catalog::default();
+        c.apply(server("c", "a")).expect("register a");
+        c.apply(server("c", "b")).expect("register b");
+        c
+    }
+
+    #[test]
+    fn a_backup_runs_through_every_step() {
+        let mut c = catalog();
+        c.apply(start("b1")).expect("start");
+        c.apply(prepared("b1", "a", 1_000)).expect("a");
+        let early = c.apply(Command::CommitCut {
+            id: "b1".into(),
+            at_unix_ms: 11,
+        });
+        assert!(
+            matches!(early, Err(Rejected::BadTransition { ref reason, .. }) if reason.contains("server b")),
+            "{early:?}"
+        );
+        c.apply(prepared("b1", "b", 1_500)).expect("b");
+        c.apply(Command::CommitCut {
+            id: "b1".into(),
+            at_unix_ms: 12,
+        })
+        .expect("commit");
+        for (s, at) in [("a", 4_000), ("b", 6_000)] {
+            c.apply(Command::Released {
+                id: "b1".into(),
+                server: s.into(),
+                held_us: 3_000,
+                released_at_unix_us: at,
+            })
+            .expect("released");
+        }
+        assert_eq!(c.backups["b1"].freeze_us(), Some(5_000));
+        c.apply(Command::ArtifactStored {
+            id: "b1".into(),
+            server: "a".into(),
+            artifact: artifact(),
+        })
+        .expect("artifact a");
+        let incomplete = c.apply(Command::Complete {
+            id: "b1".into(),
+            at_unix_ms: 13,
+        });
+        assert!(
+            matches!(incomplete, Err(Rejected::BadTransition { ref reason, .. }) if reason.contains("server b has no durable artifact"))
+        );
+        c.apply(Command::ArtifactStored {
+            id: "b1".into(),
+            server: "b".into(),
+            artifact: artifact(),
+        })
+        .expect("artifact b");
+        c.apply(Command::Complete {
+            id: "b1".into(),
+            at_unix_ms: 14,
+        })
+        .expect("complete");
+        assert_eq!(c.backups["b1"].status, Status::Complete);
+    }
+
+    #[test]
+    fn rejections_change_nothing() {
+        let mut c = catalog();
+        c.apply(start("b1")).expect("start");
+        let before = c.clone();
+        assert_eq!(
+            c.apply(start("b2")),
+            Err(Rejected::BackupRunning {
+                cluster: "c".into(),
+                running: "b1".into()
+            })
+        );
+        assert!(matches!(
+            c.apply(prepared("b1", "zzz", 1)),
+            Err(Rejected::BadTransition { .. })
+        ));
+        assert!(matches!(
+            c.apply(prepared("nope", "a", 1)),
+            Err(Rejected::UnknownBackup(_))
+        ));
+        let unknown = c.apply(Command::StartBackup {
+            id: "x".into(),
+            cluster: "other".into(),
+            servers: vec![],
+            at_unix_ms: 0,
+        });
+        assert_eq!(unknown, Err(Rejected::UnknownCluster("other".into())));
+        assert_eq!(c, before);
+        c.apply(Command::Fail {
+            id: "b1".into(),
+            reason: "server b: lock timeout".into(),
+            at_unix_ms: 5,
+        })
+        .expect("fail");
+        assert!(
+            c.apply(Command::Fail {
+                id: "b1".into(),
+                reason: "again".into(),
+                at_unix_ms: 6
+            })
+            .is_err()
+        );
+        assert_eq!(
+            c.backups["b1"].reason.as_deref(),
+            Some("server b: lock timeout")
+        );
+        c.apply(start("b2"))
+            .expect("a failed backup does not block the next");
+    }
+
+    #[test]
+    fn raft_applies_json_commands() {
+        use crate::raft::StateMachine;
+        let mut c = catalog();
+        let ok = serde_json::to_vec(&start("b1")).expect("encode");
+        let reply: Result<(), Rejected> =
+            serde_json::from_slice(&StateMachine::apply(&mut c, 3, &ok)).expect("reply");
+        assert_eq!(reply, Ok(()));
+        let again: Result<(), Rejected> =
+            serde_json::from_slice(&StateMachine::apply(&mut c, 4, &ok)).expect("reply");
+        assert!(matches!(again, Err(Rejected::BackupRunning { .. })));
+        let garbage: Result<(), Rejected> =
+            serde_json::from_slice(&StateMachine::apply(&mut c, 5, b"{")).expect("reply");
+        assert!(garbage.is_err());
+        let mut restored = Catalog::default();
+        restored.restore(&c.snapshot()).expect("restore");
+        assert_eq!(restored, c);
+    }
+
+    #[test]
+    fn commands_and_catalog_round_trip_through_json() {
+        let mut c = catalog();
+        c.apply(start("b1")).expect("start");
+        let json = serde_json::to_string(&c).expect("serialise");
+        assert_eq!(serde_json::from_str::<Catalog>(&json).expect("parse"), c);
+        let cmd = prepared("b1", "a", 7);
+        let text = serde_json::to_string(&cmd).expect("serialise");
+        assert!(text.contains("\"op\":\"prepared\""), "{text}");
+        assert_eq!(serde_json::from_str::<Command>(&text).expect("parse"), cmd);
+    }
+}
