@@ -166,7 +166,7 @@ pub struct DumpArgs {
     #[arg(long)]
     pub no_preflush: bool,
     /// zstd level of the data files (1 fast … 19 small).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     pub zstd_level: i32,
     /// Rows per data file for tables with an integer primary key.
     #[arg(long, default_value_t = 250_000)]

@@ -42,7 +42,7 @@ pub struct DumpOptions {
 impl Default for DumpOptions {
     fn default() -> Self {
         DumpOptions {
-            zstd_level: 3,
+            zstd_level: 1,
             chunk_rows: 250_000,
         }
     }
