@@ -425,6 +425,34 @@ impl Agent {
         result
     }
 
+    /// Loads the snapshot at `location` into `target` (a mysql:// URL), or
+    /// into this agent's own server. The own server is refused while a
+    /// backup of it is in progress.
+    pub async fn restore(
+        &self,
+        location: &std::path::Path,
+        target: Option<&str>,
+        opts: &crate::restore::LoadOptions,
+        progress: Arc<Progress>,
+    ) -> Result<crate::restore::LoadReport> {
+        let server = match target {
+            Some(url) => Server::parse(url)?,
+            None => {
+                if let Some(s) = self.session.lock().await.as_ref() {
+                    return Err(Error::Busy {
+                        current: s.backup_id.clone(),
+                        requested: format!("restore of {}", location.display()),
+                    });
+                }
+                self.cfg.server.clone()
+            }
+        };
+        let span = tracing::info_span!("restore", location = %location.display(), target = %server.address());
+        crate::restore::load(&server, location, opts, progress)
+            .instrument(span)
+            .await
+    }
+
     pub async fn status(&self) -> AgentStatus {
         let slot = self.session.lock().await;
         let (state, backup_id, held) = match slot.as_ref() {

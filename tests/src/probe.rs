@@ -131,3 +131,32 @@ pub async fn transfer(
     }
     bail!("transfer stream ended without a final message")
 }
+
+/// Runs Restore (the agent loads `location` into `target`, or its own server
+/// when `target` is empty) to the end and returns the report.
+pub async fn restore(
+    client: &mut NodeAgentClient<Channel>,
+    location: &str,
+    target: &str,
+) -> Result<pb::RestoreReport, tonic::Status> {
+    let mut stream = client
+        .restore(pb::RestoreRequest {
+            location: location.into(),
+            target_mysql: target.into(),
+            force: false,
+            threads: 2,
+            binlog: false,
+        })
+        .await?
+        .into_inner();
+    while let Some(m) = stream.message().await? {
+        if m.done {
+            return m
+                .report
+                .ok_or_else(|| tonic::Status::internal("final restore message without report"));
+        }
+    }
+    Err(tonic::Status::internal(
+        "restore stream ended without a final message",
+    ))
+}

@@ -238,17 +238,21 @@ async fn snapshot_under_writes_is_exactly_the_captured_position() -> anyhow::Res
         artifact.location
     );
 
-    step!("restore and check the chain");
-    run_agent_cli(&[
-        "load",
-        "--mysql",
-        &dst.url(),
-        "--from",
-        &artifact.location,
-        "--quiet",
-    ])
-    .await?
-    .success()?;
+    step!("the agent refuses to restore over its own (non-empty) server");
+    let refused = probe::restore(&mut client, &artifact.location, "")
+        .await
+        .expect_err("non-empty");
+    assert_eq!(refused.code(), tonic::Code::AlreadyExists, "{refused:?}");
+    assert!(
+        refused.message().contains(&src.address()),
+        "{}",
+        refused.message()
+    );
+
+    step!("restore through the agent into a fresh server and check the chain");
+    let report = probe::restore(&mut client, &artifact.location, &dst.url()).await?;
+    assert_eq!(report.backup_id, "b-chain");
+    assert_eq!(report.gtid_slave_pos, pos.gtid_set);
     let restored: Vec<Target> = ["chain_a", "chain_b", "chain_c"]
         .iter()
         .map(|db| Target::on(&dst, db, "rec"))

@@ -11,6 +11,7 @@ use crate::dump::DumpResult;
 use crate::error::Error;
 use crate::flavour::ServerInfo;
 use crate::format::manifest::FILE_NAME;
+use crate::restore::LoadReport;
 
 /// Fills zero fields of a request from the agent's defaults.
 pub fn prepare_request(r: pb::PrepareRequest, cfg: &AgentConfig) -> PrepareRequest {
@@ -98,6 +99,17 @@ pub fn artifact(d: &DumpResult) -> pb::Artifact {
         files: d.manifest.totals.files,
         manifest_sha256: d.manifest_sha256.clone(),
         rows: d.manifest.totals.rows,
+    }
+}
+
+pub fn restore_report(r: &LoadReport) -> pb::RestoreReport {
+    pb::RestoreReport {
+        server: r.server.clone(),
+        backup_id: r.backup_id.clone(),
+        tables: r.tables as u64,
+        rows: r.rows,
+        duration_ms: r.duration_ms,
+        gtid_slave_pos: r.gtid_slave_pos.clone().unwrap_or_default(),
     }
 }
 

@@ -13,9 +13,10 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use crate::agent::{Agent, receiver_dropped};
-use crate::progress::Progress;
+use crate::progress::{self, Progress};
+use crate::restore::LoadOptions;
 
-/// How often Transfer reports progress.
+/// How often Transfer and Restore report progress.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone)]
@@ -35,6 +36,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 impl NodeAgent for AgentService {
     type PrepareStream = BoxStream<pb::PrepareEvent>;
     type TransferStream = BoxStream<pb::TransferProgress>;
+    type RestoreStream = BoxStream<pb::RestoreProgress>;
 
     async fn prepare(
         &self,
@@ -98,46 +100,52 @@ impl NodeAgent for AgentService {
         let r = request.into_inner();
         let level = (r.zstd_level != 0).then_some(r.zstd_level);
         let progress = Arc::new(Progress::default());
-        let (tx, rx) = mpsc::channel(16);
-        let agent = self.agent.clone();
-        let p = progress.clone();
-        // The dump keeps going if the caller goes away: its result lands on disk.
-        let job = tokio::spawn(async move { agent.transfer(&r.backup_id, level, p).await });
-        tokio::spawn(async move {
-            let mut job = job;
-            let mut tick = tokio::time::interval(PROGRESS_EVERY);
-            let msg = |done: bool, artifact: Option<pb::Artifact>| {
-                let s = progress.snapshot();
-                pb::TransferProgress {
-                    rows: s.rows,
-                    bytes: s.bytes,
-                    tables_done: s.tables_done as u32,
-                    tables_total: s.tables_total as u32,
-                    done,
-                    artifact,
-                }
-            };
-            loop {
-                tokio::select! {
-                    r = &mut job => {
-                        let last = match r {
-                            Ok(Ok(d)) => Ok(msg(true, Some(convert::artifact(&d)))),
-                            Ok(Err(e)) => {
-                                tracing::error!(error = %e, "transfer failed");
-                                Err(convert::to_status(&e))
-                            }
-                            Err(e) => Err(Status::internal(format!("transfer task stopped: {e}"))),
-                        };
-                        let _ = tx.send(last).await;
-                        return;
-                    }
-                    _ = tick.tick() => {
-                        let _ = tx.send(Ok(msg(false, None))).await;
-                    }
-                }
+        let (agent, p) = (self.agent.clone(), progress.clone());
+        let job = async move { agent.transfer(&r.backup_id, level, p).await };
+        Ok(Response::new(stream_job(progress, job, |s, done| {
+            pb::TransferProgress {
+                rows: s.rows,
+                bytes: s.bytes,
+                tables_done: s.tables_done as u32,
+                tables_total: s.tables_total as u32,
+                done: done.is_some(),
+                artifact: done.map(|d| convert::artifact(&d)),
             }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        })))
+    }
+
+    async fn restore(
+        &self,
+        request: Request<pb::RestoreRequest>,
+    ) -> Result<Response<Self::RestoreStream>, Status> {
+        let r = request.into_inner();
+        let opts = LoadOptions {
+            threads: if r.threads == 0 {
+                self.agent.config().snapshot_connections
+            } else {
+                r.threads as usize
+            },
+            force: r.force,
+            binlog: r.binlog,
+        };
+        let progress = Arc::new(Progress::default());
+        let (agent, p) = (self.agent.clone(), progress.clone());
+        let job = async move {
+            let target = (!r.target_mysql.is_empty()).then_some(r.target_mysql.as_str());
+            agent
+                .restore(std::path::Path::new(&r.location), target, &opts, p)
+                .await
+        };
+        Ok(Response::new(stream_job(progress, job, |s, done| {
+            pb::RestoreProgress {
+                rows: s.rows,
+                bytes: s.bytes,
+                tables_done: s.tables_done as u32,
+                tables_total: s.tables_total as u32,
+                done: done.is_some(),
+                report: done.map(|d| convert::restore_report(&d)),
+            }
+        })))
     }
 
     async fn status(
@@ -147,4 +155,44 @@ impl NodeAgent for AgentService {
         let s = self.agent.status().await;
         Ok(Response::new(convert::status(&s, self.agent.config())))
     }
+}
+
+/// Runs `job` in its own task (it keeps going if the caller goes away: its
+/// result lands on disk or in the target) and streams `message(progress,
+/// None)` every [`PROGRESS_EVERY`], then `message(progress, Some(result))`,
+/// or the job's error as the stream's final status.
+fn stream_job<T, M>(
+    progress: Arc<Progress>,
+    job: impl Future<Output = crate::Result<T>> + Send + 'static,
+    message: impl Fn(progress::Snapshot, Option<T>) -> M + Send + 'static,
+) -> BoxStream<M>
+where
+    T: Send + 'static,
+    M: Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(16);
+    let mut job = tokio::spawn(job);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PROGRESS_EVERY);
+        loop {
+            tokio::select! {
+                r = &mut job => {
+                    let last = match r {
+                        Ok(Ok(d)) => Ok(message(progress.snapshot(), Some(d))),
+                        Ok(Err(e)) => {
+                            tracing::error!(error = %e, "job failed");
+                            Err(convert::to_status(&e))
+                        }
+                        Err(e) => Err(Status::internal(format!("job task stopped: {e}"))),
+                    };
+                    let _ = tx.send(last).await;
+                    return;
+                }
+                _ = tick.tick() => {
+                    let _ = tx.send(Ok(message(progress.snapshot(), None))).await;
+                }
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
 }
