@@ -9,11 +9,31 @@
 //! - [`catalog`]: the backup catalog, the raft state machine: clusters,
 //!   servers, backups with their cuts and artifacts, and the commands that
 //!   change them. Validation of state transitions lives here.
+//! - [`core`]: what handlers and jobs share: proposals and reads on the
+//!   catalog, the leader check, server health, the group's status.
+//! - [`job`]: the backup job the leader drives (PREPARE, barrier, CommitCut,
+//!   COMMIT, TRANSFER) and the resolution of jobs inherited from a previous
+//!   leader.
+//! - [`service`]: thin `lockstep.coordinator.v1` gRPC handlers and the error
+//!   mapping with the leader redirect; [`convert`]: wire ↔ catalog types.
+//! - [`config`], [`server`]: the daemon's flags/TOML and its run loop.
+//! - [`client`]: the leader-following client; [`cli`]: the `lockstep` CLI.
+//! - [`error`]: the crate's [`Error`].
 //!
-//! Not built yet: the coordinator's gRPC API, the two-phase cut driver and
-//! the `lockstep` CLI; the node agent
-//! (`lockstep-node-agent`) comes first and can be used on its own
-//! (`lockstep-agent dump|load|serve`).
+//! Where new code goes: a decision about a backup is a catalog command
+//! proposed in [`job`] before it is acted on; wire types never leave
+//! [`service`], [`convert`] and [`cli`].
 
 pub mod catalog;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod convert;
+pub mod core;
+pub mod error;
+pub mod job;
 pub mod raft;
+pub mod server;
+pub mod service;
+
+pub use error::{Error, Result};

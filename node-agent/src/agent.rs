@@ -22,7 +22,7 @@ use crate::cut::{
 use crate::dump::{self, DumpOptions, DumpResult, Origin};
 use crate::error::{Error, Result};
 use crate::flavour::{LockMethod, ServerInfo};
-use crate::format::manifest::LockRecord;
+use crate::format::manifest::{LockRecord, Manifest};
 use crate::mysql::Server;
 use crate::progress::Progress;
 
@@ -52,6 +52,10 @@ pub struct AgentConfig {
     pub snapshot_ttl: Duration,
     pub snapshot_connections: usize,
     pub dump: DumpOptions,
+    /// Cluster this server belongs to, for registration.
+    pub cluster: String,
+    /// Coordinator URLs to register with (empty: standalone).
+    pub coordinators: Vec<String>,
 }
 
 /// What a successful prepare reports.
@@ -104,6 +108,8 @@ pub struct Agent {
     session: Mutex<Option<Session>>,
     last_release: std::sync::Mutex<Option<Released>>,
     info: std::sync::Mutex<Option<ServerInfo>>,
+    /// Wakes callers attached to a running transfer when it ends.
+    transfer_done: tokio::sync::Notify,
     shutdown: CancellationToken,
 }
 
@@ -123,6 +129,7 @@ impl Agent {
             session: Mutex::new(None),
             last_release: std::sync::Mutex::new(None),
             info: std::sync::Mutex::new(None),
+            transfer_done: tokio::sync::Notify::new(),
             shutdown,
         })
     }
@@ -364,47 +371,62 @@ impl Agent {
     }
 
     /// Dumps a committed backup into the sink. Progress goes to `progress`.
+    ///
+    /// Calling it again for the same backup (a new coordinator leader
+    /// picking up the job) waits for a running dump and returns its result;
+    /// for a finished one it returns the artifact from the manifest on disk.
     pub async fn transfer(
         &self,
         backup_id: &str,
         zstd_level: Option<i32>,
         progress: Arc<Progress>,
     ) -> Result<DumpResult> {
-        let (committed, origin) = {
+        let dir = self.sink_path(backup_id);
+        let started = {
             let mut slot = self.session.lock().await;
-            let Some(session) = slot.as_mut().filter(|s| s.backup_id == backup_id) else {
-                return Err(self.gone(backup_id));
-            };
-            let committed = match std::mem::replace(&mut session.stage, Stage::Transferring) {
-                Stage::Committed(c) => c,
-                other => {
-                    let reason = match &other {
-                        Stage::Prepared(_) => "it is not committed yet",
-                        _ => "its transfer is already running",
-                    };
-                    session.stage = other;
-                    return Err(Error::BadState {
-                        backup_id: backup_id.into(),
-                        reason: reason.into(),
-                    });
-                }
-            };
-            let origin = Origin {
-                backup_id: backup_id.into(),
-                server_name: self.cfg.name.clone(),
-                address: self.cfg.server.address().into(),
-                info: committed.info.clone(),
-                position: committed.position.clone(),
-                lock: session.lock_record.clone(),
-                started_at: session.started_at.clone(),
-            };
-            (committed, origin)
+            match slot.as_mut().filter(|s| s.backup_id == backup_id) {
+                None => None,
+                Some(session) => match std::mem::replace(&mut session.stage, Stage::Transferring) {
+                    Stage::Committed(c) => {
+                        let origin = Origin {
+                            backup_id: backup_id.into(),
+                            server_name: self.cfg.name.clone(),
+                            address: self.cfg.server.address().into(),
+                            info: c.info.clone(),
+                            position: c.position.clone(),
+                            lock: session.lock_record.clone(),
+                            started_at: session.started_at.clone(),
+                        };
+                        Some((c, origin))
+                    }
+                    Stage::Transferring => {
+                        // Someone else's dump of this backup is running: attach.
+                        let done = self.transfer_done.notified();
+                        drop(slot);
+                        done.await;
+                        None
+                    }
+                    prepared @ Stage::Prepared(_) => {
+                        session.stage = prepared;
+                        return Err(Error::BadState {
+                            backup_id: backup_id.into(),
+                            reason: "it is not committed yet".into(),
+                        });
+                    }
+                },
+            }
         };
-        let dir = self
-            .cfg
-            .sink_dir
-            .join(crate::format::fs_name(backup_id))
-            .join(crate::format::fs_name(&self.cfg.name));
+        let Some((committed, origin)) = started else {
+            // Finished earlier (or by the dump we attached to).
+            return match Manifest::read(&dir) {
+                Ok(manifest) if manifest.backup_id == backup_id => Ok(DumpResult {
+                    manifest_sha256: Manifest::stored_sha256(&dir)?,
+                    dir,
+                    manifest,
+                }),
+                _ => Err(self.gone(backup_id)),
+            };
+        };
         let mut opts = self.cfg.dump.clone();
         if let Some(level) = zstd_level {
             opts.zstd_level = level;
@@ -422,7 +444,16 @@ impl Agent {
         if matches!(slot.as_ref(), Some(s) if s.backup_id == backup_id) {
             *slot = None;
         }
+        self.transfer_done.notify_waiters();
         result
+    }
+
+    /// Where the disk sink keeps a backup of this server.
+    fn sink_path(&self, backup_id: &str) -> std::path::PathBuf {
+        self.cfg
+            .sink_dir
+            .join(crate::format::fs_name(backup_id))
+            .join(crate::format::fs_name(&self.cfg.name))
     }
 
     /// Loads the snapshot at `location` into `target` (a mysql:// URL), or

@@ -95,6 +95,11 @@ impl ServeConfig {
                 humantime::format_duration(self.max_lease)
             )));
         }
+        if !self.coordinators.is_empty() && self.cluster.trim().is_empty() {
+            return Err(Error::Config(
+                "cluster is empty but coordinators are set (--cluster NAME)".into(),
+            ));
+        }
         if self.budgets.lock_wait.is_zero() {
             return Err(Error::Config("budgets.lock_wait must be positive".into()));
         }
@@ -116,6 +121,8 @@ impl ServeConfig {
                 zstd_level: self.zstd_level,
                 chunk_rows: self.chunk_rows,
             },
+            cluster: self.cluster.clone(),
+            coordinators: self.coordinators.clone(),
         })
     }
 }

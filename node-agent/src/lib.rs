@@ -17,6 +17,7 @@
 //! - [`grpc`]: the `lockstep.agent.v1` service over [`agent`].
 //! - [`config`], [`server`], [`cli`]: the daemon's configuration, its run
 //!   loop, and the `lockstep-agent` commands.
+//! - [`register`]: registration and heartbeats with the coordinators.
 //!
 //! Where new code goes: SQL that depends on the server kind goes to
 //! [`flavour`]; anything that decides bytes on disk goes to [`format`];
@@ -33,6 +34,7 @@ pub mod format;
 pub mod grpc;
 pub mod mysql;
 pub mod progress;
+pub mod register;
 pub mod restore;
 pub mod schema;
 pub mod server;

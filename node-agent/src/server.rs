@@ -29,7 +29,21 @@ pub async fn run(cfg: AgentConfig, listen: SocketAddr, shutdown: CancellationTok
         sink = %cfg.sink_dir.display(),
         "lockstep agent serving"
     );
+    let registration = crate::register::Registration {
+        cluster: cfg.cluster.clone(),
+        name: cfg.name.clone(),
+        agent_addr: format!("http://{local}"),
+        coordinators: cfg.coordinators.clone(),
+    };
     let agent = Agent::new(cfg, shutdown.clone());
+    // Registration runs beside the service and never blocks it.
+    let registering = (!registration.coordinators.is_empty()).then(|| {
+        tokio::spawn(crate::register::run(
+            agent.clone(),
+            registration,
+            shutdown.clone(),
+        ))
+    });
     let service = NodeAgentServer::new(AgentService::new(agent.clone()));
     // No Nagle: PREPARED and COMMIT are tiny messages on the lock's critical
     // path, and delayed ACKs would add ~40 ms to the hold time.
@@ -59,6 +73,9 @@ pub async fn run(cfg: AgentConfig, listen: SocketAddr, shutdown: CancellationTok
         }
     };
     release(&agent).await;
+    if let Some(task) = registering {
+        task.abort();
+    }
     served.map_err(|e| Error::Config(format!("gRPC server on {local} failed: {e}")))
 }
 

@@ -5,6 +5,8 @@
 //!   transfer, status).
 //! - [`raft`]: `lockstep.raft.v1`, the coordinators' raft transport (raft-rs
 //!   messages as opaque bytes).
+//! - [`coordinator`]: `lockstep.coordinator.v1`, the coordinators' service for
+//!   agents and the CLI (registration, backups, catalog, group status).
 //!
 //! Nothing but generated code lives here; conversions to domain types belong to
 //! the crate that owns the domain type.
@@ -17,4 +19,9 @@ pub mod agent {
 #[allow(missing_debug_implementations, clippy::all)]
 pub mod raft {
     tonic::include_proto!("lockstep.raft.v1");
+}
+
+#[allow(missing_debug_implementations, clippy::all)]
+pub mod coordinator {
+    tonic::include_proto!("lockstep.coordinator.v1");
 }

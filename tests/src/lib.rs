@@ -12,6 +12,9 @@
 //!   with query helpers, stop/kill/restart and signals.
 //! - [`agent`]: [`AgentProc`], the `lockstep-agent serve` process with a gRPC
 //!   client, and [`run_agent_cli`] for one-shot CLI runs.
+//! - [`coordinator`]: [`CoordinatorProc`] (`lockstep-coordinator`),
+//!   [`CoordinatorGroup`] (a raft group on free ports) and [`run_lockstep`]
+//!   (the `lockstep` CLI).
 //! - [`causal`]: the causal-chain writer and check that prove consistency
 //!   (invariant I3).
 //! - [`compare`]: checksums and normalised dumps to compare two servers' data.
@@ -35,6 +38,7 @@
 pub mod agent;
 pub mod causal;
 pub mod compare;
+pub mod coordinator;
 pub mod logging;
 pub mod mariadb;
 pub mod ports;
@@ -44,6 +48,7 @@ pub mod process;
 pub use agent::{AgentOptions, AgentProc, CliOutput, run_agent_cli};
 pub use causal::{CausalWriter, Target, check_chain};
 pub use compare::{assert_same_data, checksum_tables, dump_text};
+pub use coordinator::{CoordinatorGroup, CoordinatorProc, run_lockstep};
 pub use logging::init_tracing;
 pub use mariadb::{MariaDb, MariaDbOptions};
 pub use process::{ChildProcess, Signal, bin_path};

@@ -232,6 +232,8 @@ async fn snapshot_under_writes_is_exactly_the_captured_position() -> anyhow::Res
     writer.wait_committed(more, Duration::from_secs(30)).await?;
     let artifact = probe::transfer(&mut client, "b-chain").await?;
     let written = writer.stop().await;
+    // A new coordinator leader asking again gets the same artifact.
+    assert_eq!(probe::transfer(&mut client, "b-chain").await?, artifact);
     assert!(
         artifact.location.ends_with("b-chain/cc-src"),
         "{}",

@@ -1,0 +1,267 @@
+//! The coordinator daemon's configuration: flags of `lockstep-coordinator`
+//! or the same keys in a TOML file (see `deploy/coordinator.toml`); flags win.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::raft::RaftConfig;
+
+/// `lockstep-coordinator`: one member of the raft group that holds the
+/// backup catalog and runs the cluster-wide cut.
+#[derive(Debug, Parser)]
+#[command(name = "lockstep-coordinator", version, about)]
+pub struct Args {
+    /// TOML configuration file; flags override its keys.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// This coordinator's raft id (non-zero, one of --peers) [default: 1].
+    #[arg(long)]
+    pub id: Option<u64>,
+    /// gRPC listen address (coordinator service and raft transport)
+    /// [default: 127.0.0.1:7300].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Every voter as ID=URL, comma-separated, this one included
+    /// (1, 3 or 5 voters). Empty: a single voter at http://LISTEN.
+    #[arg(long, value_delimiter = ',')]
+    pub peers: Option<Vec<String>>,
+    /// Directory of the raft store [default: /var/lib/lockstep/coordinator].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Lease asked of agents for each PREPARE, e.g. "10s".
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub lease: Option<Duration>,
+    /// How long every server has to reply PREPARED, e.g. "5s".
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub prepare_timeout: Option<Duration>,
+    /// Log filter (tracing syntax).
+    #[arg(long, env = "LOCKSTEP_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl Args {
+    /// The file's settings (or defaults) with the flags applied.
+    pub fn config(&self) -> Result<Config> {
+        let mut c = match &self.config {
+            Some(p) => Config::from_file(p)?,
+            None => Config::default(),
+        };
+        if let Some(v) = self.id {
+            c.id = v;
+        }
+        if let Some(v) = self.listen {
+            c.listen = v;
+        }
+        if let Some(v) = &self.peers {
+            c.peers = v.clone();
+        }
+        if let Some(v) = &self.data_dir {
+            c.data_dir = v.clone();
+        }
+        if let Some(v) = self.lease {
+            c.lease = v;
+        }
+        if let Some(v) = self.prepare_timeout {
+            c.prepare_timeout = v;
+        }
+        Ok(c)
+    }
+}
+
+/// The coordinator's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Raft id of this coordinator.
+    pub id: u64,
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Voters as "ID=URL"; empty means a single voter at http://listen.
+    pub peers: Vec<String>,
+    /// Directory of the raft store.
+    pub data_dir: PathBuf,
+    /// Lease asked of agents for each PREPARE.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// Deadline for every server's PREPARED.
+    #[serde(with = "humantime_serde")]
+    pub prepare_timeout: Duration,
+    /// Deadline for each COMMIT (unlock) call.
+    #[serde(with = "humantime_serde")]
+    pub commit_timeout: Duration,
+    /// Deadline for one server's transfer.
+    #[serde(with = "humantime_serde")]
+    pub transfer_timeout: Duration,
+    /// A server is healthy if its last heartbeat is younger than this.
+    #[serde(with = "humantime_serde")]
+    pub health_window: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            id: 1,
+            listen: SocketAddr::from(([127, 0, 0, 1], 7300)),
+            peers: Vec::new(),
+            data_dir: PathBuf::from("/var/lib/lockstep/coordinator"),
+            lease: Duration::from_secs(10),
+            prepare_timeout: Duration::from_secs(5),
+            commit_timeout: Duration::from_secs(3),
+            transfer_timeout: Duration::from_secs(6 * 3600),
+            health_window: Duration::from_secs(3),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("read {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// The voters: `peers` parsed, or this node alone.
+    pub fn peer_map(&self) -> Result<BTreeMap<u64, String>> {
+        if self.peers.is_empty() {
+            return Ok(BTreeMap::from([(
+                self.id,
+                format!("http://{}", self.listen),
+            )]));
+        }
+        parse_peers(&self.peers)
+    }
+
+    /// Checks the settings and builds the raft node's configuration.
+    pub fn validate(&self) -> Result<RaftConfig> {
+        let peers = self.peer_map()?;
+        if ![1, 3, 5].contains(&peers.len()) {
+            return Err(Error::Config(format!(
+                "a raft group has 1, 3 or 5 voters, got {} ({})",
+                peers.len(),
+                self.peers.join(",")
+            )));
+        }
+        if self.prepare_timeout.is_zero() || self.lease <= self.prepare_timeout {
+            return Err(Error::Config(format!(
+                "lease ({}) must be longer than prepare_timeout ({}): the cut is \
+                 committed after every PREPARED and before any lease runs out",
+                humantime::format_duration(self.lease),
+                humantime::format_duration(self.prepare_timeout)
+            )));
+        }
+        if self.commit_timeout.is_zero()
+            || self.transfer_timeout.is_zero()
+            || self.health_window.is_zero()
+        {
+            return Err(Error::Config(
+                "commit_timeout, transfer_timeout and health_window must be positive".into(),
+            ));
+        }
+        let raft = RaftConfig::new(self.id, self.listen, peers, self.data_dir.clone());
+        raft.validate().map_err(|e| Error::Config(format!("{e}")))?;
+        Ok(raft)
+    }
+}
+
+/// Parses "ID=URL" items.
+pub fn parse_peers(items: &[String]) -> Result<BTreeMap<u64, String>> {
+    let mut peers = BTreeMap::new();
+    for item in items {
+        let (id, url) = item
+            .split_once('=')
+            .ok_or_else(|| Error::Config(format!("peer {item:?} is not ID=URL")))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|e| Error::Config(format!("peer {item:?}: bad id: {e}")))?;
+        let url = url.trim();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(Error::Config(format!(
+                "peer {item:?}: URL must start with http:// or https://"
+            )));
+        }
+        if peers.insert(id, url.to_string()).is_some() {
+            return Err(Error::Config(format!("peer id {id} is given twice")));
+        }
+    }
+    Ok(peers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn args_are_well_formed() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn single_voter_by_default_and_peers_parse() {
+        let c = Config::default();
+        let raft = c.validate().expect("defaults are valid");
+        assert_eq!(raft.peers.len(), 1);
+        assert_eq!(raft.peers[&1], "http://127.0.0.1:7300");
+        let args = Args::try_parse_from([
+            "lockstep-coordinator",
+            "--id",
+            "2",
+            "--listen",
+            "127.0.0.1:9002",
+            "--peers",
+            "1=http://127.0.0.1:9001,2=http://127.0.0.1:9002,3=http://127.0.0.1:9003",
+            "--data-dir",
+            "/tmp/x",
+        ])
+        .expect("parse");
+        let raft = args.config().expect("config").validate().expect("valid");
+        assert_eq!(raft.id, 2);
+        assert_eq!(raft.peers.len(), 3);
+    }
+
+    #[test]
+    fn example_config_parses_and_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/coordinator.toml");
+        let cfg = Config::from_file(&path).expect("deploy/coordinator.toml parses");
+        let raft = cfg.validate().expect("deploy/coordinator.toml is valid");
+        assert_eq!(raft.peers.len(), 3);
+        assert_eq!(cfg.lease, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn rejects_bad_settings() {
+        let bad = |peers: &[&str]| Config {
+            peers: peers.iter().map(|s| s.to_string()).collect(),
+            ..Config::default()
+        };
+        for (peers, says) in [
+            (&["1=x"][..], "http://"),
+            (&["1"][..], "ID=URL"),
+            (&["1=http://a", "2=http://b"][..], "1, 3 or 5"),
+            (&["2=http://a", "3=http://b", "4=http://c"][..], "this node"),
+        ] {
+            let err = bad(peers).validate().expect_err("invalid").to_string();
+            assert!(err.contains(says), "{peers:?}: {err}");
+        }
+        let err = Config {
+            lease: Duration::from_secs(1),
+            ..Config::default()
+        }
+        .validate()
+        .expect_err("lease too short")
+        .to_string();
+        assert!(err.contains("lease"), "{err}");
+        let err = toml::from_str::<Config>("lisen = \"x\"")
+            .expect_err("typo")
+            .to_string();
+        assert!(err.contains("lisen"), "{err}");
+    }
+}

@@ -1,0 +1,235 @@
+//! What the gRPC handlers and the backup driver share: the raft handle, the
+//! peer map, proposals and reads on the catalog, and the leader's in-memory
+//! server health (heartbeats are not replicated: a new leader starts with
+//! none and learns them within a heartbeat interval).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use lockstep_proto::coordinator as pb;
+use lockstep_proto::coordinator::coordinator_client::CoordinatorClient;
+
+use crate::catalog::{Catalog, Command, Rejected};
+use crate::config::Config;
+use crate::convert;
+use crate::error::{Error, Result};
+use crate::raft::{self, RaftHandle, Role};
+
+/// How long one proposal may take before we give up waiting for it.
+pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a peer has to answer `NodeStatus` for `CoordinatorStatus`.
+const PEER_STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Shared state of one coordinator.
+#[derive(Debug)]
+pub struct Core {
+    /// This node's raft id.
+    pub id: u64,
+    /// The raft node.
+    pub raft: RaftHandle<Catalog>,
+    /// Every voter's URL.
+    pub peers: BTreeMap<u64, String>,
+    /// Timings of the backup job.
+    pub config: Config,
+    /// (cluster, server) → last heartbeat, on the leader.
+    health: Mutex<HashMap<(String, String), Instant>>,
+}
+
+/// Milliseconds since the Unix epoch, for catalog commands.
+pub fn now_unix_ms() -> i64 {
+    now_unix_us() / 1000
+}
+
+/// Microseconds since the Unix epoch.
+pub fn now_unix_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+impl Core {
+    /// A core for node `config.id`.
+    pub fn new(raft: RaftHandle<Catalog>, peers: BTreeMap<u64, String>, config: Config) -> Core {
+        Core {
+            id: config.id,
+            raft,
+            peers,
+            config,
+            health: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Replicates `cmd`; `Ok` once applied and accepted by the catalog.
+    pub async fn propose(&self, cmd: &Command) -> Result<()> {
+        let what = describe(cmd);
+        let data = serde_json::to_vec(cmd).map_err(|source| Error::Reply {
+            what: what.clone(),
+            source,
+        })?;
+        let reply = tokio::time::timeout(PROPOSE_TIMEOUT, self.raft.propose(data))
+            .await
+            .map_err(|_| Error::ProposalTimeout {
+                what: what.clone(),
+                timeout: PROPOSE_TIMEOUT,
+            })??;
+        let result: std::result::Result<(), Rejected> =
+            serde_json::from_slice(&reply).map_err(|source| Error::Reply { what, source })?;
+        Ok(result?)
+    }
+
+    /// Linearizable read of the catalog (leader only).
+    pub async fn read<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Catalog) -> R + Send + 'static,
+    {
+        Ok(self.raft.read(f).await?)
+    }
+
+    /// Fails with the not-leader redirect unless this node leads.
+    pub async fn require_leader(&self) -> Result<()> {
+        let st = self.raft.status().await?;
+        if st.role == Role::Leader {
+            return Ok(());
+        }
+        Err(Error::Raft(raft::Error::NotLeader {
+            leader_id: st.leader_id,
+            leader_addr: st.leader_id.and_then(|id| self.peers.get(&id).cloned()),
+        }))
+    }
+
+    /// Records a heartbeat (leader only; NOT_FOUND-style rejection for an
+    /// unregistered server so its agent registers again).
+    pub async fn heartbeat(&self, cluster: &str, name: &str) -> Result<()> {
+        self.require_leader().await?;
+        let (c, n) = (cluster.to_string(), name.to_string());
+        let known = self
+            .raft
+            .read_local(move |cat| cat.clusters.get(&c).is_some_and(|s| s.contains_key(&n)))
+            .await?;
+        if !known {
+            return Err(Error::UnknownServer {
+                cluster: cluster.into(),
+                name: name.into(),
+            });
+        }
+        self.touch(cluster, name);
+        Ok(())
+    }
+
+    /// Notes that `cluster/name` is alive now.
+    pub fn touch(&self, cluster: &str, name: &str) {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((cluster.into(), name.into()), Instant::now());
+    }
+
+    /// Forgets every heartbeat (on losing or gaining leadership).
+    pub fn clear_health(&self) {
+        self.health
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Registered servers (of one cluster, or all) with their health.
+    pub async fn list_servers(&self, cluster: Option<String>) -> Result<Vec<pb::Server>> {
+        let servers = self
+            .read(move |cat| {
+                cat.clusters
+                    .iter()
+                    .filter(|(c, _)| cluster.as_ref().is_none_or(|want| want == *c))
+                    .flat_map(|(_, s)| s.values().cloned())
+                    .collect::<Vec<_>>()
+            })
+            .await?;
+        let health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(servers
+            .iter()
+            .map(|s| {
+                let age = health
+                    .get(&(s.cluster.clone(), s.name.clone()))
+                    .map(Instant::elapsed);
+                let healthy = age.is_some_and(|a| a < self.config.health_window);
+                convert::server(s, age.map(|a| a.as_millis() as u64), healthy)
+            })
+            .collect())
+    }
+
+    /// Every member's raft state; unreachable peers are reported unhealthy.
+    pub async fn group_status(&self) -> Result<pb::CoordinatorStatusReply> {
+        let own = self.raft.status().await?;
+        let asks = self.peers.iter().map(|(&id, url)| {
+            let own = own.clone();
+            async move {
+                if id == own.id {
+                    return convert::member(&own, url);
+                }
+                match tokio::time::timeout(PEER_STATUS_TIMEOUT, peer_status(url)).await {
+                    Ok(Ok(mut m)) => {
+                        m.url = url.clone();
+                        m
+                    }
+                    Ok(Err(e)) => unreachable_member(id, url, e),
+                    Err(_) => unreachable_member(
+                        id,
+                        url,
+                        format!("no answer within {PEER_STATUS_TIMEOUT:?}"),
+                    ),
+                }
+            }
+        });
+        let members = futures::future::join_all(asks).await;
+        let leader_id = own.leader_id.unwrap_or(0);
+        Ok(pb::CoordinatorStatusReply {
+            answered_by: own.id,
+            leader_id,
+            leader_url: self.peers.get(&leader_id).cloned().unwrap_or_default(),
+            members,
+        })
+    }
+}
+
+fn unreachable_member(id: u64, url: &str, error: String) -> pb::Member {
+    pb::Member {
+        id,
+        url: url.to_string(),
+        healthy: false,
+        error,
+        ..pb::Member::default()
+    }
+}
+
+async fn peer_status(url: &str) -> std::result::Result<pb::Member, String> {
+    let mut client = CoordinatorClient::connect(url.to_string())
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    client
+        .node_status(pb::NodeStatusRequest {})
+        .await
+        .map(tonic::Response::into_inner)
+        .map_err(|s| format!("NodeStatus: {}", s.message()))
+}
+
+/// A short description of a command for errors and logs.
+fn describe(cmd: &Command) -> String {
+    match cmd {
+        Command::RegisterServer(s) => format!("register server {}/{}", s.cluster, s.name),
+        Command::StartBackup { id, cluster, .. } => format!("start backup {id} of {cluster}"),
+        Command::Prepared { id, server, .. } => {
+            format!("record server {server} PREPARED for backup {id}")
+        }
+        Command::CommitCut { id, .. } => format!("commit the cut of backup {id}"),
+        Command::Released { id, server, .. } => {
+            format!("record server {server} released for backup {id}")
+        }
+        Command::ArtifactStored { id, server, .. } => {
+            format!("record server {server}'s artifact of backup {id}")
+        }
+        Command::Complete { id, .. } => format!("complete backup {id}"),
+        Command::Fail { id, .. } => format!("fail backup {id}"),
+    }
+}

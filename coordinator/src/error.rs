@@ -1,0 +1,96 @@
+//! The coordinator's error type (everything outside the raft core, whose
+//! errors are wrapped in [`Error::Raft`]).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::catalog::Rejected;
+
+/// Result alias for the coordinator.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the coordinator and its clients.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The raft core refused or failed (not the leader, stopped, storage).
+    #[error(transparent)]
+    Raft(#[from] crate::raft::Error),
+    /// The catalog rejected a command; nothing changed.
+    #[error(transparent)]
+    Rejected(#[from] Rejected),
+    /// A heartbeat named a server that is not registered.
+    #[error("server {name} of cluster {cluster} is not registered")]
+    UnknownServer {
+        /// Its cluster.
+        cluster: String,
+        /// Its name.
+        name: String,
+    },
+    /// A proposal was not applied in time (it may still apply later).
+    #[error("{what}: not applied within {timeout:?}")]
+    ProposalTimeout {
+        /// What was proposed.
+        what: String,
+        /// How long we waited.
+        timeout: Duration,
+    },
+    /// The catalog's reply did not decode.
+    #[error("decode the catalog's reply to {what}")]
+    Reply {
+        /// What was proposed.
+        what: String,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Binding or serving the gRPC listener failed.
+    #[error("serve gRPC on {addr}: {message}")]
+    Serve {
+        /// The listen address.
+        addr: SocketAddr,
+        /// What went wrong.
+        message: String,
+    },
+    /// A coordinator answered a call with an error.
+    #[error("{what} at {url}: {message} ({code:?})")]
+    Rpc {
+        /// Which call.
+        what: String,
+        /// The coordinator that answered.
+        url: String,
+        /// The gRPC code.
+        code: tonic::Code,
+        /// The message.
+        message: String,
+    },
+    /// No coordinator answered (or none knew a leader) before the deadline.
+    #[error(
+        "{what}: no coordinator answered within {waited:?} (tried {tried}); last error: {last}"
+    )]
+    NoCoordinator {
+        /// Which call.
+        what: String,
+        /// How long we tried.
+        waited: Duration,
+        /// The URLs tried.
+        tried: String,
+        /// The last error seen.
+        last: String,
+    },
+}
+
+impl Error {
+    /// True when retrying (after following a redirect or a short pause) may
+    /// succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Raft(e) => e.is_retryable(),
+            Error::NoCoordinator { .. } | Error::ProposalTimeout { .. } => true,
+            Error::Rpc { code, .. } => *code == tonic::Code::Unavailable,
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,635 @@
+//! The backup job, run by the leader: the cluster-wide two-phase cut, then
+//! the transfer, each decision a raft entry before it is acted on.
+//!
+//! ```text
+//! StartBackup ─▶ PREPARE all (parallel, deadline) ─▶ Prepared × N ─▶ CommitCut
+//!   ─▶ COMMIT all (unlock) ─▶ Released × N ─▶ TRANSFER all ─▶ ArtifactStored × N ─▶ Complete
+//! any failure or missed deadline: ABORT all agents, then Fail(reason naming the server)
+//! ```
+//!
+//! The Prepare streams (and the connections they ride on) stay open until
+//! COMMIT: an agent releases its lock by itself when its caller disappears,
+//! so a crashed leader never leaves a server locked.
+//!
+//! A node that becomes leader resolves the running backups it inherits
+//! ([`Jobs::watch_leadership`]): `preparing` ones are aborted everywhere and
+//! failed (the cut was never decided); `transferring` ones are finished if
+//! the agents still hold the snapshots, and failed with the reason otherwise.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use lockstep_proto::agent as agent_pb;
+use lockstep_proto::agent::node_agent_client::NodeAgentClient;
+use lockstep_proto::agent::prepare_event::Event;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tonic::Streaming;
+use tonic::transport::{Channel, Endpoint};
+use tracing::{Instrument as _, info, info_span, warn};
+
+use crate::catalog::{Artifact, Backup, Command, CutEntry, Rejected, Status};
+use crate::client::error_chain;
+use crate::core::{Core, now_unix_ms};
+use crate::error::{Error, Result};
+use crate::raft::Role;
+
+/// How long connecting to an agent may take.
+const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one ABORT call may take.
+const ABORT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the leadership watcher polls the raft status.
+const LEADERSHIP_POLL: Duration = Duration::from_millis(100);
+/// Pause between attempts to read the inherited jobs.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// A raft proposal in flight.
+type Pending<'a> = Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
+
+/// One server taking part in a backup.
+#[derive(Debug, Clone)]
+struct Participant {
+    name: String,
+    addr: String,
+}
+
+/// A prepared server: its client and the open Prepare stream that keeps the
+/// lock alive.
+struct Held {
+    part: Participant,
+    client: NodeAgentClient<Channel>,
+    _stream: Streaming<agent_pb::PrepareEvent>,
+}
+
+/// The backup jobs this node runs as leader.
+#[derive(Debug)]
+pub struct Jobs {
+    core: Arc<Core>,
+    /// Ids of the backups this node is driving right now.
+    active: Mutex<HashSet<String>>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Jobs {
+    /// Jobs driven by `core`'s node; they stop when `shutdown` is cancelled.
+    pub fn new(core: Arc<Core>, shutdown: CancellationToken) -> Arc<Jobs> {
+        Arc::new(Jobs {
+            core,
+            active: Mutex::new(HashSet::new()),
+            tracker: TaskTracker::new(),
+            shutdown,
+        })
+    }
+
+    /// Waits for every job task after shutdown was signalled.
+    pub async fn wait(&self) {
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+
+    fn claim(&self, id: &str) -> bool {
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_string())
+    }
+
+    fn release(&self, id: &str) {
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+    }
+
+    /// Starts a backup of every registered server of `cluster`: records it,
+    /// then drives it in the background. Returns its id.
+    pub async fn start_backup(self: &Arc<Self>, cluster: &str) -> Result<String> {
+        self.core.require_leader().await?;
+        let c = cluster.to_string();
+        let parts = self
+            .core
+            .read(move |cat| {
+                cat.clusters.get(&c).map(|servers| {
+                    servers
+                        .values()
+                        .map(|s| Participant {
+                            name: s.name.clone(),
+                            addr: s.agent_addr.clone(),
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .await?
+            .unwrap_or_default();
+        let id = uuid::Uuid::new_v4().to_string();
+        // Claimed before it exists, so the leadership watcher never mistakes
+        // it for an inherited backup.
+        self.claim(&id);
+        let started = self
+            .core
+            .propose(&Command::StartBackup {
+                id: id.clone(),
+                cluster: cluster.to_string(),
+                servers: parts.iter().map(|p| p.name.clone()).collect(),
+                at_unix_ms: now_unix_ms(),
+            })
+            .await;
+        if let Err(e) = started {
+            self.release(&id);
+            return Err(e);
+        }
+        let jobs = self.clone();
+        let span = info_span!("backup", backup = %id, cluster = %cluster);
+        let job_id = id.clone();
+        self.tracker.spawn(
+            async move {
+                jobs.run(&job_id, parts).await;
+                jobs.release(&job_id);
+            }
+            .instrument(span),
+        );
+        Ok(id)
+    }
+
+    /// Drives one backup to COMPLETE or FAILED.
+    async fn run(&self, id: &str, parts: Vec<Participant>) {
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            r = self.drive(id, &parts) => r,
+            _ = self.shutdown.cancelled() => Err("the coordinator shut down".to_string()),
+        };
+        match outcome {
+            Ok(()) => info!(elapsed = ?started.elapsed(), "backup complete"),
+            Err(reason) => {
+                warn!(%reason, "backup failed; aborting on every server");
+                abort_all(id, &parts, &reason).await;
+                if self.shutdown.is_cancelled() {
+                    // The next leader resolves it.
+                    return;
+                }
+                self.fail(id, &reason).await;
+            }
+        }
+    }
+
+    async fn fail(&self, id: &str, reason: &str) {
+        let cmd = Command::Fail {
+            id: id.to_string(),
+            reason: reason.to_string(),
+            at_unix_ms: now_unix_ms(),
+        };
+        if let Err(e) = self.core.propose(&cmd).await {
+            warn!(error = %e, "could not record the failure; the next leader resolves the backup");
+        }
+    }
+
+    /// The happy path; `Err` carries the failure reason naming the server.
+    async fn drive(&self, id: &str, parts: &[Participant]) -> std::result::Result<(), String> {
+        // Phase 1: PREPARE everywhere; the first failure stops the others
+        // (dropping their streams releases their locks; run() aborts all).
+        let prepares = parts.iter().map(|p| self.prepare_one(id, p));
+        let (held, records): (Vec<Held>, Vec<Pending<'_>>) =
+            futures::future::try_join_all(prepares)
+                .await?
+                .into_iter()
+                .unzip();
+        info!(
+            servers = held.len(),
+            "every server is prepared; committing the cut"
+        );
+
+        // The barrier is passed: the raft entry is the decision. It is
+        // proposed right behind the last PREPARED records, so they usually
+        // share one raft round (the locks are held meanwhile).
+        let commit_cut = Command::CommitCut {
+            id: id.to_string(),
+            at_unix_ms: now_unix_ms(),
+        };
+        let (recorded, decided) = futures::join!(
+            futures::future::join_all(records),
+            self.core.propose(&commit_cut)
+        );
+        for (r, h) in recorded.into_iter().zip(&held) {
+            r.map_err(|e| format!("server {}: record PREPARED: {e}", h.part.name))?;
+        }
+        match decided {
+            Ok(()) => {}
+            // A PREPARED record reached the log after the decision was
+            // proposed; every record is applied now, so propose it again.
+            Err(Error::Rejected(Rejected::BadTransition { .. })) => self
+                .core
+                .propose(&commit_cut)
+                .await
+                .map_err(|e| format!("commit the cut in the catalog: {e}"))?,
+            Err(e) => return Err(format!("commit the cut in the catalog: {e}")),
+        }
+
+        // Phase 2: COMMIT (unlock) everywhere.
+        let commits = held.iter().map(|h| self.commit_one(id, h));
+        let results = futures::future::join_all(commits).await;
+        drop(held);
+        let failures: Vec<String> = results.into_iter().filter_map(|r| r.err()).collect();
+        if !failures.is_empty() {
+            return Err(failures.join("; "));
+        }
+
+        // TRANSFER everywhere.
+        let transfers = parts.iter().map(|p| self.transfer_one(id, p));
+        futures::future::try_join_all(transfers).await?;
+        self.core
+            .propose(&Command::Complete {
+                id: id.to_string(),
+                at_unix_ms: now_unix_ms(),
+            })
+            .await
+            .map_err(|e| format!("mark the backup complete: {e}"))
+    }
+
+    /// PREPARE one server; returns the held lock and the proposal recording
+    /// its PREPARED, already submitted to raft and awaited at the barrier.
+    async fn prepare_one<'a>(
+        &'a self,
+        id: &str,
+        p: &Participant,
+    ) -> std::result::Result<(Held, Pending<'a>), String> {
+        let cfg = &self.core.config;
+        let work = async {
+            let mut client = agent_client(&p.addr)
+                .await
+                .map_err(|e| format!("server {}: {e}", p.name))?;
+            let mut stream = client
+                .prepare(agent_pb::PrepareRequest {
+                    backup_id: id.to_string(),
+                    lease_ms: cfg.lease.as_millis() as u64,
+                    budgets: None,
+                    snapshot_connections: 0,
+                })
+                .await
+                .map_err(|s| format!("server {}: prepare refused: {}", p.name, status_text(&s)))?
+                .into_inner();
+            let first = stream
+                .message()
+                .await
+                .map_err(|s| format!("server {}: prepare failed: {}", p.name, status_text(&s)))?;
+            let prepared = match first.and_then(|m| m.event) {
+                Some(Event::Prepared(pr)) => pr,
+                Some(Event::Released(r)) => {
+                    return Err(format!(
+                        "server {}: released its lock before PREPARED ({})",
+                        p.name, r.reason
+                    ));
+                }
+                None => {
+                    return Err(format!(
+                        "server {}: the prepare stream ended without PREPARED",
+                        p.name
+                    ));
+                }
+            };
+            let pos = prepared.position.unwrap_or_default();
+            let cmd = Command::Prepared {
+                id: id.to_string(),
+                server: p.name.clone(),
+                entry: CutEntry {
+                    binlog_file: pos.binlog_file,
+                    binlog_pos: pos.binlog_pos,
+                    gtid: pos.gtid_set,
+                    lock_method: prepared.lock_method,
+                    lock_wait_us: prepared.lock_wait_us,
+                    capture_us: prepared.capture_us,
+                    locked_at_unix_us: prepared.locked_at_unix_us,
+                    held_us: None,
+                    released_at_unix_us: None,
+                },
+            };
+            let core = &self.core;
+            let mut record: Pending<'a> = Box::pin(async move { core.propose(&cmd).await });
+            // Submit it now: the first poll hands the entry to the raft task
+            // (if the runtime's budget defers it, the barrier retries).
+            if let Poll::Ready(r) = futures::poll!(&mut record) {
+                record = Box::pin(std::future::ready(r));
+            }
+            Ok((
+                Held {
+                    part: p.clone(),
+                    client,
+                    _stream: stream,
+                },
+                record,
+            ))
+        };
+        tokio::time::timeout(cfg.prepare_timeout, work)
+            .await
+            .map_err(|_| {
+                format!(
+                    "server {} did not prepare within {:?}",
+                    p.name, cfg.prepare_timeout
+                )
+            })?
+    }
+
+    async fn commit_one(&self, id: &str, h: &Held) -> std::result::Result<(), String> {
+        let name = &h.part.name;
+        let mut client = h.client.clone();
+        let reply = tokio::time::timeout(
+            self.core.config.commit_timeout,
+            client.commit(agent_pb::CommitRequest {
+                backup_id: id.to_string(),
+            }),
+        )
+        .await
+        .map_err(|_| {
+            format!(
+                "server {name}: COMMIT not answered within {:?}",
+                self.core.config.commit_timeout
+            )
+        })?
+        .map_err(|s| format!("server {name}: COMMIT failed: {}", status_text(&s)))?
+        .into_inner();
+        self.record_release(id, name, reply.held_us, reply.released_at_unix_us)
+            .await
+    }
+
+    async fn record_release(
+        &self,
+        id: &str,
+        name: &str,
+        held_us: u64,
+        released_at_unix_us: i64,
+    ) -> std::result::Result<(), String> {
+        self.core
+            .propose(&Command::Released {
+                id: id.to_string(),
+                server: name.to_string(),
+                held_us,
+                released_at_unix_us,
+            })
+            .await
+            .map_err(|e| format!("server {name}: record the release: {e}"))
+    }
+
+    async fn transfer_one(&self, id: &str, p: &Participant) -> std::result::Result<(), String> {
+        let timeout = self.core.config.transfer_timeout;
+        let work = async {
+            let mut client = agent_client(&p.addr)
+                .await
+                .map_err(|e| format!("server {}: {e}", p.name))?;
+            let mut stream = client
+                .transfer(agent_pb::TransferRequest {
+                    backup_id: id.to_string(),
+                    zstd_level: 0,
+                })
+                .await
+                .map_err(|s| format!("server {}: transfer refused: {}", p.name, status_text(&s)))?
+                .into_inner();
+            loop {
+                let msg = stream
+                    .message()
+                    .await
+                    .map_err(|s| {
+                        format!("server {}: transfer failed: {}", p.name, status_text(&s))
+                    })?
+                    .ok_or_else(|| {
+                        format!("server {}: transfer ended without an artifact", p.name)
+                    })?;
+                if !msg.done {
+                    continue;
+                }
+                let a = msg.artifact.ok_or_else(|| {
+                    format!("server {}: transfer finished without an artifact", p.name)
+                })?;
+                return self
+                    .core
+                    .propose(&Command::ArtifactStored {
+                        id: id.to_string(),
+                        server: p.name.clone(),
+                        artifact: Artifact {
+                            location: a.location,
+                            manifest_sha256: a.manifest_sha256,
+                            bytes: a.total_bytes,
+                            files: a.files,
+                            rows: a.rows,
+                        },
+                    })
+                    .await
+                    .map_err(|e| format!("server {}: record the artifact: {e}", p.name));
+            }
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| format!("server {} did not transfer within {timeout:?}", p.name))?
+    }
+
+    /// Polls the raft role; on becoming leader, resolves the running backups
+    /// inherited from the previous leader. Ends on shutdown or when the raft
+    /// node stops (then it cancels `on_raft_stop`).
+    pub async fn watch_leadership(self: Arc<Self>, on_raft_stop: CancellationToken) {
+        let mut was_leader = false;
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(LEADERSHIP_POLL) => {}
+            }
+            let st = match self.core.raft.status().await {
+                Ok(st) => st,
+                Err(e) => {
+                    tracing::error!(error = %e, "the raft node stopped; shutting down");
+                    on_raft_stop.cancel();
+                    return;
+                }
+            };
+            let leader = st.role == Role::Leader;
+            if leader != was_leader {
+                info!(term = st.term, leader, "leadership changed");
+                self.core.clear_health();
+            }
+            if leader && !was_leader {
+                let started = Instant::now();
+                match self.inherited().await {
+                    Ok(backups) => {
+                        for b in backups {
+                            self.spawn_resolve(b, started);
+                        }
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "cannot read the running backups; retrying");
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                        continue;
+                    }
+                }
+            }
+            was_leader = leader;
+        }
+    }
+
+    /// Running backups with their participants' agent addresses.
+    async fn inherited(&self) -> Result<Vec<(Backup, Vec<Participant>)>> {
+        self.core
+            .read(|cat| {
+                cat.backups
+                    .values()
+                    .filter(|b| b.status.is_running())
+                    .map(|b| {
+                        let servers = cat.clusters.get(&b.cluster);
+                        let parts = b
+                            .servers
+                            .iter()
+                            .map(|name| Participant {
+                                name: name.clone(),
+                                addr: servers
+                                    .and_then(|s| s.get(name))
+                                    .map(|s| s.agent_addr.clone())
+                                    .unwrap_or_default(),
+                            })
+                            .collect();
+                        (b.clone(), parts)
+                    })
+                    .collect()
+            })
+            .await
+    }
+
+    fn spawn_resolve(self: &Arc<Self>, (backup, parts): (Backup, Vec<Participant>), t0: Instant) {
+        if !self.claim(&backup.id) {
+            return;
+        }
+        let jobs = self.clone();
+        let span = info_span!("inherited", backup = %backup.id, cluster = %backup.cluster);
+        self.tracker.spawn(
+            async move {
+                let id = backup.id.clone();
+                tokio::select! {
+                    _ = jobs.resolve(&backup, &parts) => {
+                        info!(elapsed = ?t0.elapsed(), "inherited backup resolved");
+                    }
+                    _ = jobs.shutdown.cancelled() => {}
+                }
+                jobs.release(&id);
+            }
+            .instrument(span),
+        );
+    }
+
+    async fn resolve(&self, b: &Backup, parts: &[Participant]) {
+        match b.status {
+            Status::Preparing => {
+                let reason =
+                    "coordinator changed before the cut was committed; aborted on every server";
+                warn!(reason, "failing an inherited backup");
+                abort_all(&b.id, parts, reason).await;
+                self.fail(&b.id, reason).await;
+            }
+            Status::Transferring => {
+                info!("finishing the transfer of an inherited backup");
+                // Unlock any server the old leader did not reach (harmless
+                // if it already released).
+                for p in parts.iter().filter(|p| {
+                    b.cut
+                        .get(&p.name)
+                        .is_none_or(|c| c.released_at_unix_us.is_none())
+                }) {
+                    if let Ok(mut client) = agent_client(&p.addr).await
+                        && let Ok(Ok(r)) = tokio::time::timeout(
+                            self.core.config.commit_timeout,
+                            client.commit(agent_pb::CommitRequest {
+                                backup_id: b.id.clone(),
+                            }),
+                        )
+                        .await
+                    {
+                        let r = r.into_inner();
+                        let _ = self
+                            .record_release(&b.id, &p.name, r.held_us, r.released_at_unix_us)
+                            .await;
+                    }
+                }
+                let missing: Vec<&Participant> = parts
+                    .iter()
+                    .filter(|p| !b.artifacts.contains_key(&p.name))
+                    .collect();
+                let transfers = missing.iter().map(|p| self.transfer_one(&b.id, p));
+                let outcome = match futures::future::try_join_all(transfers).await {
+                    Ok(_) => self
+                        .core
+                        .propose(&Command::Complete {
+                            id: b.id.clone(),
+                            at_unix_ms: now_unix_ms(),
+                        })
+                        .await
+                        .map_err(|e| format!("mark the backup complete: {e}")),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = outcome {
+                    let reason = format!(
+                        "coordinator changed after the cut was committed and the transfer could not be finished: {e}"
+                    );
+                    warn!(%reason, "failing an inherited backup");
+                    abort_all(&b.id, parts, &reason).await;
+                    self.fail(&b.id, &reason).await;
+                }
+            }
+            Status::Complete | Status::Failed => {}
+        }
+    }
+}
+
+/// Connects to an agent (bounded), without Nagle: COMMIT is on the lock's
+/// critical path.
+async fn agent_client(addr: &str) -> std::result::Result<NodeAgentClient<Channel>, String> {
+    let endpoint = Endpoint::from_shared(addr.to_string())
+        .map_err(|e| format!("bad agent address {addr:?}: {e}"))?
+        .connect_timeout(AGENT_CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(2));
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| format!("cannot reach agent at {addr}: {}", error_chain(&e)))?;
+    Ok(NodeAgentClient::new(channel))
+}
+
+/// An agent's error status for a failure reason: its message, or for
+/// transport failures (the agent vanished or stopped answering) the cause.
+fn status_text(s: &tonic::Status) -> String {
+    match std::error::Error::source(s) {
+        Some(src)
+            if s.code() == tonic::Code::Unavailable
+                || s.code() == tonic::Code::Unknown
+                || s.code() == tonic::Code::Internal =>
+        {
+            format!("the connection to its agent failed: {}", error_chain(src))
+        }
+        _ => s.message().to_string(),
+    }
+}
+
+/// ABORT on every participant, in parallel, best effort (each agent's lease
+/// is the backstop).
+async fn abort_all(id: &str, parts: &[Participant], reason: &str) {
+    let aborts = parts.iter().map(|p| async move {
+        let call = async {
+            let mut client = agent_client(&p.addr).await?;
+            client
+                .abort(agent_pb::AbortRequest {
+                    backup_id: id.to_string(),
+                    reason: reason.to_string(),
+                })
+                .await
+                .map_err(|s| s.message().to_string())
+        };
+        match tokio::time::timeout(ABORT_TIMEOUT, call).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                warn!(server = %p.name, error = %e, "abort failed; its lease releases the lock")
+            }
+            Err(_) => warn!(server = %p.name, "abort not answered; its lease releases the lock"),
+        }
+    });
+    futures::future::join_all(aborts).await;
+}

@@ -1,0 +1,247 @@
+//! The `lockstep.coordinator.v1` gRPC handlers: convert the request, call
+//! [`Core`] or [`Jobs`], map the error (with the leader redirect).
+
+use std::sync::Arc;
+
+use lockstep_proto::coordinator as pb;
+use lockstep_proto::coordinator::coordinator_server::Coordinator;
+use tonic::{Request, Response, Status};
+
+use crate::catalog::{Rejected, Server};
+use crate::convert;
+use crate::core::{Core, now_unix_ms};
+use crate::error::Error;
+use crate::job::Jobs;
+use crate::raft;
+
+/// Metadata key carrying the leader's URL on a not-leader error.
+pub const LEADER_METADATA: &str = "lockstep-leader";
+
+/// The coordinator service of one node.
+#[derive(Debug, Clone)]
+pub struct CoordinatorService {
+    core: Arc<Core>,
+    jobs: Arc<Jobs>,
+}
+
+impl CoordinatorService {
+    /// A service over `core` and `jobs`.
+    pub fn new(core: Arc<Core>, jobs: Arc<Jobs>) -> Self {
+        Self { core, jobs }
+    }
+}
+
+/// Maps an error to a gRPC status; not-leader errors carry the redirect.
+pub fn to_status(e: Error) -> Status {
+    match e {
+        Error::Raft(raft::Error::NotLeader {
+            leader_id,
+            leader_addr: Some(url),
+        }) => {
+            let mut s = Status::failed_precondition(format!(
+                "not the leader; the leader is coordinator {} at {url}",
+                leader_id.unwrap_or(0)
+            ));
+            if let Ok(v) = url.parse() {
+                s.metadata_mut().insert(LEADER_METADATA, v);
+            }
+            s
+        }
+        Error::Raft(raft::Error::NotLeader {
+            leader_addr: None, ..
+        }) => Status::unavailable("no raft leader is known yet (election in progress); retry"),
+        Error::Raft(e) if e.is_retryable() => Status::unavailable(e.to_string()),
+        Error::Raft(e) => Status::internal(e.to_string()),
+        Error::Rejected(r) => match r {
+            Rejected::UnknownCluster(_) | Rejected::UnknownBackup(_) => {
+                Status::not_found(r.to_string())
+            }
+            Rejected::BackupRunning { .. } | Rejected::DuplicateBackup(_) => {
+                Status::already_exists(r.to_string())
+            }
+            Rejected::BadTransition { .. } => Status::failed_precondition(r.to_string()),
+        },
+        Error::UnknownServer { .. } => Status::not_found(e.to_string()),
+        Error::ProposalTimeout { .. } => Status::unavailable(e.to_string()),
+        Error::Config(_) => Status::invalid_argument(e.to_string()),
+        _ => Status::internal(e.to_string()),
+    }
+}
+
+fn require(what: &str, v: &str) -> Result<(), Status> {
+    if v.trim().is_empty() {
+        return Err(Status::invalid_argument(format!("{what} is empty")));
+    }
+    Ok(())
+}
+
+fn opt(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
+#[tonic::async_trait]
+impl Coordinator for CoordinatorService {
+    async fn register_server(
+        &self,
+        request: Request<pb::RegisterServerRequest>,
+    ) -> Result<Response<pb::RegisterServerReply>, Status> {
+        let r = request.into_inner();
+        require("cluster", &r.cluster)?;
+        require("server name", &r.name)?;
+        require("agent address", &r.agent_addr)?;
+        self.core.require_leader().await.map_err(to_status)?;
+        let cmd = crate::catalog::Command::RegisterServer(Server {
+            cluster: r.cluster.clone(),
+            name: r.name.clone(),
+            agent_addr: r.agent_addr,
+            flavour: r.flavour,
+            version: r.version,
+            server_id: r.server_id,
+            server_uuid: r.server_uuid,
+            registered_at_unix_ms: now_unix_ms(),
+        });
+        self.core.propose(&cmd).await.map_err(to_status)?;
+        self.core.touch(&r.cluster, &r.name);
+        tracing::info!(cluster = %r.cluster, server = %r.name, "server registered");
+        Ok(Response::new(pb::RegisterServerReply {}))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatReply>, Status> {
+        let r = request.into_inner();
+        self.core
+            .heartbeat(&r.cluster, &r.name)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::HeartbeatReply {}))
+    }
+
+    async fn list_servers(
+        &self,
+        request: Request<pb::ListServersRequest>,
+    ) -> Result<Response<pb::ListServersReply>, Status> {
+        let cluster = opt(request.into_inner().cluster);
+        let servers = self.core.list_servers(cluster).await.map_err(to_status)?;
+        Ok(Response::new(pb::ListServersReply { servers }))
+    }
+
+    async fn start_backup(
+        &self,
+        request: Request<pb::StartBackupRequest>,
+    ) -> Result<Response<pb::StartBackupReply>, Status> {
+        let r = request.into_inner();
+        require("cluster", &r.cluster)?;
+        let backup_id = self
+            .jobs
+            .start_backup(&r.cluster)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::StartBackupReply { backup_id }))
+    }
+
+    async fn get_backup(
+        &self,
+        request: Request<pb::GetBackupRequest>,
+    ) -> Result<Response<pb::Backup>, Status> {
+        let id = request.into_inner().id;
+        require("backup id", &id)?;
+        let wanted = id.clone();
+        let backup = self
+            .core
+            .read(move |cat| cat.backups.get(&wanted).map(convert::backup))
+            .await
+            .map_err(to_status)?
+            .ok_or_else(|| to_status(Rejected::UnknownBackup(id).into()))?;
+        Ok(Response::new(backup))
+    }
+
+    async fn list_backups(
+        &self,
+        request: Request<pb::ListBackupsRequest>,
+    ) -> Result<Response<pb::ListBackupsReply>, Status> {
+        let cluster = opt(request.into_inner().cluster);
+        let mut backups = self
+            .core
+            .read(move |cat| {
+                cat.backups
+                    .values()
+                    .filter(|b| cluster.as_ref().is_none_or(|c| *c == b.cluster))
+                    .map(convert::backup)
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(to_status)?;
+        backups.sort_by(|a, b| (a.started_at_unix_ms, &a.id).cmp(&(b.started_at_unix_ms, &b.id)));
+        Ok(Response::new(pb::ListBackupsReply { backups }))
+    }
+
+    async fn coordinator_status(
+        &self,
+        _request: Request<pb::CoordinatorStatusRequest>,
+    ) -> Result<Response<pb::CoordinatorStatusReply>, Status> {
+        let reply = self.core.group_status().await.map_err(to_status)?;
+        Ok(Response::new(reply))
+    }
+
+    async fn node_status(
+        &self,
+        _request: Request<pb::NodeStatusRequest>,
+    ) -> Result<Response<pb::Member>, Status> {
+        let st = self
+            .core
+            .raft
+            .status()
+            .await
+            .map_err(|e| to_status(e.into()))?;
+        let url = self.core.peers.get(&st.id).cloned().unwrap_or_default();
+        Ok(Response::new(convert::member(&st, &url)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_leader_carries_the_redirect() {
+        let s = to_status(Error::Raft(raft::Error::NotLeader {
+            leader_id: Some(2),
+            leader_addr: Some("http://127.0.0.1:7301".into()),
+        }));
+        assert_eq!(s.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            s.message().contains("http://127.0.0.1:7301"),
+            "{}",
+            s.message()
+        );
+        assert_eq!(
+            s.metadata()
+                .get(LEADER_METADATA)
+                .and_then(|v| v.to_str().ok()),
+            Some("http://127.0.0.1:7301")
+        );
+        let none = to_status(Error::Raft(raft::Error::NotLeader {
+            leader_id: None,
+            leader_addr: None,
+        }));
+        assert_eq!(none.code(), tonic::Code::Unavailable);
+        assert!(none.metadata().get(LEADER_METADATA).is_none());
+    }
+
+    #[test]
+    fn rejections_map_to_clear_codes() {
+        let running = to_status(
+            Rejected::BackupRunning {
+                cluster: "c1".into(),
+                running: "b1".into(),
+            }
+            .into(),
+        );
+        assert_eq!(running.code(), tonic::Code::AlreadyExists);
+        assert!(running.message().contains("b1"));
+        let unknown = to_status(Rejected::UnknownCluster("x".into()).into());
+        assert_eq!(unknown.code(), tonic::Code::NotFound);
+    }
+}

@@ -1,0 +1,296 @@
+//! The real `lockstep-coordinator` binary as test processes: one
+//! [`CoordinatorProc`] per member, a [`CoordinatorGroup`] of 1, 3 or 5 on
+//! free ports with their raft stores in temp dirs (kept across restarts),
+//! and [`run_lockstep`] for runs of the `lockstep` CLI against a group.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use lockstep_proto::coordinator::coordinator_client::CoordinatorClient;
+use lockstep_proto::coordinator::{Member, NodeStatusRequest};
+
+use crate::agent::{CliOutput, run_cli};
+use crate::ports;
+use crate::process::{ChildProcess, Signal, bin_path, remove_temp_dir, short_temp_dir};
+
+/// The coordinator binary's name in the target directory.
+pub const COORDINATOR_BIN: &str = "lockstep-coordinator";
+/// The CLI binary's name in the target directory.
+pub const CLI_BIN: &str = "lockstep";
+/// How long a coordinator may take to answer `NodeStatus` after start.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often readiness and leadership are polled.
+const POLL: Duration = Duration::from_millis(20);
+/// How long one probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long `stop()` waits after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Lines of a log quoted in errors.
+const LOG_TAIL_LINES: usize = 30;
+/// How long one `lockstep` CLI run may take.
+pub const LOCKSTEP_CLI_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A running `lockstep-coordinator`. Dropping it kills the process and
+/// removes its temp dir (raft store and log).
+#[derive(Debug)]
+pub struct CoordinatorProc {
+    id: u64,
+    port: u16,
+    peers: String,
+    /// Declared before `dir`: the process dies before its files go.
+    child: Option<ChildProcess>,
+    dir: Option<tempfile::TempDir>,
+    data_dir: PathBuf,
+    log_path: PathBuf,
+}
+
+impl CoordinatorProc {
+    /// Starts member `id` on `port` with `peers` ("ID=URL,..."), its store
+    /// in a new temp dir, and waits until it answers `NodeStatus`.
+    pub async fn start(id: u64, port: u16, peers: &str) -> anyhow::Result<CoordinatorProc> {
+        crate::init_tracing();
+        let dir = short_temp_dir("ls-coord-")
+            .with_context(|| format!("create temp dir for coordinator {id}"))?;
+        let mut c = CoordinatorProc {
+            id,
+            port,
+            peers: peers.to_string(),
+            data_dir: dir.path().join("data"),
+            log_path: dir.path().join("coordinator.log"),
+            child: None,
+            dir: Some(dir),
+        };
+        c.launch().await?;
+        Ok(c)
+    }
+
+    async fn launch(&mut self) -> anyhow::Result<()> {
+        let bin = bin_path(COORDINATOR_BIN)?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("--id")
+            .arg(self.id.to_string())
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--peers")
+            .arg(&self.peers)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .env("LOCKSTEP_LOG", log_filter());
+        let mut child =
+            ChildProcess::spawn(format!("coordinator {}", self.id), cmd, &self.log_path)?;
+        let started = Instant::now();
+        loop {
+            if let Some(status) = child.try_exit()? {
+                bail!(
+                    "start coordinator {} on port {}: it exited early ({status})\nlog tail ({}):\n{}",
+                    self.id,
+                    self.port,
+                    self.log_path.display(),
+                    child.log_tail(LOG_TAIL_LINES)
+                );
+            }
+            if let Ok(Ok(_)) = tokio::time::timeout(PROBE_TIMEOUT, node_status(&self.url())).await {
+                break;
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                bail!(
+                    "start coordinator {} on port {}: NodeStatus not answering after {READY_TIMEOUT:?}\nlog tail ({}):\n{}",
+                    self.id,
+                    self.port,
+                    self.log_path.display(),
+                    child.log_tail(LOG_TAIL_LINES)
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        tracing::info!(
+            id = self.id,
+            port = self.port,
+            pid = child.pid(),
+            "coordinator ready"
+        );
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// This member's raft id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The directory of its raft store.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The file holding its stdout and stderr.
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// The last `n` lines of its log.
+    pub fn log_tail(&self, n: usize) -> String {
+        crate::process::file_tail(&self.log_path, n)
+    }
+
+    /// True if the process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(ChildProcess::is_running)
+    }
+
+    /// Its raft state as `NodeStatus` reports it.
+    pub async fn status(&self) -> anyhow::Result<Member> {
+        tokio::time::timeout(PROBE_TIMEOUT, node_status(&self.url()))
+            .await
+            .with_context(|| format!("coordinator {} NodeStatus timed out", self.id))?
+    }
+
+    /// Sends a signal.
+    pub fn signal(&mut self, sig: Signal) -> anyhow::Result<()> {
+        let id = self.id;
+        self.child
+            .as_mut()
+            .with_context(|| format!("cannot send {sig} to coordinator {id}: it is not running"))?
+            .signal(sig)
+    }
+
+    /// Crash: SIGKILL and reap.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            let status = child
+                .kill()
+                .with_context(|| format!("kill coordinator {}", self.id))?;
+            tracing::info!(id = self.id, %status, "coordinator killed");
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then SIGKILL after 10 s.
+    pub fn stop(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(None);
+        };
+        let status = child
+            .terminate(STOP_GRACE)
+            .with_context(|| format!("stop coordinator {}", self.id))?;
+        tracing::info!(id = self.id, %status, "coordinator stopped");
+        Ok(Some(status))
+    }
+
+    /// Stops it if it runs and starts it again on the same port and store.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop()?;
+        self.launch()
+            .await
+            .with_context(|| format!("restart coordinator {}", self.id))
+    }
+}
+
+impl Drop for CoordinatorProc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take()
+            && let Err(e) = child.kill()
+        {
+            tracing::warn!(id = self.id, error = %format!("{e:#}"), "kill coordinator on drop");
+        }
+        if let Some(dir) = self.dir.take() {
+            remove_temp_dir(dir, &format!("coordinator {}", self.id));
+        }
+    }
+}
+
+async fn node_status(url: &str) -> anyhow::Result<Member> {
+    let mut client = CoordinatorClient::connect(url.to_string())
+        .await
+        .with_context(|| format!("connect to coordinator {url}"))?;
+    Ok(client
+        .node_status(NodeStatusRequest {})
+        .await
+        .with_context(|| format!("NodeStatus of coordinator {url}"))?
+        .into_inner())
+}
+
+/// A raft group of coordinators on 127.0.0.1.
+#[derive(Debug)]
+pub struct CoordinatorGroup {
+    /// The members, by position (member i has raft id i + 1).
+    pub members: Vec<CoordinatorProc>,
+}
+
+impl CoordinatorGroup {
+    /// Starts `n` members on free ports and waits until they agree on a
+    /// leader.
+    pub async fn start(n: usize) -> anyhow::Result<CoordinatorGroup> {
+        let ports = (0..n)
+            .map(|_| ports::free_port())
+            .collect::<anyhow::Result<Vec<u16>>>()?;
+        let peers = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{}=http://127.0.0.1:{p}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let starts = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| CoordinatorProc::start(i as u64 + 1, *p, &peers));
+        let members = futures::future::try_join_all(starts).await?;
+        let group = CoordinatorGroup { members };
+        group.wait_leader(Duration::from_secs(30)).await?;
+        Ok(group)
+    }
+
+    /// Every member's URL, comma-separated (for `--coordinators`).
+    pub fn urls(&self) -> String {
+        self.members
+            .iter()
+            .map(CoordinatorProc::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Waits until a running member reports itself leader and every other
+    /// running member names it; returns its index in `members`.
+    pub async fn wait_leader(&self, timeout: Duration) -> anyhow::Result<usize> {
+        let started = Instant::now();
+        loop {
+            let mut seen = Vec::new();
+            for m in &self.members {
+                if let Ok(st) = m.status().await {
+                    seen.push(st);
+                }
+            }
+            if let Some(leader) = seen.iter().find(|s| s.role == "leader")
+                && seen.iter().all(|s| s.leader_id == leader.id)
+                && let Some(i) = self.members.iter().position(|m| m.id() == leader.id)
+            {
+                return Ok(i);
+            }
+            if started.elapsed() > timeout {
+                bail!(
+                    "no agreed leader among the coordinators after {timeout:?}; last statuses: {seen:?}"
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+/// Runs `lockstep --coordinators COORDS ARGS...` to completion.
+pub async fn run_lockstep(coordinators: &str, args: &[&str]) -> anyhow::Result<CliOutput> {
+    let mut all = vec!["--coordinators", coordinators];
+    all.extend_from_slice(args);
+    run_cli(&bin_path(CLI_BIN)?, &all, LOCKSTEP_CLI_TIMEOUT).await
+}
+
+/// The log filter for the coordinators: `$LOCKSTEP_COORDINATOR_LOG` or `info`.
+fn log_filter() -> String {
+    std::env::var("LOCKSTEP_COORDINATOR_LOG").unwrap_or_else(|_| "info".into())
+}

@@ -1,0 +1,437 @@
+//! The cluster: 3 coordinators (a raft group), 3 agents registered with
+//! them, 3 real MariaDB servers. Backups are cluster-wide consistent cuts
+//! (the causal-chain check across servers after a restore), the catalog
+//! records them, and a new leader resolves the backup it inherits.
+
+use std::time::{Duration, Instant};
+
+use lockstep_tests::{
+    AgentOptions, AgentProc, CausalWriter, CoordinatorGroup, MariaDb, Target, check_chain,
+    run_agent_cli, run_lockstep, step,
+};
+use serde_json::Value;
+
+/// The cluster name every agent registers under.
+const CLUSTER: &str = "c1";
+
+/// 3 servers with an agent each, registered with a 3-member group.
+struct Cluster {
+    servers: Vec<MariaDb>,
+    agents: Vec<AgentProc>,
+    group: CoordinatorGroup,
+}
+
+impl Cluster {
+    async fn start(prefix: &str) -> anyhow::Result<Cluster> {
+        let names: Vec<String> = (0..3).map(|i| format!("{prefix}{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        step!("start 3 MariaDB servers and 3 coordinators");
+        let (servers, group) =
+            tokio::try_join!(MariaDb::start_many(&refs), CoordinatorGroup::start(3))?;
+        step!("start 3 agents registering with the coordinators");
+        let urls = group.urls();
+        let starts = servers.iter().map(|s| {
+            let mut opts = AgentOptions::new(s.name(), s.url());
+            opts.extra_args = vec![
+                "--cluster".into(),
+                CLUSTER.into(),
+                "--coordinators".into(),
+                urls.clone(),
+            ];
+            AgentProc::start(opts)
+        });
+        let agents = futures::future::try_join_all(starts).await?;
+        let cluster = Cluster {
+            servers,
+            agents,
+            group,
+        };
+        cluster.wait_healthy(Duration::from_secs(30)).await?;
+        Ok(cluster)
+    }
+
+    /// Waits until `lockstep server list` shows every server healthy.
+    async fn wait_healthy(&self, timeout: Duration) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            let out = self.cli(&["server", "list", "--json"]).await?;
+            if out.status.success() {
+                let list: Value = serde_json::from_str(out.stdout.trim())?;
+                let healthy = list
+                    .as_array()
+                    .map_or(0, |l| l.iter().filter(|s| s["healthy"] == true).count());
+                if healthy == self.servers.len() {
+                    return Ok(());
+                }
+            }
+            anyhow::ensure!(
+                started.elapsed() < timeout,
+                "servers not all healthy after {timeout:?}: {} {}",
+                out.stdout,
+                out.stderr
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn cli(&self, args: &[&str]) -> anyhow::Result<lockstep_tests::CliOutput> {
+        run_lockstep(&self.group.urls(), args).await
+    }
+
+    /// `lockstep --json ARGS`, which must succeed, parsed.
+    async fn cli_json(&self, args: &[&str]) -> anyhow::Result<Value> {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.cli(&all).await?;
+        out.success()?;
+        Ok(serde_json::from_str(out.stdout.trim())?)
+    }
+
+    /// Chain targets: record k on server k mod 3.
+    fn chain(&self) -> Vec<Target> {
+        self.servers
+            .iter()
+            .map(|s| Target::on(s, "chain", "rec"))
+            .collect()
+    }
+}
+
+/// Restores each server's artifact of `backup` into a fresh server and
+/// returns the chain targets on the restored servers.
+async fn restore_into_fresh(
+    backup: &Value,
+    prefix: &str,
+) -> anyhow::Result<(Vec<MariaDb>, Vec<Target>)> {
+    let names: Vec<String> = (0..3).map(|i| format!("{prefix}{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let fresh = MariaDb::start_many(&refs).await?;
+    let servers = backup["servers"].as_array().cloned().unwrap_or_default();
+    anyhow::ensure!(servers.len() == 3, "backup has 3 servers: {backup}");
+    let mut targets = Vec::new();
+    for (i, dst) in fresh.iter().enumerate() {
+        let location = servers[i]["artifact"]["location"]
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("server {i} has no artifact: {backup}"))?;
+        run_agent_cli(&["load", "--mysql", &dst.url(), "--from", location])
+            .await?
+            .success()?;
+        targets.push(Target::on(dst, "chain", "rec"));
+    }
+    Ok((fresh, targets))
+}
+
+/// A backup of 3 servers under a causal write load across them is one
+/// consistent cut: COMPLETE in the catalog with every server's position and
+/// a small freeze window, and restoring the 3 artifacts into 3 fresh servers
+/// gives a causal chain without gaps.
+#[tokio::test]
+async fn backup_of_three_servers_is_a_consistent_cut() -> anyhow::Result<()> {
+    let cluster = Cluster::start("cc").await?;
+
+    step!("coordinator status shows 3 healthy members and a leader");
+    let status = cluster.cli_json(&["coordinator", "status"]).await?;
+    let members = status["members"].as_array().cloned().unwrap_or_default();
+    assert_eq!(members.len(), 3, "{status}");
+    assert!(members.iter().all(|m| m["healthy"] == true), "{status}");
+    assert!(status["leader_id"].as_u64().is_some(), "{status}");
+
+    step!("the CLI given only a follower follows the redirect to the leader");
+    let leader = cluster.group.wait_leader(Duration::from_secs(10)).await?;
+    let follower = cluster.group.members[(leader + 1) % 3].url();
+    let out = run_lockstep(&follower, &["--json", "server", "list"]).await?;
+    out.success()?;
+    let listed: Value = serde_json::from_str(out.stdout.trim())?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(3), "{listed}");
+
+    step!("write the causal chain across the 3 servers");
+    let writer = CausalWriter::start(cluster.chain()).await?;
+    writer.wait_committed(300, Duration::from_secs(60)).await?;
+
+    step!("lockstep backup start --cluster c1 --wait --json");
+    let out = cluster
+        .cli(&["--json", "backup", "start", "--cluster", CLUSTER, "--wait"])
+        .await?;
+    out.success()?;
+    let backup: Value = serde_json::from_str(out.stdout.trim())?;
+    let written = writer.stop().await;
+    assert_eq!(backup["status"], "COMPLETE", "{backup}\n{}", out.stderr);
+    let freeze_ms = backup["freeze_ms"]
+        .as_f64()
+        .expect("freeze window reported");
+    step!("freeze window {freeze_ms:.2} ms");
+    assert!(
+        freeze_ms > 0.0 && freeze_ms < 1000.0,
+        "freeze {freeze_ms} ms"
+    );
+    for s in backup["servers"].as_array().expect("servers") {
+        assert!(
+            s["binlog_file"].as_str().is_some_and(|f| !f.is_empty()),
+            "{s}"
+        );
+        assert!(s["binlog_pos"].as_u64().is_some_and(|p| p > 4), "{s}");
+        assert!(s["gtid"].as_str().is_some_and(|g| !g.is_empty()), "{s}");
+        assert!(s["lock_ms"].as_f64().is_some(), "{s}");
+    }
+
+    step!("the catalog lists and shows it");
+    let id = backup["id"].as_str().expect("id").to_string();
+    let shown = cluster.cli_json(&["catalog", "show", &id]).await?;
+    assert_eq!(shown, backup);
+    let list = cluster
+        .cli_json(&["catalog", "list", "--cluster", CLUSTER])
+        .await?;
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    let human = cluster.cli(&["catalog", "show", &id]).await?;
+    human.success()?;
+    assert!(
+        human.stdout.contains("COMPLETE") && human.stdout.contains("cc1"),
+        "{}",
+        human.stdout
+    );
+
+    step!("restore the 3 artifacts into 3 fresh servers; the chain has no gaps");
+    let (_fresh, restored) = restore_into_fresh(&backup, "cr").await?;
+    let m = check_chain(&restored).await?;
+    step!("restored chain 1..{m} of {written} written");
+    assert!(m >= 300 && m <= written, "restored 1..{m} of {written}");
+
+    step!("the next backup succeeds too");
+    let again = cluster
+        .cli_json(&["backup", "start", "--cluster", CLUSTER, "--wait"])
+        .await?;
+    assert_eq!(again["status"], "COMPLETE", "{again}");
+
+    step!("an unknown cluster is refused with a clear error and a non-zero exit");
+    let bad = cluster
+        .cli(&["backup", "start", "--cluster", "nope"])
+        .await?;
+    assert!(!bad.status.success());
+    assert!(bad.stderr.contains("unknown cluster"), "{}", bad.stderr);
+    Ok(())
+}
+
+/// SIGKILL the leader once the cut is committed (during TRANSFER): a new
+/// leader resolves the backup it inherits (COMPLETE, or FAILED with a reason
+/// saying the coordinator changed), no server stays locked, the next backup
+/// succeeds on the remaining quorum, and the catalog survives restarting
+/// every coordinator at once.
+#[tokio::test]
+async fn new_leader_resolves_the_inherited_backup_and_the_catalog_survives_a_restart()
+-> anyhow::Result<()> {
+    let mut cluster = Cluster::start("fo").await?;
+    step!("give each server 300k rows so TRANSFER takes a while");
+    for s in &cluster.servers {
+        s.exec("CREATE DATABASE bulk").await?;
+        s.exec("CREATE TABLE bulk.t (id INT PRIMARY KEY, c CHAR(40)) ENGINE=InnoDB")
+            .await?;
+        s.exec("INSERT INTO bulk.t SELECT seq, MD5(seq) FROM bulk.seq_1_to_300000")
+            .await?;
+    }
+    let writer = CausalWriter::start(cluster.chain()).await?;
+    writer.wait_committed(100, Duration::from_secs(60)).await?;
+
+    step!("start a backup and wait until its cut is committed");
+    let started = cluster
+        .cli_json(&["backup", "start", "--cluster", CLUSTER])
+        .await?;
+    let id = started["id"].as_str().expect("id").to_string();
+    let leader = cluster.group.wait_leader(Duration::from_secs(10)).await?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let shown = cluster.cli_json(&["catalog", "show", &id]).await?;
+        match shown["status"].as_str() {
+            Some("TRANSFERRING") => break,
+            Some("PREPARING") => {}
+            other => anyhow::bail!("backup left PREPARING as {other:?} before the kill: {shown}"),
+        }
+        anyhow::ensure!(Instant::now() < deadline, "cut not committed: {shown}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    step!("SIGKILL the leader (coordinator {})", leader + 1);
+    cluster.group.members[leader].kill()?;
+    let killed_at = Instant::now();
+    let resolved = loop {
+        let out = cluster.cli(&["--json", "catalog", "show", &id]).await?;
+        if out.status.success() {
+            let b: Value = serde_json::from_str(out.stdout.trim())?;
+            if b["status"] == "COMPLETE" || b["status"] == "FAILED" {
+                break b;
+            }
+        }
+        anyhow::ensure!(
+            killed_at.elapsed() < Duration::from_secs(60),
+            "inherited backup not resolved: {} {}",
+            out.stdout,
+            out.stderr
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = killed_at.elapsed();
+    step!(
+        "inherited backup resolved as {} in {took:?}: {}",
+        resolved["status"],
+        resolved["reason"]
+    );
+    if resolved["status"] == "FAILED" {
+        let reason = resolved["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("coordinator changed"), "{reason}");
+    }
+
+    step!("no server stays locked: the chain keeps growing");
+    let now = writer.committed();
+    writer
+        .wait_committed(now + 30, Duration::from_secs(15))
+        .await?;
+
+    step!("the next backup succeeds on the remaining quorum");
+    cluster.wait_healthy(Duration::from_secs(30)).await?;
+    let next = cluster
+        .cli_json(&["backup", "start", "--cluster", CLUSTER, "--wait"])
+        .await?;
+    assert_eq!(next["status"], "COMPLETE", "{next}");
+    writer.stop().await;
+
+    step!("restart every coordinator at once; the catalog is intact");
+    let before = cluster.cli_json(&["catalog", "list"]).await?;
+    for m in &mut cluster.group.members {
+        m.stop()?;
+    }
+    let restarts = cluster.group.members.iter_mut().map(|m| m.restart());
+    futures::future::try_join_all(restarts).await?;
+    cluster.group.wait_leader(Duration::from_secs(30)).await?;
+    let after = cluster.cli_json(&["catalog", "list"]).await?;
+    assert_eq!(after, before);
+    assert_eq!(after.as_array().map(Vec::len), Some(2), "{after}");
+    Ok(())
+}
+
+/// SIGKILL the leader while a backup waits at the barrier (one agent is
+/// SIGSTOPped, the other two hold their locks): the new leader aborts the
+/// inherited backup everywhere and fails it saying the cut was never
+/// committed; every server takes writes again and the next backup succeeds.
+#[tokio::test]
+async fn leader_killed_during_prepare_fails_the_backup_and_unlocks_everything() -> anyhow::Result<()>
+{
+    let mut cluster = Cluster::start("kp").await?;
+    let writer = CausalWriter::start(cluster.chain()).await?;
+    writer.wait_committed(50, Duration::from_secs(60)).await?;
+
+    step!("SIGSTOP agent kp2, start a backup, wait until kp0 and kp1 are prepared");
+    cluster.agents[2].pause()?;
+    let started = cluster
+        .cli_json(&["backup", "start", "--cluster", CLUSTER])
+        .await?;
+    let id = started["id"].as_str().expect("id").to_string();
+    let leader = cluster.group.wait_leader(Duration::from_secs(10)).await?;
+    let deadline = Instant::now() + Duration::from_secs(4);
+    loop {
+        let shown = cluster.cli_json(&["catalog", "show", &id]).await?;
+        let prepared = shown["servers"].as_array().map_or(0, |l| {
+            l.iter().filter(|s| s["binlog_file"].is_string()).count()
+        });
+        if prepared == 2 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline && shown["status"] == "PREPARING",
+            "kp0 and kp1 not prepared in time: {shown}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    step!(
+        "SIGKILL the leader (coordinator {}), SIGCONT kp2",
+        leader + 1
+    );
+    cluster.group.members[leader].kill()?;
+    let killed_at = Instant::now();
+    cluster.agents[2].resume()?;
+    let resolved = loop {
+        let out = cluster.cli(&["--json", "catalog", "show", &id]).await?;
+        if out.status.success() {
+            let b: Value = serde_json::from_str(out.stdout.trim())?;
+            if b["status"] != "PREPARING" {
+                break b;
+            }
+        }
+        anyhow::ensure!(
+            killed_at.elapsed() < Duration::from_secs(60),
+            "inherited backup not resolved: {} {}",
+            out.stdout,
+            out.stderr
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    step!(
+        "inherited backup resolved as {} in {:?}: {}",
+        resolved["status"],
+        killed_at.elapsed(),
+        resolved["reason"]
+    );
+    assert_eq!(resolved["status"], "FAILED", "{resolved}");
+    let reason = resolved["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("before the cut was committed"), "{reason}");
+
+    step!("every server takes writes again");
+    let now = writer.committed();
+    writer
+        .wait_committed(now + 30, Duration::from_secs(15))
+        .await?;
+
+    step!("the next backup succeeds");
+    cluster.wait_healthy(Duration::from_secs(30)).await?;
+    let next = cluster
+        .cli_json(&["backup", "start", "--cluster", CLUSTER, "--wait"])
+        .await?;
+    assert_eq!(next["status"], "COMPLETE", "{next}");
+    writer.stop().await;
+    Ok(())
+}
+
+/// An agent SIGSTOPped past the PREPARE deadline: the backup fails naming
+/// that server, the other servers are unlocked at once (not at their
+/// lease), and once the agent runs again the next backup succeeds.
+#[tokio::test]
+async fn stopped_agent_fails_the_backup_naming_it() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start("sa").await?;
+    let writer = CausalWriter::start(cluster.chain()).await?;
+    writer.wait_committed(50, Duration::from_secs(60)).await?;
+
+    step!("SIGSTOP agent sa1; backup start --wait");
+    cluster.agents[1].pause()?;
+    let out = cluster
+        .cli(&["--json", "backup", "start", "--cluster", CLUSTER, "--wait"])
+        .await?;
+    assert!(!out.status.success(), "a FAILED backup exits non-zero");
+    let failed: Value = serde_json::from_str(out.stdout.trim())?;
+    assert_eq!(failed["status"], "FAILED", "{failed}");
+    let reason = failed["reason"].as_str().unwrap_or_default();
+    // Whichever notices first: the HTTP/2 keep-alive (about 3 s) or the
+    // 5 s PREPARE deadline.
+    assert!(
+        reason.contains("server sa1")
+            && (reason.contains("did not prepare") || reason.contains("keep-alive timed out")),
+        "{reason}"
+    );
+    assert!(
+        !reason.contains("sa0") && !reason.contains("sa2"),
+        "{reason}"
+    );
+
+    step!("every server takes writes while sa1's agent is still stopped");
+    let now = writer.committed();
+    writer
+        .wait_committed(now + 30, Duration::from_secs(15))
+        .await?;
+    cluster.agents[1].resume()?;
+
+    step!("the next backup succeeds");
+    cluster.wait_healthy(Duration::from_secs(30)).await?;
+    let next = cluster
+        .cli_json(&["backup", "start", "--cluster", CLUSTER, "--wait"])
+        .await?;
+    assert_eq!(next["status"], "COMPLETE", "{next}");
+    writer.stop().await;
+    Ok(())
+}
