@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what lockstep's build, tests and demo need on Debian, if missing:
-# protoc (build), MariaDB server and client tools (tests, demo), zstd.
+# protoc (build), MariaDB server and client tools (tests, demo), zstd,
+# python3 with PyYAML (demo, deploy/ syntax tests).
 # Safe to run again: it installs nothing that is already there.
 set -euo pipefail
 
@@ -11,6 +12,9 @@ have mariadbd || [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
 have mariadb || need+=(mariadb-client)
 have mariadb-install-db || need+=(mariadb-server)
 have zstd || need+=(zstd)
+# python3 with PyYAML: the demo's JSON handling and the deploy/ syntax tests.
+have python3 || need+=(python3)
+python3 -c 'import yaml' 2>/dev/null || need+=(python3-yaml)
 for extra in "$@"; do
   case "$extra" in
     mydumper) have mydumper || need+=(mydumper) ;;
