@@ -1,5 +1,5 @@
-//! The `lockstep` CLI: server list, coordinator status, backup start, and
-//! catalog queries, against the coordinator group (the leader is found by
+//! The `lockstep` CLI: server list, coordinator status, backup start,
+//! catalog queries and the coordinated restore, against the coordinator group (the leader is found by
 //! [`Client`]). Human tables by default, `--json` for scripts; the exit code
 //! is 0 on success, 1 on failure (including a backup that ends FAILED), 2 on
 //! bad usage.
@@ -17,6 +17,9 @@ use crate::client::Client;
 const PATIENCE: Duration = Duration::from_secs(20);
 /// How often `backup start --wait` polls.
 const WAIT_POLL: Duration = Duration::from_millis(200);
+/// How long `restore run` waits for the leader's answer (the coordinator
+/// bounds each server's load by its transfer timeout, 6 h by default).
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(7 * 3600);
 
 /// `lockstep`: cluster-wide consistent backups of MySQL/MariaDB.
 #[derive(Debug, Parser)]
@@ -56,6 +59,45 @@ pub enum Command {
     /// Query the backup catalog.
     #[command(subcommand)]
     Catalog(CatalogCmd),
+    /// Restore backups.
+    #[command(subcommand)]
+    Restore(RestoreCmd),
+}
+
+/// `lockstep restore ...`
+#[derive(Debug, Subcommand)]
+pub enum RestoreCmd {
+    /// Restore every server of a COMPLETE backup at once; reports per server.
+    Run(RestoreArgs),
+}
+
+/// `restore run` arguments.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup id.
+    #[arg(long)]
+    pub backup: String,
+    /// Load SERVER into this database server instead of its own
+    /// (SERVER=mysql://USER[:PASS]@HOST:PORT); repeat for several servers.
+    #[arg(long = "target", value_name = "SERVER=URL", value_parser = parse_target)]
+    pub targets: Vec<(String, String)>,
+    /// Load into targets that already hold databases.
+    #[arg(long)]
+    pub force: bool,
+    /// Wait for every server to finish (always the case: the restore runs
+    /// while the command waits; accepted for symmetry with `backup start`).
+    #[arg(long)]
+    pub wait: bool,
+}
+
+/// Parses `SERVER=URL`.
+fn parse_target(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, url)) if !name.trim().is_empty() && !url.trim().is_empty() => {
+            Ok((name.trim().to_string(), url.trim().to_string()))
+        }
+        _ => Err(format!("expected SERVER=mysql://USER@HOST:PORT, got {s:?}")),
+    }
 }
 
 /// `lockstep server ...`
@@ -187,6 +229,43 @@ async fn execute(cli: &Cli) -> anyhow::Result<i32> {
         Command::Catalog(CatalogCmd::Show(a)) => {
             let backup = get_backup(&mut client, &a.id).await?;
             print_backup(cli.json, &backup);
+        }
+        Command::Restore(RestoreCmd::Run(a)) => {
+            let mut targets = std::collections::HashMap::new();
+            for (name, url) in &a.targets {
+                if targets.insert(name.clone(), url.clone()).is_some() {
+                    anyhow::bail!("--target names server {name} twice");
+                }
+            }
+            let req = pb::RestoreBackupRequest {
+                backup_id: a.backup.clone(),
+                targets,
+                force: a.force,
+            };
+            eprintln!("restoring every server of backup {} ...", a.backup);
+            let mut client = client.with_call_timeout(RESTORE_TIMEOUT);
+            let reply = client
+                .call("restore backup", |mut c| {
+                    let req = req.clone();
+                    async move { c.restore_backup(req).await }
+                })
+                .await?;
+            print_restore(cli.json, &reply);
+            let failed: Vec<&str> = reply
+                .servers
+                .iter()
+                .filter(|s| !s.ok)
+                .map(|s| s.server.as_str())
+                .collect();
+            if !failed.is_empty() {
+                eprintln!(
+                    "error: the restore failed on {} of {} servers: {}",
+                    failed.len(),
+                    reply.servers.len(),
+                    failed.join(", ")
+                );
+                return Ok(1);
+            }
         }
     }
     Ok(0)
@@ -329,6 +408,77 @@ fn print_backup(as_json: bool, b: &pb::Backup) {
     print_table(
         &[
             "SERVER", "BINLOG", "GTID", "WAIT_MS", "HOLD_MS", "BYTES", "SHA256", "LOCATION",
+        ],
+        &rows,
+    );
+}
+
+/// The JSON form of a restore (`restore run --json`).
+pub fn restore_json(r: &pb::RestoreBackupReply) -> Value {
+    let servers: Vec<Value> = r
+        .servers
+        .iter()
+        .map(|s| {
+            json!({
+                "name": s.server,
+                "target": s.target,
+                "ok": s.ok,
+                "error": (!s.ok).then_some(&s.error),
+                "tables": s.tables,
+                "rows": s.rows,
+                "duration_ms": s.duration_ms,
+                "gtid": s.gtid_slave_pos,
+                "location": s.location,
+            })
+        })
+        .collect();
+    json!({
+        "backup_id": r.backup_id,
+        "ok": r.servers.iter().all(|s| s.ok),
+        "servers": servers,
+    })
+}
+
+fn print_restore(as_json: bool, r: &pb::RestoreBackupReply) {
+    if as_json {
+        println!("{}", restore_json(r));
+        return;
+    }
+    println!("backup   {}", r.backup_id);
+    println!();
+    let rows: Vec<Vec<String>> = r
+        .servers
+        .iter()
+        .map(|s| {
+            let dash = |v: String| if s.ok { v } else { "-".into() };
+            vec![
+                s.server.clone(),
+                s.target.clone(),
+                dash(s.tables.to_string()),
+                dash(s.rows.to_string()),
+                dash(s.duration_ms.to_string()),
+                if s.gtid_slave_pos.is_empty() {
+                    "-".into()
+                } else {
+                    s.gtid_slave_pos.clone()
+                },
+                if s.ok {
+                    "ok".into()
+                } else {
+                    format!("FAILED: {}", s.error)
+                },
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "SERVER",
+            "TARGET",
+            "TABLES",
+            "ROWS",
+            "DURATION_MS",
+            "GTID",
+            "RESULT",
         ],
         &rows,
     );
@@ -528,6 +678,71 @@ mod tests {
             Command::Backup(BackupCmd::Start(StartArgs { wait: true, .. }))
         ));
         assert!(Cli::try_parse_from(["lockstep", "backup", "start"]).is_err());
+    }
+
+    #[test]
+    fn parses_restore_run_with_targets() {
+        let cli = Cli::try_parse_from([
+            "lockstep",
+            "restore",
+            "run",
+            "--backup",
+            "b1",
+            "--target",
+            "s1=mysql://root@h:1",
+            "--target",
+            "s2=mysql://root:p=w@h:2",
+            "--force",
+        ])
+        .expect("parse");
+        let Command::Restore(RestoreCmd::Run(a)) = cli.command else {
+            panic!("not restore run: {:?}", cli.command);
+        };
+        assert_eq!(a.backup, "b1");
+        assert!(a.force && !a.wait);
+        assert_eq!(
+            a.targets,
+            [
+                ("s1".to_string(), "mysql://root@h:1".to_string()),
+                ("s2".to_string(), "mysql://root:p=w@h:2".to_string())
+            ]
+        );
+        assert!(
+            Cli::try_parse_from([
+                "lockstep", "restore", "run", "--backup", "b1", "--target", "s1"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn restore_json_has_the_documented_fields() {
+        let r = pb::RestoreBackupReply {
+            backup_id: "b1".into(),
+            servers: vec![
+                pb::ServerRestore {
+                    server: "s1".into(),
+                    target: "h:1".into(),
+                    ok: true,
+                    rows: 7,
+                    ..pb::ServerRestore::default()
+                },
+                pb::ServerRestore {
+                    server: "s2".into(),
+                    target: "h:2".into(),
+                    error: "server s2: not empty".into(),
+                    ..pb::ServerRestore::default()
+                },
+            ],
+        };
+        let v = restore_json(&r);
+        assert_eq!(v["ok"], false);
+        assert_eq!(v["servers"][0]["name"], "s1");
+        assert_eq!(v["servers"][0]["rows"], 7);
+        assert_eq!(v["servers"][0]["ok"], true);
+        assert!(v["servers"][0]["error"].is_null());
+        assert_eq!(v["servers"][1]["target"], "h:2");
+        assert_eq!(v["servers"][1]["error"], "server s2: not empty");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::service::LEADER_METADATA;
 
 /// How long connecting to one coordinator may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long one call may take.
+/// How long one call may take, unless [`Client::with_call_timeout`] says.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after every coordinator failed, before the next round.
 const ROUND_PAUSE: Duration = Duration::from_millis(200);
@@ -26,6 +26,8 @@ pub struct Client {
     leader: Option<String>,
     /// How long a call keeps trying before it gives up.
     patience: Duration,
+    /// How long one attempt of a call may take.
+    call_timeout: Duration,
 }
 
 impl Client {
@@ -41,7 +43,15 @@ impl Client {
             urls,
             leader: None,
             patience,
+            call_timeout: CALL_TIMEOUT,
         })
+    }
+
+    /// The same client with a longer (or shorter) limit per attempt, for
+    /// calls that run while the caller waits (a restore).
+    pub fn with_call_timeout(mut self, timeout: Duration) -> Client {
+        self.call_timeout = timeout;
+        self
     }
 
     /// Calls `f` on the leader (or on whichever coordinator answers first if
@@ -71,8 +81,8 @@ impl Client {
                         continue;
                     }
                 };
-                match tokio::time::timeout(CALL_TIMEOUT, f(client)).await {
-                    Err(_) => last = format!("{url}: no answer within {CALL_TIMEOUT:?}"),
+                match tokio::time::timeout(self.call_timeout, f(client)).await {
+                    Err(_) => last = format!("{url}: no answer within {:?}", self.call_timeout),
                     Ok(Ok(resp)) => {
                         self.leader = Some(url);
                         return Ok(resp.into_inner());

@@ -5,6 +5,7 @@ use lockstep_proto::coordinator as pb;
 
 use crate::catalog::{Backup, Server, Status};
 use crate::raft::{NodeStatus, Role};
+use crate::restore::{RestoreRequest, ServerRestore};
 
 /// The wire name of a backup status.
 pub fn status_name(s: Status) -> &'static str {
@@ -99,4 +100,34 @@ pub fn member(st: &NodeStatus, url: &str) -> pb::Member {
         healthy: true,
         error: String::new(),
     }
+}
+
+/// A restore request from the wire.
+pub fn restore_request(r: pb::RestoreBackupRequest) -> RestoreRequest {
+    RestoreRequest {
+        backup_id: r.backup_id,
+        targets: r.targets.into_iter().collect(),
+        force: r.force,
+    }
+}
+
+/// One server's restore outcome as the wire shows it.
+pub fn server_restore(s: &ServerRestore) -> pb::ServerRestore {
+    let mut out = pb::ServerRestore {
+        server: s.server.clone(),
+        target: s.target.clone(),
+        location: s.location.clone(),
+        ..pb::ServerRestore::default()
+    };
+    match &s.outcome {
+        Ok(l) => {
+            out.ok = true;
+            out.tables = l.tables;
+            out.rows = l.rows;
+            out.duration_ms = l.duration_ms;
+            out.gtid_slave_pos = l.gtid_slave_pos.clone();
+        }
+        Err(e) => out.error = e.clone(),
+    }
+    out
 }

@@ -43,6 +43,24 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A restore was asked of a backup that is not COMPLETE.
+    #[error("backup {id} is {status}, not COMPLETE; only a complete backup can be restored")]
+    NotRestorable {
+        /// The backup.
+        id: String,
+        /// Its status.
+        status: String,
+    },
+    /// A restore target names a server that is not in the backup.
+    #[error("--target names server {server}, which is not in backup {id} (its servers: {servers})")]
+    UnknownTarget {
+        /// The backup.
+        id: String,
+        /// The name given.
+        server: String,
+        /// The backup's servers, comma-separated.
+        servers: String,
+    },
     /// The configuration is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -580,7 +580,9 @@ impl Jobs {
 
 /// Connects to an agent (bounded), without Nagle: COMMIT is on the lock's
 /// critical path.
-async fn agent_client(addr: &str) -> std::result::Result<NodeAgentClient<Channel>, String> {
+pub(crate) async fn agent_client(
+    addr: &str,
+) -> std::result::Result<NodeAgentClient<Channel>, String> {
     let endpoint = Endpoint::from_shared(addr.to_string())
         .map_err(|e| format!("bad agent address {addr:?}: {e}"))?
         .connect_timeout(AGENT_CONNECT_TIMEOUT)
@@ -596,7 +598,7 @@ async fn agent_client(addr: &str) -> std::result::Result<NodeAgentClient<Channel
 
 /// An agent's error status for a failure reason: its message, or for
 /// transport failures (the agent vanished or stopped answering) the cause.
-fn status_text(s: &tonic::Status) -> String {
+pub(crate) fn status_text(s: &tonic::Status) -> String {
     match std::error::Error::source(s) {
         Some(src)
             if s.code() == tonic::Code::Unavailable

@@ -14,6 +14,9 @@
 //! - [`job`]: the backup job the leader drives (PREPARE, barrier, CommitCut,
 //!   COMMIT, TRANSFER) and the resolution of jobs inherited from a previous
 //!   leader.
+//! - [`restore`]: the coordinated restore the leader runs while the caller
+//!   waits (every server's agent `Restore` in parallel); it reads the
+//!   catalog but changes nothing.
 //! - [`service`]: thin `lockstep.coordinator.v1` gRPC handlers and the error
 //!   mapping with the leader redirect; [`convert`]: wire ↔ catalog types.
 //! - [`config`], [`server`]: the daemon's flags/TOML and its run loop.
@@ -33,6 +36,7 @@ pub mod core;
 pub mod error;
 pub mod job;
 pub mod raft;
+pub mod restore;
 pub mod server;
 pub mod service;
 

@@ -13,6 +13,7 @@ use crate::core::{Core, now_unix_ms};
 use crate::error::Error;
 use crate::job::Jobs;
 use crate::raft;
+use crate::restore;
 
 /// Metadata key carrying the leader's URL on a not-leader error.
 pub const LEADER_METADATA: &str = "lockstep-leader";
@@ -63,7 +64,8 @@ pub fn to_status(e: Error) -> Status {
         },
         Error::UnknownServer { .. } => Status::not_found(e.to_string()),
         Error::ProposalTimeout { .. } => Status::unavailable(e.to_string()),
-        Error::Config(_) => Status::invalid_argument(e.to_string()),
+        Error::Config(_) | Error::UnknownTarget { .. } => Status::invalid_argument(e.to_string()),
+        Error::NotRestorable { .. } => Status::failed_precondition(e.to_string()),
         _ => Status::internal(e.to_string()),
     }
 }
@@ -175,6 +177,23 @@ impl Coordinator for CoordinatorService {
             .map_err(to_status)?;
         backups.sort_by(|a, b| (a.started_at_unix_ms, &a.id).cmp(&(b.started_at_unix_ms, &b.id)));
         Ok(Response::new(pb::ListBackupsReply { backups }))
+    }
+
+    async fn restore_backup(
+        &self,
+        request: Request<pb::RestoreBackupRequest>,
+    ) -> Result<Response<pb::RestoreBackupReply>, Status> {
+        let r = request.into_inner();
+        require("backup id", &r.backup_id)?;
+        let req = convert::restore_request(r);
+        let backup_id = req.backup_id.clone();
+        let done = restore::restore_backup(&self.core, req)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::RestoreBackupReply {
+            backup_id,
+            servers: done.iter().map(convert::server_restore).collect(),
+        }))
     }
 
     async fn coordinator_status(

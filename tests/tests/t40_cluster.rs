@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use lockstep_tests::{
     AgentOptions, AgentProc, CausalWriter, CoordinatorGroup, MariaDb, Target, check_chain,
-    run_agent_cli, run_lockstep, step,
+    run_lockstep, step,
 };
 use serde_json::Value;
 
@@ -96,34 +96,11 @@ impl Cluster {
     }
 }
 
-/// Restores each server's artifact of `backup` into a fresh server and
-/// returns the chain targets on the restored servers.
-async fn restore_into_fresh(
-    backup: &Value,
-    prefix: &str,
-) -> anyhow::Result<(Vec<MariaDb>, Vec<Target>)> {
-    let names: Vec<String> = (0..3).map(|i| format!("{prefix}{i}")).collect();
-    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let fresh = MariaDb::start_many(&refs).await?;
-    let servers = backup["servers"].as_array().cloned().unwrap_or_default();
-    anyhow::ensure!(servers.len() == 3, "backup has 3 servers: {backup}");
-    let mut targets = Vec::new();
-    for (i, dst) in fresh.iter().enumerate() {
-        let location = servers[i]["artifact"]["location"]
-            .as_str()
-            .ok_or_else(|| anyhow::anyhow!("server {i} has no artifact: {backup}"))?;
-        run_agent_cli(&["load", "--mysql", &dst.url(), "--from", location])
-            .await?
-            .success()?;
-        targets.push(Target::on(dst, "chain", "rec"));
-    }
-    Ok((fresh, targets))
-}
-
 /// A backup of 3 servers under a causal write load across them is one
 /// consistent cut: COMPLETE in the catalog with every server's position and
-/// a small freeze window, and restoring the 3 artifacts into 3 fresh servers
-/// gives a causal chain without gaps.
+/// a small freeze window, and `lockstep restore run` of the 3 artifacts into
+/// 3 fresh servers gives a causal chain without gaps. Restoring again without
+/// `--force`, and restoring an unknown backup, fail clearly.
 #[tokio::test]
 async fn backup_of_three_servers_is_a_consistent_cut() -> anyhow::Result<()> {
     let cluster = Cluster::start("cc").await?;
@@ -189,11 +166,94 @@ async fn backup_of_three_servers_is_a_consistent_cut() -> anyhow::Result<()> {
         human.stdout
     );
 
-    step!("restore the 3 artifacts into 3 fresh servers; the chain has no gaps");
-    let (_fresh, restored) = restore_into_fresh(&backup, "cr").await?;
+    step!("lockstep restore run --backup ID --target cc0=.. cc1=.. cc2=.. --json");
+    let fresh = MariaDb::start_many(&["cr0", "cr1", "cr2"]).await?;
+    let mut args = vec![
+        "--json".to_string(),
+        "restore".into(),
+        "run".into(),
+        "--backup".into(),
+        id.clone(),
+        "--wait".into(),
+    ];
+    for (i, dst) in fresh.iter().enumerate() {
+        args.push("--target".into());
+        args.push(format!("cc{i}={}", dst.url()));
+    }
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = cluster.cli(&argv).await?;
+    out.success()?;
+    let restore: Value = serde_json::from_str(out.stdout.trim())?;
+    assert_eq!(restore["ok"], true, "{restore}");
+    let restored_servers = restore["servers"].as_array().cloned().unwrap_or_default();
+    assert_eq!(restored_servers.len(), 3, "{restore}");
+    for (i, s) in restored_servers.iter().enumerate() {
+        assert_eq!(s["name"], format!("cc{i}"), "{restore}");
+        assert_eq!(s["ok"], true, "{restore}");
+        assert_eq!(s["target"], fresh[i].address(), "{restore}");
+        assert!(s["rows"].as_u64().is_some_and(|r| r > 0), "{restore}");
+    }
+    let restored: Vec<Target> = fresh
+        .iter()
+        .map(|s| Target::on(s, "chain", "rec"))
+        .collect();
     let m = check_chain(&restored).await?;
     step!("restored chain 1..{m} of {written} written");
     assert!(m >= 300 && m <= written, "restored 1..{m} of {written}");
+
+    step!("the same restore without --force is refused: the targets are not empty");
+    let again = cluster.cli(&argv).await?;
+    assert!(!again.status.success(), "{}", again.stdout);
+    let refused: Value = serde_json::from_str(again.stdout.trim())?;
+    assert_eq!(refused["ok"], false, "{refused}");
+    for (i, s) in refused["servers"]
+        .as_array()
+        .expect("servers")
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(s["ok"], false, "{refused}");
+        let error = s["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(&format!("server cc{i}"))
+                && error.contains("not empty")
+                && error.contains("--force"),
+            "{error}"
+        );
+    }
+    assert!(
+        again.stderr.contains("cc0, cc1, cc2"),
+        "names the failed servers: {}",
+        again.stderr
+    );
+    assert_eq!(
+        check_chain(&restored).await?,
+        m,
+        "a refused restore changes nothing"
+    );
+
+    step!("an unknown backup id is refused with a clear error");
+    let unknown = cluster
+        .cli(&["restore", "run", "--backup", "no-such-backup"])
+        .await?;
+    assert!(!unknown.status.success(), "{}", unknown.stdout);
+    assert!(
+        unknown.stderr.contains("unknown backup no-such-backup"),
+        "{}",
+        unknown.stderr
+    );
+
+    step!("a target naming a server not in the backup is refused");
+    let stray = format!("zz9={}", fresh[0].url());
+    let bad = cluster
+        .cli(&["restore", "run", "--backup", &id, "--target", &stray])
+        .await?;
+    assert!(!bad.status.success(), "{}", bad.stdout);
+    assert!(
+        bad.stderr.contains("zz9") && bad.stderr.contains("not in backup"),
+        "{}",
+        bad.stderr
+    );
 
     step!("the next backup succeeds too");
     let again = cluster
@@ -390,8 +450,9 @@ async fn leader_killed_during_prepare_fails_the_backup_and_unlocks_everything() 
 }
 
 /// An agent SIGSTOPped past the PREPARE deadline: the backup fails naming
-/// that server, the other servers are unlocked at once (not at their
-/// lease), and once the agent runs again the next backup succeeds.
+/// that server (and cannot be restored), the other servers are unlocked at
+/// once (not at their lease), and once the agent runs again the next backup
+/// succeeds.
 #[tokio::test]
 async fn stopped_agent_fails_the_backup_naming_it() -> anyhow::Result<()> {
     let mut cluster = Cluster::start("sa").await?;
@@ -417,6 +478,18 @@ async fn stopped_agent_fails_the_backup_naming_it() -> anyhow::Result<()> {
     assert!(
         !reason.contains("sa0") && !reason.contains("sa2"),
         "{reason}"
+    );
+
+    step!("restoring the FAILED backup is refused: it is not COMPLETE");
+    let failed_id = failed["id"].as_str().expect("id");
+    let refused = cluster
+        .cli(&["restore", "run", "--backup", failed_id])
+        .await?;
+    assert!(!refused.status.success(), "{}", refused.stdout);
+    assert!(
+        refused.stderr.contains("is FAILED, not COMPLETE"),
+        "{}",
+        refused.stderr
     );
 
     step!("every server takes writes while sa1's agent is still stopped");

@@ -1,0 +1,306 @@
+//! The coordinated restore, run by the leader while the caller waits: every
+//! server of a COMPLETE backup is loaded at once, each by its own agent from
+//! the artifact that agent stored (`Restore` on `lockstep.agent.v1`).
+//!
+//! Nothing here changes the catalog: the request is checked against it
+//! (the backup exists and is COMPLETE, every target names one of its
+//! servers) before any agent is called, and per-server outcomes go back to
+//! the caller.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use lockstep_proto::agent as agent_pb;
+use tracing::{Instrument as _, info, info_span, warn};
+
+use crate::catalog::{Rejected, Status};
+use crate::core::Core;
+use crate::error::{Error, Result};
+use crate::job::{agent_client, status_text};
+
+/// What to restore.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreRequest {
+    /// The backup's id.
+    pub backup_id: String,
+    /// Server name → `mysql://` URL of the server to load it into; servers
+    /// not named here go into their agent's own database server.
+    pub targets: BTreeMap<String, String>,
+    /// Load into non-empty targets.
+    pub force: bool,
+}
+
+/// How one server's restore went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerRestore {
+    /// The server's name in the backup.
+    pub server: String,
+    /// `host:port` loaded into (as the agent reported it, or as requested
+    /// on failure), never with credentials.
+    pub target: String,
+    /// The artifact directory on the agent's host.
+    pub location: String,
+    /// `Err` carries the reason, naming the server.
+    pub outcome: std::result::Result<Loaded, String>,
+}
+
+/// The agent's report of a finished load.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Loaded {
+    /// Tables loaded.
+    pub tables: u64,
+    /// Rows loaded.
+    pub rows: u64,
+    /// How long the load took on the agent.
+    pub duration_ms: u64,
+    /// The GTID position set for replication, if any.
+    pub gtid_slave_pos: String,
+}
+
+/// One server to restore: where its agent is and what it loads.
+#[derive(Debug, Clone)]
+struct Plan {
+    server: String,
+    agent_addr: String,
+    location: Option<String>,
+    target_mysql: String,
+}
+
+/// Restores every server of `req.backup_id` in parallel; returns one
+/// outcome per server in the backup's order. Fails before calling any agent
+/// if the backup is unknown or not COMPLETE, or a target names a server not
+/// in it.
+pub async fn restore_backup(core: &Core, req: RestoreRequest) -> Result<Vec<ServerRestore>> {
+    core.require_leader().await?;
+    let id = req.backup_id.clone();
+    let wanted = id.clone();
+    let found = core
+        .read(move |cat| {
+            cat.backups.get(&wanted).map(|b| {
+                let agents = cat.clusters.get(&b.cluster);
+                let servers: Vec<(String, String, Option<String>)> = b
+                    .servers
+                    .iter()
+                    .map(|name| {
+                        (
+                            name.clone(),
+                            agents
+                                .and_then(|s| s.get(name))
+                                .map(|s| s.agent_addr.clone())
+                                .unwrap_or_default(),
+                            b.artifacts.get(name).map(|a| a.location.clone()),
+                        )
+                    })
+                    .collect();
+                (b.status, servers)
+            })
+        })
+        .await?;
+    let (status, servers) = found.ok_or_else(|| Rejected::UnknownBackup(id.clone()))?;
+    let plans = plan(&id, status, servers, &req.targets)?;
+
+    let span = info_span!("restore", backup = %id);
+    async {
+        info!(servers = plans.len(), force = req.force, "restoring every server");
+        let timeout = core.config.transfer_timeout;
+        let runs = plans.into_iter().map(|p| async move {
+            let started = Instant::now();
+            let outcome = match tokio::time::timeout(timeout, restore_one(&p, req.force)).await {
+                Ok(r) => r,
+                Err(_) => Err(format!(
+                    "server {}: restore not finished within {timeout:?}",
+                    p.server
+                )),
+            };
+            match &outcome {
+                Ok((_, l)) => info!(server = %p.server, rows = l.rows, elapsed = ?started.elapsed(), "server restored"),
+                Err(e) => warn!(server = %p.server, error = %e, "server restore failed"),
+            }
+            let requested = if p.target_mysql.is_empty() {
+                "own server".to_string()
+            } else {
+                redact(&p.target_mysql)
+            };
+            let (target, outcome) = match outcome {
+                Ok((reported, l)) if !reported.is_empty() => (reported, Ok(l)),
+                Ok((_, l)) => (requested, Ok(l)),
+                Err(e) => (requested, Err(e)),
+            };
+            ServerRestore {
+                server: p.server,
+                target,
+                location: p.location.unwrap_or_default(),
+                outcome,
+            }
+        });
+        Ok(futures::future::join_all(runs).await)
+    }
+    .instrument(span)
+    .await
+}
+
+/// Checks the request against the backup and pairs each server with its
+/// target.
+fn plan(
+    id: &str,
+    status: Status,
+    servers: Vec<(String, String, Option<String>)>,
+    targets: &BTreeMap<String, String>,
+) -> Result<Vec<Plan>> {
+    if status != Status::Complete {
+        return Err(Error::NotRestorable {
+            id: id.to_string(),
+            status: crate::convert::status_name(status).to_uppercase(),
+        });
+    }
+    if let Some(unknown) = targets
+        .keys()
+        .find(|t| !servers.iter().any(|(name, _, _)| name == *t))
+    {
+        return Err(Error::UnknownTarget {
+            id: id.to_string(),
+            server: unknown.clone(),
+            servers: servers
+                .iter()
+                .map(|(n, _, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    Ok(servers
+        .into_iter()
+        .map(|(server, agent_addr, location)| Plan {
+            target_mysql: targets.get(&server).cloned().unwrap_or_default(),
+            server,
+            agent_addr,
+            location,
+        })
+        .collect())
+}
+
+/// One agent's `Restore`, to the end of its stream; returns the target the
+/// agent reported and its report.
+async fn restore_one(p: &Plan, force: bool) -> std::result::Result<(String, Loaded), String> {
+    let name = &p.server;
+    let location = p
+        .location
+        .clone()
+        .ok_or_else(|| format!("server {name}: the backup has no artifact for it"))?;
+    if p.agent_addr.is_empty() {
+        return Err(format!("server {name}: no agent is registered for it"));
+    }
+    let mut client = agent_client(&p.agent_addr)
+        .await
+        .map_err(|e| format!("server {name}: {e}"))?;
+    let mut stream = client
+        .restore(agent_pb::RestoreRequest {
+            location,
+            target_mysql: p.target_mysql.clone(),
+            force,
+            threads: 0,
+            binlog: false,
+        })
+        .await
+        .map_err(|s| restore_error(name, &s))?
+        .into_inner();
+    loop {
+        let msg = stream
+            .message()
+            .await
+            .map_err(|s| restore_error(name, &s))?
+            .ok_or_else(|| format!("server {name}: the restore ended without a report"))?;
+        if !msg.done {
+            continue;
+        }
+        let r = msg
+            .report
+            .ok_or_else(|| format!("server {name}: the restore finished without a report"))?;
+        return Ok((
+            r.server,
+            Loaded {
+                tables: r.tables,
+                rows: r.rows,
+                duration_ms: r.duration_ms,
+                gtid_slave_pos: r.gtid_slave_pos,
+            },
+        ));
+    }
+}
+
+/// An agent's refusal or failure, naming the server; a non-empty target
+/// says how to override.
+fn restore_error(name: &str, s: &tonic::Status) -> String {
+    if s.code() == tonic::Code::AlreadyExists {
+        return format!(
+            "server {name}: restore refused, the target is not empty (pass --force to load into it anyway): {}",
+            s.message()
+        );
+    }
+    format!("server {name}: restore failed: {}", status_text(s))
+}
+
+/// `host:port` of a `mysql://USER[:PASS]@HOST:PORT[/...]` URL (never the
+/// credentials); anything unparsable becomes "(target)".
+fn redact(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let host = host.split(['/', '?']).next().unwrap_or_default();
+    if host.is_empty() {
+        "(target)".into()
+    } else {
+        host.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn servers() -> Vec<(String, String, Option<String>)> {
+        ["s1", "s2"]
+            .iter()
+            .map(|n| {
+                (
+                    n.to_string(),
+                    format!("http://{n}"),
+                    Some(format!("/b/{n}")),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn plan_maps_targets_and_refuses_bad_requests() {
+        let targets = BTreeMap::from([("s2".to_string(), "mysql://root@h:1".to_string())]);
+        let plans = plan("b1", Status::Complete, servers(), &targets).expect("plan");
+        assert_eq!(plans[0].target_mysql, "");
+        assert_eq!(plans[1].target_mysql, "mysql://root@h:1");
+
+        let failed = plan("b1", Status::Failed, servers(), &targets)
+            .expect_err("a FAILED backup is refused");
+        assert!(failed.to_string().contains("FAILED"), "{failed}");
+
+        let bad = BTreeMap::from([("s9".to_string(), "mysql://root@h:1".to_string())]);
+        let unknown = plan("b1", Status::Complete, servers(), &bad)
+            .expect_err("an unknown target is refused");
+        let text = unknown.to_string();
+        assert!(text.contains("s9") && text.contains("s1, s2"), "{text}");
+    }
+
+    #[test]
+    fn redact_drops_credentials() {
+        assert_eq!(
+            redact("mysql://root:secret@127.0.0.1:3306/db"),
+            "127.0.0.1:3306"
+        );
+        assert_eq!(redact("mysql://127.0.0.1:3306"), "127.0.0.1:3306");
+        assert_eq!(redact(""), "(target)");
+    }
+
+    #[test]
+    fn a_non_empty_target_says_how_to_override() {
+        let s = tonic::Status::already_exists("target is not empty");
+        let e = restore_error("s1", &s);
+        assert!(e.contains("server s1") && e.contains("--force"), "{e}");
+    }
+}
