@@ -235,7 +235,8 @@ pub struct CutArgs {
     /// Abort instead of committing.
     #[arg(long)]
     pub abort: bool,
-    /// After committing, transfer the snapshot to the agent's sink.
+    /// After committing, transfer the snapshot to the agent's sink (without
+    /// it, the snapshots are dropped at once).
     #[arg(long)]
     pub transfer: bool,
     /// Print results as JSON (one object per step, one per line).
@@ -555,7 +556,17 @@ async fn cut(a: CutArgs) -> anyhow::Result<()> {
         json!({"step": "committed", "backup_id": id, "held_us": c.held_us, "snapshot_positions": snaps}),
         format!("committed {id}: lock held {} us", c.held_us),
     );
-    if a.transfer {
+    if !a.transfer {
+        // Nothing will be transferred: free the agent's snapshots now rather
+        // than after its snapshot_ttl.
+        client
+            .abort(pb::AbortRequest {
+                backup_id: id.clone(),
+                reason: "lockstep-agent cut without --transfer".into(),
+            })
+            .await
+            .map_err(|s| status_err(&a.agent, "drop snapshots", s))?;
+    } else {
         let mut t = client
             .transfer(pb::TransferRequest {
                 backup_id: id.clone(),

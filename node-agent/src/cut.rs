@@ -289,7 +289,7 @@ pub async fn prepare(server: &Server, opts: PrepareOptions) -> Result<PreparedCu
 
     // The lock.
     let lock_started = Instant::now();
-    if let Err(e) = run_bounded(
+    let blocking_since = match run_bounded(
         &mut lock_conn,
         &mut watchdog,
         addr,
@@ -298,29 +298,35 @@ pub async fn prepare(server: &Server, opts: PrepareOptions) -> Result<PreparedCu
     )
     .await
     {
-        // A lock that was granted at the last moment, or a BACKUP STAGE left at
-        // START, must not outlive us: unlock, and if that fails close.
-        if lock_conn.query_drop(method.unlock_sql()).await.is_err() {
-            drop(lock_conn);
+        Ok(sent) => sent,
+        Err(e) => {
+            // A lock that was granted at the last moment, or a BACKUP STAGE left at
+            // START, must not outlive us: unlock, and if that fails close.
+            if lock_conn.query_drop(method.unlock_sql()).await.is_err() {
+                drop(lock_conn);
+            }
+            return Err(match e {
+                Error::LockTimeout {
+                    server, budget_ms, ..
+                } => Error::LockTimeout {
+                    server,
+                    method: method_name(method),
+                    budget_ms,
+                },
+                e => e,
+            });
         }
-        return Err(match e {
-            Error::LockTimeout {
-                server, budget_ms, ..
-            } => Error::LockTimeout {
-                server,
-                method: method_name(method),
-                budget_ms,
-            },
-            e => e,
-        });
-    }
+    };
     let locked_at = Instant::now();
-    let locked_at_unix_us = unix_micros(SystemTime::now());
+    // Hold time counts from the blocking statement, not from its answer:
+    // that is how long writers may have waited.
+    let locked_at_unix_us =
+        unix_micros(SystemTime::now()) - micros(blocking_since.elapsed()) as i64;
     let lock = HeldLock {
         conn: Some(lock_conn),
         method,
         server: addr.into(),
-        locked_at,
+        locked_at: blocking_since,
     };
     drop(watchdog);
 
@@ -391,19 +397,24 @@ async fn capture(
 
 /// Runs `stmts` on `conn`; if they have not finished within `budget`, kills
 /// the running one from `watchdog` (`KILL QUERY`) and reports a lock timeout.
+/// Returns when the last statement was sent: from then on writers may be
+/// blocked (FTWRL queues them while it waits; BLOCK_COMMIT blocks commits
+/// before it flushes the binlog and returns).
 async fn run_bounded(
     conn: &mut Conn,
     watchdog: &mut Conn,
     addr: &str,
     stmts: &[&str],
     budget: Duration,
-) -> Result<()> {
+) -> Result<Instant> {
     let id = conn.id();
     let work = async {
+        let mut last_sent = Instant::now();
         for s in stmts {
+            last_sent = Instant::now();
             conn.query_drop(*s).await?;
         }
-        Ok::<_, mysql_async::Error>(())
+        Ok::<_, mysql_async::Error>(last_sent)
     };
     tokio::pin!(work);
     let timeout = |server: &str| Error::LockTimeout {
@@ -413,7 +424,7 @@ async fn run_bounded(
     };
     tokio::select! {
         r = &mut work => match r {
-            Ok(()) => Ok(()),
+            Ok(sent) => Ok(sent),
             // 1205: lock_wait_timeout, our backstop.
             Err(mysql_async::Error::Server(e)) if e.code == 1205 => Err(timeout(addr)),
             Err(e) => Err(Error::mysql(addr, stmts.join("; "), e)),
