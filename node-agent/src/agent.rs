@@ -400,10 +400,21 @@ impl Agent {
                         Some((c, origin))
                     }
                     Stage::Transferring => {
-                        // Someone else's dump of this backup is running: attach.
-                        let done = self.transfer_done.notified();
+                        // Someone else's dump of this backup is running:
+                        // attach, re-checking every second in case a wake-up
+                        // is missed.
                         drop(slot);
-                        done.await;
+                        loop {
+                            let done = self.transfer_done.notified();
+                            let running = matches!(
+                                self.session.lock().await.as_ref(),
+                                Some(s) if s.backup_id == backup_id && matches!(s.stage, Stage::Transferring)
+                            );
+                            if !running {
+                                break;
+                            }
+                            let _ = tokio::time::timeout(Duration::from_secs(1), done).await;
+                        }
                         None
                     }
                     prepared @ Stage::Prepared(_) => {

@@ -67,10 +67,12 @@ impl NodeAgent for AgentService {
         request: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitReply>, Status> {
         let id = request.into_inner().backup_id;
-        let c = self
-            .agent
-            .commit(&id)
+        // Run to the end even if the caller goes away mid-call: a commit cut
+        // short would leave the backup half-committed on this agent.
+        let agent = self.agent.clone();
+        let c = tokio::spawn(async move { agent.commit(&id).await })
             .await
+            .map_err(|e| Status::internal(format!("commit task stopped: {e}")))?
             .map_err(|e| convert::to_status(&e))?;
         Ok(Response::new(pb::CommitReply {
             held_us: c.released.held_us,
