@@ -78,6 +78,16 @@ impl Cluster {
         run_lockstep(&self.group.urls(), args).await
     }
 
+    /// After a fault: the next backup of the cluster completes.
+    async fn next_backup_completes(&self) -> anyhow::Result<()> {
+        self.wait_healthy(Duration::from_secs(30)).await?;
+        let next = self
+            .cli_json(&["backup", "start", "--cluster", CLUSTER, "--wait"])
+            .await?;
+        assert_eq!(next["status"], "COMPLETE", "{next}");
+        Ok(())
+    }
+
     /// `lockstep --json ARGS`, which must succeed, parsed.
     async fn cli_json(&self, args: &[&str]) -> anyhow::Result<Value> {
         let mut all = vec!["--json"];
@@ -339,17 +349,10 @@ async fn new_leader_resolves_the_inherited_backup_and_the_catalog_survives_a_res
     }
 
     step!("no server stays locked: the chain keeps growing");
-    let now = writer.committed();
-    writer
-        .wait_committed(now + 30, Duration::from_secs(15))
-        .await?;
+    writes_resume(&writer).await?;
 
     step!("the next backup succeeds on the remaining quorum");
-    cluster.wait_healthy(Duration::from_secs(30)).await?;
-    let next = cluster
-        .cli_json(&["backup", "start", "--cluster", CLUSTER, "--wait"])
-        .await?;
-    assert_eq!(next["status"], "COMPLETE", "{next}");
+    cluster.next_backup_completes().await?;
     writer.stop().await;
 
     step!("restart every coordinator at once; the catalog is intact");
@@ -434,17 +437,10 @@ async fn leader_killed_during_prepare_fails_the_backup_and_unlocks_everything() 
     assert!(reason.contains("before the cut was committed"), "{reason}");
 
     step!("every server takes writes again");
-    let now = writer.committed();
-    writer
-        .wait_committed(now + 30, Duration::from_secs(15))
-        .await?;
+    writes_resume(&writer).await?;
 
     step!("the next backup succeeds");
-    cluster.wait_healthy(Duration::from_secs(30)).await?;
-    let next = cluster
-        .cli_json(&["backup", "start", "--cluster", CLUSTER, "--wait"])
-        .await?;
-    assert_eq!(next["status"], "COMPLETE", "{next}");
+    cluster.next_backup_completes().await?;
     writer.stop().await;
     Ok(())
 }
@@ -493,18 +489,20 @@ async fn stopped_agent_fails_the_backup_naming_it() -> anyhow::Result<()> {
     );
 
     step!("every server takes writes while sa1's agent is still stopped");
+    writes_resume(&writer).await?;
+    cluster.agents[1].resume()?;
+
+    step!("the next backup succeeds");
+    cluster.next_backup_completes().await?;
+    writer.stop().await;
+    Ok(())
+}
+
+/// After a fault: no server stays locked, so the causal chain keeps growing.
+async fn writes_resume(writer: &CausalWriter) -> anyhow::Result<()> {
     let now = writer.committed();
     writer
         .wait_committed(now + 30, Duration::from_secs(15))
         .await?;
-    cluster.agents[1].resume()?;
-
-    step!("the next backup succeeds");
-    cluster.wait_healthy(Duration::from_secs(30)).await?;
-    let next = cluster
-        .cli_json(&["backup", "start", "--cluster", CLUSTER, "--wait"])
-        .await?;
-    assert_eq!(next["status"], "COMPLETE", "{next}");
-    writer.stop().await;
     Ok(())
 }
