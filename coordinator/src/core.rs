@@ -88,11 +88,12 @@ impl Core {
         Ok(self.raft.read(f).await?)
     }
 
-    /// Fails with the not-leader redirect unless this node leads.
-    pub async fn require_leader(&self) -> Result<()> {
+    /// Fails with the not-leader redirect unless this node leads; returns
+    /// the term it leads in.
+    pub async fn require_leader(&self) -> Result<u64> {
         let st = self.raft.status().await?;
         if st.role == Role::Leader {
-            return Ok(());
+            return Ok(st.term);
         }
         Err(Error::Raft(raft::Error::NotLeader {
             leader_id: st.leader_id,

@@ -15,6 +15,12 @@
 //! ([`Jobs::watch_leadership`]): `preparing` ones are aborted everywhere and
 //! failed (the cut was never decided); `transferring` ones are finished if
 //! the agents still hold the snapshots, and failed with the reason otherwise.
+//!
+//! Fencing: every agent call carries the raft term the job runs in, and an
+//! agent refuses calls from a term lower than the highest it has seen. A
+//! deposed leader therefore cannot abort what its successor is finishing;
+//! and a job that fails because its node lost leadership leaves the backup
+//! to the next leader instead of aborting it.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -26,8 +32,9 @@ use std::time::{Duration, Instant};
 use lockstep_proto::agent as agent_pb;
 use lockstep_proto::agent::node_agent_client::NodeAgentClient;
 use lockstep_proto::agent::prepare_event::Event;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{Instrument as _, info, info_span, warn};
@@ -57,12 +64,40 @@ struct Participant {
     addr: String,
 }
 
-/// A prepared server: its client and the open Prepare stream that keeps the
-/// lock alive.
+/// A prepared server: its client and the task owning the open Prepare
+/// stream that keeps the lock alive. Dropping it closes the stream, which
+/// releases the lock if it is still held.
 struct Held {
     part: Participant,
     client: NodeAgentClient<Channel>,
-    _stream: Streaming<agent_pb::PrepareEvent>,
+    _watch: AbortOnDropHandle<()>,
+}
+
+/// Watches a prepared server's Prepare stream: anything arriving on it
+/// before COMMIT (a `released` event, an error, its end) means the server
+/// lost its lock, and the reason goes to `lost`.
+fn watch_prepared(
+    name: String,
+    mut stream: Streaming<agent_pb::PrepareEvent>,
+    lost: mpsc::UnboundedSender<String>,
+) -> AbortOnDropHandle<()> {
+    AbortOnDropHandle::new(tokio::spawn(async move {
+        let reason = match stream.message().await {
+            Ok(Some(agent_pb::PrepareEvent {
+                event: Some(Event::Released(r)),
+            })) => format!(
+                "server {name}: released its lock ({}) before the cut was committed",
+                r.reason
+            ),
+            Ok(_) => {
+                format!("server {name}: the prepare stream ended before the cut was committed")
+            }
+            Err(s) => format!("server {name}: lost while prepared: {}", status_text(&s)),
+        };
+        let _ = lost.send(reason);
+        // Keep the stream open: COMMIT or ABORT is still to come.
+        std::future::pending::<()>().await
+    }))
 }
 
 /// The backup jobs this node runs as leader.
@@ -109,7 +144,7 @@ impl Jobs {
     /// Starts a backup of every registered server of `cluster`: records it,
     /// then drives it in the background. Returns its id.
     pub async fn start_backup(self: &Arc<Self>, cluster: &str) -> Result<String> {
-        self.core.require_leader().await?;
+        let term = self.core.require_leader().await?;
         let c = cluster.to_string();
         let parts = self
             .core
@@ -144,11 +179,11 @@ impl Jobs {
             return Err(e);
         }
         let jobs = self.clone();
-        let span = info_span!("backup", backup = %id, cluster = %cluster);
+        let span = info_span!("backup", backup = %id, cluster = %cluster, term);
         let job_id = id.clone();
         self.tracker.spawn(
             async move {
-                jobs.run(&job_id, parts).await;
+                jobs.run(&job_id, term, parts).await;
                 jobs.release(&job_id);
             }
             .instrument(span),
@@ -157,24 +192,32 @@ impl Jobs {
     }
 
     /// Drives one backup to COMPLETE or FAILED.
-    async fn run(&self, id: &str, parts: Vec<Participant>) {
+    async fn run(&self, id: &str, term: u64, parts: Vec<Participant>) {
         let started = Instant::now();
         let outcome = tokio::select! {
-            r = self.drive(id, &parts) => r,
+            r = self.drive(id, term, &parts) => r,
             _ = self.shutdown.cancelled() => Err("the coordinator shut down".to_string()),
         };
-        match outcome {
-            Ok(()) => info!(elapsed = ?started.elapsed(), "backup complete"),
-            Err(reason) => {
-                warn!(%reason, "backup failed; aborting on every server");
-                abort_all(id, &parts, &reason).await;
-                if self.shutdown.is_cancelled() {
-                    // The next leader resolves it.
-                    return;
-                }
-                self.fail(id, &reason).await;
-            }
+        let Err(reason) = outcome else {
+            info!(elapsed = ?started.elapsed(), "backup complete");
+            return;
+        };
+        if !self.still_leads(term).await {
+            // Dropping the Prepare streams released any lock this node still
+            // held; the next leader aborts or finishes the backup, and its
+            // higher term fences off anything this node would still send.
+            warn!(%reason, "backup interrupted: this node no longer leads; the next leader resolves it");
+            return;
         }
+        warn!(%reason, "backup failed; aborting on every server");
+        abort_all(id, term, &parts, &reason).await;
+        self.fail(id, &reason).await;
+    }
+
+    /// Whether this node still leads in `term` (and is not shutting down).
+    async fn still_leads(&self, term: u64) -> bool {
+        !self.shutdown.is_cancelled()
+            && matches!(self.core.require_leader().await, Ok(t) if t == term)
     }
 
     async fn fail(&self, id: &str, reason: &str) {
@@ -189,15 +232,28 @@ impl Jobs {
     }
 
     /// The happy path; `Err` carries the failure reason naming the server.
-    async fn drive(&self, id: &str, parts: &[Participant]) -> std::result::Result<(), String> {
+    async fn drive(
+        &self,
+        id: &str,
+        term: u64,
+        parts: &[Participant],
+    ) -> std::result::Result<(), String> {
         // Phase 1: PREPARE everywhere; the first failure stops the others
         // (dropping their streams releases their locks; run() aborts all).
-        let prepares = parts.iter().map(|p| self.prepare_one(id, p));
-        let (held, records): (Vec<Held>, Vec<Pending<'_>>) =
-            futures::future::try_join_all(prepares)
-                .await?
-                .into_iter()
-                .unzip();
+        // A server that loses its lock while the others are still preparing
+        // (its agent died, its lease ran out) fails the backup at once.
+        let (lost_tx, mut lost) = mpsc::unbounded_channel();
+        let prepares = parts
+            .iter()
+            .map(|p| self.prepare_one(id, term, p, lost_tx.clone()));
+        let (held, records): (Vec<Held>, Vec<Pending<'_>>) = tokio::select! {
+            r = futures::future::try_join_all(prepares) => r?.into_iter().unzip(),
+            Some(reason) = lost.recv() => return Err(reason),
+        };
+        if let Ok(reason) = lost.try_recv() {
+            return Err(reason);
+        }
+        // Past this point a lost lock shows up as a failed COMMIT.
         info!(
             servers = held.len(),
             "every server is prepared; committing the cut"
@@ -230,7 +286,7 @@ impl Jobs {
         }
 
         // Phase 2: COMMIT (unlock) everywhere.
-        let commits = held.iter().map(|h| self.commit_one(id, h));
+        let commits = held.iter().map(|h| self.commit_one(id, term, h));
         let results = futures::future::join_all(commits).await;
         drop(held);
         let failures: Vec<String> = results.into_iter().filter_map(|r| r.err()).collect();
@@ -239,7 +295,7 @@ impl Jobs {
         }
 
         // TRANSFER everywhere.
-        let transfers = parts.iter().map(|p| self.transfer_one(id, p));
+        let transfers = parts.iter().map(|p| self.transfer_one(id, term, p));
         futures::future::try_join_all(transfers).await?;
         self.core
             .propose(&Command::Complete {
@@ -255,7 +311,9 @@ impl Jobs {
     async fn prepare_one<'a>(
         &'a self,
         id: &str,
+        term: u64,
         p: &Participant,
+        lost: mpsc::UnboundedSender<String>,
     ) -> std::result::Result<(Held, Pending<'a>), String> {
         let cfg = &self.core.config;
         let work = async {
@@ -268,6 +326,7 @@ impl Jobs {
                     lease_ms: cfg.lease.as_millis() as u64,
                     budgets: None,
                     snapshot_connections: 0,
+                    term,
                 })
                 .await
                 .map_err(|s| format!("server {}: prepare refused: {}", p.name, status_text(&s)))?
@@ -318,7 +377,7 @@ impl Jobs {
                 Held {
                     part: p.clone(),
                     client,
-                    _stream: stream,
+                    _watch: watch_prepared(p.name.clone(), stream, lost),
                 },
                 record,
             ))
@@ -333,13 +392,14 @@ impl Jobs {
             })?
     }
 
-    async fn commit_one(&self, id: &str, h: &Held) -> std::result::Result<(), String> {
+    async fn commit_one(&self, id: &str, term: u64, h: &Held) -> std::result::Result<(), String> {
         let name = &h.part.name;
         let mut client = h.client.clone();
         let reply = tokio::time::timeout(
             self.core.config.commit_timeout,
             client.commit(agent_pb::CommitRequest {
                 backup_id: id.to_string(),
+                term,
             }),
         )
         .await
@@ -373,7 +433,12 @@ impl Jobs {
             .map_err(|e| format!("server {name}: record the release: {e}"))
     }
 
-    async fn transfer_one(&self, id: &str, p: &Participant) -> std::result::Result<(), String> {
+    async fn transfer_one(
+        &self,
+        id: &str,
+        term: u64,
+        p: &Participant,
+    ) -> std::result::Result<(), String> {
         let timeout = self.core.config.transfer_timeout;
         let work = async {
             let mut client = agent_client(&p.addr)
@@ -383,6 +448,7 @@ impl Jobs {
                 .transfer(agent_pb::TransferRequest {
                     backup_id: id.to_string(),
                     zstd_level: 0,
+                    term,
                 })
                 .await
                 .map_err(|s| format!("server {}: transfer refused: {}", p.name, status_text(&s)))?
@@ -453,7 +519,7 @@ impl Jobs {
                 match self.inherited().await {
                     Ok(backups) => {
                         for b in backups {
-                            self.spawn_resolve(b, started);
+                            self.spawn_resolve(b, st.term, started);
                         }
                     }
                     Err(e) => {
@@ -494,17 +560,22 @@ impl Jobs {
             .await
     }
 
-    fn spawn_resolve(self: &Arc<Self>, (backup, parts): (Backup, Vec<Participant>), t0: Instant) {
+    fn spawn_resolve(
+        self: &Arc<Self>,
+        (backup, parts): (Backup, Vec<Participant>),
+        term: u64,
+        t0: Instant,
+    ) {
         if !self.claim(&backup.id) {
             return;
         }
         let jobs = self.clone();
-        let span = info_span!("inherited", backup = %backup.id, cluster = %backup.cluster);
+        let span = info_span!("inherited", backup = %backup.id, cluster = %backup.cluster, term);
         self.tracker.spawn(
             async move {
                 let id = backup.id.clone();
                 tokio::select! {
-                    _ = jobs.resolve(&backup, &parts) => {
+                    _ = jobs.resolve(&backup, term, &parts) => {
                         info!(elapsed = ?t0.elapsed(), "inherited backup resolved");
                     }
                     _ = jobs.shutdown.cancelled() => {}
@@ -515,13 +586,13 @@ impl Jobs {
         );
     }
 
-    async fn resolve(&self, b: &Backup, parts: &[Participant]) {
+    async fn resolve(&self, b: &Backup, term: u64, parts: &[Participant]) {
         match b.status {
             Status::Preparing => {
                 let reason =
                     "coordinator changed before the cut was committed; aborted on every server";
                 warn!(reason, "failing an inherited backup");
-                abort_all(&b.id, parts, reason).await;
+                abort_all(&b.id, term, parts, reason).await;
                 self.fail(&b.id, reason).await;
             }
             Status::Transferring => {
@@ -538,6 +609,7 @@ impl Jobs {
                             self.core.config.commit_timeout,
                             client.commit(agent_pb::CommitRequest {
                                 backup_id: b.id.clone(),
+                                term,
                             }),
                         )
                         .await
@@ -552,7 +624,7 @@ impl Jobs {
                     .iter()
                     .filter(|p| !b.artifacts.contains_key(&p.name))
                     .collect();
-                let transfers = missing.iter().map(|p| self.transfer_one(&b.id, p));
+                let transfers = missing.iter().map(|p| self.transfer_one(&b.id, term, p));
                 let outcome = match futures::future::try_join_all(transfers).await {
                     Ok(_) => self
                         .core
@@ -565,11 +637,15 @@ impl Jobs {
                     Err(e) => Err(e),
                 };
                 if let Err(e) = outcome {
+                    if !self.still_leads(term).await {
+                        warn!(error = %e, "interrupted: this node no longer leads; the next leader resolves the backup");
+                        return;
+                    }
                     let reason = format!(
                         "coordinator changed after the cut was committed and the transfer could not be finished: {e}"
                     );
                     warn!(%reason, "failing an inherited backup");
-                    abort_all(&b.id, parts, &reason).await;
+                    abort_all(&b.id, term, parts, &reason).await;
                     self.fail(&b.id, &reason).await;
                 }
             }
@@ -613,7 +689,7 @@ pub(crate) fn status_text(s: &tonic::Status) -> String {
 
 /// ABORT on every participant, in parallel, best effort (each agent's lease
 /// is the backstop).
-async fn abort_all(id: &str, parts: &[Participant], reason: &str) {
+async fn abort_all(id: &str, term: u64, parts: &[Participant], reason: &str) {
     let aborts = parts.iter().map(|p| async move {
         let call = async {
             let mut client = agent_client(&p.addr).await?;
@@ -621,6 +697,7 @@ async fn abort_all(id: &str, parts: &[Participant], reason: &str) {
                 .abort(agent_pb::AbortRequest {
                     backup_id: id.to_string(),
                     reason: reason.to_string(),
+                    term,
                 })
                 .await
                 .map_err(|s| s.message().to_string())

@@ -56,6 +56,8 @@ pub struct AgentConfig {
     pub cluster: String,
     /// Coordinator URLs to register with (empty: standalone).
     pub coordinators: Vec<String>,
+    /// URL registered with the coordinators; `None`: `http://<listen>`.
+    pub advertise: Option<String>,
 }
 
 /// What a successful prepare reports.
@@ -110,6 +112,8 @@ pub struct Agent {
     info: std::sync::Mutex<Option<ServerInfo>>,
     /// Wakes callers attached to a running transfer when it ends.
     transfer_done: tokio::sync::Notify,
+    /// The highest coordinator term seen (fencing, see [`Agent::fence`]).
+    term: std::sync::Mutex<u64>,
     shutdown: CancellationToken,
 }
 
@@ -130,8 +134,33 @@ impl Agent {
             last_release: std::sync::Mutex::new(None),
             info: std::sync::Mutex::new(None),
             transfer_done: tokio::sync::Notify::new(),
+            term: std::sync::Mutex::new(0),
             shutdown,
         })
+    }
+
+    /// Fencing: admits a call from a coordinator leader of raft `term`
+    /// unless a leader of a later term has already called (the caller was
+    /// deposed and must not undo its successor's work). Term 0 is an
+    /// unfenced operator call and is always admitted.
+    pub fn fence(&self, term: u64) -> Result<()> {
+        if term == 0 {
+            return Ok(());
+        }
+        let mut current = self.term.lock().unwrap_or_else(|p| p.into_inner());
+        if term < *current {
+            tracing::warn!(
+                term,
+                current = *current,
+                "refused a call from a deposed coordinator"
+            );
+            return Err(Error::StaleTerm {
+                term,
+                current: *current,
+            });
+        }
+        *current = term;
+        Ok(())
     }
 
     pub fn config(&self) -> &AgentConfig {

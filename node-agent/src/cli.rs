@@ -69,6 +69,10 @@ pub struct ServeArgs {
     /// gRPC listen address [default: 127.0.0.1:7400].
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// URL the coordinators reach this agent at [default: http://LISTEN];
+    /// needed when listening on 0.0.0.0.
+    #[arg(long)]
+    pub advertise: Option<String>,
     /// This server's name in the catalog [default: the MySQL host:port].
     #[arg(long)]
     pub name: Option<String>,
@@ -107,6 +111,9 @@ impl ServeArgs {
         };
         if let Some(v) = self.listen {
             c.listen = v;
+        }
+        if let Some(v) = &self.advertise {
+            c.advertise = v.clone();
         }
         if let Some(v) = &self.name {
             c.name = v.clone();
@@ -485,6 +492,7 @@ async fn cut(a: CutArgs) -> anyhow::Result<()> {
             lease_ms: a.lease.as_millis() as u64,
             budgets: None,
             snapshot_connections: 0,
+            term: 0,
         })
         .await
         .map_err(|s| status_err(&a.agent, "prepare", s))?
@@ -528,6 +536,7 @@ async fn cut(a: CutArgs) -> anyhow::Result<()> {
             .abort(pb::AbortRequest {
                 backup_id: id.clone(),
                 reason: "lockstep-agent cut --abort".into(),
+                term: 0,
             })
             .await
             .map_err(|s| status_err(&a.agent, "abort", s))?
@@ -542,6 +551,7 @@ async fn cut(a: CutArgs) -> anyhow::Result<()> {
     let c = client
         .commit(pb::CommitRequest {
             backup_id: id.clone(),
+            term: 0,
         })
         .await
         .map_err(|s| status_err(&a.agent, "commit", s))?
@@ -563,6 +573,7 @@ async fn cut(a: CutArgs) -> anyhow::Result<()> {
             .abort(pb::AbortRequest {
                 backup_id: id.clone(),
                 reason: "lockstep-agent cut without --transfer".into(),
+                term: 0,
             })
             .await
             .map_err(|s| status_err(&a.agent, "drop snapshots", s))?;
@@ -571,6 +582,7 @@ async fn cut(a: CutArgs) -> anyhow::Result<()> {
             .transfer(pb::TransferRequest {
                 backup_id: id.clone(),
                 zstd_level: 0,
+                term: 0,
             })
             .await
             .map_err(|s| status_err(&a.agent, "transfer", s))?

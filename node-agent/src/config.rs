@@ -19,6 +19,9 @@ use crate::mysql::Server;
 pub struct ServeConfig {
     /// gRPC listen address.
     pub listen: SocketAddr,
+    /// URL the coordinators use to reach this agent; empty: `http://` and
+    /// the bound listen address (which must then not be 0.0.0.0 or ::).
+    pub advertise: String,
     /// This server's name in the catalog; defaults to the MySQL host:port.
     pub name: String,
     /// `mysql://USER[:PASSWORD]@HOST:PORT` of the local server.
@@ -47,6 +50,7 @@ impl Default for ServeConfig {
         let dump = DumpOptions::default();
         ServeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            advertise: String::new(),
             name: String::new(),
             mysql: String::new(),
             sink_dir: PathBuf::from("/var/lib/lockstep/backups"),
@@ -100,6 +104,24 @@ impl ServeConfig {
                 "cluster is empty but coordinators are set (--cluster NAME)".into(),
             ));
         }
+        if !self.advertise.is_empty()
+            && !(self.advertise.starts_with("http://") || self.advertise.starts_with("https://"))
+        {
+            return Err(Error::Config(format!(
+                "advertise must be an http:// or https:// URL, got {:?}",
+                self.advertise
+            )));
+        }
+        if !self.coordinators.is_empty()
+            && self.advertise.is_empty()
+            && self.listen.ip().is_unspecified()
+        {
+            return Err(Error::Config(format!(
+                "listen is {} (every interface), so the coordinators cannot be told where to reach this agent; set advertise (--advertise http://HOST:{})",
+                self.listen,
+                self.listen.port()
+            )));
+        }
         if self.budgets.lock_wait.is_zero() {
             return Err(Error::Config("budgets.lock_wait must be positive".into()));
         }
@@ -123,6 +145,7 @@ impl ServeConfig {
             },
             cluster: self.cluster.clone(),
             coordinators: self.coordinators.clone(),
+            advertise: (!self.advertise.is_empty()).then(|| self.advertise.clone()),
         })
     }
 }
@@ -154,6 +177,16 @@ mod tests {
                 .to_string()
                 .contains("snapshot_connections")
         );
+        cfg.snapshot_connections = 4;
+        cfg.coordinators = vec!["http://127.0.0.1:7300".into()];
+        cfg.listen = "0.0.0.0:7400".parse().expect("address");
+        let err = cfg.validate().expect_err("unspecified listen").to_string();
+        assert!(err.contains("--advertise http://HOST:7400"), "{err}");
+        cfg.advertise = "db1:7400".into();
+        assert!(cfg.validate().is_err(), "advertise without a scheme");
+        cfg.advertise = "http://db1:7400".into();
+        let agent = cfg.validate().expect("listen 0.0.0.0 with advertise");
+        assert_eq!(agent.advertise.as_deref(), Some("http://db1:7400"));
         let err = toml::from_str::<ServeConfig>("lisen = \"x\"")
             .expect_err("typo")
             .to_string();

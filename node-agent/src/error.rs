@@ -103,6 +103,11 @@ pub enum Error {
         actual: u64,
     },
 
+    #[error(
+        "refusing a call from coordinator term {term}: a leader of term {current} has taken over (the caller was deposed)"
+    )]
+    StaleTerm { term: u64, current: u64 },
+
     #[error("invalid configuration: {0}")]
     Config(String),
 

@@ -32,7 +32,10 @@ pub async fn run(cfg: AgentConfig, listen: SocketAddr, shutdown: CancellationTok
     let registration = crate::register::Registration {
         cluster: cfg.cluster.clone(),
         name: cfg.name.clone(),
-        agent_addr: format!("http://{local}"),
+        agent_addr: cfg
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("http://{local}")),
         coordinators: cfg.coordinators.clone(),
     };
     let agent = Agent::new(cfg, shutdown.clone());

@@ -42,6 +42,9 @@ pub struct AgentOptions {
     pub sink_dir: PathBuf,
     /// Extra arguments, appended after ours.
     pub extra_args: Vec<String>,
+    /// Listen on 0.0.0.0 and advertise `http://127.0.0.1:PORT`, as agents in
+    /// containers do.
+    pub all_interfaces: bool,
 }
 
 impl AgentOptions {
@@ -128,10 +131,16 @@ impl AgentProc {
             .map(|m| m.len())
             .unwrap_or(0);
         let mut cmd = Command::new(bin);
-        cmd.arg("serve")
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--name")
+        cmd.arg("serve");
+        if self.opts.all_interfaces {
+            cmd.arg("--listen")
+                .arg(format!("0.0.0.0:{port}"))
+                .arg("--advertise")
+                .arg(format!("http://127.0.0.1:{port}"));
+        } else {
+            cmd.arg("--listen").arg(format!("127.0.0.1:{port}"));
+        }
+        cmd.arg("--name")
             .arg(&self.opts.name)
             .arg("--mysql")
             .arg(&self.opts.mysql_url)

@@ -96,6 +96,7 @@ pub async fn prepare(
             lease_ms: lease.as_millis() as u64,
             budgets,
             snapshot_connections: 2,
+            term: 0,
         })
         .await?
         .into_inner();
@@ -118,6 +119,7 @@ pub async fn transfer(
         .transfer(pb::TransferRequest {
             backup_id: backup_id.into(),
             zstd_level: 0,
+            term: 0,
         })
         .await
         .context("start transfer")?

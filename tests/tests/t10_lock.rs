@@ -90,6 +90,7 @@ async fn lock_is_held_until_commit() -> anyhow::Result<()> {
     let committed = client
         .commit(pb::CommitRequest {
             backup_id: "b-held".into(),
+            term: 0,
         })
         .await?
         .into_inner();
@@ -117,6 +118,7 @@ async fn lock_is_held_until_commit() -> anyhow::Result<()> {
     let err = client
         .commit(pb::CommitRequest {
             backup_id: "b-held".into(),
+            term: 0,
         })
         .await
         .expect_err("second commit");
@@ -125,7 +127,8 @@ async fn lock_is_held_until_commit() -> anyhow::Result<()> {
         client
             .abort(pb::AbortRequest {
                 backup_id: "b-held".into(),
-                reason: "test".into()
+                reason: "test".into(),
+                term: 0,
             })
             .await
             .is_ok()
@@ -137,6 +140,86 @@ async fn lock_is_held_until_commit() -> anyhow::Result<()> {
             .into_inner()
             .state,
         "idle"
+    );
+    Ok(())
+}
+
+/// Fencing: once a coordinator leader of term N has called, calls from a
+/// lower term (a deposed leader) are refused and change nothing; the lock
+/// and the snapshots stay with the current leader's backup.
+#[tokio::test]
+async fn deposed_coordinator_is_fenced_off() -> anyhow::Result<()> {
+    let (db, agent) = server_and_agent("fence", &[]).await?;
+    let mut client = agent.client().await?;
+    let id = "b-fence";
+    let abort = |term| pb::AbortRequest {
+        backup_id: id.into(),
+        reason: "from a deposed leader".into(),
+        term,
+    };
+
+    step!("prepare in term 7");
+    let mut events = client
+        .prepare(pb::PrepareRequest {
+            backup_id: id.into(),
+            lease_ms: 30_000,
+            budgets: None,
+            snapshot_connections: 1,
+            term: 7,
+        })
+        .await?
+        .into_inner();
+    assert!(
+        matches!(
+            events.message().await?.and_then(|m| m.event),
+            Some(pb::prepare_event::Event::Prepared(_))
+        ),
+        "no PREPARED"
+    );
+
+    step!("an ABORT from term 6 is refused; the lock stays held");
+    let err = client.abort(abort(6)).await.expect_err("stale abort");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("term 6") && err.message().contains("term 7"),
+        "{}",
+        err.message()
+    );
+    let status = client.status(pb::StatusRequest {}).await?.into_inner();
+    assert!(status.lock_held && status.backup_id == id, "{status:?}");
+
+    step!("COMMIT from term 7, then a new leader (term 8) transfers");
+    client
+        .commit(pb::CommitRequest {
+            backup_id: id.into(),
+            term: 7,
+        })
+        .await?;
+    wait_writable(&db, Duration::from_secs(2)).await?;
+    let mut transfer = client
+        .transfer(pb::TransferRequest {
+            backup_id: id.into(),
+            zstd_level: 0,
+            term: 8,
+        })
+        .await?
+        .into_inner();
+
+    step!("the deposed term-7 leader cannot abort the transfer");
+    let err = client.abort(abort(7)).await.expect_err("stale abort");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    let mut artifact = None;
+    while let Some(m) = transfer.message().await? {
+        if m.done {
+            artifact = m.artifact;
+        }
+    }
+    let artifact = artifact.expect("the transfer finished with an artifact");
+    assert!(
+        std::path::Path::new(&artifact.location)
+            .join("manifest.json")
+            .exists(),
+        "{artifact:?}"
     );
     Ok(())
 }
@@ -188,6 +271,7 @@ async fn lease_releases_the_lock() -> anyhow::Result<()> {
     let err = client
         .commit(pb::CommitRequest {
             backup_id: "b-lease".into(),
+            term: 0,
         })
         .await
         .expect_err("late commit");
@@ -359,6 +443,7 @@ async fn backup_stage_does_not_queue_behind_writes() -> anyhow::Result<()> {
     let committed = client
         .commit(pb::CommitRequest {
             backup_id: "b-stage".into(),
+            term: 0,
         })
         .await?
         .into_inner();

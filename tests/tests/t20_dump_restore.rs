@@ -219,6 +219,7 @@ async fn snapshot_under_writes_is_exactly_the_captured_position() -> anyhow::Res
     let committed = client
         .commit(lockstep_proto::agent::CommitRequest {
             backup_id: "b-chain".into(),
+            term: 0,
         })
         .await?
         .into_inner();

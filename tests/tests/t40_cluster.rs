@@ -30,8 +30,10 @@ impl Cluster {
             tokio::try_join!(MariaDb::start_many(&refs), CoordinatorGroup::start(3))?;
         step!("start 3 agents registering with the coordinators");
         let urls = group.urls();
-        let starts = servers.iter().map(|s| {
+        let starts = servers.iter().enumerate().map(|(i, s)| {
             let mut opts = AgentOptions::new(s.name(), s.url());
+            // One listens on every interface and advertises its address.
+            opts.all_interfaces = i == 0;
             opts.extra_args = vec![
                 "--cluster".into(),
                 CLUSTER.into(),
@@ -493,6 +495,67 @@ async fn stopped_agent_fails_the_backup_naming_it() -> anyhow::Result<()> {
     cluster.agents[1].resume()?;
 
     step!("the next backup succeeds");
+    cluster.next_backup_completes().await?;
+    writer.stop().await;
+    Ok(())
+}
+
+/// An agent SIGKILLed while it holds its server's lock and another agent is
+/// still preparing: the backup fails at once naming it (not at the PREPARE
+/// deadline of the slow one), its server is unlocked (the lock lived on the
+/// dead agent's connection), and once the agent is back the next backup
+/// succeeds.
+#[tokio::test]
+async fn agent_killed_during_prepare_fails_the_backup_naming_it() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start("ka").await?;
+    let writer = CausalWriter::start(cluster.chain()).await?;
+    writer.wait_committed(50, Duration::from_secs(60)).await?;
+
+    step!("SIGSTOP agent ka2 so the barrier waits; start a backup");
+    cluster.agents[2].pause()?;
+    let started = cluster
+        .cli_json(&["backup", "start", "--cluster", CLUSTER])
+        .await?;
+    let id = started["id"].as_str().expect("id").to_string();
+
+    step!("once ka1 holds its lock, SIGKILL its agent");
+    let mut client = cluster.agents[1].client().await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !client
+        .status(lockstep_proto::agent::StatusRequest {})
+        .await?
+        .into_inner()
+        .lock_held
+    {
+        anyhow::ensure!(Instant::now() < deadline, "ka1 never locked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cluster.agents[1].kill()?;
+
+    step!("the backup fails naming ka1, not ka2's missed deadline");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let failed = loop {
+        let b = cluster.cli_json(&["catalog", "show", &id]).await?;
+        if b["status"] != "PREPARING" {
+            break b;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "backup never resolved: {b}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(failed["status"], "FAILED", "{failed}");
+    let reason = failed["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("server ka1")
+            && (reason.contains("before the cut was committed")
+                || reason.contains("lost while prepared")),
+        "{reason}"
+    );
+    assert!(!reason.contains("ka2"), "{reason}");
+
+    step!("every server takes writes; the agent comes back; the next backup succeeds");
+    cluster.agents[2].resume()?;
+    writes_resume(&writer).await?;
+    cluster.agents[1].restart().await?;
     cluster.next_backup_completes().await?;
     writer.stop().await;
     Ok(())

@@ -157,8 +157,10 @@ fn compose_runs_three_coordinators_and_an_agent_sidecar_per_database() -> anyhow
         let db = services
             .get(format!("db{i}"))
             .with_context(|| format!("no db{i}"))?;
-        let ip = str_at(db, &["networks", "lockstep", "ipv4_address"])
-            .with_context(|| format!("db{i} has no fixed address"))?;
+        ensure!(
+            db.get("networks").and_then(|n| n.get("lockstep")).is_some(),
+            "db{i} is not on the lockstep network"
+        );
         let agent = services
             .get(format!("agent{i}"))
             .with_context(|| format!("no agent{i}"))?;
@@ -168,8 +170,8 @@ fn compose_runs_three_coordinators_and_an_agent_sidecar_per_database() -> anyhow
         );
         let cmd = agent["command"].to_string();
         ensure!(
-            cmd.contains(&format!("\"--listen\",\"{ip}:7400\"")),
-            "agent{i} must listen on db{i}'s address {ip}: {cmd}"
+            cmd.contains(&format!("\"--advertise\",\"http://db{i}:7400\"")),
+            "agent{i} must advertise db{i}'s service name: {cmd}"
         );
     }
     check_config(
@@ -251,6 +253,12 @@ fn k8s_manifests_have_the_statefulsets_services_and_configmaps() -> anyhow::Resu
                 .as_str()
                 .is_some_and(|i| i.starts_with("mariadb"))),
         "the mariadb pods need MariaDB and the agent sidecar"
+    );
+    ensure!(
+        containers
+            .iter()
+            .any(|c| c["args"].to_string().contains("http://$(POD_IP):7400")),
+        "the agent sidecar must advertise its pod IP"
     );
     for (cm, key, example) in [
         (

@@ -137,7 +137,8 @@ pub fn to_status(e: &Error) -> Status {
         Error::BinlogOff { .. }
         | Error::Unsupported { .. }
         | Error::LongStatement { .. }
-        | Error::BadState { .. } => Code::FailedPrecondition,
+        | Error::BadState { .. }
+        | Error::StaleTerm { .. } => Code::FailedPrecondition,
         Error::LockTimeout { .. } => Code::DeadlineExceeded,
         Error::Busy { .. } => Code::Aborted,
         Error::SnapshotMismatch { .. } | Error::RowCount { .. } => Code::DataLoss,

@@ -28,6 +28,10 @@ impl AgentService {
     pub fn new(agent: Arc<Agent>) -> Self {
         AgentService { agent }
     }
+
+    fn fence(&self, term: u64) -> Result<(), Status> {
+        self.agent.fence(term).map_err(|e| convert::to_status(&e))
+    }
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -43,7 +47,9 @@ impl NodeAgent for AgentService {
         request: Request<pb::PrepareRequest>,
     ) -> Result<Response<Self::PrepareStream>, Status> {
         let cfg = self.agent.config();
-        let req = convert::prepare_request(request.into_inner(), cfg);
+        let r = request.into_inner();
+        self.fence(r.term)?;
+        let req = convert::prepare_request(r, cfg);
         let (tx, rx) = mpsc::channel(4);
         let (info, released) = self
             .agent
@@ -66,7 +72,9 @@ impl NodeAgent for AgentService {
         &self,
         request: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitReply>, Status> {
-        let id = request.into_inner().backup_id;
+        let r = request.into_inner();
+        self.fence(r.term)?;
+        let id = r.backup_id;
         // Run to the end even if the caller goes away mid-call: a commit cut
         // short would leave the backup half-committed on this agent.
         let agent = self.agent.clone();
@@ -86,6 +94,7 @@ impl NodeAgent for AgentService {
         request: Request<pb::AbortRequest>,
     ) -> Result<Response<pb::AbortReply>, Status> {
         let r = request.into_inner();
+        self.fence(r.term)?;
         let reason = if r.reason.is_empty() {
             "requested".to_string()
         } else {
@@ -100,6 +109,7 @@ impl NodeAgent for AgentService {
         request: Request<pb::TransferRequest>,
     ) -> Result<Response<Self::TransferStream>, Status> {
         let r = request.into_inner();
+        self.fence(r.term)?;
         let level = (r.zstd_level != 0).then_some(r.zstd_level);
         let progress = Arc::new(Progress::default());
         let (agent, p) = (self.agent.clone(), progress.clone());
