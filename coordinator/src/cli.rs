@@ -189,6 +189,15 @@ async fn execute(cli: &Cli) -> anyhow::Result<i32> {
                 })
                 .await?;
             print_status(cli.json, &reply);
+            // Non-zero when any member is unreachable or misconfigured, so
+            // monitoring can run this command as a check.
+            let unhealthy: Vec<&pb::Member> = reply.members.iter().filter(|m| !m.healthy).collect();
+            for m in &unhealthy {
+                eprintln!("error: coordinator {} ({}): {}", m.id, m.url, m.error);
+            }
+            if !unhealthy.is_empty() {
+                return Ok(1);
+            }
         }
         Command::Backup(BackupCmd::Start(a)) => {
             let req = pb::StartBackupRequest {

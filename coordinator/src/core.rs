@@ -183,7 +183,19 @@ impl Core {
                 }
             }
         });
-        let members = futures::future::join_all(asks).await;
+        let mut members = futures::future::join_all(asks).await;
+        // A member whose voters differ was configured with other peers: the
+        // coordinators disagree on membership (their raft traffic is refused).
+        for m in members
+            .iter_mut()
+            .filter(|m| m.healthy && m.voters != own.voters)
+        {
+            m.healthy = false;
+            m.error = format!(
+                "disagrees on membership: its voters are {:?}, coordinator {}'s are {:?}",
+                m.voters, own.id, own.voters
+            );
+        }
         let leader_id = own.leader_id.unwrap_or(0);
         Ok(pb::CoordinatorStatusReply {
             answered_by: own.id,

@@ -184,6 +184,12 @@ impl CoordinatorProc {
         Ok(Some(status))
     }
 
+    /// Like [`CoordinatorProc::restart`], with `peers` from now on.
+    pub async fn restart_with_peers(&mut self, peers: &str) -> anyhow::Result<()> {
+        self.peers = peers.to_string();
+        self.restart().await
+    }
+
     /// Stops it if it runs and starts it again on the same port and store.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         self.stop()?;

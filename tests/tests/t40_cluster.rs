@@ -6,8 +6,8 @@
 use std::time::{Duration, Instant};
 
 use lockstep_tests::{
-    AgentOptions, AgentProc, CausalWriter, CoordinatorGroup, MariaDb, Target, check_chain,
-    run_lockstep, step,
+    AgentOptions, AgentProc, CausalWriter, CoordinatorGroup, CoordinatorProc, MariaDb, Target,
+    check_chain, run_lockstep, step,
 };
 use serde_json::Value;
 
@@ -558,6 +558,72 @@ async fn agent_killed_during_prepare_fails_the_backup_naming_it() -> anyhow::Res
     cluster.agents[1].restart().await?;
     cluster.next_backup_completes().await?;
     writer.stop().await;
+    Ok(())
+}
+
+/// Coordinators configured with different peers do not form a group with
+/// each other: the odd one's raft traffic is refused, `coordinator status`
+/// names it and exits non-zero, the others keep serving; and a coordinator
+/// restarted with other peers than its data dir was created with refuses
+/// to start, saying so.
+#[tokio::test]
+async fn coordinators_that_disagree_on_membership_are_refused() -> anyhow::Result<()> {
+    let ports = (0..5)
+        .map(|_| lockstep_tests::ports::free_port())
+        .collect::<anyhow::Result<Vec<u16>>>()?;
+    let peers = |n: usize| {
+        (0..n)
+            .map(|i| format!("{}=http://127.0.0.1:{}", i + 1, ports[i]))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let (three, five) = (peers(3), peers(5));
+    step!("coordinators 1 and 2 list 3 voters, coordinator 3 lists 5");
+    let (c1, c2, c3) = tokio::try_join!(
+        CoordinatorProc::start(1, ports[0], &three),
+        CoordinatorProc::start(2, ports[1], &three),
+        CoordinatorProc::start(3, ports[2], &five),
+    )?;
+    let group = CoordinatorGroup {
+        members: vec![c1, c2],
+    };
+    let leader = group.wait_leader(Duration::from_secs(30)).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let odd = c3.status().await?;
+    assert!(
+        odd.role != "leader" && odd.leader_id == 0,
+        "coordinator 3 must not join: {odd:?}"
+    );
+
+    step!("coordinator status names coordinator 3 and exits non-zero");
+    let out = run_lockstep(&group.urls(), &["--json", "coordinator", "status"]).await?;
+    assert!(!out.status.success(), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("coordinator 3")
+            && out.stderr.contains("disagrees on membership")
+            && out.stderr.contains("[1, 2, 3, 4, 5]"),
+        "{}",
+        out.stderr
+    );
+    let status: Value = serde_json::from_str(out.stdout.trim())?;
+    assert_eq!(status["leader_id"], group.members[leader].id(), "{status}");
+    run_lockstep(&group.urls(), &["server", "list"])
+        .await?
+        .success()?;
+
+    step!("a restart with other peers than the data dir's is refused");
+    let mut group = group;
+    let err = group.members[0]
+        .restart_with_peers(&five)
+        .await
+        .expect_err("started with changed peers");
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("belongs to a raft group of voters [1, 2, 3]")
+            && err.contains("configured peers are [1, 2, 3, 4, 5]"),
+        "{err}"
+    );
+    drop(c3);
     Ok(())
 }
 

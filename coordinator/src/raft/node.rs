@@ -72,6 +72,14 @@ impl<S: StateMachine> RaftNode<S> {
         let voters: Vec<u64> = config.peers.keys().copied().collect();
         let storage = RedbStorage::open(&config.store_path(), &voters)?;
         let loaded = storage.load()?;
+        let mut stored = loaded.conf_state.voters.clone();
+        stored.sort_unstable();
+        if stored != voters {
+            return Err(Error::Config(format!(
+                "data dir {} belongs to a raft group of voters {stored:?}, but the configured peers are {voters:?}; membership changes are not supported: start this coordinator with the peers it was created with",
+                config.data_dir.display()
+            )));
+        }
         if let Some(image) = &loaded.sm_state {
             state_machine
                 .restore(image)
@@ -144,7 +152,7 @@ impl<S: StateMachine> RaftNode<S> {
         Ok(RaftNode {
             id,
             handle: RaftHandle::new(id, cmd_tx),
-            service: TransportService::new(id, inbound_tx),
+            service: TransportService::new(id, voters, inbound_tx),
             raft_task,
             tracker,
             _stop_on_drop: shutdown.clone().drop_guard(),

@@ -66,6 +66,7 @@ impl Peers {
         shutdown: &CancellationToken,
     ) -> Result<Self> {
         let mut queues = BTreeMap::new();
+        let voters: Vec<u64> = peers.keys().copied().collect();
         for (&to, url) in peers.iter().filter(|(to, _)| **to != id) {
             let endpoint = Endpoint::from_shared(url.clone())
                 .map_err(|e| Error::Config(format!("peer {to} URL {url:?}: {e}")))?
@@ -79,6 +80,7 @@ impl Peers {
             let task = PeerTask {
                 from: id,
                 to,
+                voters: voters.clone(),
                 url: url.clone(),
                 client,
                 rx,
@@ -113,6 +115,7 @@ impl Peers {
 struct PeerTask {
     from: u64,
     to: u64,
+    voters: Vec<u64>,
     url: String,
     client: RaftTransportClient<Channel>,
     rx: mpsc::Receiver<Message>,
@@ -153,6 +156,7 @@ impl PeerTask {
                 from: self.from,
                 to: self.to,
                 messages,
+                voters: self.voters.clone(),
             };
             let result = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -197,12 +201,18 @@ impl PeerTask {
 #[derive(Debug, Clone)]
 pub struct TransportService {
     id: u64,
+    /// This node's voters, ascending.
+    voters: Vec<u64>,
     inbound: mpsc::Sender<Inbound>,
 }
 
 impl TransportService {
-    pub(crate) fn new(id: u64, inbound: mpsc::Sender<Inbound>) -> Self {
-        Self { id, inbound }
+    pub(crate) fn new(id: u64, voters: Vec<u64>, inbound: mpsc::Sender<Inbound>) -> Self {
+        Self {
+            id,
+            voters,
+            inbound,
+        }
     }
 
     /// The tonic service to add to a gRPC server.
@@ -222,6 +232,14 @@ impl RaftTransport for TransportService {
                 "raft batch from node {} for node {} reached node {}",
                 batch.from, batch.to, self.id
             )));
+        }
+        if !batch.voters.is_empty() && batch.voters != self.voters {
+            let msg = format!(
+                "coordinators disagree on membership: coordinator {} has voters {:?}, coordinator {} has {:?}; give every coordinator the same peers",
+                batch.from, batch.voters, self.id, self.voters
+            );
+            warn!(from = batch.from, "{msg}");
+            return Err(Status::failed_precondition(msg));
         }
         for bytes in &batch.messages {
             let msg = Message::parse_from_bytes(bytes).map_err(|e| {
