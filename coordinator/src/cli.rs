@@ -347,6 +347,8 @@ pub fn backup_json(b: &pb::Backup) -> Value {
                 "lock_wait_ms": c.map(|c| ms(c.lock_wait_us)),
                 "capture_ms": c.map(|c| ms(c.capture_us)),
                 "lock_ms": c.and_then(|c| c.held_us).map(ms),
+                "locked_at_unix_us": c.map(|c| c.locked_at_unix_us),
+                "released_at_unix_us": c.and_then(|c| c.released_at_unix_us),
                 "artifact": a.map(|a| json!({
                     "location": a.location,
                     "manifest_sha256": a.manifest_sha256,

@@ -95,13 +95,21 @@ async fn freeze_window_under_write_load() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(50);
-    for n in [3, 9] {
+    let sizes: Vec<usize> = std::env::var("SERVERS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![3, 9]);
+    for n in sizes {
         step!("{n} servers");
         let cluster = Cluster::start(n).await?;
         let writer = CausalWriter::start(cluster.chain()).await?;
         writer.wait_committed(100, Duration::from_secs(60)).await?;
         let mut freeze = Vec::new();
         let mut holds = Vec::new();
+        // Where the freeze goes, per backup (ms): first to last lock
+        // statement; last PREPARED to first release (barrier, CommitCut raft
+        // round, COMMIT); first to last release.
+        let (mut spread, mut decide, mut unlock) = (Vec::new(), Vec::new(), Vec::new());
         let mut failed = 0;
         for _ in 0..runs {
             let b = cluster
@@ -112,6 +120,26 @@ async fn freeze_window_under_write_load() -> anyhow::Result<()> {
                     freeze.push(b["freeze_ms"].as_f64().unwrap_or(f64::NAN));
                     if let Some(servers) = b["servers"].as_array() {
                         holds.extend(servers.iter().filter_map(|s| s["lock_ms"].as_f64()));
+                        let at = |k: &str| -> Vec<f64> {
+                            servers.iter().filter_map(|s| s[k].as_f64()).collect()
+                        };
+                        let max = |v: &[f64]| v.iter().copied().fold(f64::MIN, f64::max);
+                        let min = |v: &[f64]| v.iter().copied().fold(f64::MAX, f64::min);
+                        let (locked, released) =
+                            (at("locked_at_unix_us"), at("released_at_unix_us"));
+                        let prepared: Vec<f64> = servers
+                            .iter()
+                            .filter_map(|s| {
+                                Some(
+                                    s["locked_at_unix_us"].as_f64()?
+                                        + 1000.0 * s["lock_wait_ms"].as_f64()?
+                                        + 1000.0 * s["capture_ms"].as_f64()?,
+                                )
+                            })
+                            .collect();
+                        spread.push((max(&locked) - min(&locked)) / 1000.0);
+                        decide.push((min(&released) - max(&prepared)) / 1000.0);
+                        unlock.push((max(&released) - min(&released)) / 1000.0);
                     }
                 }
                 other => {
@@ -121,8 +149,15 @@ async fn freeze_window_under_write_load() -> anyhow::Result<()> {
             }
         }
         let writes = writer.stop().await;
-        freeze.sort_by(f64::total_cmp);
-        holds.sort_by(f64::total_cmp);
+        for v in [
+            &mut freeze,
+            &mut holds,
+            &mut spread,
+            &mut decide,
+            &mut unlock,
+        ] {
+            v.sort_by(f64::total_cmp);
+        }
         anyhow::ensure!(!freeze.is_empty(), "no backup completed");
         println!(
             "RESULT servers={n} backups={} failed={failed} freeze_ms median={:.1} p99={:.1} max={:.1} lock_ms median={:.1} p99={:.1} chain_records={writes}",
@@ -132,6 +167,15 @@ async fn freeze_window_under_write_load() -> anyhow::Result<()> {
             freeze[freeze.len() - 1],
             percentile(&holds, 0.5),
             percentile(&holds, 0.99),
+        );
+        println!(
+            "BREAKDOWN servers={n} lock_spread_ms median={:.1} p99={:.1} prepared_to_first_release_ms median={:.1} p99={:.1} release_spread_ms median={:.1} p99={:.1}",
+            percentile(&spread, 0.5),
+            percentile(&spread, 0.99),
+            percentile(&decide, 0.5),
+            percentile(&decide, 0.99),
+            percentile(&unlock, 0.5),
+            percentile(&unlock, 0.99),
         );
     }
     Ok(())
