@@ -117,14 +117,14 @@ pub enum Command {
         servers: Vec<String>,
         at_unix_ms: i64,
     },
-    /// One server replied PREPARED.
-    Prepared {
+    /// Every server is prepared: the cut is decided, with every server's
+    /// position and lock timings. One entry, so the decision costs a single
+    /// raft round while the servers are locked.
+    CommitCut {
         id: String,
-        server: String,
-        entry: CutEntry,
+        at_unix_ms: i64,
+        cut: BTreeMap<String, CutEntry>,
     },
-    /// Every server is prepared: the cut is decided.
-    CommitCut { id: String, at_unix_ms: i64 },
     /// One server released its lock after COMMIT.
     Released {
         id: String,
@@ -232,20 +232,22 @@ impl Catalog {
                 );
                 Ok(())
             }
-            Command::Prepared { id, server, entry } => {
+            Command::CommitCut {
+                id,
+                at_unix_ms,
+                cut,
+            } => {
                 let b = self.backup_in(&id, Status::Preparing)?;
-                require_member(b, &server)?;
-                b.cut.insert(server, entry);
-                Ok(())
-            }
-            Command::CommitCut { id, at_unix_ms } => {
-                let b = self.backup_in(&id, Status::Preparing)?;
-                if let Some(missing) = b.servers.iter().find(|s| !b.cut.contains_key(*s)) {
+                for server in cut.keys() {
+                    require_member(b, server)?;
+                }
+                if let Some(missing) = b.servers.iter().find(|s| !cut.contains_key(*s)) {
                     return Err(Rejected::BadTransition {
                         id: id.clone(),
                         reason: format!("server {missing} has not prepared"),
                     });
                 }
+                b.cut = cut;
                 b.status = Status::Transferring;
                 b.cut_committed_at_unix_ms = Some(at_unix_ms);
                 Ok(())
@@ -389,16 +391,23 @@ mod tests {
         }
     }
 
-    fn prepared(id: &str, server: &str, locked_at: i64) -> Command {
-        Command::Prepared {
+    /// CommitCut with `servers` prepared, locked at the given instants.
+    fn commit_cut(id: &str, servers: &[(&str, i64)]) -> Command {
+        Command::CommitCut {
             id: id.into(),
-            server: server.into(),
-            entry: CutEntry {
-                binlog_file: "mysql-bin.000001".into(),
-                binlog_pos: 4,
-                locked_at_unix_us: locked_at,
-                ..CutEntry::default()
-            },
+            at_unix_ms: 11,
+            cut: servers
+                .iter()
+                .map(|&(s, locked_at)| {
+                    let entry = CutEntry {
+                        binlog_file: "mysql-bin.000001".into(),
+                        binlog_pos: 4,
+                        locked_at_unix_us: locked_at,
+                        ..CutEntry::default()
+                    };
+                    (s.to_string(), entry)
+                })
+                .collect(),
         }
     }
 
@@ -423,21 +432,13 @@ mod tests {
     fn a_backup_runs_through_every_step() {
         let mut c = catalog();
         c.apply(start("b1")).expect("start");
-        c.apply(prepared("b1", "a", 1_000)).expect("a");
-        let early = c.apply(Command::CommitCut {
-            id: "b1".into(),
-            at_unix_ms: 11,
-        });
+        let early = c.apply(commit_cut("b1", &[("a", 1_000)]));
         assert!(
             matches!(early, Err(Rejected::BadTransition { ref reason, .. }) if reason.contains("server b")),
             "{early:?}"
         );
-        c.apply(prepared("b1", "b", 1_500)).expect("b");
-        c.apply(Command::CommitCut {
-            id: "b1".into(),
-            at_unix_ms: 12,
-        })
-        .expect("commit");
+        c.apply(commit_cut("b1", &[("a", 1_000), ("b", 1_500)]))
+            .expect("commit");
         for (s, at) in [("a", 4_000), ("b", 6_000)] {
             c.apply(Command::Released {
                 id: "b1".into(),
@@ -488,11 +489,11 @@ mod tests {
             })
         );
         assert!(matches!(
-            c.apply(prepared("b1", "zzz", 1)),
+            c.apply(commit_cut("b1", &[("a", 1), ("b", 1), ("zzz", 1)])),
             Err(Rejected::BadTransition { .. })
         ));
         assert!(matches!(
-            c.apply(prepared("nope", "a", 1)),
+            c.apply(commit_cut("nope", &[("a", 1), ("b", 1)])),
             Err(Rejected::UnknownBackup(_))
         ));
         let unknown = c.apply(Command::StartBackup {
@@ -550,9 +551,9 @@ mod tests {
         c.apply(start("b1")).expect("start");
         let json = serde_json::to_string(&c).expect("serialise");
         assert_eq!(serde_json::from_str::<Catalog>(&json).expect("parse"), c);
-        let cmd = prepared("b1", "a", 7);
+        let cmd = commit_cut("b1", &[("a", 7)]);
         let text = serde_json::to_string(&cmd).expect("serialise");
-        assert!(text.contains("\"op\":\"prepared\""), "{text}");
+        assert!(text.contains("\"op\":\"commit_cut\""), "{text}");
         assert_eq!(serde_json::from_str::<Command>(&text).expect("parse"), cmd);
     }
 }

@@ -232,9 +232,6 @@ fn describe(cmd: &Command) -> String {
     match cmd {
         Command::RegisterServer(s) => format!("register server {}/{}", s.cluster, s.name),
         Command::StartBackup { id, cluster, .. } => format!("start backup {id} of {cluster}"),
-        Command::Prepared { id, server, .. } => {
-            format!("record server {server} PREPARED for backup {id}")
-        }
         Command::CommitCut { id, .. } => format!("commit the cut of backup {id}"),
         Command::Released { id, server, .. } => {
             format!("record server {server} released for backup {id}")

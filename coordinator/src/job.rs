@@ -2,7 +2,7 @@
 //! the transfer, each decision a raft entry before it is acted on.
 //!
 //! ```text
-//! StartBackup ─▶ PREPARE all (parallel, deadline) ─▶ Prepared × N ─▶ CommitCut
+//! StartBackup ─▶ PREPARE all (parallel, deadline) ─▶ CommitCut (every position)
 //!   ─▶ COMMIT all (unlock) ─▶ Released × N ─▶ TRANSFER all ─▶ ArtifactStored × N ─▶ Complete
 //! any failure or missed deadline: ABORT all agents, then Fail(reason naming the server)
 //! ```
@@ -22,11 +22,8 @@
 //! and a job that fails because its node lost leadership leaves the backup
 //! to the next leader instead of aborting it.
 
-use std::collections::HashSet;
-use std::future::Future;
-use std::pin::Pin;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use lockstep_proto::agent as agent_pb;
@@ -39,10 +36,10 @@ use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{Instrument as _, info, info_span, warn};
 
-use crate::catalog::{Artifact, Backup, Command, CutEntry, Rejected, Status};
+use crate::catalog::{Artifact, Backup, Command, CutEntry, Status};
 use crate::client::error_chain;
 use crate::core::{Core, now_unix_ms};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::raft::Role;
 
 /// How long connecting to an agent may take.
@@ -53,9 +50,6 @@ const ABORT_TIMEOUT: Duration = Duration::from_secs(2);
 const LEADERSHIP_POLL: Duration = Duration::from_millis(100);
 /// Pause between attempts to read the inherited jobs.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
-
-/// A raft proposal in flight.
-type Pending<'a> = Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
 
 /// One server taking part in a backup.
 #[derive(Debug, Clone)]
@@ -246,8 +240,14 @@ impl Jobs {
         let prepares = parts
             .iter()
             .map(|p| self.prepare_one(id, term, p, lost_tx.clone()));
-        let (held, records): (Vec<Held>, Vec<Pending<'_>>) = tokio::select! {
-            r = futures::future::try_join_all(prepares) => r?.into_iter().unzip(),
+        let (held, cut): (Vec<Held>, BTreeMap<String, CutEntry>) = tokio::select! {
+            r = futures::future::try_join_all(prepares) => r?
+                .into_iter()
+                .map(|(h, entry)| {
+                    let name = h.part.name.clone();
+                    (h, (name, entry))
+                })
+                .unzip(),
             Some(reason) = lost.recv() => return Err(reason),
         };
         if let Ok(reason) = lost.try_recv() {
@@ -259,31 +259,16 @@ impl Jobs {
             "every server is prepared; committing the cut"
         );
 
-        // The barrier is passed: the raft entry is the decision. It is
-        // proposed right behind the last PREPARED records, so they usually
-        // share one raft round (the locks are held meanwhile).
-        let commit_cut = Command::CommitCut {
-            id: id.to_string(),
-            at_unix_ms: now_unix_ms(),
-        };
-        let (recorded, decided) = futures::join!(
-            futures::future::join_all(records),
-            self.core.propose(&commit_cut)
-        );
-        for (r, h) in recorded.into_iter().zip(&held) {
-            r.map_err(|e| format!("server {}: record PREPARED: {e}", h.part.name))?;
-        }
-        match decided {
-            Ok(()) => {}
-            // A PREPARED record reached the log after the decision was
-            // proposed; every record is applied now, so propose it again.
-            Err(Error::Rejected(Rejected::BadTransition { .. })) => self
-                .core
-                .propose(&commit_cut)
-                .await
-                .map_err(|e| format!("commit the cut in the catalog: {e}"))?,
-            Err(e) => return Err(format!("commit the cut in the catalog: {e}")),
-        }
+        // The barrier is passed: one raft entry carrying every position is
+        // the decision (the locks are held meanwhile).
+        self.core
+            .propose(&Command::CommitCut {
+                id: id.to_string(),
+                at_unix_ms: now_unix_ms(),
+                cut,
+            })
+            .await
+            .map_err(|e| format!("commit the cut in the catalog: {e}"))?;
 
         // Phase 2: COMMIT (unlock) everywhere.
         let commits = held.iter().map(|h| self.commit_one(id, term, h));
@@ -306,15 +291,14 @@ impl Jobs {
             .map_err(|e| format!("mark the backup complete: {e}"))
     }
 
-    /// PREPARE one server; returns the held lock and the proposal recording
-    /// its PREPARED, already submitted to raft and awaited at the barrier.
-    async fn prepare_one<'a>(
-        &'a self,
+    /// PREPARE one server; returns the held lock and its cut entry.
+    async fn prepare_one(
+        &self,
         id: &str,
         term: u64,
         p: &Participant,
         lost: mpsc::UnboundedSender<String>,
-    ) -> std::result::Result<(Held, Pending<'a>), String> {
+    ) -> std::result::Result<(Held, CutEntry), String> {
         let cfg = &self.core.config;
         let work = async {
             let mut client = agent_client(&p.addr)
@@ -351,35 +335,24 @@ impl Jobs {
                 }
             };
             let pos = prepared.position.unwrap_or_default();
-            let cmd = Command::Prepared {
-                id: id.to_string(),
-                server: p.name.clone(),
-                entry: CutEntry {
-                    binlog_file: pos.binlog_file,
-                    binlog_pos: pos.binlog_pos,
-                    gtid: pos.gtid_set,
-                    lock_method: prepared.lock_method,
-                    lock_wait_us: prepared.lock_wait_us,
-                    capture_us: prepared.capture_us,
-                    locked_at_unix_us: prepared.locked_at_unix_us,
-                    held_us: None,
-                    released_at_unix_us: None,
-                },
+            let entry = CutEntry {
+                binlog_file: pos.binlog_file,
+                binlog_pos: pos.binlog_pos,
+                gtid: pos.gtid_set,
+                lock_method: prepared.lock_method,
+                lock_wait_us: prepared.lock_wait_us,
+                capture_us: prepared.capture_us,
+                locked_at_unix_us: prepared.locked_at_unix_us,
+                held_us: None,
+                released_at_unix_us: None,
             };
-            let core = &self.core;
-            let mut record: Pending<'a> = Box::pin(async move { core.propose(&cmd).await });
-            // Submit it now: the first poll hands the entry to the raft task
-            // (if the runtime's budget defers it, the barrier retries).
-            if let Poll::Ready(r) = futures::poll!(&mut record) {
-                record = Box::pin(std::future::ready(r));
-            }
             Ok((
                 Held {
                     part: p.clone(),
                     client,
                     _watch: watch_prepared(p.name.clone(), stream, lost),
                 },
-                record,
+                entry,
             ))
         };
         tokio::time::timeout(cfg.prepare_timeout, work)
