@@ -23,6 +23,7 @@
 //! to the next leader instead of aborting it.
 
 use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,6 +57,36 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 struct Participant {
     name: String,
     addr: String,
+}
+
+/// An armed server: everything before its lock is done, and the Prepare
+/// stream waits for GO.
+struct Armed {
+    part: Participant,
+    client: NodeAgentClient<Channel>,
+    stream: Streaming<agent_pb::PrepareEvent>,
+}
+
+/// The next event of a Prepare stream; a release or the stream's end is an
+/// error naming the server.
+async fn next_event(
+    name: &str,
+    stream: &mut Streaming<agent_pb::PrepareEvent>,
+) -> std::result::Result<Event, String> {
+    let msg = stream
+        .message()
+        .await
+        .map_err(|s| format!("server {name}: prepare failed: {}", status_text(&s)))?;
+    match msg.and_then(|m| m.event) {
+        Some(Event::Released(r)) => Err(format!(
+            "server {name}: released its lock before PREPARED ({})",
+            r.reason
+        )),
+        Some(e) => Ok(e),
+        None => Err(format!(
+            "server {name}: the prepare stream ended without PREPARED"
+        )),
+    }
 }
 
 /// A prepared server: its client and the task owning the open Prepare
@@ -236,10 +267,16 @@ impl Jobs {
         // (dropping their streams releases their locks; run() aborts all).
         // A server that loses its lock while the others are still preparing
         // (its agent died, its lease ran out) fails the backup at once.
+        // Two steps, so that the slow part (connections, pre-flight,
+        // pre-flush) stays out of the freeze window: arm every server, then
+        // GO everywhere at once.
+        let deadline = tokio::time::Instant::now() + self.core.config.prepare_timeout;
+        let arms = parts.iter().map(|p| self.arm_one(id, term, p, deadline));
+        let armed = futures::future::try_join_all(arms).await?;
         let (lost_tx, mut lost) = mpsc::unbounded_channel();
-        let prepares = parts
-            .iter()
-            .map(|p| self.prepare_one(id, term, p, lost_tx.clone()));
+        let prepares = armed
+            .into_iter()
+            .map(|a| self.lock_one(id, term, a, lost_tx.clone(), deadline));
         let (held, cut): (Vec<Held>, BTreeMap<String, CutEntry>) = tokio::select! {
             r = futures::future::try_join_all(prepares) => r?
                 .into_iter()
@@ -291,14 +328,15 @@ impl Jobs {
             .map_err(|e| format!("mark the backup complete: {e}"))
     }
 
-    /// PREPARE one server; returns the held lock and its cut entry.
-    async fn prepare_one(
+    /// PREPARE one server up to its lock: the agent opens its connections,
+    /// runs pre-flight and pre-flush, answers `ready` and waits for Go.
+    async fn arm_one(
         &self,
         id: &str,
         term: u64,
         p: &Participant,
-        lost: mpsc::UnboundedSender<String>,
-    ) -> std::result::Result<(Held, CutEntry), String> {
+        deadline: tokio::time::Instant,
+    ) -> std::result::Result<Armed, String> {
         let cfg = &self.core.config;
         let work = async {
             let mut client = agent_client(&p.addr)
@@ -311,31 +349,57 @@ impl Jobs {
                     budgets: None,
                     snapshot_connections: 0,
                     term,
+                    wait_for_go: true,
                 })
                 .await
                 .map_err(|s| format!("server {}: prepare refused: {}", p.name, status_text(&s)))?
                 .into_inner();
-            let first = stream
-                .message()
+            match next_event(&p.name, &mut stream).await? {
+                Event::Ready(_) => Ok(Armed {
+                    part: p.clone(),
+                    client,
+                    stream,
+                }),
+                other => Err(format!("server {}: expected READY, got {other:?}", p.name)),
+            }
+        };
+        self.by_deadline(p, deadline, work).await
+    }
+
+    /// GO to an armed server: it locks and captures; returns the held lock
+    /// and its cut entry.
+    async fn lock_one(
+        &self,
+        id: &str,
+        term: u64,
+        armed: Armed,
+        lost: mpsc::UnboundedSender<String>,
+        deadline: tokio::time::Instant,
+    ) -> std::result::Result<(Held, CutEntry), String> {
+        let Armed {
+            part: p,
+            mut client,
+            mut stream,
+        } = armed;
+        let work = async {
+            client
+                .go(agent_pb::GoRequest {
+                    backup_id: id.to_string(),
+                    term,
+                })
                 .await
-                .map_err(|s| format!("server {}: prepare failed: {}", p.name, status_text(&s)))?;
-            let prepared = match first.and_then(|m| m.event) {
-                Some(Event::Prepared(pr)) => pr,
-                Some(Event::Released(r)) => {
+                .map_err(|s| format!("server {}: GO failed: {}", p.name, status_text(&s)))?;
+            let prepared = match next_event(&p.name, &mut stream).await? {
+                Event::Prepared(pr) => pr,
+                other => {
                     return Err(format!(
-                        "server {}: released its lock before PREPARED ({})",
-                        p.name, r.reason
-                    ));
-                }
-                None => {
-                    return Err(format!(
-                        "server {}: the prepare stream ended without PREPARED",
+                        "server {}: expected PREPARED, got {other:?}",
                         p.name
                     ));
                 }
             };
             let pos = prepared.position.unwrap_or_default();
-            let entry = CutEntry {
+            Ok(CutEntry {
                 binlog_file: pos.binlog_file,
                 binlog_pos: pos.binlog_pos,
                 gtid: pos.gtid_set,
@@ -345,24 +409,33 @@ impl Jobs {
                 locked_at_unix_us: prepared.locked_at_unix_us,
                 held_us: None,
                 released_at_unix_us: None,
-            };
-            Ok((
-                Held {
-                    part: p.clone(),
-                    client,
-                    _watch: watch_prepared(p.name.clone(), stream, lost),
-                },
-                entry,
-            ))
+            })
         };
-        tokio::time::timeout(cfg.prepare_timeout, work)
-            .await
-            .map_err(|_| {
-                format!(
-                    "server {} did not prepare within {:?}",
-                    p.name, cfg.prepare_timeout
-                )
-            })?
+        let entry = self.by_deadline(&p, deadline, work).await?;
+        let watch = watch_prepared(p.name.clone(), stream, lost);
+        Ok((
+            Held {
+                part: p,
+                client,
+                _watch: watch,
+            },
+            entry,
+        ))
+    }
+
+    /// Runs one server's PREPARE step, failing it at the PREPARE deadline.
+    async fn by_deadline<T>(
+        &self,
+        p: &Participant,
+        deadline: tokio::time::Instant,
+        work: impl Future<Output = std::result::Result<T, String>>,
+    ) -> std::result::Result<T, String> {
+        tokio::time::timeout_at(deadline, work).await.map_err(|_| {
+            format!(
+                "server {} did not prepare within {:?}",
+                p.name, self.core.config.prepare_timeout
+            )
+        })?
     }
 
     async fn commit_one(&self, id: &str, term: u64, h: &Held) -> std::result::Result<(), String> {

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
+use futures::FutureExt as _;
 use serde::Serialize;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -114,6 +115,8 @@ pub struct Agent {
     transfer_done: tokio::sync::Notify,
     /// The highest coordinator term seen (fencing, see [`Agent::fence`]).
     term: std::sync::Mutex<u64>,
+    /// The armed prepare waiting for Go: its backup id and trigger.
+    armed: std::sync::Mutex<Option<(String, oneshot::Sender<()>)>>,
     shutdown: CancellationToken,
 }
 
@@ -135,6 +138,7 @@ impl Agent {
             info: std::sync::Mutex::new(None),
             transfer_done: tokio::sync::Notify::new(),
             term: std::sync::Mutex::new(0),
+            armed: std::sync::Mutex::new(None),
             shutdown,
         })
     }
@@ -170,11 +174,17 @@ impl Agent {
     /// Locks the server and captures the position. `caller_gone` resolves when
     /// whoever asked disappears; the returned receiver yields the release record
     /// once the lock is dropped, whatever dropped it.
+    ///
+    /// With `ready`, the prepare stops before the lock: it fires `ready` and
+    /// waits for [`Agent::go`] (bounded by the lease; a vanished caller or
+    /// shutdown cancels it, and nothing is locked).
     pub async fn prepare(
         self: &Arc<Self>,
         req: PrepareRequest,
+        ready: Option<oneshot::Sender<()>>,
         caller_gone: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(PreparedInfo, oneshot::Receiver<Released>)> {
+        let caller_gone = caller_gone.boxed().shared();
         if req.backup_id.is_empty() {
             return Err(Error::Config("backup id is empty".into()));
         }
@@ -188,7 +198,7 @@ impl Agent {
         let lease = req.lease.min(self.cfg.max_lease);
         let started_at = crate::now_rfc3339();
         let span = tracing::info_span!("prepare", backup = %req.backup_id, server = %self.cfg.name);
-        let prepared = cut::prepare(
+        let armed = cut::arm(
             &self.cfg.server,
             PrepareOptions {
                 budgets: req.budgets,
@@ -198,6 +208,12 @@ impl Agent {
         )
         .instrument(span.clone())
         .await?;
+        if let Some(ready) = ready {
+            self.wait_for_go(&req.backup_id, ready, lease, caller_gone.clone())
+                .instrument(span.clone())
+                .await?;
+        }
+        let prepared = armed.lock().instrument(span.clone()).await?;
         let _in_span = span.enter();
         *self.info.lock().expect("info lock") = Some(prepared.info.clone());
         let info = PreparedInfo {
@@ -247,6 +263,49 @@ impl Agent {
             }
         });
         Ok((info, out_rx))
+    }
+
+    /// Parks an armed prepare until [`Agent::go`] names its backup.
+    async fn wait_for_go(
+        &self,
+        backup_id: &str,
+        ready: oneshot::Sender<()>,
+        lease: Duration,
+        caller_gone: impl Future<Output = ()>,
+    ) -> Result<()> {
+        let (go_tx, go_rx) = oneshot::channel();
+        *self.armed.lock().unwrap_or_else(|p| p.into_inner()) = Some((backup_id.into(), go_tx));
+        let _ = ready.send(());
+        tracing::debug!("armed; waiting for Go");
+        let outcome = tokio::select! {
+            r = go_rx => r.map_err(|_| "Go was dropped"),
+            _ = tokio::time::sleep(lease) => Err("no Go arrived within the lease"),
+            _ = caller_gone => Err("the caller went away before Go"),
+            _ = self.shutdown.cancelled() => Err("the agent is shutting down"),
+        };
+        self.armed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take_if(|(id, _)| id == backup_id);
+        outcome.map_err(|why| Error::BadState {
+            backup_id: backup_id.into(),
+            reason: format!("{why}; nothing was locked"),
+        })
+    }
+
+    /// Locks the server of an armed prepare (see [`Agent::prepare`]).
+    pub fn go(&self, backup_id: &str) -> Result<()> {
+        let mut armed = self.armed.lock().unwrap_or_else(|p| p.into_inner());
+        match armed.take_if(|(id, _)| id == backup_id) {
+            Some((_, go)) => go.send(()).map_err(|()| Error::BadState {
+                backup_id: backup_id.into(),
+                reason: "its prepare ended before Go arrived".into(),
+            }),
+            None => Err(Error::BadState {
+                backup_id: backup_id.into(),
+                reason: "no prepare of this backup is waiting for Go".into(),
+            }),
+        }
     }
 
     /// Releases the lock of a prepared backup without committing it: the
@@ -525,10 +584,13 @@ impl Agent {
     }
 
     pub async fn status(&self) -> AgentStatus {
-        let slot = self.session.lock().await;
-        let (state, backup_id, held) = match slot.as_ref() {
-            None => ("idle", None, None),
-            Some(s) => match &s.stage {
+        // A prepare holds the session while it arms and locks; status does
+        // not wait for it.
+        let slot = self.session.try_lock();
+        let (state, backup_id, held) = match slot.as_deref() {
+            Err(_) => ("preparing", None, None),
+            Ok(None) => ("idle", None, None),
+            Ok(Some(s)) => match &s.stage {
                 Stage::Prepared(c) => (
                     "prepared",
                     Some(s.backup_id.clone()),

@@ -73,7 +73,8 @@ pub struct ServeArgs {
     /// needed when listening on 0.0.0.0.
     #[arg(long)]
     pub advertise: Option<String>,
-    /// This server's name in the catalog [default: the MySQL host:port].
+    /// This server's name in the catalog; required with --coordinators
+    /// (unique per cluster) [default: the MySQL host:port].
     #[arg(long)]
     pub name: Option<String>,
     /// Local server, mysql://USER[:PASSWORD]@HOST:PORT.
@@ -493,6 +494,7 @@ async fn cut(a: CutArgs) -> anyhow::Result<()> {
             budgets: None,
             snapshot_connections: 0,
             term: 0,
+            wait_for_go: false,
         })
         .await
         .map_err(|s| status_err(&a.agent, "prepare", s))?
@@ -630,7 +632,7 @@ async fn status(a: StatusArgs) -> anyhow::Result<()> {
             "agent_version": s.agent_version,
         }),
         format!(
-            "agent {}: {}{}\n  server  {} {} {} ({})\n  last release  {}",
+            "agent {}: {}{}{}\n  server  {} {} {} ({})\n  last release  {}",
             a.agent,
             s.state,
             if s.backup_id.is_empty() {
@@ -638,6 +640,7 @@ async fn status(a: StatusArgs) -> anyhow::Result<()> {
             } else {
                 format!(" (backup {})", s.backup_id)
             },
+            lock_line(s.lock_held, s.lock_held_for_us),
             server.name,
             server.flavour,
             server.version,
@@ -651,6 +654,16 @@ async fn status(a: StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The status line about the lock: empty unless it is held, then how long
+/// (`\n  lock    held for 12.3 ms`).
+fn lock_line(held: bool, held_for_us: u64) -> String {
+    if held {
+        format!("\n  lock    held for {:.1} ms", held_for_us as f64 / 1000.0)
+    } else {
+        String::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -659,6 +672,12 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn status_shows_how_long_the_lock_is_held() {
+        assert_eq!(lock_line(false, 0), "");
+        assert_eq!(lock_line(true, 12_345), "\n  lock    held for 12.3 ms");
     }
 
     #[test]

@@ -22,7 +22,9 @@ pub struct ServeConfig {
     /// URL the coordinators use to reach this agent; empty: `http://` and
     /// the bound listen address (which must then not be 0.0.0.0 or ::).
     pub advertise: String,
-    /// This server's name in the catalog; defaults to the MySQL host:port.
+    /// This server's name in the catalog. Standalone agents default to the
+    /// MySQL host:port; agents registering with coordinators must set it
+    /// (that default is 127.0.0.1:3306 on every host).
     pub name: String,
     /// `mysql://USER[:PASSWORD]@HOST:PORT` of the local server.
     pub mysql: String,
@@ -104,9 +106,15 @@ impl ServeConfig {
                 "cluster is empty but coordinators are set (--cluster NAME)".into(),
             ));
         }
-        if !self.advertise.is_empty()
-            && !(self.advertise.starts_with("http://") || self.advertise.starts_with("https://"))
-        {
+        if !self.coordinators.is_empty() && self.name.trim().is_empty() {
+            return Err(Error::Config(
+                "name is not set: agents registering with coordinators need a unique --name (e.g. the host name)".into(),
+            ));
+        }
+        let advertise_ok = self.advertise.is_empty()
+            || self.advertise.starts_with("http://")
+            || self.advertise.starts_with("https://");
+        if !advertise_ok {
             return Err(Error::Config(format!(
                 "advertise must be an http:// or https:// URL, got {:?}",
                 self.advertise
@@ -178,6 +186,7 @@ mod tests {
                 .contains("snapshot_connections")
         );
         cfg.snapshot_connections = 4;
+        cfg.name = "db1".into();
         cfg.coordinators = vec!["http://127.0.0.1:7300".into()];
         cfg.listen = "0.0.0.0:7400".parse().expect("address");
         let err = cfg.validate().expect_err("unspecified listen").to_string();
@@ -191,5 +200,26 @@ mod tests {
             .expect_err("typo")
             .to_string();
         assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn name_defaults_only_for_standalone_agents() {
+        let mut cfg = ServeConfig {
+            mysql: "mysql://root@127.0.0.1:3306".into(),
+            ..ServeConfig::default()
+        };
+        let agent = cfg.validate().expect("standalone agent without a name");
+        assert_eq!(agent.name, "127.0.0.1:3306");
+
+        cfg.coordinators = vec!["http://127.0.0.1:7300".into()];
+        let err = cfg.validate().expect_err("no name with coordinators");
+        assert!(matches!(err, Error::Config(_)), "{err:?}");
+        assert!(err.to_string().contains("unique --name"), "{err}");
+        cfg.name = "  ".into();
+        assert!(cfg.validate().is_err(), "a blank name is no name");
+
+        cfg.name = "db1".into();
+        let agent = cfg.validate().expect("named agent with coordinators");
+        assert_eq!(agent.name, "db1");
     }
 }

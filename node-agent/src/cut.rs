@@ -1,10 +1,10 @@
 //! Phase one of the cut on one server: pre-flight, pre-flush, lock, open the
 //! snapshots and capture the position — and the guard that releases the lock.
 //!
-//! Order matters and is kept in [`prepare`]: every connection is opened
-//! before the lock, so the time inside the lock is only the K
-//! `START TRANSACTION WITH CONSISTENT SNAPSHOT` round trips and the position
-//! query.
+//! Order matters and is kept in [`arm`] then [`Armed::lock`] (together:
+//! [`prepare`]): every connection is opened before the lock, so the time
+//! inside the lock is only the K `START TRANSACTION WITH CONSISTENT
+//! SNAPSHOT` round trips and the position query.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -240,6 +240,27 @@ pub struct PrepareOptions {
 /// Phase one on one server. On error nothing stays locked: the lock
 /// connection is released or closed before returning.
 pub async fn prepare(server: &Server, opts: PrepareOptions) -> Result<PreparedCut> {
+    arm(server, opts).await?.lock().await
+}
+
+/// A server made ready to lock: every connection open, pre-flight passed,
+/// tables pre-flushed. Nothing is locked; dropping it closes the connections.
+/// Arming every server first and then locking them all at once keeps the
+/// slow part of PREPARE out of the cluster's freeze window.
+#[derive(Debug)]
+pub struct Armed {
+    addr: String,
+    lock_conn: Conn,
+    watchdog: Conn,
+    snaps: Vec<Conn>,
+    info: ServerInfo,
+    method: LockMethod,
+    lock_wait: Duration,
+    preflight_us: u64,
+}
+
+/// Everything of phase one before the lock.
+pub async fn arm(server: &Server, opts: PrepareOptions) -> Result<Armed> {
     let addr = server.address();
     let started = Instant::now();
     let k = opts.snapshot_connections.max(1);
@@ -250,7 +271,7 @@ pub async fn prepare(server: &Server, opts: PrepareOptions) -> Result<PreparedCu
     info.require_binlog(addr)?;
     let method = info.resolve_lock_method(addr, opts.lock_method)?;
     let mut watchdog = server.connect("open watchdog connection").await?;
-    let mut snaps = try_join_all((0..k).map(|_| async {
+    let snaps = try_join_all((0..k).map(|_| async {
         let mut c = server.connect_data("open snapshot connection").await?;
         c.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             .await
@@ -285,67 +306,92 @@ pub async fn prepare(server: &Server, opts: PrepareOptions) -> Result<PreparedCu
             e => e,
         })?;
     }
-    let preflight_us = micros(started.elapsed());
-
-    // The lock.
-    let lock_started = Instant::now();
-    let blocking_since = match run_bounded(
-        &mut lock_conn,
-        &mut watchdog,
-        addr,
-        method.lock_sql(),
-        opts.budgets.lock_wait,
-    )
-    .await
-    {
-        Ok(sent) => sent,
-        Err(e) => {
-            // A lock that was granted at the last moment, or a BACKUP STAGE left at
-            // START, must not outlive us: unlock, and if that fails close.
-            if lock_conn.query_drop(method.unlock_sql()).await.is_err() {
-                drop(lock_conn);
-            }
-            return Err(match e {
-                Error::LockTimeout {
-                    server, budget_ms, ..
-                } => Error::LockTimeout {
-                    server,
-                    method: method_name(method),
-                    budget_ms,
-                },
-                e => e,
-            });
-        }
-    };
-    let locked_at = Instant::now();
-    // Hold time counts from the blocking statement, not from its answer:
-    // that is how long writers may have waited.
-    let locked_at_unix_us =
-        unix_micros(SystemTime::now()) - micros(blocking_since.elapsed()) as i64;
-    let lock = HeldLock {
-        conn: Some(lock_conn),
-        method,
-        server: addr.into(),
-        locked_at: blocking_since,
-    };
-    drop(watchdog);
-
-    // Inside the lock: snapshots, then the position.
-    let captured = capture(lock, &mut snaps, addr, &info).await?;
-    let (lock, position) = captured;
-    let timings = PrepareTimings {
-        preflight_us,
-        lock_wait_us: micros(locked_at - lock_started),
-        capture_us: micros(locked_at.elapsed()),
-        locked_at_unix_us,
-    };
-    Ok(PreparedCut {
-        lock,
-        snapshots: Snapshots { conns: snaps },
-        position,
+    Ok(Armed {
+        addr: addr.to_string(),
+        lock_conn,
+        watchdog,
+        snaps,
         info,
-        timings,
+        method,
+        lock_wait: opts.budgets.lock_wait,
+        preflight_us: micros(started.elapsed()),
     })
+}
+
+impl Armed {
+    /// The rest of phase one: lock, open the snapshots, capture the position.
+    pub async fn lock(self) -> Result<PreparedCut> {
+        let Armed {
+            addr,
+            mut lock_conn,
+            mut watchdog,
+            mut snaps,
+            info,
+            method,
+            lock_wait,
+            preflight_us,
+        } = self;
+        let addr = addr.as_str();
+        // The lock.
+        let lock_started = Instant::now();
+        let blocking_since = match run_bounded(
+            &mut lock_conn,
+            &mut watchdog,
+            addr,
+            method.lock_sql(),
+            lock_wait,
+        )
+        .await
+        {
+            Ok(sent) => sent,
+            Err(e) => {
+                // A lock that was granted at the last moment, or a BACKUP STAGE left at
+                // START, must not outlive us: unlock, and if that fails close.
+                if lock_conn.query_drop(method.unlock_sql()).await.is_err() {
+                    drop(lock_conn);
+                }
+                return Err(match e {
+                    Error::LockTimeout {
+                        server, budget_ms, ..
+                    } => Error::LockTimeout {
+                        server,
+                        method: method_name(method),
+                        budget_ms,
+                    },
+                    e => e,
+                });
+            }
+        };
+        let locked_at = Instant::now();
+        // Hold time counts from the blocking statement, not from its answer:
+        // that is how long writers may have waited.
+        let locked_at_unix_us =
+            unix_micros(SystemTime::now()) - micros(blocking_since.elapsed()) as i64;
+        let lock = HeldLock {
+            conn: Some(lock_conn),
+            method,
+            server: addr.into(),
+            locked_at: blocking_since,
+        };
+        drop(watchdog);
+
+        // Inside the lock: snapshots, then the position.
+        let captured = capture(lock, &mut snaps, addr, &info).await?;
+        let (lock, position) = captured;
+        let timings = PrepareTimings {
+            preflight_us,
+            lock_wait_us: micros(locked_at - lock_started),
+            capture_us: micros(locked_at.elapsed()),
+            locked_at_unix_us,
+        };
+        Ok(PreparedCut {
+            lock,
+            snapshots: Snapshots { conns: snaps },
+            position,
+            info,
+            timings,
+        })
+    }
 }
 
 /// Opens the snapshots and reads the position while `lock` is held; releases

@@ -11,7 +11,7 @@ use lockstep_proto::agent::node_agent_client::NodeAgentClient;
 use tonic::transport::Channel;
 
 use crate::ports;
-use crate::process::{ChildProcess, Signal, bin_path, remove_temp_dir, short_temp_dir};
+use crate::process::{ChildProcess, Supervised, bin_path, short_temp_dir};
 
 /// The agent binary's name in the target directory.
 pub const AGENT_BIN: &str = "lockstep-agent";
@@ -21,8 +21,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const READY_POLL: Duration = Duration::from_millis(10);
 /// How long one readiness probe (connect + `Status`) may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long `stop()` waits after SIGTERM before SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How many ports to try when another process takes the one we picked.
 const PORT_ATTEMPTS: usize = 10;
 /// Lines of the agent's log quoted in errors.
@@ -232,59 +230,6 @@ impl AgentProc {
         crate::process::file_tail(&self.log_path, n)
     }
 
-    /// The agent's PID, or `None` if it is not running.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(ChildProcess::pid)
-    }
-
-    /// True if the process is alive (a SIGSTOPped agent counts).
-    pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(ChildProcess::is_running)
-    }
-
-    /// Sends a signal to the agent.
-    pub fn signal(&mut self, sig: Signal) -> anyhow::Result<()> {
-        let name = self.opts.name.clone();
-        self.child
-            .as_mut()
-            .with_context(|| format!("cannot send {sig} to agent {name}: it is not running"))?
-            .signal(sig)
-    }
-
-    /// SIGSTOP: the agent freezes (its sockets stay open, nothing answers).
-    pub fn pause(&mut self) -> anyhow::Result<()> {
-        self.signal(Signal::Stop)
-    }
-
-    /// SIGCONT after [`AgentProc::pause`].
-    pub fn resume(&mut self) -> anyhow::Result<()> {
-        self.signal(Signal::Cont)
-    }
-
-    /// Crash: SIGKILL and reap.
-    pub fn kill(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            let status = child
-                .kill()
-                .with_context(|| format!("kill agent {}", self.opts.name))?;
-            tracing::info!(agent = self.opts.name, %status, "agent killed");
-        }
-        Ok(())
-    }
-
-    /// Clean shutdown: SIGTERM, wait up to 10 s, then SIGKILL. Returns the
-    /// exit status (`None` if it was not running).
-    pub fn stop(&mut self) -> anyhow::Result<Option<ExitStatus>> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(None);
-        };
-        let status = child
-            .terminate(STOP_GRACE)
-            .with_context(|| format!("stop agent {}", self.opts.name))?;
-        tracing::info!(agent = self.opts.name, %status, "agent stopped");
-        Ok(Some(status))
-    }
-
     /// Stops the agent if it runs, then starts it again with the same
     /// options on the same port.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
@@ -296,16 +241,28 @@ impl AgentProc {
     }
 }
 
+impl Supervised for AgentProc {
+    fn child(&self) -> Option<&ChildProcess> {
+        self.child.as_ref()
+    }
+
+    fn child_slot(&mut self) -> &mut Option<ChildProcess> {
+        &mut self.child
+    }
+
+    fn label(&self) -> String {
+        format!("agent {}", self.opts.name)
+    }
+
+    fn kind(&self) -> &'static str {
+        "agent"
+    }
+}
+
 impl Drop for AgentProc {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take()
-            && let Err(e) = child.kill()
-        {
-            tracing::warn!(agent = self.opts.name, error = %format!("{e:#}"), "kill agent on drop");
-        }
-        if let Some(dir) = self.dir.take() {
-            remove_temp_dir(dir, &format!("agent {}", self.opts.name));
-        }
+        let dir = self.dir.take();
+        self.release(dir);
     }
 }
 

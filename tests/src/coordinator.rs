@@ -4,7 +4,7 @@
 //! and [`run_lockstep`] for runs of the `lockstep` CLI against a group.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -13,7 +13,7 @@ use lockstep_proto::coordinator::{Member, NodeStatusRequest};
 
 use crate::agent::{CliOutput, run_cli};
 use crate::ports;
-use crate::process::{ChildProcess, Signal, bin_path, remove_temp_dir, short_temp_dir};
+use crate::process::{ChildProcess, Supervised, bin_path, short_temp_dir};
 
 /// The coordinator binary's name in the target directory.
 pub const COORDINATOR_BIN: &str = "lockstep-coordinator";
@@ -25,8 +25,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(20);
 /// How long one probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long `stop()` waits after SIGTERM before SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Lines of a log quoted in errors.
 const LOG_TAIL_LINES: usize = 30;
 /// How long one `lockstep` CLI run may take.
@@ -140,48 +138,11 @@ impl CoordinatorProc {
         crate::process::file_tail(&self.log_path, n)
     }
 
-    /// True if the process runs.
-    pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(ChildProcess::is_running)
-    }
-
     /// Its raft state as `NodeStatus` reports it.
     pub async fn status(&self) -> anyhow::Result<Member> {
         tokio::time::timeout(PROBE_TIMEOUT, node_status(&self.url()))
             .await
             .with_context(|| format!("coordinator {} NodeStatus timed out", self.id))?
-    }
-
-    /// Sends a signal.
-    pub fn signal(&mut self, sig: Signal) -> anyhow::Result<()> {
-        let id = self.id;
-        self.child
-            .as_mut()
-            .with_context(|| format!("cannot send {sig} to coordinator {id}: it is not running"))?
-            .signal(sig)
-    }
-
-    /// Crash: SIGKILL and reap.
-    pub fn kill(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            let status = child
-                .kill()
-                .with_context(|| format!("kill coordinator {}", self.id))?;
-            tracing::info!(id = self.id, %status, "coordinator killed");
-        }
-        Ok(())
-    }
-
-    /// SIGTERM, then SIGKILL after 10 s.
-    pub fn stop(&mut self) -> anyhow::Result<Option<ExitStatus>> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(None);
-        };
-        let status = child
-            .terminate(STOP_GRACE)
-            .with_context(|| format!("stop coordinator {}", self.id))?;
-        tracing::info!(id = self.id, %status, "coordinator stopped");
-        Ok(Some(status))
     }
 
     /// Like [`CoordinatorProc::restart`], with `peers` from now on.
@@ -199,16 +160,28 @@ impl CoordinatorProc {
     }
 }
 
+impl Supervised for CoordinatorProc {
+    fn child(&self) -> Option<&ChildProcess> {
+        self.child.as_ref()
+    }
+
+    fn child_slot(&mut self) -> &mut Option<ChildProcess> {
+        &mut self.child
+    }
+
+    fn label(&self) -> String {
+        format!("coordinator {}", self.id)
+    }
+
+    fn kind(&self) -> &'static str {
+        "coordinator"
+    }
+}
+
 impl Drop for CoordinatorProc {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take()
-            && let Err(e) = child.kill()
-        {
-            tracing::warn!(id = self.id, error = %format!("{e:#}"), "kill coordinator on drop");
-        }
-        if let Some(dir) = self.dir.take() {
-            remove_temp_dir(dir, &format!("coordinator {}", self.id));
-        }
+        let dir = self.dir.take();
+        self.release(dir);
     }
 }
 

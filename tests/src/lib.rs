@@ -5,8 +5,9 @@
 //!
 //! Modules:
 //! - [`process`]: generic child processes (spawn with a log file, signals by
-//!   PID, wait with a deadline, kill and reap on drop), temp dirs, and
-//!   [`process::bin_path`] for the workspace's binaries.
+//!   PID, wait with a deadline, kill and reap on drop), temp dirs,
+//!   [`process::bin_path`] for the workspace's binaries, and [`Supervised`],
+//!   the signal/pause/resume/kill/stop methods every harness process shares.
 //! - [`ports`]: free TCP ports and "address already in use" detection.
 //! - [`mariadb`]: [`MariaDb`], one real server from a shared template datadir,
 //!   with query helpers, stop/kill/restart and signals.
@@ -51,4 +52,4 @@ pub use compare::{assert_same_data, checksum_tables, dump_text};
 pub use coordinator::{CoordinatorGroup, CoordinatorProc, run_lockstep};
 pub use logging::init_tracing;
 pub use mariadb::{MariaDb, MariaDbOptions};
-pub use process::{ChildProcess, Signal, bin_path};
+pub use process::{ChildProcess, Signal, Supervised, bin_path};

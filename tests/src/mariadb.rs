@@ -18,7 +18,7 @@ use mysql_async::prelude::{FromRow, Queryable as _};
 use mysql_async::{Conn, Opts, OptsBuilder, Pool};
 
 use crate::ports;
-use crate::process::{ChildProcess, Signal, file_tail, remove_temp_dir, short_temp_dir};
+use crate::process::{ChildProcess, Supervised, file_tail, short_temp_dir};
 
 /// How long a server may take to accept a connection after it is started.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -26,8 +26,6 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const READY_POLL: Duration = Duration::from_millis(10);
 /// How long one readiness probe (connect + query) may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long `stop()` waits after SIGTERM before SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How many ports to try when another process takes the one we picked.
 const PORT_ATTEMPTS: usize = 10;
 /// Lines of error.log quoted in errors.
@@ -494,16 +492,6 @@ impl MariaDb {
         file_tail(&self.error_log_path(), n)
     }
 
-    /// The server's PID, or `None` if it is not running (stopped or killed).
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(ChildProcess::pid)
-    }
-
-    /// True if the server process is alive (a SIGSTOPped server counts).
-    pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(ChildProcess::is_running)
-    }
-
     /// Connection options (TCP, root, no password).
     pub fn opts(&self) -> Opts {
         root_opts(self.port)
@@ -595,50 +583,6 @@ impl MariaDb {
         }
     }
 
-    /// Sends a signal to the server (e.g. [`Signal::Stop`] to freeze it).
-    pub fn signal(&mut self, sig: Signal) -> anyhow::Result<()> {
-        let name = self.name.clone();
-        self.child
-            .as_mut()
-            .with_context(|| format!("cannot send {sig} to {name}: it is not running"))?
-            .signal(sig)
-    }
-
-    /// SIGSTOP: the server freezes (connections stay open, nothing answers).
-    pub fn pause(&mut self) -> anyhow::Result<()> {
-        self.signal(Signal::Stop)
-    }
-
-    /// SIGCONT after [`MariaDb::pause`].
-    pub fn resume(&mut self) -> anyhow::Result<()> {
-        self.signal(Signal::Cont)
-    }
-
-    /// Clean shutdown: SIGTERM, wait up to 10 s, then SIGKILL. The datadir
-    /// stays; [`MariaDb::restart`] starts it again. Blocks the thread (about
-    /// 30 ms for an idle server).
-    pub fn stop(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            let status = child
-                .terminate(STOP_GRACE)
-                .with_context(|| format!("stop {}", self.name))?;
-            tracing::info!(server = self.name, %status, "mariadbd stopped");
-        }
-        Ok(())
-    }
-
-    /// Crash: SIGKILL and reap. The datadir stays (InnoDB recovers on
-    /// [`MariaDb::restart`]).
-    pub fn kill(&mut self) -> anyhow::Result<()> {
-        if let Some(mut child) = self.child.take() {
-            let status = child
-                .kill()
-                .with_context(|| format!("kill {}", self.name))?;
-            tracing::info!(server = self.name, %status, "mariadbd killed");
-        }
-        Ok(())
-    }
-
     /// Stops the server if it is running, then starts it again on the same
     /// datadir and port; returns once it answers queries.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
@@ -650,16 +594,30 @@ impl MariaDb {
     }
 }
 
+/// Signals, pause/resume, `kill` (a crash: InnoDB recovers on
+/// [`MariaDb::restart`]) and `stop` (a clean shutdown, about 30 ms for an idle
+/// server); the datadir stays either way.
+impl Supervised for MariaDb {
+    fn child(&self) -> Option<&ChildProcess> {
+        self.child.as_ref()
+    }
+
+    fn child_slot(&mut self) -> &mut Option<ChildProcess> {
+        &mut self.child
+    }
+
+    fn label(&self) -> String {
+        self.name.clone()
+    }
+
+    fn kind(&self) -> &'static str {
+        "mariadbd"
+    }
+}
+
 impl Drop for MariaDb {
     fn drop(&mut self) {
-        // SIGKILL rather than a clean shutdown: the files are deleted next.
-        if let Some(mut child) = self.child.take()
-            && let Err(e) = child.kill()
-        {
-            tracing::warn!(server = self.name, error = %format!("{e:#}"), "kill mariadbd on drop");
-        }
-        if let Some(dir) = self.dir.take() {
-            remove_temp_dir(dir, &self.name);
-        }
+        let dir = self.dir.take();
+        self.release(dir);
     }
 }

@@ -97,6 +97,7 @@ pub async fn prepare(
             budgets,
             snapshot_connections: 2,
             term: 0,
+            wait_for_go: false,
         })
         .await?
         .into_inner();

@@ -5,6 +5,10 @@
 //! hold, by its PID, never by name, and only while it has not been reaped (so a
 //! recycled PID can never be hit). Dropping a [`ChildProcess`] kills and reaps
 //! it: no orphans, no zombies.
+//!
+//! The harness's long-lived processes ([`crate::MariaDb`], [`crate::AgentProc`],
+//! [`crate::CoordinatorProc`]) implement [`Supervised`], which gives them the
+//! same signal/pause/resume/kill/stop methods.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -17,6 +21,8 @@ use anyhow::{Context as _, bail};
 
 /// How often [`ChildProcess::wait_exit`] looks at the child.
 const EXIT_POLL: Duration = Duration::from_millis(5);
+/// How long [`Supervised::stop`] waits after SIGTERM before SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// The signals tests send to processes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,6 +291,98 @@ impl Drop for ChildProcess {
     fn drop(&mut self) {
         if let Err(e) = self.kill() {
             tracing::warn!(name = self.name, pid = self.child.id(), error = %format!("{e:#}"), "kill on drop");
+        }
+    }
+}
+
+/// A harness process that owns at most one [`ChildProcess`] at a time (none
+/// while it is stopped or killed) and can be started again by its owner.
+///
+/// Implementors supply the child slot and names; the signal, pause, resume,
+/// kill and stop methods are shared. Bring the trait into scope to call them
+/// (`use lockstep_tests::Supervised;`).
+pub trait Supervised {
+    /// The running process, if any.
+    fn child(&self) -> Option<&ChildProcess>;
+
+    /// The slot holding the running process; `kill` and `stop` empty it.
+    fn child_slot(&mut self) -> &mut Option<ChildProcess>;
+
+    /// How errors name it (e.g. `agent a1`, `coordinator 2`).
+    fn label(&self) -> String;
+
+    /// What kind of process it is, for log lines (e.g. `mariadbd`, `agent`).
+    fn kind(&self) -> &'static str;
+
+    /// The PID, or `None` if it is not running (stopped or killed).
+    fn pid(&self) -> Option<u32> {
+        self.child().map(ChildProcess::pid)
+    }
+
+    /// True if the process is alive (a SIGSTOPped process counts).
+    fn is_running(&mut self) -> bool {
+        self.child_slot()
+            .as_mut()
+            .is_some_and(ChildProcess::is_running)
+    }
+
+    /// Sends a signal to the process.
+    fn signal(&mut self, sig: Signal) -> anyhow::Result<()> {
+        let label = self.label();
+        self.child_slot()
+            .as_mut()
+            .with_context(|| format!("cannot send {sig} to {label}: it is not running"))?
+            .signal(sig)
+    }
+
+    /// SIGSTOP: the process freezes (its sockets and connections stay open,
+    /// nothing answers).
+    fn pause(&mut self) -> anyhow::Result<()> {
+        self.signal(Signal::Stop)
+    }
+
+    /// SIGCONT after [`Supervised::pause`].
+    fn resume(&mut self) -> anyhow::Result<()> {
+        self.signal(Signal::Cont)
+    }
+
+    /// Crash: SIGKILL and reap. Its files stay (a restart recovers from
+    /// them). A no-op if it is not running.
+    fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child_slot().take() {
+            let status = child
+                .kill()
+                .with_context(|| format!("kill {}", self.label()))?;
+            tracing::info!(name = %self.label(), %status, "{} killed", self.kind());
+        }
+        Ok(())
+    }
+
+    /// Clean shutdown: SIGTERM, wait up to [`STOP_GRACE`] (10 s), then
+    /// SIGKILL. Its files stay. Returns the exit status (`None` if it was
+    /// not running). Blocks the thread.
+    fn stop(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        let Some(mut child) = self.child_slot().take() else {
+            return Ok(None);
+        };
+        let status = child
+            .terminate(STOP_GRACE)
+            .with_context(|| format!("stop {}", self.label()))?;
+        tracing::info!(name = %self.label(), %status, "{} stopped", self.kind());
+        Ok(Some(status))
+    }
+
+    /// For `Drop`: SIGKILL the process (no clean shutdown: its files are
+    /// deleted next), then remove `dir`, its temp dir (or keep it under
+    /// `LOCKSTEP_KEEP_TMP`). Errors are logged, not returned.
+    fn release(&mut self, dir: Option<tempfile::TempDir>) {
+        if let Some(mut child) = self.child_slot().take()
+            && let Err(e) = child.kill()
+        {
+            tracing::warn!(name = %self.label(), error = %format!("{e:#}"), "kill {} on drop", self.kind());
+        }
+        if let Some(dir) = dir {
+            remove_temp_dir(dir, &self.label());
         }
     }
 }

@@ -12,7 +12,8 @@
 use std::time::{Duration, Instant};
 
 use lockstep_tests::{
-    AgentOptions, AgentProc, CausalWriter, CoordinatorGroup, MariaDb, Target, run_lockstep, step,
+    AgentOptions, AgentProc, CausalWriter, CoordinatorGroup, MariaDb, Supervised, Target,
+    run_lockstep, step,
 };
 use serde_json::Value;
 

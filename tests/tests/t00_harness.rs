@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use lockstep_tests::process::{ChildProcess, Signal, pid_exists};
 use lockstep_tests::{
-    CausalWriter, MariaDb, MariaDbOptions, Target, assert_same_data, bin_path, check_chain,
-    init_tracing, step,
+    CausalWriter, MariaDb, MariaDbOptions, Supervised, Target, assert_same_data, bin_path,
+    check_chain, init_tracing, step,
 };
 
 /// Two servers: distinct ports and ids, binlogs on, writes and reads, data

@@ -144,6 +144,98 @@ async fn lock_is_held_until_commit() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Two-step prepare: with `wait_for_go` the agent answers READY with nothing
+/// locked (writes still commit) and locks only on GO; a GO for another
+/// backup is refused; a caller that goes away while armed leaves nothing
+/// locked and the agent idle.
+#[tokio::test]
+async fn armed_prepare_locks_only_on_go() -> anyhow::Result<()> {
+    let (db, agent) = server_and_agent("go", &[]).await?;
+    let mut client = agent.client().await?;
+    let request = |id: &str| pb::PrepareRequest {
+        backup_id: id.into(),
+        lease_ms: 30_000,
+        budgets: None,
+        snapshot_connections: 1,
+        term: 0,
+        wait_for_go: true,
+    };
+    let event = |m: Option<pb::PrepareEvent>| m.and_then(|m| m.event);
+
+    step!("READY: armed, nothing locked");
+    let mut events = client.prepare(request("b-go")).await?.into_inner();
+    assert!(
+        matches!(
+            event(events.message().await?),
+            Some(pb::prepare_event::Event::Ready(_))
+        ),
+        "no READY"
+    );
+    assert!(
+        write_commits_within(&db, Duration::from_secs(2)).await?,
+        "a write blocked while only armed"
+    );
+    let err = client
+        .go(pb::GoRequest {
+            backup_id: "other".into(),
+            term: 0,
+        })
+        .await
+        .expect_err("GO for another backup");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+
+    step!("GO: locked and PREPARED");
+    client
+        .go(pb::GoRequest {
+            backup_id: "b-go".into(),
+            term: 0,
+        })
+        .await?;
+    assert!(
+        matches!(
+            event(events.message().await?),
+            Some(pb::prepare_event::Event::Prepared(_))
+        ),
+        "no PREPARED"
+    );
+    assert!(
+        !write_commits_within(&db, Duration::from_millis(300)).await?,
+        "a write committed while locked"
+    );
+    client
+        .commit(pb::CommitRequest {
+            backup_id: "b-go".into(),
+            term: 0,
+        })
+        .await?;
+    client
+        .abort(pb::AbortRequest {
+            backup_id: "b-go".into(),
+            reason: "test done".into(),
+            term: 0,
+        })
+        .await?;
+
+    step!("a caller gone while armed leaves nothing locked");
+    let mut events = client.prepare(request("b-gone")).await?.into_inner();
+    assert!(matches!(
+        event(events.message().await?),
+        Some(pb::prepare_event::Event::Ready(_))
+    ));
+    drop(events);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let st = client.status(pb::StatusRequest {}).await?.into_inner();
+        if st.state == "idle" {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "agent not idle: {st:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(write_commits_within(&db, Duration::from_secs(2)).await?);
+    Ok(())
+}
+
 /// Fencing: once a coordinator leader of term N has called, calls from a
 /// lower term (a deposed leader) are refused and change nothing; the lock
 /// and the snapshots stay with the current leader's backup.
@@ -166,6 +258,7 @@ async fn deposed_coordinator_is_fenced_off() -> anyhow::Result<()> {
             budgets: None,
             snapshot_connections: 1,
             term: 7,
+            wait_for_go: false,
         })
         .await?
         .into_inner();

@@ -6,9 +6,10 @@
 use std::time::{Duration, Instant};
 
 use lockstep_tests::{
-    AgentOptions, AgentProc, CausalWriter, CoordinatorGroup, CoordinatorProc, MariaDb, Target,
-    check_chain, run_lockstep, step,
+    AgentOptions, AgentProc, CausalWriter, CoordinatorGroup, CoordinatorProc, MariaDb, Supervised,
+    Target, check_chain, run_lockstep, step,
 };
+use mysql_async::prelude::Queryable;
 use serde_json::Value;
 
 /// The cluster name every agent registers under.
@@ -23,6 +24,11 @@ struct Cluster {
 
 impl Cluster {
     async fn start(prefix: &str) -> anyhow::Result<Cluster> {
+        Cluster::start_with(prefix, &[]).await
+    }
+
+    /// Like [`Cluster::start`], with `agent_args` for every agent.
+    async fn start_with(prefix: &str, agent_args: &[&str]) -> anyhow::Result<Cluster> {
         let names: Vec<String> = (0..3).map(|i| format!("{prefix}{i}")).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         step!("start 3 MariaDB servers and 3 coordinators");
@@ -40,6 +46,8 @@ impl Cluster {
                 "--coordinators".into(),
                 urls.clone(),
             ];
+            opts.extra_args
+                .extend(agent_args.iter().map(|a| a.to_string()));
             AgentProc::start(opts)
         });
         let agents = futures::future::try_join_all(starts).await?;
@@ -78,6 +86,27 @@ impl Cluster {
 
     async fn cli(&self, args: &[&str]) -> anyhow::Result<lockstep_tests::CliOutput> {
         run_lockstep(&self.group.urls(), args).await
+    }
+
+    /// Waits until agent `i` holds its server's lock for a backup.
+    async fn wait_locked(&self, i: usize) -> anyhow::Result<()> {
+        let mut client = self.agents[i].client().await?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let st = client
+                .status(lockstep_proto::agent::StatusRequest {})
+                .await?
+                .into_inner();
+            if st.lock_held {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "agent {} never locked: {st:?}",
+                self.agents[i].name()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// After a fault: the next backup of the cluster completes.
@@ -371,47 +400,30 @@ async fn new_leader_resolves_the_inherited_backup_and_the_catalog_survives_a_res
     Ok(())
 }
 
-/// SIGKILL the leader while a backup waits at the barrier (one agent is
-/// SIGSTOPped, the other two hold their locks): the new leader aborts the
+/// SIGKILL the leader while a backup waits at the barrier (kp2's lock is
+/// queued behind another BACKUP STAGE, kp0 and kp1 hold theirs): the new leader aborts the
 /// inherited backup everywhere and fails it saying the cut was never
 /// committed; every server takes writes again and the next backup succeeds.
 #[tokio::test]
 async fn leader_killed_during_prepare_fails_the_backup_and_unlocks_everything() -> anyhow::Result<()>
 {
-    let mut cluster = Cluster::start("kp").await?;
+    let mut cluster = Cluster::start_with("kp", SLOW_LOCK_ARGS).await?;
     let writer = CausalWriter::start(cluster.chain()).await?;
     writer.wait_committed(50, Duration::from_secs(60)).await?;
 
-    step!("SIGSTOP agent kp2, start a backup, wait until kp0 and kp1 are prepared");
-    cluster.agents[2].pause()?;
+    step!("hold BACKUP STAGE on kp2, start a backup, wait until kp0 and kp1 are locked");
+    let blocker = hold_backup_stage(&cluster.servers[2]).await?;
     let started = cluster
         .cli_json(&["backup", "start", "--cluster", CLUSTER])
         .await?;
     let id = started["id"].as_str().expect("id").to_string();
     let leader = cluster.group.wait_leader(Duration::from_secs(10)).await?;
-    let deadline = Instant::now() + Duration::from_secs(4);
-    loop {
-        let shown = cluster.cli_json(&["catalog", "show", &id]).await?;
-        let prepared = shown["servers"].as_array().map_or(0, |l| {
-            l.iter().filter(|s| s["binlog_file"].is_string()).count()
-        });
-        if prepared == 2 {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline && shown["status"] == "PREPARING",
-            "kp0 and kp1 not prepared in time: {shown}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    cluster.wait_locked(0).await?;
+    cluster.wait_locked(1).await?;
 
-    step!(
-        "SIGKILL the leader (coordinator {}), SIGCONT kp2",
-        leader + 1
-    );
+    step!("SIGKILL the leader (coordinator {})", leader + 1);
     cluster.group.members[leader].kill()?;
     let killed_at = Instant::now();
-    cluster.agents[2].resume()?;
     let resolved = loop {
         let out = cluster.cli(&["--json", "catalog", "show", &id]).await?;
         if out.status.success() {
@@ -437,6 +449,7 @@ async fn leader_killed_during_prepare_fails_the_backup_and_unlocks_everything() 
     assert_eq!(resolved["status"], "FAILED", "{resolved}");
     let reason = resolved["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("before the cut was committed"), "{reason}");
+    drop(blocker);
 
     step!("every server takes writes again");
     writes_resume(&writer).await?;
@@ -500,36 +513,26 @@ async fn stopped_agent_fails_the_backup_naming_it() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// An agent SIGKILLed while it holds its server's lock and another agent is
-/// still preparing: the backup fails at once naming it (not at the PREPARE
-/// deadline of the slow one), its server is unlocked (the lock lived on the
+/// An agent SIGKILLed while it holds its server's lock and another server's
+/// lock is still queued: the backup fails at once naming it (not at the
+/// slow one's lock-wait budget), its server is unlocked (the lock lived on the
 /// dead agent's connection), and once the agent is back the next backup
 /// succeeds.
 #[tokio::test]
 async fn agent_killed_during_prepare_fails_the_backup_naming_it() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start("ka").await?;
+    let mut cluster = Cluster::start_with("ka", SLOW_LOCK_ARGS).await?;
     let writer = CausalWriter::start(cluster.chain()).await?;
     writer.wait_committed(50, Duration::from_secs(60)).await?;
 
-    step!("SIGSTOP agent ka2 so the barrier waits; start a backup");
-    cluster.agents[2].pause()?;
+    step!("hold BACKUP STAGE on ka2 so the barrier waits; start a backup");
+    let blocker = hold_backup_stage(&cluster.servers[2]).await?;
     let started = cluster
         .cli_json(&["backup", "start", "--cluster", CLUSTER])
         .await?;
     let id = started["id"].as_str().expect("id").to_string();
 
     step!("once ka1 holds its lock, SIGKILL its agent");
-    let mut client = cluster.agents[1].client().await?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !client
-        .status(lockstep_proto::agent::StatusRequest {})
-        .await?
-        .into_inner()
-        .lock_held
-    {
-        anyhow::ensure!(Instant::now() < deadline, "ka1 never locked");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    cluster.wait_locked(1).await?;
     cluster.agents[1].kill()?;
 
     step!("the backup fails naming ka1, not ka2's missed deadline");
@@ -553,7 +556,7 @@ async fn agent_killed_during_prepare_fails_the_backup_naming_it() -> anyhow::Res
     assert!(!reason.contains("ka2"), "{reason}");
 
     step!("every server takes writes; the agent comes back; the next backup succeeds");
-    cluster.agents[2].resume()?;
+    drop(blocker);
     writes_resume(&writer).await?;
     cluster.agents[1].restart().await?;
     cluster.next_backup_completes().await?;
@@ -625,6 +628,19 @@ async fn coordinators_that_disagree_on_membership_are_refused() -> anyhow::Resul
     );
     drop(c3);
     Ok(())
+}
+
+/// Agent options that let a lock wait up to 4 s (less than the 5 s PREPARE
+/// deadline), with [`hold_backup_stage`] to make one server's lock wait.
+const SLOW_LOCK_ARGS: &[&str] = &["--lock-wait-budget", "4s"];
+
+/// Holds `BACKUP STAGE START` on `db` from an idle connection: pre-flight
+/// passes, and an agent's own BACKUP STAGE queues behind it until its
+/// lock-wait budget. Dropping the connection ends it.
+async fn hold_backup_stage(db: &MariaDb) -> anyhow::Result<mysql_async::Conn> {
+    let mut conn = db.conn().await?;
+    conn.query_drop("BACKUP STAGE START").await?;
+    Ok(conn)
 }
 
 /// After a fault: no server stays locked, so the causal chain keeps growing.

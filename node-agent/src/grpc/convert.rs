@@ -85,6 +85,13 @@ pub fn released(r: &Released) -> pb::Released {
     }
 }
 
+/// The `ready` event of a two-step prepare.
+pub fn ready_event() -> pb::PrepareEvent {
+    pb::PrepareEvent {
+        event: Some(pb::prepare_event::Event::Ready(pb::Ready {})),
+    }
+}
+
 pub fn released_event(r: &Released) -> pb::PrepareEvent {
     pb::PrepareEvent {
         event: Some(pb::prepare_event::Event::Released(released(r))),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::Stream;
 use lockstep_proto::agent as pb;
 use lockstep_proto::agent::node_agent_server::NodeAgent;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -46,26 +46,58 @@ impl NodeAgent for AgentService {
         &self,
         request: Request<pb::PrepareRequest>,
     ) -> Result<Response<Self::PrepareStream>, Status> {
-        let cfg = self.agent.config();
         let r = request.into_inner();
         self.fence(r.term)?;
-        let req = convert::prepare_request(r, cfg);
+        let wait_for_go = r.wait_for_go;
+        let req = convert::prepare_request(r, self.agent.config());
         let (tx, rx) = mpsc::channel(4);
-        let (info, released) = self
-            .agent
-            .prepare(req, receiver_dropped(tx.clone()))
-            .await
-            .map_err(|e| {
+        let err_tx = tx.clone();
+        let agent = self.agent.clone();
+        let run = async move {
+            let (ready_tx, ready_rx) = oneshot::channel();
+            let ready = wait_for_go.then_some(ready_tx);
+            let tell_ready = async {
+                if ready_rx.await.is_ok() {
+                    let _ = tx.send(Ok(convert::ready_event())).await;
+                }
+            };
+            let (prepared, ()) = futures::join!(
+                agent.prepare(req, ready, receiver_dropped(tx.clone())),
+                tell_ready
+            );
+            let (info, released) = prepared.map_err(|e| {
                 tracing::warn!(error = %e, "prepare refused");
                 convert::to_status(&e)
             })?;
-        let _ = tx.send(Ok(convert::prepared(&info, cfg))).await;
-        tokio::spawn(async move {
-            if let Ok(r) = released.await {
-                let _ = tx.send(Ok(convert::released_event(&r))).await;
-            }
-        });
+            let _ = tx.send(Ok(convert::prepared(&info, agent.config()))).await;
+            tokio::spawn(async move {
+                if let Ok(r) = released.await {
+                    let _ = tx.send(Ok(convert::released_event(&r))).await;
+                }
+            });
+            Ok::<_, Status>(())
+        };
+        if wait_for_go {
+            // Answer at once: `ready` must reach the caller before it sends
+            // Go; a failure becomes the stream's final status.
+            tokio::spawn(async move {
+                if let Err(s) = run.await {
+                    let _ = err_tx.send(Err(s)).await;
+                }
+            });
+        } else {
+            run.await?;
+        }
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn go(&self, request: Request<pb::GoRequest>) -> Result<Response<pb::GoReply>, Status> {
+        let r = request.into_inner();
+        self.fence(r.term)?;
+        self.agent
+            .go(&r.backup_id)
+            .map_err(|e| convert::to_status(&e))?;
+        Ok(Response::new(pb::GoReply {}))
     }
 
     async fn commit(
