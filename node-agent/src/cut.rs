@@ -98,8 +98,11 @@ impl HeldLock {
         let held = self.locked_at.elapsed();
         match result {
             Ok(()) => {
-                // The lock connection has no further use.
-                let _ = conn.disconnect().await;
+                // The lock connection has no further use; closing it is off
+                // the critical path (the release instant is taken now).
+                tokio::spawn(async move {
+                    let _ = conn.disconnect().await;
+                });
                 Ok(held)
             }
             Err(e) => {

@@ -474,8 +474,9 @@ impl<S: StateMachine> RaftTask<S> {
     }
 
     /// Apply committed entries; the state machine image, the applied index
-    /// and any new conf state are written in one transaction before any
-    /// waiter hears about them.
+    /// and any new conf state are then written in one transaction (after
+    /// the waiters hear their outcome: that write is off the proposer's
+    /// critical path).
     fn apply(&mut self, entries: Vec<Entry>) -> Result<()> {
         let mut last = self.applied;
         let mut outcomes = Vec::new();
@@ -529,14 +530,9 @@ impl<S: StateMachine> RaftTask<S> {
         if last == self.applied {
             return Ok(());
         }
-        let image = sm_changed.then(|| self.sm.snapshot());
-        self.raw
-            .store()
-            .record_applied(last, new_conf.as_ref(), image.as_deref())?;
-        self.applied = last;
-        if let Some(cs) = new_conf {
-            self.conf_state = cs;
-        }
+        // Waiters hear first: their entries are committed (durable on a
+        // quorum), so the outcome is decided; a crash before the apply below
+        // is durable just applies them again from the log on restart.
         for (at, outcome) in outcomes {
             let Some(w) = self.waiters.remove(&at.index) else {
                 continue;
@@ -559,6 +555,14 @@ impl<S: StateMachine> RaftTask<S> {
                 }
                 (Waiter::Read { read, .. }, _) => read(Ok(&self.sm)),
             }
+        }
+        let image = sm_changed.then(|| self.sm.snapshot());
+        self.raw
+            .store()
+            .record_applied(last, new_conf.as_ref(), image.as_deref())?;
+        self.applied = last;
+        if let Some(cs) = new_conf {
+            self.conf_state = cs;
         }
         self.maybe_compact()
     }
