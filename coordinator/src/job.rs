@@ -306,6 +306,13 @@ impl Jobs {
             })
             .await
             .map_err(|e| format!("commit the cut in the catalog: {e}"))?;
+        #[cfg(feature = "failpoints")]
+        if let Some(ms) = fail::eval("after-commit-cut", |arg| {
+            arg.and_then(|a| a.parse::<u64>().ok()).unwrap_or(5000)
+        }) {
+            warn!(ms, "fail point after-commit-cut: pausing before COMMIT");
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
 
         // Phase 2: COMMIT (unlock) everywhere.
         let commits = held.iter().map(|h| self.commit_one(id, term, h));

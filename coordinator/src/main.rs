@@ -8,6 +8,8 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
+    // Fault injection (only with the `failpoints` feature): FAILPOINTS.
+    let _failpoints = fail::FailScenario::setup();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()),

@@ -27,6 +27,11 @@ use crate::format::manifest::{LockRecord, Manifest};
 use crate::mysql::Server;
 use crate::progress::Progress;
 
+/// The release reason when the Prepare caller went away.
+const CALLER_GONE: &str = "caller-gone";
+/// How long snapshots are kept after the caller went away (see `expire`).
+const CALLER_GONE_KEEP: Duration = Duration::from_secs(60);
+
 /// Why and when a lock was released.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Released {
@@ -93,6 +98,9 @@ struct Session {
     /// Tells the watcher the lock was released by commit/abort.
     notify: Option<oneshot::Sender<Released>>,
     lock_record: LockRecord,
+    /// Set once the lock is released with the snapshots kept (by Commit, or
+    /// because the caller went away): what a repeated Commit answers.
+    committed: Option<CommitInfo>,
 }
 
 /// Snapshot of the agent's state for `Status`.
@@ -190,10 +198,21 @@ impl Agent {
         }
         let mut slot = self.session.lock().await;
         if let Some(s) = slot.as_ref() {
-            return Err(Error::Busy {
-                current: s.backup_id.clone(),
-                requested: req.backup_id,
-            });
+            // Snapshots kept only because a caller vanished after its lock
+            // was released (see `expire`) and never asked for: a coordinator
+            // starts a new backup only once the old one is resolved.
+            let stale = matches!(s.stage, Stage::Committed(_))
+                && s.committed
+                    .as_ref()
+                    .is_some_and(|c| c.released.reason == CALLER_GONE);
+            if !stale {
+                return Err(Error::Busy {
+                    current: s.backup_id.clone(),
+                    requested: req.backup_id,
+                });
+            }
+            tracing::warn!(stale = %s.backup_id, backup = %req.backup_id, "dropping the snapshots of a backup whose caller went away: a new backup supersedes it");
+            *slot = None;
         }
         let lease = req.lease.min(self.cfg.max_lease);
         let started_at = crate::now_rfc3339();
@@ -244,6 +263,7 @@ impl Agent {
             stage: Stage::Prepared(prepared),
             started_at,
             notify: Some(notify_tx),
+            committed: None,
         });
         drop(slot);
 
@@ -255,7 +275,7 @@ impl Agent {
             let released = tokio::select! {
                 r = notify_rx => r.ok(),
                 _ = tokio::time::sleep(lease) => agent.expire(&id, "lease-expired").await,
-                _ = caller_gone => agent.expire(&id, "caller-gone").await,
+                _ = caller_gone => agent.expire(&id, CALLER_GONE).await,
                 _ = shutdown.cancelled() => agent.expire(&id, "shutdown").await,
             };
             if let Some(r) = released {
@@ -308,13 +328,35 @@ impl Agent {
         }
     }
 
-    /// Releases the lock of a prepared backup without committing it: the
-    /// snapshots are dropped, and a later Commit fails.
-    async fn expire(&self, backup_id: &str, reason: &str) -> Option<Released> {
+    /// Releases the lock of a prepared backup whose caller did not commit.
+    ///
+    /// When the caller went away, the snapshots are kept: a coordinator
+    /// leader may have decided the cut just before it died, and its
+    /// successor then commits (which answers with this release) and
+    /// transfers; otherwise the successor aborts, or `snapshot_ttl` drops
+    /// them. Every lock of the cut was held when the cut was decided, so the
+    /// snapshots are consistent whichever way the lock went. For any other
+    /// reason (lease, shutdown) the backup is dropped and a later Commit
+    /// fails.
+    async fn expire(self: &Arc<Self>, backup_id: &str, reason: &str) -> Option<Released> {
         let mut slot = self.session.lock().await;
         let prepared = matches!(slot.as_ref(), Some(s) if s.backup_id == backup_id && matches!(s.stage, Stage::Prepared(_)));
         if !prepared {
             return None;
+        }
+        if reason == CALLER_GONE {
+            let released = match self
+                .release_keeping_snapshots(&mut slot, backup_id, reason)
+                .await
+            {
+                Ok(c) => c.released,
+                Err(e) => {
+                    tracing::warn!(backup = backup_id, error = %e, "lock released; snapshots dropped");
+                    return self.last_release.lock().expect("release lock").clone();
+                }
+            };
+            tracing::warn!(backup = backup_id, server = %self.cfg.name, held_us = released.held_us, "caller gone: lock released; snapshots kept for a Commit, Transfer or Abort by the next coordinator leader");
+            return Some(released);
         }
         let session = slot.take().expect("checked above");
         let Stage::Prepared(cut) = session.stage else {
@@ -362,47 +404,72 @@ impl Agent {
         }
     }
 
-    /// Releases the lock; the snapshots stay open for Transfer.
+    /// Releases the lock; the snapshots stay open for Transfer. Repeating
+    /// it (a new coordinator leader) answers with the release already done,
+    /// by an earlier Commit or when the caller went away.
     pub async fn commit(self: &Arc<Self>, backup_id: &str) -> Result<CommitInfo> {
         let mut slot = self.session.lock().await;
         let Some(session) = slot.as_mut().filter(|s| s.backup_id == backup_id) else {
             return Err(self.gone(backup_id));
         };
-        let Stage::Prepared(_) = session.stage else {
-            return Err(Error::BadState {
-                backup_id: backup_id.into(),
-                reason: "it is already committed".into(),
-            });
-        };
+        if let Some(done) = &session.committed {
+            return Ok(done.clone());
+        }
+        self.release_keeping_snapshots(&mut slot, backup_id, "commit")
+            .await
+    }
+
+    /// Releases the lock of the prepared session in `slot` and keeps its
+    /// snapshots (checked to sit at the captured position) for Transfer. On
+    /// failure the session is dropped.
+    async fn release_keeping_snapshots(
+        self: &Arc<Self>,
+        slot: &mut Option<Session>,
+        backup_id: &str,
+        reason: &str,
+    ) -> Result<CommitInfo> {
+        let session = slot.as_mut().expect("the caller checked the session");
         let Stage::Prepared(cut) = std::mem::replace(&mut session.stage, Stage::Transferring)
         else {
-            unreachable!("checked above")
+            return Err(Error::BadState {
+                backup_id: backup_id.into(),
+                reason: "it is not prepared".into(),
+            });
         };
         match cut.commit(self.cfg.server.address()).await {
             Ok(committed) => {
-                let released = self.record(backup_id, "commit", committed.held);
+                let released = self.record(backup_id, reason, committed.held);
                 session.lock_record.held_us = released.held_us;
-                let snapshot_positions = committed.snapshot_positions.clone();
+                let info = CommitInfo {
+                    released: released.clone(),
+                    snapshot_positions: committed.snapshot_positions.clone(),
+                };
+                session.committed = Some(info.clone());
                 session.stage = Stage::Committed(committed);
                 if let Some(n) = session.notify.take() {
                     let _ = n.send(released.clone());
                 }
                 tracing::info!(
                     backup = backup_id,
+                    reason,
                     held_us = released.held_us,
-                    "committed: lock released"
+                    "lock released; snapshots kept"
                 );
                 let agent = self.clone();
                 let id = backup_id.to_string();
-                let ttl = self.cfg.snapshot_ttl;
+                // Kept for a vanished caller: long enough for a new
+                // coordinator leader to take over, not an hour of open read
+                // views holding back purge.
+                let ttl = if reason == CALLER_GONE {
+                    self.cfg.snapshot_ttl.min(CALLER_GONE_KEEP)
+                } else {
+                    self.cfg.snapshot_ttl
+                };
                 tokio::spawn(async move {
                     tokio::time::sleep(ttl).await;
                     agent.drop_stale(&id).await;
                 });
-                Ok(CommitInfo {
-                    released,
-                    snapshot_positions,
-                })
+                Ok(info)
             }
             Err(e) => {
                 let session = slot.take().expect("present");

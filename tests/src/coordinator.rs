@@ -37,6 +37,8 @@ pub struct CoordinatorProc {
     id: u64,
     port: u16,
     peers: String,
+    /// Extra environment, e.g. `FAILPOINTS`.
+    env: Vec<(String, String)>,
     /// Declared before `dir`: the process dies before its files go.
     child: Option<ChildProcess>,
     dir: Option<tempfile::TempDir>,
@@ -48,6 +50,16 @@ impl CoordinatorProc {
     /// Starts member `id` on `port` with `peers` ("ID=URL,..."), its store
     /// in a new temp dir, and waits until it answers `NodeStatus`.
     pub async fn start(id: u64, port: u16, peers: &str) -> anyhow::Result<CoordinatorProc> {
+        CoordinatorProc::start_with_env(id, port, peers, &[]).await
+    }
+
+    /// Like [`CoordinatorProc::start`], with extra environment variables.
+    pub async fn start_with_env(
+        id: u64,
+        port: u16,
+        peers: &str,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<CoordinatorProc> {
         crate::init_tracing();
         let dir = short_temp_dir("ls-coord-")
             .with_context(|| format!("create temp dir for coordinator {id}"))?;
@@ -55,6 +67,10 @@ impl CoordinatorProc {
             id,
             port,
             peers: peers.to_string(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             data_dir: dir.path().join("data"),
             log_path: dir.path().join("coordinator.log"),
             child: None,
@@ -75,7 +91,8 @@ impl CoordinatorProc {
             .arg(&self.peers)
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .env("LOCKSTEP_LOG", log_filter());
+            .env("LOCKSTEP_LOG", log_filter())
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         let mut child =
             ChildProcess::spawn(format!("coordinator {}", self.id), cmd, &self.log_path)?;
         let started = Instant::now();
@@ -207,6 +224,16 @@ impl CoordinatorGroup {
     /// Starts `n` members on free ports and waits until they agree on a
     /// leader.
     pub async fn start(n: usize) -> anyhow::Result<CoordinatorGroup> {
+        CoordinatorGroup::start_with_env(n, &[]).await
+    }
+
+    /// Like [`CoordinatorGroup::start`], with extra environment variables
+    /// for every member (e.g. `FAILPOINTS`, which needs binaries built with
+    /// `--features lockstep-coordinator/failpoints`, as scripts/test.sh does).
+    pub async fn start_with_env(
+        n: usize,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<CoordinatorGroup> {
         let ports = (0..n)
             .map(|_| ports::free_port())
             .collect::<anyhow::Result<Vec<u16>>>()?;
@@ -219,7 +246,7 @@ impl CoordinatorGroup {
         let starts = ports
             .iter()
             .enumerate()
-            .map(|(i, p)| CoordinatorProc::start(i as u64 + 1, *p, &peers));
+            .map(|(i, p)| CoordinatorProc::start_with_env(i as u64 + 1, *p, &peers, env));
         let members = futures::future::try_join_all(starts).await?;
         let group = CoordinatorGroup { members };
         group.wait_leader(Duration::from_secs(30)).await?;

@@ -114,15 +114,15 @@ async fn lock_is_held_until_commit() -> anyhow::Result<()> {
     let released = cut.released(Duration::from_secs(2)).await?;
     assert_eq!(released.reason, "commit");
 
-    step!("abort drops the snapshots; a second commit is refused");
-    let err = client
+    step!("a second commit answers the same release; abort drops the snapshots");
+    let again = client
         .commit(pb::CommitRequest {
             backup_id: "b-held".into(),
             term: 0,
         })
-        .await
-        .expect_err("second commit");
-    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+        .await?
+        .into_inner();
+    assert_eq!(again.held_us, committed.held_us);
     assert!(
         client
             .abort(pb::AbortRequest {
@@ -141,6 +141,14 @@ async fn lock_is_held_until_commit() -> anyhow::Result<()> {
             .state,
         "idle"
     );
+    let err = client
+        .commit(pb::CommitRequest {
+            backup_id: "b-held".into(),
+            term: 0,
+        })
+        .await
+        .expect_err("commit after abort");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     Ok(())
 }
 
@@ -374,7 +382,9 @@ async fn lease_releases_the_lock() -> anyhow::Result<()> {
 }
 
 /// A caller killed while holding the lock (SIGKILL of a `lockstep-agent cut`
-/// process) releases the lock at once, long before its 60 s lease.
+/// process) releases the lock at once, long before its 60 s lease. The
+/// snapshots are kept (a coordinator may have decided the cut just before
+/// it died): a later Commit answers with that release, Abort drops them.
 #[tokio::test]
 async fn killed_caller_releases_the_lock() -> anyhow::Result<()> {
     let (db, agent) = server_and_agent("lock-caller", &[]).await?;
@@ -422,12 +432,35 @@ async fn killed_caller_releases_the_lock() -> anyhow::Result<()> {
         "released {took:?} after the caller died"
     );
     let mut client = agent.client().await?;
+    // The agent checks the snapshots' positions right after the unlock.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        let st = client.status(pb::StatusRequest {}).await?.into_inner();
+        if st.state != "preparing" || Instant::now() > deadline {
+            break st;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.state, "committed");
+    let release = status.last_release.expect("a release");
+    assert_eq!(release.reason, "caller-gone");
+    let commit = client
+        .commit(pb::CommitRequest {
+            backup_id: "b-caller".into(),
+            term: 0,
+        })
+        .await?
+        .into_inner();
+    assert_eq!(commit.released_at_unix_us, release.released_at_unix_us);
+    client
+        .abort(pb::AbortRequest {
+            backup_id: "b-caller".into(),
+            reason: "test done".into(),
+            term: 0,
+        })
+        .await?;
     let status = client.status(pb::StatusRequest {}).await?.into_inner();
     assert_eq!(status.state, "idle");
-    assert_eq!(
-        status.last_release.map(|r| r.reason),
-        Some("caller-gone".to_string())
-    );
     Ok(())
 }
 

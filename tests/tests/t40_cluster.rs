@@ -24,16 +24,23 @@ struct Cluster {
 
 impl Cluster {
     async fn start(prefix: &str) -> anyhow::Result<Cluster> {
-        Cluster::start_with(prefix, &[]).await
+        Cluster::start_with(prefix, &[], &[]).await
     }
 
-    /// Like [`Cluster::start`], with `agent_args` for every agent.
-    async fn start_with(prefix: &str, agent_args: &[&str]) -> anyhow::Result<Cluster> {
+    /// Like [`Cluster::start`], with `agent_args` for every agent and
+    /// `coordinator_env` for every coordinator.
+    async fn start_with(
+        prefix: &str,
+        agent_args: &[&str],
+        coordinator_env: &[(&str, &str)],
+    ) -> anyhow::Result<Cluster> {
         let names: Vec<String> = (0..3).map(|i| format!("{prefix}{i}")).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         step!("start 3 MariaDB servers and 3 coordinators");
-        let (servers, group) =
-            tokio::try_join!(MariaDb::start_many(&refs), CoordinatorGroup::start(3))?;
+        let (servers, group) = tokio::try_join!(
+            MariaDb::start_many(&refs),
+            CoordinatorGroup::start_with_env(3, coordinator_env)
+        )?;
         step!("start 3 agents registering with the coordinators");
         let urls = group.urls();
         let starts = servers.iter().enumerate().map(|(i, s)| {
@@ -209,18 +216,7 @@ async fn backup_of_three_servers_is_a_consistent_cut() -> anyhow::Result<()> {
 
     step!("lockstep restore run --backup ID --target cc0=.. cc1=.. cc2=.. --json");
     let fresh = MariaDb::start_many(&["cr0", "cr1", "cr2"]).await?;
-    let mut args = vec![
-        "--json".to_string(),
-        "restore".into(),
-        "run".into(),
-        "--backup".into(),
-        id.clone(),
-        "--wait".into(),
-    ];
-    for (i, dst) in fresh.iter().enumerate() {
-        args.push("--target".into());
-        args.push(format!("cc{i}={}", dst.url()));
-    }
+    let args = restore_args(&id, "cc", &fresh);
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = cluster.cli(&argv).await?;
     out.success()?;
@@ -407,7 +403,7 @@ async fn new_leader_resolves_the_inherited_backup_and_the_catalog_survives_a_res
 #[tokio::test]
 async fn leader_killed_during_prepare_fails_the_backup_and_unlocks_everything() -> anyhow::Result<()>
 {
-    let mut cluster = Cluster::start_with("kp", SLOW_LOCK_ARGS).await?;
+    let mut cluster = Cluster::start_with("kp", SLOW_LOCK_ARGS, &[]).await?;
     let writer = CausalWriter::start(cluster.chain()).await?;
     writer.wait_committed(50, Duration::from_secs(60)).await?;
 
@@ -457,6 +453,79 @@ async fn leader_killed_during_prepare_fails_the_backup_and_unlocks_everything() 
     step!("the next backup succeeds");
     cluster.next_backup_completes().await?;
     writer.stop().await;
+    Ok(())
+}
+
+/// SIGKILL the leader right after it committed a cut and before any COMMIT
+/// went out (the `after-commit-cut` fail point pauses the job there), so
+/// every server is still locked: the agents release their locks when the
+/// leader's streams vanish and keep the snapshots; the new leader commits
+/// (answered with those releases), transfers and completes the backup; and
+/// the backup restored into 3 fresh servers is a causal chain without gaps.
+#[tokio::test]
+async fn leader_killed_right_after_the_cut_completes_the_backup() -> anyhow::Result<()> {
+    let env = [("FAILPOINTS", "after-commit-cut=return(4000)")];
+    let mut cluster = Cluster::start_with("kc", &[], &env).await?;
+    let writer = CausalWriter::start(cluster.chain()).await?;
+    writer.wait_committed(100, Duration::from_secs(60)).await?;
+
+    step!("start a backup; wait until its cut is committed");
+    let started = cluster
+        .cli_json(&["backup", "start", "--cluster", CLUSTER])
+        .await?;
+    let id = started["id"].as_str().expect("id").to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cluster.cli_json(&["catalog", "show", &id]).await?["status"] != "TRANSFERRING" {
+        anyhow::ensure!(Instant::now() < deadline, "cut never committed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for i in 0..3 {
+        cluster.wait_locked(i).await?;
+    }
+
+    let leader = cluster.group.wait_leader(Duration::from_secs(5)).await?;
+    step!(
+        "every server is locked; SIGKILL the leader (coordinator {})",
+        leader + 1
+    );
+    cluster.group.members[leader].kill()?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let resolved = loop {
+        let out = cluster.cli(&["--json", "catalog", "show", &id]).await?;
+        if out.status.success() {
+            let b: Value = serde_json::from_str(out.stdout.trim())?;
+            if b["status"] == "COMPLETE" || b["status"] == "FAILED" {
+                break b;
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "not resolved: {}", out.stdout);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(resolved["status"], "COMPLETE", "{resolved}");
+    assert!(resolved["freeze_ms"].as_f64().is_some(), "{resolved}");
+    for s in resolved["servers"].as_array().expect("servers") {
+        assert!(
+            s["lock_ms"].as_f64().is_some() && s["artifact"].is_object(),
+            "{s}"
+        );
+    }
+    writes_resume(&writer).await?;
+    let written = writer.stop().await;
+
+    step!("restore it into 3 fresh servers: the chain has no gaps");
+    let fresh = MariaDb::start_many(&["kr0", "kr1", "kr2"]).await?;
+    let args = restore_args(&id, "kc", &fresh);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    cluster.cli(&argv).await?.success()?;
+    let restored: Vec<Target> = fresh
+        .iter()
+        .map(|s| Target::on(s, "chain", "rec"))
+        .collect();
+    let m = check_chain(&restored).await?;
+    assert!(m >= 100 && m <= written, "restored 1..{m} of {written}");
+
+    step!("the next backup succeeds");
+    cluster.next_backup_completes().await?;
     Ok(())
 }
 
@@ -520,7 +589,7 @@ async fn stopped_agent_fails_the_backup_naming_it() -> anyhow::Result<()> {
 /// succeeds.
 #[tokio::test]
 async fn agent_killed_during_prepare_fails_the_backup_naming_it() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start_with("ka", SLOW_LOCK_ARGS).await?;
+    let mut cluster = Cluster::start_with("ka", SLOW_LOCK_ARGS, &[]).await?;
     let writer = CausalWriter::start(cluster.chain()).await?;
     writer.wait_committed(50, Duration::from_secs(60)).await?;
 
@@ -641,6 +710,19 @@ async fn hold_backup_stage(db: &MariaDb) -> anyhow::Result<mysql_async::Conn> {
     let mut conn = db.conn().await?;
     conn.query_drop("BACKUP STAGE START").await?;
     Ok(conn)
+}
+
+/// `lockstep --json restore run --backup ID --wait` with server
+/// `{prefix}{i}` of the backup going to `fresh[i]`.
+fn restore_args(id: &str, prefix: &str, fresh: &[MariaDb]) -> Vec<String> {
+    let mut args: Vec<String> = ["--json", "restore", "run", "--backup", id, "--wait"]
+        .map(String::from)
+        .to_vec();
+    for (i, dst) in fresh.iter().enumerate() {
+        args.push("--target".into());
+        args.push(format!("{prefix}{i}={}", dst.url()));
+    }
+    args
 }
 
 /// After a fault: no server stays locked, so the causal chain keeps growing.
