@@ -110,6 +110,8 @@ impl Backup {
 pub enum Command {
     /// An agent registered (or re-registered with new details).
     RegisterServer(Server),
+    /// An operator retired a server: later backups leave it out.
+    RemoveServer { cluster: String, name: String },
     /// The leader starts a backup of every registered server of a cluster.
     StartBackup {
         id: String,
@@ -166,6 +168,8 @@ pub enum Rejected {
     BackupRunning { cluster: String, running: String },
     #[error("backup {0} already exists")]
     DuplicateBackup(String),
+    #[error("unknown server {name:?} in cluster {cluster:?}")]
+    UnknownServer { cluster: String, name: String },
     #[error("backup {id}: {reason}")]
     BadTransition { id: String, reason: String },
 }
@@ -185,6 +189,27 @@ impl Catalog {
                     .entry(s.cluster.clone())
                     .or_default()
                     .insert(s.name.clone(), s);
+                Ok(())
+            }
+            Command::RemoveServer { cluster, name } => {
+                let servers = self
+                    .clusters
+                    .get(&cluster)
+                    .ok_or_else(|| Rejected::UnknownCluster(cluster.clone()))?;
+                if !servers.contains_key(&name) {
+                    return Err(Rejected::UnknownServer { cluster, name });
+                }
+                if let Some(running) = self.running_backup(&cluster) {
+                    return Err(Rejected::BackupRunning {
+                        cluster,
+                        running: running.id.clone(),
+                    });
+                }
+                let servers = self.clusters.get_mut(&cluster).expect("checked above");
+                servers.remove(&name);
+                if servers.is_empty() {
+                    self.clusters.remove(&cluster);
+                }
                 Ok(())
             }
             Command::StartBackup {
@@ -524,6 +549,44 @@ mod tests {
         );
         c.apply(start("b2"))
             .expect("a failed backup does not block the next");
+    }
+
+    #[test]
+    fn a_removed_server_is_left_out_of_later_backups() {
+        let mut c = catalog();
+        let remove = |name: &str| Command::RemoveServer {
+            cluster: "c".into(),
+            name: name.into(),
+        };
+        c.apply(start("b1")).expect("start");
+        assert!(matches!(
+            c.apply(remove("b")),
+            Err(Rejected::BackupRunning { .. })
+        ));
+        c.apply(Command::Fail {
+            id: "b1".into(),
+            reason: "test".into(),
+            at_unix_ms: 1,
+        })
+        .expect("fail");
+        c.apply(remove("b")).expect("remove b");
+        assert_eq!(
+            c.apply(remove("b")),
+            Err(Rejected::UnknownServer {
+                cluster: "c".into(),
+                name: "b".into()
+            })
+        );
+        assert!(c.backups["b1"].servers.contains(&"b".to_string()));
+        let with_b = c.apply(Command::StartBackup {
+            id: "b2".into(),
+            cluster: "c".into(),
+            servers: vec!["a".into(), "b".into()],
+            at_unix_ms: 2,
+        });
+        assert!(matches!(with_b, Err(Rejected::BadTransition { .. })));
+        c.apply(remove("a")).expect("remove a");
+        assert!(!c.clusters.contains_key("c"), "an empty cluster is dropped");
     }
 
     #[test]

@@ -105,6 +105,19 @@ fn parse_target(s: &str) -> Result<(String, String), String> {
 pub enum ServerCmd {
     /// List registered servers with flavour, version and health.
     List(ClusterFilter),
+    /// Remove a retired server from its cluster: later backups leave it
+    /// out. Stop its agent first, or it registers again.
+    Remove(RemoveArgs),
+}
+
+/// `server remove` arguments.
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    /// The server's cluster.
+    #[arg(long)]
+    pub cluster: String,
+    /// The server's name.
+    pub name: String,
 }
 
 /// `lockstep coordinator ...`
@@ -170,6 +183,26 @@ pub async fn run(cli: Cli) -> i32 {
 async fn execute(cli: &Cli) -> anyhow::Result<i32> {
     let mut client = Client::new(cli.coordinators.clone(), PATIENCE)?;
     match &cli.command {
+        Command::Server(ServerCmd::Remove(a)) => {
+            let req = pb::RemoveServerRequest {
+                cluster: a.cluster.clone(),
+                name: a.name.clone(),
+            };
+            client
+                .call("remove server", |mut c| {
+                    let req = req.clone();
+                    async move { c.remove_server(req).await }
+                })
+                .await?;
+            if cli.json {
+                println!(
+                    "{}",
+                    json!({ "cluster": a.cluster, "name": a.name, "removed": true })
+                );
+            } else {
+                println!("removed server {} from cluster {}", a.name, a.cluster);
+            }
+        }
         Command::Server(ServerCmd::List(f)) => {
             let req = pb::ListServersRequest {
                 cluster: f.cluster.clone().unwrap_or_default(),

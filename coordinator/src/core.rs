@@ -231,6 +231,7 @@ async fn peer_status(url: &str) -> std::result::Result<pb::Member, String> {
 fn describe(cmd: &Command) -> String {
     match cmd {
         Command::RegisterServer(s) => format!("register server {}/{}", s.cluster, s.name),
+        Command::RemoveServer { cluster, name } => format!("remove server {cluster}/{name}"),
         Command::StartBackup { id, cluster, .. } => format!("start backup {id} of {cluster}"),
         Command::CommitCut { id, .. } => format!("commit the cut of backup {id}"),
         Command::Released { id, server, .. } => {

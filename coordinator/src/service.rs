@@ -54,9 +54,9 @@ pub fn to_status(e: Error) -> Status {
         Error::Raft(e) if e.is_retryable() => Status::unavailable(e.to_string()),
         Error::Raft(e) => Status::internal(e.to_string()),
         Error::Rejected(r) => match r {
-            Rejected::UnknownCluster(_) | Rejected::UnknownBackup(_) => {
-                Status::not_found(r.to_string())
-            }
+            Rejected::UnknownCluster(_)
+            | Rejected::UnknownBackup(_)
+            | Rejected::UnknownServer { .. } => Status::not_found(r.to_string()),
             Rejected::BackupRunning { .. } | Rejected::DuplicateBackup(_) => {
                 Status::already_exists(r.to_string())
             }
@@ -118,6 +118,23 @@ impl Coordinator for CoordinatorService {
             .await
             .map_err(to_status)?;
         Ok(Response::new(pb::HeartbeatReply {}))
+    }
+
+    async fn remove_server(
+        &self,
+        request: Request<pb::RemoveServerRequest>,
+    ) -> Result<Response<pb::RemoveServerReply>, Status> {
+        let r = request.into_inner();
+        require("cluster", &r.cluster)?;
+        require("server name", &r.name)?;
+        self.core.require_leader().await.map_err(to_status)?;
+        let cmd = crate::catalog::Command::RemoveServer {
+            cluster: r.cluster.clone(),
+            name: r.name.clone(),
+        };
+        self.core.propose(&cmd).await.map_err(to_status)?;
+        tracing::info!(cluster = %r.cluster, server = %r.name, "server removed");
+        Ok(Response::new(pb::RemoveServerReply {}))
     }
 
     async fn list_servers(

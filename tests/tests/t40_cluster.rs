@@ -624,9 +624,36 @@ async fn agent_killed_during_prepare_fails_the_backup_naming_it() -> anyhow::Res
     );
     assert!(!reason.contains("ka2"), "{reason}");
 
-    step!("every server takes writes; the agent comes back; the next backup succeeds");
+    step!("every server takes writes");
     drop(blocker);
     writes_resume(&writer).await?;
+
+    step!("ka1 is retired: server remove; backups of ka0 and ka2 succeed");
+    let unknown = cluster
+        .cli(&["server", "remove", "--cluster", CLUSTER, "nosuch"])
+        .await?;
+    assert!(
+        !unknown.status.success() && unknown.stderr.contains("unknown server \"nosuch\""),
+        "{}",
+        unknown.stderr
+    );
+    let removed = cluster
+        .cli_json(&["server", "remove", "--cluster", CLUSTER, "ka1"])
+        .await?;
+    assert_eq!(removed["removed"], true, "{removed}");
+    let two = cluster
+        .cli_json(&["backup", "start", "--cluster", CLUSTER, "--wait"])
+        .await?;
+    assert_eq!(two["status"], "COMPLETE", "{two}");
+    let names: Vec<&str> = two["servers"]
+        .as_array()
+        .expect("servers")
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(names, ["ka0", "ka2"], "{two}");
+
+    step!("ka1's agent comes back: it registers again; the next backup has all 3");
     cluster.agents[1].restart().await?;
     cluster.next_backup_completes().await?;
     writer.stop().await;
