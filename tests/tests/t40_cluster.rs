@@ -5,6 +5,8 @@
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+
 use lockstep_tests::{
     AgentOptions, AgentProc, CausalWriter, CoordinatorGroup, CoordinatorProc, MariaDb, Supervised,
     Target, check_chain, run_lockstep, step,
@@ -93,6 +95,25 @@ impl Cluster {
 
     async fn cli(&self, args: &[&str]) -> anyhow::Result<lockstep_tests::CliOutput> {
         run_lockstep(&self.group.urls(), args).await
+    }
+
+    /// `lockstep backup start` without waiting; returns the backup id.
+    async fn start_backup(&self) -> anyhow::Result<String> {
+        let started = self
+            .cli_json(&["backup", "start", "--cluster", CLUSTER])
+            .await?;
+        Ok(started["id"].as_str().context("backup id")?.to_string())
+    }
+
+    /// Starts a backup whose barrier waits: server `slow`'s lock queues
+    /// behind a BACKUP STAGE held by the returned connection (see
+    /// [`hold_backup_stage`]). Returns the backup id and that connection.
+    async fn start_backup_held_at_barrier(
+        &self,
+        slow: usize,
+    ) -> anyhow::Result<(String, mysql_async::Conn)> {
+        let blocker = hold_backup_stage(&self.servers[slow]).await?;
+        Ok((self.start_backup().await?, blocker))
     }
 
     /// Waits until agent `i` holds its server's lock for a backup.
@@ -328,10 +349,7 @@ async fn new_leader_resolves_the_inherited_backup_and_the_catalog_survives_a_res
     writer.wait_committed(100, Duration::from_secs(60)).await?;
 
     step!("start a backup and wait until its cut is committed");
-    let started = cluster
-        .cli_json(&["backup", "start", "--cluster", CLUSTER])
-        .await?;
-    let id = started["id"].as_str().expect("id").to_string();
+    let id = cluster.start_backup().await?;
     let leader = cluster.group.wait_leader(Duration::from_secs(10)).await?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -408,11 +426,7 @@ async fn leader_killed_during_prepare_fails_the_backup_and_unlocks_everything() 
     writer.wait_committed(50, Duration::from_secs(60)).await?;
 
     step!("hold BACKUP STAGE on kp2, start a backup, wait until kp0 and kp1 are locked");
-    let blocker = hold_backup_stage(&cluster.servers[2]).await?;
-    let started = cluster
-        .cli_json(&["backup", "start", "--cluster", CLUSTER])
-        .await?;
-    let id = started["id"].as_str().expect("id").to_string();
+    let (id, blocker) = cluster.start_backup_held_at_barrier(2).await?;
     let leader = cluster.group.wait_leader(Duration::from_secs(10)).await?;
     cluster.wait_locked(0).await?;
     cluster.wait_locked(1).await?;
@@ -470,10 +484,7 @@ async fn leader_killed_right_after_the_cut_completes_the_backup() -> anyhow::Res
     writer.wait_committed(100, Duration::from_secs(60)).await?;
 
     step!("start a backup; wait until its cut is committed");
-    let started = cluster
-        .cli_json(&["backup", "start", "--cluster", CLUSTER])
-        .await?;
-    let id = started["id"].as_str().expect("id").to_string();
+    let id = cluster.start_backup().await?;
     let deadline = Instant::now() + Duration::from_secs(20);
     while cluster.cli_json(&["catalog", "show", &id]).await?["status"] != "TRANSFERRING" {
         anyhow::ensure!(Instant::now() < deadline, "cut never committed");
@@ -594,11 +605,7 @@ async fn agent_killed_during_prepare_fails_the_backup_naming_it() -> anyhow::Res
     writer.wait_committed(50, Duration::from_secs(60)).await?;
 
     step!("hold BACKUP STAGE on ka2 so the barrier waits; start a backup");
-    let blocker = hold_backup_stage(&cluster.servers[2]).await?;
-    let started = cluster
-        .cli_json(&["backup", "start", "--cluster", CLUSTER])
-        .await?;
-    let id = started["id"].as_str().expect("id").to_string();
+    let (id, blocker) = cluster.start_backup_held_at_barrier(2).await?;
 
     step!("once ka1 holds its lock, SIGKILL its agent");
     cluster.wait_locked(1).await?;
