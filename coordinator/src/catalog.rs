@@ -147,6 +147,70 @@ pub enum Command {
         reason: String,
         at_unix_ms: i64,
     },
+    /// A coordinated restore of a COMPLETE backup starts (before any agent
+    /// is called).
+    StartRestore {
+        id: String,
+        backup_id: String,
+        targets: BTreeMap<String, String>,
+        force: bool,
+        at_unix_ms: i64,
+    },
+    /// One server of a restore finished (loaded, or failed).
+    RestoreServerDone {
+        id: String,
+        server: String,
+        result: RestoredServer,
+    },
+    /// A restore ended: COMPLETE if every server loaded and `reason` is
+    /// empty, FAILED otherwise.
+    FinishRestore {
+        id: String,
+        reason: Option<String>,
+        at_unix_ms: i64,
+    },
+}
+
+/// Where a coordinated restore stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestoreStatus {
+    Running,
+    /// Every server loaded and checked.
+    Complete,
+    /// At least one server failed, or the restore was cut short.
+    Failed,
+}
+
+/// One server's part of a restore, once it finished.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoredServer {
+    /// `host:port` loaded into (or "own server"), never with credentials.
+    pub target: String,
+    /// The artifact directory loaded.
+    pub location: String,
+    /// Why it failed, naming the server; `None` when it loaded.
+    pub error: Option<String>,
+    pub tables: u64,
+    pub rows: u64,
+    pub duration_ms: u64,
+    pub gtid_slave_pos: String,
+}
+
+/// A coordinated restore of a backup, recorded as it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restore {
+    pub id: String,
+    pub backup_id: String,
+    pub status: RestoreStatus,
+    pub force: bool,
+    /// Server name → where it is loaded (`host:port` or "own server").
+    pub targets: BTreeMap<String, String>,
+    /// Server name → its outcome, as each finishes.
+    pub servers: BTreeMap<String, RestoredServer>,
+    pub started_at_unix_ms: i64,
+    pub finished_at_unix_ms: Option<i64>,
+    pub reason: Option<String>,
 }
 
 /// The catalog. Serialised whole for raft snapshots.
@@ -155,6 +219,8 @@ pub struct Catalog {
     /// cluster → server name → server.
     pub clusters: BTreeMap<String, BTreeMap<String, Server>>,
     pub backups: BTreeMap<String, Backup>,
+    #[serde(default)]
+    pub restores: BTreeMap<String, Restore>,
 }
 
 /// Why a command was rejected.
@@ -170,6 +236,10 @@ pub enum Rejected {
     DuplicateBackup(String),
     #[error("unknown server {name:?} in cluster {cluster:?}")]
     UnknownServer { cluster: String, name: String },
+    #[error("unknown restore {0}")]
+    UnknownRestore(String),
+    #[error("backup {backup} is already being restored (restore {running})")]
+    RestoreRunning { backup: String, running: String },
     #[error("backup {id}: {reason}")]
     BadTransition { id: String, reason: String },
 }
@@ -337,7 +407,114 @@ impl Catalog {
                 b.finished_at_unix_ms = Some(at_unix_ms);
                 Ok(())
             }
+            Command::StartRestore {
+                id,
+                backup_id,
+                targets,
+                force,
+                at_unix_ms,
+            } => {
+                let b = self
+                    .backups
+                    .get(&backup_id)
+                    .ok_or_else(|| Rejected::UnknownBackup(backup_id.clone()))?;
+                if b.status != Status::Complete {
+                    return Err(Rejected::BadTransition {
+                        id: backup_id,
+                        reason: "only a COMPLETE backup can be restored".into(),
+                    });
+                }
+                if targets.len() != b.servers.len()
+                    || !b.servers.iter().all(|s| targets.contains_key(s))
+                {
+                    return Err(Rejected::BadTransition {
+                        id: backup_id,
+                        reason: "a restore names a target for every server of the backup".into(),
+                    });
+                }
+                if let Some(running) = self
+                    .restores
+                    .values()
+                    .find(|r| r.backup_id == backup_id && r.status == RestoreStatus::Running)
+                {
+                    return Err(Rejected::RestoreRunning {
+                        backup: backup_id,
+                        running: running.id.clone(),
+                    });
+                }
+                if self.restores.contains_key(&id) {
+                    return Err(Rejected::BadTransition {
+                        id,
+                        reason: "a restore with this id exists".into(),
+                    });
+                }
+                self.restores.insert(
+                    id.clone(),
+                    Restore {
+                        id,
+                        backup_id,
+                        status: RestoreStatus::Running,
+                        force,
+                        targets,
+                        servers: BTreeMap::new(),
+                        started_at_unix_ms: at_unix_ms,
+                        finished_at_unix_ms: None,
+                        reason: None,
+                    },
+                );
+                Ok(())
+            }
+            Command::RestoreServerDone { id, server, result } => {
+                let r = self.running_restore(&id)?;
+                if !r.targets.contains_key(&server) {
+                    return Err(Rejected::BadTransition {
+                        id,
+                        reason: format!("server {server} is not part of this restore"),
+                    });
+                }
+                r.servers.insert(server, result);
+                Ok(())
+            }
+            Command::FinishRestore {
+                id,
+                reason,
+                at_unix_ms,
+            } => {
+                let r = self.running_restore(&id)?;
+                let failed: Vec<&str> = r
+                    .targets
+                    .keys()
+                    .filter(|s| r.servers.get(*s).is_none_or(|d| d.error.is_some()))
+                    .map(String::as_str)
+                    .collect();
+                let reason = reason.or_else(|| {
+                    (!failed.is_empty())
+                        .then(|| format!("server(s) {} not restored", failed.join(", ")))
+                });
+                r.status = if reason.is_some() {
+                    RestoreStatus::Failed
+                } else {
+                    RestoreStatus::Complete
+                };
+                r.reason = reason;
+                r.finished_at_unix_ms = Some(at_unix_ms);
+                Ok(())
+            }
         }
+    }
+
+    fn running_restore(&mut self, id: &str) -> Result<&mut Restore, Rejected> {
+        let r = self
+            .restores
+            .get_mut(id)
+            .ok_or_else(|| Rejected::UnknownRestore(id.to_string()))?;
+        if r.status != RestoreStatus::Running {
+            return Err(Rejected::BadTransition {
+                id: id.to_string(),
+                reason: format!("restore is already {:?}", r.status),
+            });
+        }
+        Ok(r)
     }
 
     fn backup_in(&mut self, id: &str, status: Status) -> Result<&mut Backup, Rejected> {
@@ -549,6 +726,84 @@ mod tests {
         );
         c.apply(start("b2"))
             .expect("a failed backup does not block the next");
+    }
+
+    #[test]
+    fn a_restore_is_recorded_server_by_server() {
+        let mut c = catalog();
+        c.apply(start("b1")).expect("start");
+        c.apply(commit_cut("b1", &[("a", 1), ("b", 2)]))
+            .expect("commit");
+        for s in ["a", "b"] {
+            c.apply(Command::ArtifactStored {
+                id: "b1".into(),
+                server: s.into(),
+                artifact: artifact(),
+            })
+            .expect("artifact");
+        }
+        c.apply(Command::Complete {
+            id: "b1".into(),
+            at_unix_ms: 3,
+        })
+        .expect("complete");
+        let restore = |id: &str, servers: &[&str]| Command::StartRestore {
+            id: id.into(),
+            backup_id: "b1".into(),
+            targets: servers
+                .iter()
+                .map(|s| (s.to_string(), format!("h:{s}")))
+                .collect(),
+            force: false,
+            at_unix_ms: 4,
+        };
+        let done = |id: &str, server: &str, error: Option<&str>| Command::RestoreServerDone {
+            id: id.into(),
+            server: server.into(),
+            result: RestoredServer {
+                error: error.map(String::from),
+                rows: 5,
+                ..RestoredServer::default()
+            },
+        };
+        let finish = |id: &str| Command::FinishRestore {
+            id: id.into(),
+            reason: None,
+            at_unix_ms: 5,
+        };
+        assert!(matches!(
+            c.apply(restore("r1", &["a"])),
+            Err(Rejected::BadTransition { .. })
+        ));
+        c.apply(restore("r1", &["a", "b"])).expect("start r1");
+        assert!(matches!(
+            c.apply(restore("r2", &["a", "b"])),
+            Err(Rejected::RestoreRunning { .. })
+        ));
+        c.apply(done("r1", "a", None)).expect("a done");
+        c.apply(done("r1", "b", Some("server b: not empty")))
+            .expect("b failed");
+        c.apply(finish("r1")).expect("finish r1");
+        let r1 = &c.restores["r1"];
+        assert_eq!(r1.status, RestoreStatus::Failed);
+        assert_eq!(r1.reason.as_deref(), Some("server(s) b not restored"));
+        assert!(c.apply(done("r1", "a", None)).is_err(), "r1 is finished");
+
+        c.apply(restore("r2", &["a", "b"])).expect("start r2");
+        c.apply(done("r2", "a", None)).expect("a");
+        c.apply(done("r2", "b", None)).expect("b");
+        c.apply(finish("r2")).expect("finish r2");
+        assert_eq!(c.restores["r2"].status, RestoreStatus::Complete);
+        assert_eq!(
+            c.apply(Command::StartRestore {
+                id: "r3".into(),
+                backup_id: "nope".into(),
+                targets: BTreeMap::new(),
+                force: false,
+                at_unix_ms: 6,
+            }),
+            Err(Rejected::UnknownBackup("nope".into()))
+        );
     }
 
     #[test]

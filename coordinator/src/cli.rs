@@ -69,6 +69,16 @@ pub enum Command {
 pub enum RestoreCmd {
     /// Restore every server of a COMPLETE backup at once; reports per server.
     Run(RestoreArgs),
+    /// Restores recorded in the catalog, oldest first.
+    List(RestoreListArgs),
+}
+
+/// `restore list` arguments.
+#[derive(Debug, Args)]
+pub struct RestoreListArgs {
+    /// Only restores of this backup.
+    #[arg(long)]
+    pub backup: Option<String>,
 }
 
 /// `restore run` arguments.
@@ -272,6 +282,18 @@ async fn execute(cli: &Cli) -> anyhow::Result<i32> {
             let backup = get_backup(&mut client, &a.id).await?;
             print_backup(cli.json, &backup);
         }
+        Command::Restore(RestoreCmd::List(a)) => {
+            let req = pb::ListRestoresRequest {
+                backup_id: a.backup.clone().unwrap_or_default(),
+            };
+            let reply = client
+                .call("list restores", |mut c| {
+                    let req = req.clone();
+                    async move { c.list_restores(req).await }
+                })
+                .await?;
+            print_restores(cli.json, &reply.restores);
+        }
         Command::Restore(RestoreCmd::Run(a)) => {
             let mut targets = std::collections::HashMap::new();
             for (name, url) in &a.targets {
@@ -459,15 +481,23 @@ fn print_backup(as_json: bool, b: &pb::Backup) {
 
 /// The JSON form of a restore (`restore run --json`).
 pub fn restore_json(r: &pb::RestoreBackupReply) -> Value {
-    let servers: Vec<Value> = r
-        .servers
+    json!({
+        "restore_id": r.restore_id,
+        "backup_id": r.backup_id,
+        "ok": r.servers.iter().all(|s| s.ok),
+        "servers": servers_restore_json(&r.servers),
+    })
+}
+
+fn servers_restore_json(servers: &[pb::ServerRestore]) -> Vec<Value> {
+    servers
         .iter()
         .map(|s| {
             json!({
                 "name": s.server,
                 "target": s.target,
                 "ok": s.ok,
-                "error": (!s.ok).then_some(&s.error),
+                "error": (!s.error.is_empty()).then_some(&s.error),
                 "tables": s.tables,
                 "rows": s.rows,
                 "duration_ms": s.duration_ms,
@@ -475,12 +505,54 @@ pub fn restore_json(r: &pb::RestoreBackupReply) -> Value {
                 "location": s.location,
             })
         })
+        .collect()
+}
+
+fn print_restores(as_json: bool, restores: &[pb::RestoreRecord]) {
+    if as_json {
+        let list: Vec<Value> = restores
+            .iter()
+            .map(|r| {
+                json!({
+                    "id": r.id,
+                    "backup_id": r.backup_id,
+                    "status": r.status.to_uppercase(),
+                    "force": r.force,
+                    "started_at_unix_ms": r.started_at_unix_ms,
+                    "finished_at_unix_ms": r.finished_at_unix_ms,
+                    "reason": (!r.reason.is_empty()).then_some(&r.reason),
+                    "servers": servers_restore_json(&r.servers),
+                })
+            })
+            .collect();
+        println!("{}", Value::Array(list));
+        return;
+    }
+    let rows: Vec<Vec<String>> = restores
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.clone(),
+                r.backup_id.clone(),
+                r.status.to_uppercase(),
+                r.servers
+                    .iter()
+                    .map(|s| format!("{}→{}", s.server, s.target))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                r.servers.iter().map(|s| s.rows).sum::<u64>().to_string(),
+                if r.reason.is_empty() {
+                    "-".into()
+                } else {
+                    r.reason.clone()
+                },
+            ]
+        })
         .collect();
-    json!({
-        "backup_id": r.backup_id,
-        "ok": r.servers.iter().all(|s| s.ok),
-        "servers": servers,
-    })
+    print_table(
+        &["ID", "BACKUP", "STATUS", "SERVERS", "ROWS", "REASON"],
+        &rows,
+    );
 }
 
 fn print_restore(as_json: bool, r: &pb::RestoreBackupReply) {
@@ -489,6 +561,7 @@ fn print_restore(as_json: bool, r: &pb::RestoreBackupReply) {
         return;
     }
     println!("backup   {}", r.backup_id);
+    println!("restore  {}", r.restore_id);
     println!();
     let rows: Vec<Vec<String>> = r
         .servers
@@ -778,8 +851,10 @@ mod tests {
                     ..pb::ServerRestore::default()
                 },
             ],
+            restore_id: "r1".into(),
         };
         let v = restore_json(&r);
+        assert_eq!(v["restore_id"], "r1");
         assert_eq!(v["ok"], false);
         assert_eq!(v["servers"][0]["name"], "s1");
         assert_eq!(v["servers"][0]["rows"], 7);

@@ -3,9 +3,9 @@
 
 use lockstep_proto::coordinator as pb;
 
-use crate::catalog::{Backup, Server, Status};
+use crate::catalog::{Backup, Restore, RestoreStatus, RestoredServer, Server, Status};
 use crate::raft::{NodeStatus, Role};
-use crate::restore::{RestoreRequest, ServerRestore};
+use crate::restore::RestoreRequest;
 
 /// The wire name of a backup status.
 pub fn status_name(s: Status) -> &'static str {
@@ -112,22 +112,47 @@ pub fn restore_request(r: pb::RestoreBackupRequest) -> RestoreRequest {
 }
 
 /// One server's restore outcome as the wire shows it.
-pub fn server_restore(s: &ServerRestore) -> pb::ServerRestore {
-    let mut out = pb::ServerRestore {
-        server: s.server.clone(),
+pub fn server_restore(server: &str, s: &RestoredServer) -> pb::ServerRestore {
+    pb::ServerRestore {
+        server: server.to_string(),
         target: s.target.clone(),
+        ok: s.error.is_none(),
+        error: s.error.clone().unwrap_or_default(),
+        tables: s.tables,
+        rows: s.rows,
+        duration_ms: s.duration_ms,
+        gtid_slave_pos: s.gtid_slave_pos.clone(),
         location: s.location.clone(),
-        ..pb::ServerRestore::default()
-    };
-    match &s.outcome {
-        Ok(l) => {
-            out.ok = true;
-            out.tables = l.tables;
-            out.rows = l.rows;
-            out.duration_ms = l.duration_ms;
-            out.gtid_slave_pos = l.gtid_slave_pos.clone();
-        }
-        Err(e) => out.error = e.clone(),
     }
-    out
+}
+
+/// A catalog restore on the wire; a server still running shows its target
+/// with `ok` false and no error.
+pub fn restore(r: &Restore) -> pb::RestoreRecord {
+    pb::RestoreRecord {
+        id: r.id.clone(),
+        backup_id: r.backup_id.clone(),
+        status: match r.status {
+            RestoreStatus::Running => "running",
+            RestoreStatus::Complete => "complete",
+            RestoreStatus::Failed => "failed",
+        }
+        .into(),
+        force: r.force,
+        started_at_unix_ms: r.started_at_unix_ms,
+        finished_at_unix_ms: r.finished_at_unix_ms,
+        reason: r.reason.clone().unwrap_or_default(),
+        servers: r
+            .targets
+            .iter()
+            .map(|(name, target)| match r.servers.get(name) {
+                Some(done) => server_restore(name, done),
+                None => pb::ServerRestore {
+                    server: name.clone(),
+                    target: target.clone(),
+                    ..pb::ServerRestore::default()
+                },
+            })
+            .collect(),
+    }
 }

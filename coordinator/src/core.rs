@@ -241,6 +241,13 @@ fn describe(cmd: &Command) -> String {
             format!("record server {server}'s artifact of backup {id}")
         }
         Command::Complete { id, .. } => format!("complete backup {id}"),
+        Command::StartRestore { id, backup_id, .. } => {
+            format!("start restore {id} of backup {backup_id}")
+        }
+        Command::RestoreServerDone { id, server, .. } => {
+            format!("record server {server} of restore {id}")
+        }
+        Command::FinishRestore { id, .. } => format!("finish restore {id}"),
         Command::Fail { id, .. } => format!("fail backup {id}"),
     }
 }

@@ -37,7 +37,7 @@ use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{Instrument as _, info, info_span, warn};
 
-use crate::catalog::{Artifact, Backup, Command, CutEntry, Status};
+use crate::catalog::{Artifact, Backup, Command, CutEntry, RestoreStatus, Status};
 use crate::client::error_chain;
 use crate::core::{Core, now_unix_ms};
 use crate::error::Result;
@@ -569,6 +569,11 @@ impl Jobs {
             }
             if leader && !was_leader {
                 let started = Instant::now();
+                if let Err(e) = self.fail_inherited_restores(now_unix_ms()).await {
+                    warn!(error = %e, "cannot resolve the inherited restores; retrying");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                    continue;
+                }
                 match self.inherited().await {
                     Ok(backups) => {
                         for b in backups {
@@ -584,6 +589,36 @@ impl Jobs {
             }
             was_leader = leader;
         }
+    }
+
+    /// Fails the restores a previous leader left running (started before
+    /// `since`, when this node became leader): their caller is gone, and
+    /// the servers without a recorded outcome may or may not be loaded.
+    async fn fail_inherited_restores(&self, since: i64) -> Result<()> {
+        let running: Vec<String> = self
+            .core
+            .read(move |cat| {
+                cat.restores
+                    .values()
+                    .filter(|r| r.status == RestoreStatus::Running && r.started_at_unix_ms < since)
+                    .map(|r| r.id.clone())
+                    .collect()
+            })
+            .await?;
+        for id in running {
+            warn!(restore = %id, "failing a restore left running by the previous leader");
+            self.core
+                .propose(&Command::FinishRestore {
+                    id,
+                    reason: Some(
+                        "the coordinator changed while it ran; servers without an outcome may or may not be loaded: check them, then restore again (with --force for loaded ones)"
+                            .into(),
+                    ),
+                    at_unix_ms: now_unix_ms(),
+                })
+                .await?;
+        }
+        Ok(())
     }
 
     /// Running backups with their participants' agent addresses.

@@ -2,10 +2,12 @@
 //! server of a COMPLETE backup is loaded at once, each by its own agent from
 //! the artifact that agent stored (`Restore` on `lockstep.agent.v1`).
 //!
-//! Nothing here changes the catalog: the request is checked against it
-//! (the backup exists and is COMPLETE, every target names one of its
-//! servers) before any agent is called, and per-server outcomes go back to
-//! the caller.
+//! The request is checked against the catalog (the backup exists and is
+//! COMPLETE, every target names one of its servers, no other restore of it
+//! runs) and recorded there (`StartRestore`) before any agent is called;
+//! each server's outcome is recorded as it finishes, then the end
+//! (`FinishRestore`). A new leader fails restores left running (see
+//! [`crate::job::Jobs::watch_leadership`]).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -13,8 +15,8 @@ use std::time::Instant;
 use lockstep_proto::agent as agent_pb;
 use tracing::{Instrument as _, info, info_span, warn};
 
-use crate::catalog::{Rejected, Status};
-use crate::core::Core;
+use crate::catalog::{Command, Rejected, RestoredServer, Status};
+use crate::core::{Core, now_unix_ms};
 use crate::error::{Error, Result};
 use crate::job::{agent_client, status_text};
 
@@ -30,31 +32,12 @@ pub struct RestoreRequest {
     pub force: bool,
 }
 
-/// How one server's restore went.
+/// A finished restore: its catalog id and every server's outcome, in the
+/// backup's order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerRestore {
-    /// The server's name in the backup.
-    pub server: String,
-    /// `host:port` loaded into (as the agent reported it, or as requested
-    /// on failure), never with credentials.
-    pub target: String,
-    /// The artifact directory on the agent's host.
-    pub location: String,
-    /// `Err` carries the reason, naming the server.
-    pub outcome: std::result::Result<Loaded, String>,
-}
-
-/// The agent's report of a finished load.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Loaded {
-    /// Tables loaded.
-    pub tables: u64,
-    /// Rows loaded.
-    pub rows: u64,
-    /// How long the load took on the agent.
-    pub duration_ms: u64,
-    /// The GTID position set for replication, if any.
-    pub gtid_slave_pos: String,
+pub struct Restored {
+    pub restore_id: String,
+    pub servers: Vec<(String, RestoredServer)>,
 }
 
 /// One server to restore: where its agent is and what it loads.
@@ -68,9 +51,9 @@ struct Plan {
 
 /// Restores every server of `req.backup_id` in parallel; returns one
 /// outcome per server in the backup's order. Fails before calling any agent
-/// if the backup is unknown or not COMPLETE, or a target names a server not
-/// in it.
-pub async fn restore_backup(core: &Core, req: RestoreRequest) -> Result<Vec<ServerRestore>> {
+/// if the backup is unknown or not COMPLETE, a target names a server not in
+/// it, or another restore of it runs.
+pub async fn restore_backup(core: &Core, req: RestoreRequest) -> Result<Restored> {
     core.require_leader().await?;
     let id = req.backup_id.clone();
     let wanted = id.clone();
@@ -98,11 +81,24 @@ pub async fn restore_backup(core: &Core, req: RestoreRequest) -> Result<Vec<Serv
         .await?;
     let (status, servers) = found.ok_or_else(|| Rejected::UnknownBackup(id.clone()))?;
     let plans = plan(&id, status, servers, &req.targets)?;
+    let restore_id = uuid::Uuid::new_v4().to_string();
+    core.propose(&Command::StartRestore {
+        id: restore_id.clone(),
+        backup_id: id.clone(),
+        targets: plans
+            .iter()
+            .map(|p| (p.server.clone(), p.shown_target()))
+            .collect(),
+        force: req.force,
+        at_unix_ms: now_unix_ms(),
+    })
+    .await?;
 
-    let span = info_span!("restore", backup = %id);
+    let span = info_span!("restore", backup = %id, restore = %restore_id);
     async {
         info!(servers = plans.len(), force = req.force, "restoring every server");
         let timeout = core.config.transfer_timeout;
+        let rid = &restore_id;
         let runs = plans.into_iter().map(|p| async move {
             let started = Instant::now();
             let outcome = match tokio::time::timeout(timeout, restore_one(&p, req.force)).await {
@@ -116,24 +112,43 @@ pub async fn restore_backup(core: &Core, req: RestoreRequest) -> Result<Vec<Serv
                 Ok((_, l)) => info!(server = %p.server, rows = l.rows, elapsed = ?started.elapsed(), "server restored"),
                 Err(e) => warn!(server = %p.server, error = %e, "server restore failed"),
             }
-            let requested = if p.target_mysql.is_empty() {
-                "own server".to_string()
-            } else {
-                redact(&p.target_mysql)
+            let mut done = match outcome {
+                Ok((reported, loaded)) => RestoredServer {
+                    target: reported,
+                    ..loaded
+                },
+                Err(e) => RestoredServer {
+                    error: Some(e),
+                    ..RestoredServer::default()
+                },
             };
-            let (target, outcome) = match outcome {
-                Ok((reported, l)) if !reported.is_empty() => (reported, Ok(l)),
-                Ok((_, l)) => (requested, Ok(l)),
-                Err(e) => (requested, Err(e)),
-            };
-            ServerRestore {
-                server: p.server,
-                target,
-                location: p.location.unwrap_or_default(),
-                outcome,
+            if done.target.is_empty() {
+                done.target = p.shown_target();
             }
+            done.location = p.location.clone().unwrap_or_default();
+            let record = Command::RestoreServerDone {
+                id: rid.clone(),
+                server: p.server.clone(),
+                result: done.clone(),
+            };
+            if let Err(e) = core.propose(&record).await {
+                warn!(server = %p.server, error = %e, "could not record the server's outcome");
+            }
+            (p.server, done)
         });
-        Ok(futures::future::join_all(runs).await)
+        let servers = futures::future::join_all(runs).await;
+        let finish = Command::FinishRestore {
+            id: restore_id.clone(),
+            reason: None,
+            at_unix_ms: now_unix_ms(),
+        };
+        if let Err(e) = core.propose(&finish).await {
+            warn!(error = %e, "could not record the end of the restore; the next leader fails it");
+        }
+        Ok(Restored {
+            restore_id: restore_id.clone(),
+            servers,
+        })
     }
     .instrument(span)
     .await
@@ -178,9 +193,24 @@ fn plan(
         .collect())
 }
 
+impl Plan {
+    /// The target as the catalog and the caller see it: `host:port` (never
+    /// the credentials) or "own server".
+    fn shown_target(&self) -> String {
+        if self.target_mysql.is_empty() {
+            "own server".to_string()
+        } else {
+            redact(&self.target_mysql)
+        }
+    }
+}
+
 /// One agent's `Restore`, to the end of its stream; returns the target the
 /// agent reported and its report.
-async fn restore_one(p: &Plan, force: bool) -> std::result::Result<(String, Loaded), String> {
+async fn restore_one(
+    p: &Plan,
+    force: bool,
+) -> std::result::Result<(String, RestoredServer), String> {
     let name = &p.server;
     let location = p
         .location
@@ -217,11 +247,12 @@ async fn restore_one(p: &Plan, force: bool) -> std::result::Result<(String, Load
             .ok_or_else(|| format!("server {name}: the restore finished without a report"))?;
         return Ok((
             r.server,
-            Loaded {
+            RestoredServer {
                 tables: r.tables,
                 rows: r.rows,
                 duration_ms: r.duration_ms,
                 gtid_slave_pos: r.gtid_slave_pos,
+                ..RestoredServer::default()
             },
         ));
     }

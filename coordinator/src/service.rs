@@ -56,10 +56,11 @@ pub fn to_status(e: Error) -> Status {
         Error::Rejected(r) => match r {
             Rejected::UnknownCluster(_)
             | Rejected::UnknownBackup(_)
-            | Rejected::UnknownServer { .. } => Status::not_found(r.to_string()),
-            Rejected::BackupRunning { .. } | Rejected::DuplicateBackup(_) => {
-                Status::already_exists(r.to_string())
-            }
+            | Rejected::UnknownServer { .. }
+            | Rejected::UnknownRestore(_) => Status::not_found(r.to_string()),
+            Rejected::BackupRunning { .. }
+            | Rejected::DuplicateBackup(_)
+            | Rejected::RestoreRunning { .. } => Status::already_exists(r.to_string()),
             Rejected::BadTransition { .. } => Status::failed_precondition(r.to_string()),
         },
         Error::UnknownServer { .. } => Status::not_found(e.to_string()),
@@ -209,8 +210,33 @@ impl Coordinator for CoordinatorService {
             .map_err(to_status)?;
         Ok(Response::new(pb::RestoreBackupReply {
             backup_id,
-            servers: done.iter().map(convert::server_restore).collect(),
+            servers: done
+                .servers
+                .iter()
+                .map(|(name, s)| convert::server_restore(name, s))
+                .collect(),
+            restore_id: done.restore_id,
         }))
+    }
+
+    async fn list_restores(
+        &self,
+        request: Request<pb::ListRestoresRequest>,
+    ) -> Result<Response<pb::ListRestoresReply>, Status> {
+        let backup = opt(request.into_inner().backup_id);
+        let mut restores = self
+            .core
+            .read(move |cat| {
+                cat.restores
+                    .values()
+                    .filter(|r| backup.as_ref().is_none_or(|b| *b == r.backup_id))
+                    .map(convert::restore)
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(to_status)?;
+        restores.sort_by_key(|r| r.started_at_unix_ms);
+        Ok(Response::new(pb::ListRestoresReply { restores }))
     }
 
     async fn coordinator_status(

@@ -290,6 +290,28 @@ async fn backup_of_three_servers_is_a_consistent_cut() -> anyhow::Result<()> {
         "a refused restore changes nothing"
     );
 
+    step!("the catalog records both restores: COMPLETE, then FAILED naming the servers");
+    let list = cluster
+        .cli_json(&["restore", "list", "--backup", &id])
+        .await?;
+    let list = list.as_array().cloned().unwrap_or_default();
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert_eq!(list[0]["id"], restore["restore_id"], "{list:?}");
+    assert_eq!(list[0]["status"], "COMPLETE", "{list:?}");
+    assert!(
+        list[0]["servers"]
+            .as_array()
+            .is_some_and(|s| s.len() == 3 && s.iter().all(|s| s["ok"] == true)),
+        "{list:?}"
+    );
+    assert_eq!(list[1]["status"], "FAILED", "{list:?}");
+    assert!(
+        list[1]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("cc0, cc1, cc2")),
+        "{list:?}"
+    );
+
     step!("an unknown backup id is refused with a clear error");
     let unknown = cluster
         .cli(&["restore", "run", "--backup", "no-such-backup"])
