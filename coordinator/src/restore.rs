@@ -93,6 +93,16 @@ pub async fn restore_backup(core: &Core, req: RestoreRequest) -> Result<Restored
         at_unix_ms: now_unix_ms(),
     })
     .await?;
+    #[cfg(feature = "failpoints")]
+    if let Some(ms) = fail::eval("before-restore-agents", |arg| {
+        arg.and_then(|a| a.parse::<u64>().ok()).unwrap_or(5000)
+    }) {
+        warn!(
+            ms,
+            "fail point before-restore-agents: pausing before calling the agents"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
 
     let span = info_span!("restore", backup = %id, restore = %restore_id);
     async {

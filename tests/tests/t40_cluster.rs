@@ -350,6 +350,92 @@ async fn backup_of_three_servers_is_a_consistent_cut() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// SIGKILL the leader while a restore runs (the `before-restore-agents`
+/// fail point holds it after it is recorded): the new leader fails the
+/// restore in the catalog saying the coordinator changed; the targets were
+/// not touched, so restoring again (the CLI's own retry, or a new run)
+/// loads them without --force, and the chain has no gaps.
+#[tokio::test]
+async fn leader_killed_during_a_restore_fails_it_in_the_catalog() -> anyhow::Result<()> {
+    let env = [("FAILPOINTS", "before-restore-agents=return(3000)")];
+    let mut cluster = Cluster::start_with("kr", &[], &env).await?;
+    let writer = CausalWriter::start(cluster.chain()).await?;
+    writer.wait_committed(100, Duration::from_secs(60)).await?;
+    let backup = cluster
+        .cli_json(&["backup", "start", "--cluster", CLUSTER, "--wait"])
+        .await?;
+    let written = writer.stop().await;
+    let id = backup["id"].as_str().expect("id").to_string();
+
+    step!("restore into 3 fresh servers; SIGKILL the leader while it runs");
+    let fresh = MariaDb::start_many(&["kf0", "kf1", "kf2"]).await?;
+    let args = restore_args(&id, "kr", &fresh);
+    let urls = cluster.group.urls();
+    let run = tokio::spawn(async move {
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_lockstep(&urls, &argv).await
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let list = cluster
+            .cli_json(&["restore", "list", "--backup", &id])
+            .await?;
+        if list[0]["status"] == "RUNNING" {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "restore never ran: {list}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let leader = cluster.group.wait_leader(Duration::from_secs(5)).await?;
+    cluster.group.members[leader].kill()?;
+
+    step!("the new leader fails it, saying why");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        let out = cluster
+            .cli(&["--json", "restore", "list", "--backup", &id])
+            .await?;
+        if out.status.success() {
+            let list: Value = serde_json::from_str(out.stdout.trim())?;
+            if list[0]["status"] == "FAILED" {
+                break list[0].clone();
+            }
+        }
+        anyhow::ensure!(Instant::now() < deadline, "not failed: {}", out.stdout);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        first["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("coordinator changed")),
+        "{first}"
+    );
+
+    step!("restoring again loads the untouched targets; the chain has no gaps");
+    let retried = run.await??;
+    if !retried.status.success() {
+        // The CLI's retry met the old restore still RUNNING: run it again.
+        let args = restore_args(&id, "kr", &fresh);
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        cluster.cli(&argv).await?.success()?;
+    }
+    let list = cluster
+        .cli_json(&["restore", "list", "--backup", &id])
+        .await?;
+    assert!(
+        list.as_array()
+            .is_some_and(|l| l.last().is_some_and(|r| r["status"] == "COMPLETE")),
+        "{list}"
+    );
+    let restored: Vec<Target> = fresh
+        .iter()
+        .map(|s| Target::on(s, "chain", "rec"))
+        .collect();
+    let m = check_chain(&restored).await?;
+    assert!(m >= 100 && m <= written, "restored 1..{m} of {written}");
+    Ok(())
+}
+
 /// SIGKILL the leader once the cut is committed (during TRANSFER): a new
 /// leader resolves the backup it inherits (COMPLETE, or FAILED with a reason
 /// saying the coordinator changed), no server stays locked, the next backup
