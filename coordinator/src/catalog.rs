@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::raft::{Change, KeyValue};
+
 /// A server as its agent registered it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Server {
@@ -213,7 +215,8 @@ pub struct Restore {
     pub reason: Option<String>,
 }
 
-/// The catalog. Serialised whole for raft snapshots.
+/// The catalog. Stored by raft as one key per server, backup and restore
+/// (see [`Key`]), so an apply writes only the records it changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Catalog {
     /// cluster → server name → server.
@@ -221,6 +224,8 @@ pub struct Catalog {
     pub backups: BTreeMap<String, Backup>,
     #[serde(default)]
     pub restores: BTreeMap<String, Restore>,
+    #[serde(skip)]
+    dirty: Dirty,
 }
 
 /// Why a command was rejected.
@@ -537,7 +542,14 @@ impl Catalog {
 impl crate::raft::StateMachine for Catalog {
     fn apply(&mut self, _index: u64, data: &[u8]) -> Vec<u8> {
         let result = match serde_json::from_slice::<Command>(data) {
-            Ok(cmd) => Catalog::apply(self, cmd),
+            Ok(cmd) => {
+                let key = cmd.key();
+                let r = Catalog::apply(self, cmd);
+                if r.is_ok() {
+                    self.dirty.0.insert(key);
+                }
+                r
+            }
             Err(e) => Err(Rejected::BadTransition {
                 id: String::new(),
                 reason: format!("undecodable command: {e}"),
@@ -546,15 +558,110 @@ impl crate::raft::StateMachine for Catalog {
         serde_json::to_vec(&result).expect("a catalog reply always serialises")
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("a catalog always serialises")
+    fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.dirty.0)
+            .into_iter()
+            .map(|key| {
+                let value = match &key {
+                    Key::Server { cluster, name } => self
+                        .clusters
+                        .get(cluster)
+                        .and_then(|s| s.get(name))
+                        .map(serde_json::to_vec),
+                    Key::Backup { id } => self.backups.get(id).map(serde_json::to_vec),
+                    Key::Restore { id } => self.restores.get(id).map(serde_json::to_vec),
+                };
+                let value = value.map(|v| v.expect("a catalog record always serialises"));
+                (key.to_string(), value)
+            })
+            .collect()
     }
 
-    fn restore(&mut self, data: &[u8]) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        *self = serde_json::from_slice(data)?;
+    fn load(
+        &mut self,
+        entries: Vec<KeyValue>,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let mut c = Catalog::default();
+        for (k, v) in entries {
+            match serde_json::from_str::<Key>(&k).map_err(|e| format!("catalog key {k:?}: {e}"))? {
+                Key::Server { cluster, name } => {
+                    let s: Server = serde_json::from_slice(&v)
+                        .map_err(|e| format!("catalog server {cluster}/{name}: {e}"))?;
+                    c.clusters.entry(cluster).or_default().insert(name, s);
+                }
+                Key::Backup { id } => {
+                    let b: Backup = serde_json::from_slice(&v)
+                        .map_err(|e| format!("catalog backup {id}: {e}"))?;
+                    c.backups.insert(id, b);
+                }
+                Key::Restore { id } => {
+                    let r: Restore = serde_json::from_slice(&v)
+                        .map_err(|e| format!("catalog restore {id}: {e}"))?;
+                    c.restores.insert(id, r);
+                }
+            }
+        }
+        *self = c;
         Ok(())
     }
 }
+
+/// A catalog record's key in the raft store: one per server, backup and
+/// restore, so an apply writes only the records it changed.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum Key {
+    Server { cluster: String, name: String },
+    Backup { id: String },
+    Restore { id: String },
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let json = serde_json::to_string(self).map_err(|_| std::fmt::Error)?;
+        f.write_str(&json)
+    }
+}
+
+impl Command {
+    /// The record this command changes.
+    fn key(&self) -> Key {
+        let backup = |id: &String| Key::Backup { id: id.clone() };
+        let restore = |id: &String| Key::Restore { id: id.clone() };
+        match self {
+            Command::RegisterServer(s) => Key::Server {
+                cluster: s.cluster.clone(),
+                name: s.name.clone(),
+            },
+            Command::RemoveServer { cluster, name } => Key::Server {
+                cluster: cluster.clone(),
+                name: name.clone(),
+            },
+            Command::StartBackup { id, .. }
+            | Command::CommitCut { id, .. }
+            | Command::Released { id, .. }
+            | Command::ArtifactStored { id, .. }
+            | Command::Complete { id, .. }
+            | Command::Fail { id, .. } => backup(id),
+            Command::StartRestore { id, .. }
+            | Command::RestoreServerDone { id, .. }
+            | Command::FinishRestore { id, .. } => restore(id),
+        }
+    }
+}
+
+/// The records changed since the raft core last took them. Not part of the
+/// catalog's value: never serialised, and equal whatever it holds.
+#[derive(Debug, Clone, Default)]
+struct Dirty(std::collections::BTreeSet<Key>);
+
+impl PartialEq for Dirty {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Dirty {}
 
 fn require_member(b: &Backup, server: &str) -> Result<(), Rejected> {
     if b.servers.iter().any(|s| s == server) {
@@ -847,7 +954,11 @@ mod tests {
     #[test]
     fn raft_applies_json_commands() {
         use crate::raft::StateMachine;
-        let mut c = catalog();
+        let mut c = Catalog::default();
+        for s in ["a", "b"] {
+            let cmd = serde_json::to_vec(&server("c", s)).expect("encode");
+            StateMachine::apply(&mut c, 1, &cmd);
+        }
         let ok = serde_json::to_vec(&start("b1")).expect("encode");
         let reply: Result<(), Rejected> =
             serde_json::from_slice(&StateMachine::apply(&mut c, 3, &ok)).expect("reply");
@@ -858,9 +969,36 @@ mod tests {
         let garbage: Result<(), Rejected> =
             serde_json::from_slice(&StateMachine::apply(&mut c, 5, b"{")).expect("reply");
         assert!(garbage.is_err());
+        let changes = c.take_changes();
+        assert_eq!(changes.len(), 3, "servers a and b, backup b1: {changes:?}");
         let mut restored = Catalog::default();
-        restored.restore(&c.snapshot()).expect("restore");
+        let stored = changes
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect();
+        restored.load(stored).expect("load");
         assert_eq!(restored, c);
+        assert!(c.take_changes().is_empty(), "taken");
+
+        let remove = Command::RemoveServer {
+            cluster: "c".into(),
+            name: "b".into(),
+        };
+        let fail = Command::Fail {
+            id: "b1".into(),
+            reason: "test".into(),
+            at_unix_ms: 6,
+        };
+        for cmd in [fail, remove] {
+            StateMachine::apply(&mut c, 6, &serde_json::to_vec(&cmd).expect("encode"));
+        }
+        let changes = c.take_changes();
+        assert_eq!(changes.len(), 2, "{changes:?}");
+        let (key, value) = changes
+            .iter()
+            .find(|(k, _)| k.contains("\"name\":\"b\""))
+            .expect("server b changed");
+        assert!(value.is_none(), "server b removed: {key}");
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! - `config.rs`: [`RaftConfig`] (ids, peer URLs, timings, thresholds) and its
 //!   validation.
 //! - `error.rs`: the one [`Error`] enum and the [`Result`] alias.
-//! - `state_machine.rs`: the [`StateMachine`] hook.
+//! - `state_machine.rs`: the [`StateMachine`] hook (stored as keys) and the
+//!   raft snapshot image of all keys.
 //! - `handle.rs`: [`RaftHandle`] (propose, read, status) and the types it
 //!   returns; only message passing to the raft task, no raft logic.
 //! - `node.rs`: [`RaftNode`] (start, transport service, shutdown) and the raft
@@ -18,10 +19,12 @@
 //! - `log.rs`: the slog→tracing drain handed to raft-rs.
 //!
 //! Durability: every store write is one redb transaction, fsynced at commit.
-//! Applying committed entries writes the state machine image, the applied
-//! position and any conf change in one transaction before proposers hear
-//! back, so a restart never re-applies an entry. New log entries and the
-//! hard state are durable before the Ready's persisted messages are sent.
+//! Applying committed entries writes the state machine keys they changed,
+//! the applied position and any conf change in one transaction, so a restart
+//! never re-applies an entry that transaction covers. Proposers hear back
+//! just before it (their entries are committed on a quorum; a crash in
+//! between re-applies them from the log). New log entries and the hard
+//! state are durable before the Ready's persisted messages are sent.
 
 mod config;
 mod error;
@@ -39,5 +42,5 @@ pub use config::RaftConfig;
 pub use error::{Error, Result};
 pub use handle::{NodeStatus, RaftHandle, Role};
 pub use node::RaftNode;
-pub use state_machine::StateMachine;
+pub use state_machine::{Change, KeyValue, StateMachine};
 pub use transport::TransportService;

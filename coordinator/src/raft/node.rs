@@ -20,7 +20,7 @@ use super::config::RaftConfig;
 use super::error::{Error, Result};
 use super::handle::{Command, NodeStatus, RaftHandle, ReadFn, Role};
 use super::log::logger;
-use super::state_machine::StateMachine;
+use super::state_machine::{StateMachine, decode_image};
 use super::storage::{LogId, RedbStorage};
 use super::transport::{Inbound, Peers, Sent, TransportService};
 
@@ -80,14 +80,12 @@ impl<S: StateMachine> RaftNode<S> {
                 config.data_dir.display()
             )));
         }
-        if let Some(image) = &loaded.sm_state {
-            state_machine
-                .restore(image)
-                .map_err(|source| Error::Restore {
-                    index: loaded.applied.index,
-                    source,
-                })?;
-        }
+        state_machine
+            .load(loaded.sm_keys)
+            .map_err(|source| Error::Restore {
+                index: loaded.applied.index,
+                source,
+            })?;
 
         let raft_config = raft::Config {
             id,
@@ -454,12 +452,14 @@ impl<S: StateMachine> RaftTask<S> {
             bytes = snap.data.len(),
             "installing raft snapshot"
         );
-        self.sm
-            .restore(&snap.data)
-            .map_err(|source| Error::Restore {
-                index: at.index,
-                source,
-            })?;
+        let entries = decode_image(&snap.data).map_err(|e| Error::Restore {
+            index: at.index,
+            source: e.into(),
+        })?;
+        self.sm.load(entries).map_err(|source| Error::Restore {
+            index: at.index,
+            source,
+        })?;
         self.raw.store().install_snapshot(snap)?;
         self.applied = at;
         self.log_start = at;
@@ -556,10 +556,14 @@ impl<S: StateMachine> RaftTask<S> {
                 (Waiter::Read { read, .. }, _) => read(Ok(&self.sm)),
             }
         }
-        let image = sm_changed.then(|| self.sm.snapshot());
+        let changes = if sm_changed {
+            self.sm.take_changes()
+        } else {
+            Vec::new()
+        };
         self.raw
             .store()
-            .record_applied(last, new_conf.as_ref(), image.as_deref())?;
+            .record_applied(last, new_conf.as_ref(), &changes)?;
         self.applied = last;
         if let Some(cs) = new_conf {
             self.conf_state = cs;

@@ -1,14 +1,16 @@
 //! The durable raft store: raft-rs's [`raft::Storage`] over one redb file.
 //!
-//! Tables: `raft_entries` (index → encoded `Entry`) and `raft_meta` (hard
-//! state, conf state, log start, applied position, state machine image).
-//! Every write method is one redb write transaction committed with redb's
-//! default `Durability::Immediate` (fsync) before it returns.
+//! Tables: `raft_entries` (index → encoded `Entry`), `raft_meta` (hard
+//! state, conf state, log start, applied position) and `sm_keys` (the state
+//! machine, key → value). Every write method is one redb write transaction
+//! committed with redb's default `Durability::Immediate` (fsync) before it
+//! returns.
 //!
-//! The raft snapshot is not stored separately: the state machine image is
-//! rewritten with the applied position in every apply transaction, so a
-//! snapshot is always `(applied, conf state, image)` read in one read
-//! transaction. Compaction only moves the log start up to the applied index.
+//! The raft snapshot is not stored separately: each apply transaction writes
+//! the keys the applied entries changed together with the applied position,
+//! so a snapshot is always `(applied, conf state, every key)` read in one
+//! read transaction. Compaction only moves the log start up to the applied
+//! index.
 
 use std::fmt;
 use std::path::Path;
@@ -18,9 +20,11 @@ use raft::{GetEntriesContext, RaftState, StorageError};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::error::{Error, Result};
+use super::state_machine::{Change, KeyValue, decode_image, encode_image};
 
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_entries");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+const SM_KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_keys");
 
 const HARD_STATE: &str = "hard_state";
 const CONF_STATE: &str = "conf_state";
@@ -28,8 +32,9 @@ const CONF_STATE: &str = "conf_state";
 const LOG_START: &str = "log_start";
 /// Last applied position.
 const APPLIED: &str = "applied";
-/// The state machine image as of `APPLIED`.
-const SM_STATE: &str = "sm_state";
+/// Where an earlier version kept the whole state machine image; a store
+/// that has it is refused (see [`RedbStorage::open`]).
+const LEGACY_SM_IMAGE: &str = "sm_state";
 
 /// A log position.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -59,7 +64,8 @@ pub(crate) struct Loaded {
     pub(crate) conf_state: ConfState,
     pub(crate) applied: LogId,
     pub(crate) log_start: LogId,
-    pub(crate) sm_state: Option<Vec<u8>>,
+    /// The state machine's keys as of `applied`.
+    pub(crate) sm_keys: Vec<KeyValue>,
 }
 
 /// raft-rs storage backed by redb.
@@ -99,7 +105,10 @@ impl RedbStorage {
             path: path_str.clone(),
             source: Box::new(e.into()),
         })?;
-        let store = RedbStorage { db, path: path_str };
+        let store = RedbStorage {
+            db,
+            path: path_str.clone(),
+        };
         let txn = store
             .db
             .begin_write()
@@ -107,9 +116,20 @@ impl RedbStorage {
         {
             txn.open_table(ENTRIES)
                 .map_err(store.err("create entries table"))?;
+            txn.open_table(SM_KEYS)
+                .map_err(store.err("create state machine table"))?;
             let mut meta = txn
                 .open_table(META)
                 .map_err(store.err("create meta table"))?;
+            if meta
+                .get(LEGACY_SM_IMAGE)
+                .map_err(store.err("read meta"))?
+                .is_some()
+            {
+                return Err(Error::Config(format!(
+                    "{path_str}: this store was written by an earlier lockstep that kept the catalog as one image; it cannot be read by this version (start from an empty data dir)"
+                )));
+            }
             let empty = meta
                 .get(CONF_STATE)
                 .map_err(store.err("read conf state"))?
@@ -190,7 +210,7 @@ impl RedbStorage {
             conf_state: self.meta_msg(&meta, CONF_STATE)?,
             applied: self.meta_log_id(&meta, APPLIED)?,
             log_start: self.meta_log_id(&meta, LOG_START)?,
-            sm_state: self.meta_get(&meta, SM_STATE)?,
+            sm_keys: self.all_keys(&txn)?,
         })
     }
 
@@ -262,13 +282,13 @@ impl RedbStorage {
     }
 
     /// Record that everything up to `applied` is applied, with the state
-    /// machine image (when it changed) and conf state (when it changed), in
+    /// machine keys that changed and the conf state (when it changed), in
     /// one durable transaction.
     pub(crate) fn record_applied(
         &self,
         applied: LogId,
         conf_state: Option<&ConfState>,
-        sm_state: Option<&[u8]>,
+        changes: &[Change],
     ) -> Result<()> {
         let txn = self.db.begin_write().map_err(self.err("begin apply"))?;
         {
@@ -280,9 +300,15 @@ impl RedbStorage {
                 meta.insert(CONF_STATE, &bytes[..])
                     .map_err(self.err("write conf state"))?;
             }
-            if let Some(state) = sm_state {
-                meta.insert(SM_STATE, state)
-                    .map_err(self.err("write state machine image"))?;
+            let mut keys = txn
+                .open_table(SM_KEYS)
+                .map_err(self.err("open state machine table"))?;
+            for (k, v) in changes {
+                match v {
+                    Some(v) => keys.insert(k.as_str(), v.as_slice()).map(|_| ()),
+                    None => keys.remove(k.as_str()).map(|_| ()),
+                }
+                .map_err(self.err("write state machine key"))?;
             }
             // Restart requires applied <= commit; entries are applied before
             // the Ready's hard state is persisted, so raise it here.
@@ -316,8 +342,16 @@ impl RedbStorage {
                 .map_err(self.err("write log start"))?;
             meta.insert(APPLIED, &at.encode()[..])
                 .map_err(self.err("write applied index"))?;
-            meta.insert(SM_STATE, &snap.data[..])
-                .map_err(self.err("write state machine image"))?;
+            let mut keys = txn
+                .open_table(SM_KEYS)
+                .map_err(self.err("open state machine table"))?;
+            keys.retain(|_, _| false)
+                .map_err(self.err("clear state machine for snapshot"))?;
+            let image = decode_image(&snap.data).map_err(|_| self.corrupt("snapshot image"))?;
+            for (k, v) in image {
+                keys.insert(k.as_str(), v.as_slice())
+                    .map_err(self.err("write state machine key"))?;
+            }
             self.raise_commit(&mut meta, at.index, Some(at.term))?;
         }
         txn.commit().map_err(self.err("commit install snapshot"))
@@ -349,6 +383,19 @@ impl RedbStorage {
         let entries = txn.open_table(ENTRIES).map_err(self.err("open entries"))?;
         let meta = txn.open_table(META).map_err(self.err("open meta"))?;
         f(&entries, &meta)
+    }
+
+    /// Every state machine key with its value, in `txn`'s view.
+    fn all_keys(&self, txn: &redb::ReadTransaction) -> Result<Vec<KeyValue>> {
+        let keys = txn
+            .open_table(SM_KEYS)
+            .map_err(self.err("open state machine table"))?;
+        let mut out = Vec::new();
+        for row in keys.iter().map_err(self.err("read state machine"))? {
+            let (k, v) = row.map_err(self.err("read state machine key"))?;
+            out.push((k.value().to_string(), v.value().to_vec()));
+        }
+        Ok(out)
     }
 
     fn last_index_in(
@@ -453,23 +500,31 @@ impl raft::Storage for RedbStorage {
     }
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        self.read(|_, meta| {
-            let applied = self.meta_log_id(meta, APPLIED)?;
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(self.err("begin read"))
+            .map_err(to_raft)?;
+        let meta = txn
+            .open_table(META)
+            .map_err(self.err("open meta"))
+            .map_err(to_raft)?;
+        let snap = (|| {
+            let applied = self.meta_log_id(&meta, APPLIED)?;
             if applied.index < request_index {
                 return Ok(None);
             }
             let mut snap = Snapshot {
-                data: self.meta_get(meta, SM_STATE)?.unwrap_or_default().into(),
+                data: encode_image(&self.all_keys(&txn)?).into(),
                 ..Default::default()
             };
             let md = snap.mut_metadata();
             md.index = applied.index;
             md.term = applied.term;
-            md.set_conf_state(self.meta_msg(meta, CONF_STATE)?);
+            md.set_conf_state(self.meta_msg(&meta, CONF_STATE)?);
             Ok(Some(snap))
-        })
-        .map_err(to_raft)?
-        .ok_or(raft::Error::Store(
+        })();
+        snap.map_err(to_raft)?.ok_or(raft::Error::Store(
             StorageError::SnapshotTemporarilyUnavailable,
         ))
     }
@@ -531,8 +586,18 @@ mod tests {
             assert_eq!(s.last_index().expect("last"), 9);
             assert_eq!(s.term(8).expect("term"), 2);
 
-            s.record_applied(LogId { index: 7, term: 1 }, None, Some(b"img"))
+            let changes = [
+                ("a".to_string(), Some(b"1".to_vec())),
+                ("b".to_string(), Some(b"2".to_vec())),
+            ];
+            s.record_applied(LogId { index: 7, term: 1 }, None, &changes)
                 .expect("record applied");
+            s.record_applied(
+                LogId { index: 7, term: 1 },
+                None,
+                &[("b".to_string(), None)],
+            )
+            .expect("remove a key");
             assert_eq!(s.initial_state().expect("state").hard_state.commit, 7);
 
             s.compact(LogId { index: 5, term: 1 }).expect("compact");
@@ -551,7 +616,10 @@ mod tests {
                 (snap.get_metadata().index, snap.get_metadata().term),
                 (7, 1)
             );
-            assert_eq!(&snap.data[..], b"img");
+            assert_eq!(
+                decode_image(&snap.data),
+                Ok(vec![("a".to_string(), b"1".to_vec())])
+            );
             assert_eq!(snap.get_metadata().get_conf_state().voters, vec![1, 2, 3]);
         }
         // Reopening keeps everything (the voters given now are ignored).
@@ -559,14 +627,15 @@ mod tests {
         let loaded = s.load().expect("load");
         assert_eq!(loaded.applied, LogId { index: 7, term: 1 });
         assert_eq!(loaded.log_start, LogId { index: 5, term: 1 });
-        assert_eq!(loaded.sm_state.as_deref(), Some(&b"img"[..]));
+        assert_eq!(loaded.sm_keys, vec![("a".to_string(), b"1".to_vec())]);
         assert_eq!(loaded.conf_state.voters, vec![1, 2, 3]);
         let hs = s.initial_state().expect("state").hard_state;
         assert_eq!((hs.term, hs.vote, hs.commit), (1, 2, 7));
 
         // Installing a leader's snapshot replaces log and state.
+        let newer = vec![("z".to_string(), b"9".to_vec())];
         let mut snap = Snapshot {
-            data: b"newer".to_vec().into(),
+            data: encode_image(&newer).into(),
             ..Default::default()
         };
         snap.mut_metadata().index = 20;
@@ -583,9 +652,29 @@ mod tests {
         assert_eq!(s.term(20).expect("term"), 3);
         let hs = s.initial_state().expect("state").hard_state;
         assert_eq!((hs.term, hs.commit), (3, 20));
+        let loaded = s.load().expect("load");
+        assert_eq!(loaded.applied, LogId { index: 20, term: 3 });
         assert_eq!(
-            s.load().expect("load").applied,
-            LogId { index: 20, term: 3 }
+            loaded.sm_keys, newer,
+            "the snapshot's keys replace the old ones"
         );
+    }
+
+    #[test]
+    fn a_store_with_a_whole_catalog_image_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("raft.redb");
+        drop(RedbStorage::open(&path, &[1]).expect("create"));
+        {
+            let db = Database::create(&path).expect("open");
+            let txn = db.begin_write().expect("txn");
+            txn.open_table(META)
+                .expect("meta")
+                .insert(LEGACY_SM_IMAGE, &b"{}"[..])
+                .expect("insert");
+            txn.commit().expect("commit");
+        }
+        let err = RedbStorage::open(&path, &[1]).expect_err("refused");
+        assert!(err.to_string().contains("earlier lockstep"), "{err}");
     }
 }

@@ -29,8 +29,13 @@ struct Probe {
 struct Counter {
     total: u64,
     log: Vec<u64>,
+    /// Applied to since the last `take_changes`.
+    changed: bool,
     probe: Arc<Probe>,
 }
+
+/// The one key a [`Counter`] is stored under.
+const COUNTER_KEY: &str = "counter";
 
 impl StateMachine for Counter {
     fn apply(&mut self, _index: u64, data: &[u8]) -> Vec<u8> {
@@ -40,18 +45,31 @@ impl StateMachine for Counter {
         };
         self.total += v;
         self.log.push(v);
+        self.changed = true;
         self.total.to_le_bytes().to_vec()
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        let mut out = self.total.to_le_bytes().to_vec();
-        for v in &self.log {
-            out.extend_from_slice(&v.to_le_bytes());
+    fn take_changes(&mut self) -> Vec<Change> {
+        if !std::mem::take(&mut self.changed) {
+            return Vec::new();
         }
-        out
+        let mut image = self.total.to_le_bytes().to_vec();
+        for v in &self.log {
+            image.extend_from_slice(&v.to_le_bytes());
+        }
+        vec![(COUNTER_KEY.to_string(), Some(image))]
     }
 
-    fn restore(&mut self, data: &[u8]) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// Counts a restore when there is a stored state to load.
+    fn load(
+        &mut self,
+        entries: Vec<KeyValue>,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let Some((_, data)) = entries.into_iter().find(|(k, _)| k == COUNTER_KEY) else {
+            self.total = 0;
+            self.log.clear();
+            return Ok(());
+        };
         self.probe.restores.fetch_add(1, Ordering::SeqCst);
         if !data.len().is_multiple_of(8) || data.is_empty() {
             return Err(format!("counter image of {} bytes", data.len()).into());
