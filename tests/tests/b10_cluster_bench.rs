@@ -40,6 +40,10 @@ impl Cluster {
                 "--coordinators".into(),
                 urls.clone(),
             ];
+            // LOCK_METHOD=ftwrl|backup-stage compares the agents' lock methods.
+            if let Ok(m) = std::env::var("LOCK_METHOD") {
+                o.extra_args.extend(["--lock-method".into(), m]);
+            }
             AgentProc::start(o)
         }))
         .await?;
