@@ -8,8 +8,6 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    // Fault injection (only with the `failpoints` feature): FAILPOINTS.
-    let _failpoints = fail::FailScenario::setup();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()),
@@ -17,6 +15,12 @@ async fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // Fault injection (only with the `failpoints` feature): FAILPOINTS.
+    let _failpoints = fail::FailScenario::setup();
+    #[cfg(feature = "failpoints")]
+    for (name, action) in fail::list() {
+        tracing::warn!(name, action, "fail point configured");
+    }
     let config = match args.config() {
         Ok(c) => c,
         Err(e) => {

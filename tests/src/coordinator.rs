@@ -248,6 +248,15 @@ impl CoordinatorGroup {
             .enumerate()
             .map(|(i, p)| CoordinatorProc::start_with_env(i as u64 + 1, *p, &peers, env));
         let members = futures::future::try_join_all(starts).await?;
+        if env.iter().any(|(k, _)| *k == "FAILPOINTS") {
+            for m in &members {
+                anyhow::ensure!(
+                    m.log_tail(LOG_TAIL_LINES).contains("fail point configured"),
+                    "coordinator {} has no fail points: build the binaries with --features lockstep-coordinator/failpoints (scripts/test.sh does)",
+                    m.id()
+                );
+            }
+        }
         let group = CoordinatorGroup { members };
         group.wait_leader(Duration::from_secs(30)).await?;
         Ok(group)
