@@ -333,8 +333,8 @@ impl Agent {
     /// When the caller went away, the snapshots are kept: a coordinator
     /// leader may have decided the cut just before it died, and its
     /// successor then commits (which answers with this release) and
-    /// transfers; otherwise the successor aborts, or `snapshot_ttl` drops
-    /// them. Every lock of the cut was held when the cut was decided, so the
+    /// transfers; otherwise the successor aborts, a new Prepare supersedes
+    /// them, or they are dropped after [`CALLER_GONE_KEEP`]. Every lock of the cut was held when the cut was decided, so the
     /// snapshots are consistent whichever way the lock went. For any other
     /// reason (lease, shutdown) the backup is dropped and a later Commit
     /// fails.
