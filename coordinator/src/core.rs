@@ -36,6 +36,21 @@ pub struct Core {
     health: Mutex<HashMap<(String, String), Instant>>,
 }
 
+/// Fault injection: when fail point `name` is configured as `return(MS)`
+/// (FAILPOINTS, in builds with the `failpoints` feature), pauses MS ms;
+/// otherwise returns at once.
+pub(crate) async fn fail_pause(name: &'static str) {
+    #[cfg(feature = "failpoints")]
+    if let Some(ms) = fail::eval(name, |arg| {
+        arg.and_then(|a| a.parse::<u64>().ok()).unwrap_or(5000)
+    }) {
+        tracing::warn!(name, ms, "fail point: pausing");
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
+}
+
 /// Milliseconds since the Unix epoch, for catalog commands.
 pub fn now_unix_ms() -> i64 {
     now_unix_us() / 1000

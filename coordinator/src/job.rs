@@ -39,7 +39,7 @@ use tracing::{Instrument as _, info, info_span, warn};
 
 use crate::catalog::{Artifact, Backup, Command, CutEntry, RestoreStatus, Status};
 use crate::client::error_chain;
-use crate::core::{Core, now_unix_ms};
+use crate::core::{Core, fail_pause, now_unix_ms};
 use crate::error::Result;
 use crate::raft::Role;
 
@@ -263,13 +263,13 @@ impl Jobs {
         term: u64,
         parts: &[Participant],
     ) -> std::result::Result<(), String> {
-        // Phase 1: PREPARE everywhere; the first failure stops the others
-        // (dropping their streams releases their locks; run() aborts all).
-        // A server that loses its lock while the others are still preparing
-        // (its agent died, its lease ran out) fails the backup at once.
-        // Two steps, so that the slow part (connections, pre-flight,
-        // pre-flush) stays out of the freeze window: arm every server, then
-        // GO everywhere at once.
+        // Phase 1: PREPARE everywhere, in two steps so that the slow part
+        // (connections, pre-flight, pre-flush) stays out of the freeze
+        // window: arm every server, then GO everywhere at once. The first
+        // failure stops the others (dropping their streams releases their
+        // locks; run() aborts all), and a server that loses its lock while
+        // the others are still locking (its agent died, its lease ran out)
+        // fails the backup at once.
         let deadline = tokio::time::Instant::now() + self.core.config.prepare_timeout;
         let arms = parts.iter().map(|p| self.arm_one(id, term, p, deadline));
         let armed = futures::future::try_join_all(arms).await?;
@@ -306,16 +306,12 @@ impl Jobs {
             })
             .await
             .map_err(|e| format!("commit the cut in the catalog: {e}"))?;
-        #[cfg(feature = "failpoints")]
-        if let Some(ms) = fail::eval("after-commit-cut", |arg| {
-            arg.and_then(|a| a.parse::<u64>().ok()).unwrap_or(5000)
-        }) {
-            warn!(ms, "fail point after-commit-cut: pausing before COMMIT");
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-        }
+        fail_pause("after-commit-cut").await;
 
         // Phase 2: COMMIT (unlock) everywhere.
-        let commits = held.iter().map(|h| self.commit_one(id, term, h));
+        let commits = held
+            .iter()
+            .map(|h| self.commit_one(id, term, &h.part.name, h.client.clone()));
         let results = futures::future::join_all(commits).await;
         drop(held);
         let failures: Vec<String> = results.into_iter().filter_map(|r| r.err()).collect();
@@ -445,9 +441,14 @@ impl Jobs {
         })?
     }
 
-    async fn commit_one(&self, id: &str, term: u64, h: &Held) -> std::result::Result<(), String> {
-        let name = &h.part.name;
-        let mut client = h.client.clone();
+    /// COMMIT on one server and record its release.
+    async fn commit_one(
+        &self,
+        id: &str,
+        term: u64,
+        name: &str,
+        mut client: NodeAgentClient<Channel>,
+    ) -> std::result::Result<(), String> {
         let reply = tokio::time::timeout(
             self.core.config.commit_timeout,
             client.commit(agent_pb::CommitRequest {
@@ -464,23 +465,12 @@ impl Jobs {
         })?
         .map_err(|s| format!("server {name}: COMMIT failed: {}", status_text(&s)))?
         .into_inner();
-        self.record_release(id, name, reply.held_us, reply.released_at_unix_us)
-            .await
-    }
-
-    async fn record_release(
-        &self,
-        id: &str,
-        name: &str,
-        held_us: u64,
-        released_at_unix_us: i64,
-    ) -> std::result::Result<(), String> {
         self.core
             .propose(&Command::Released {
                 id: id.to_string(),
                 server: name.to_string(),
-                held_us,
-                released_at_unix_us,
+                held_us: reply.held_us,
+                released_at_unix_us: reply.released_at_unix_us,
             })
             .await
             .map_err(|e| format!("server {name}: record the release: {e}"))
@@ -692,20 +682,10 @@ impl Jobs {
                         .get(&p.name)
                         .is_none_or(|c| c.released_at_unix_us.is_none())
                 }) {
-                    if let Ok(mut client) = agent_client(&p.addr).await
-                        && let Ok(Ok(r)) = tokio::time::timeout(
-                            self.core.config.commit_timeout,
-                            client.commit(agent_pb::CommitRequest {
-                                backup_id: b.id.clone(),
-                                term,
-                            }),
-                        )
-                        .await
-                    {
-                        let r = r.into_inner();
-                        let _ = self
-                            .record_release(&b.id, &p.name, r.held_us, r.released_at_unix_us)
-                            .await;
+                    // Best effort: an agent without the backup fails the
+                    // transfer below, with its reason.
+                    if let Ok(client) = agent_client(&p.addr).await {
+                        let _ = self.commit_one(&b.id, term, &p.name, client).await;
                     }
                 }
                 let missing: Vec<&Participant> = parts

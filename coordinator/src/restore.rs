@@ -16,7 +16,7 @@ use lockstep_proto::agent as agent_pb;
 use tracing::{Instrument as _, info, info_span, warn};
 
 use crate::catalog::{Command, Rejected, RestoredServer, Status};
-use crate::core::{Core, now_unix_ms};
+use crate::core::{Core, fail_pause, now_unix_ms};
 use crate::error::{Error, Result};
 use crate::job::{agent_client, status_text};
 
@@ -93,16 +93,7 @@ pub async fn restore_backup(core: &Core, req: RestoreRequest) -> Result<Restored
         at_unix_ms: now_unix_ms(),
     })
     .await?;
-    #[cfg(feature = "failpoints")]
-    if let Some(ms) = fail::eval("before-restore-agents", |arg| {
-        arg.and_then(|a| a.parse::<u64>().ok()).unwrap_or(5000)
-    }) {
-        warn!(
-            ms,
-            "fail point before-restore-agents: pausing before calling the agents"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
-    }
+    fail_pause("before-restore-agents").await;
 
     let span = info_span!("restore", backup = %id, restore = %restore_id);
     async {
