@@ -70,6 +70,15 @@ impl Target {
         })
     }
 
+    /// The cluster tests' chain: table `chain.rec` on each of `servers`,
+    /// record k on `servers[k mod N]`.
+    pub fn chain_on(servers: &[MariaDb]) -> Vec<Self> {
+        servers
+            .iter()
+            .map(|s| Self::on(s, "chain", "rec"))
+            .collect()
+    }
+
     /// A target on a harness server.
     pub fn on(server: &MariaDb, db: &str, table: &str) -> Self {
         Self {

@@ -78,11 +78,9 @@ impl Cluster {
         Ok(serde_json::from_str(out.stdout.trim())?)
     }
 
+    /// The causal chain's targets: record k on server k mod N.
     fn chain(&self) -> Vec<Target> {
-        self.servers
-            .iter()
-            .map(|s| Target::on(s, "chain", "rec"))
-            .collect()
+        Target::chain_on(&self.servers)
     }
 }
 

@@ -137,6 +137,34 @@ impl Cluster {
         }
     }
 
+    /// Polls `lockstep catalog show ID` until `done(status)` holds, for at
+    /// most `timeout`; returns the backup. A failed call (no leader yet
+    /// after a kill) is polled again.
+    async fn wait_backup(
+        &self,
+        id: &str,
+        timeout: Duration,
+        done: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.cli(&["--json", "catalog", "show", id]).await?;
+            if out.status.success() {
+                let b: Value = serde_json::from_str(out.stdout.trim())?;
+                if done(b["status"].as_str().unwrap_or_default()) {
+                    return Ok(b);
+                }
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "backup {id} not resolved within {timeout:?}: {} {}",
+                out.stdout,
+                out.stderr
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// After a fault: the next backup of the cluster completes.
     async fn next_backup_completes(&self) -> anyhow::Result<()> {
         self.wait_healthy(Duration::from_secs(30)).await?;
@@ -156,12 +184,9 @@ impl Cluster {
         Ok(serde_json::from_str(out.stdout.trim())?)
     }
 
-    /// Chain targets: record k on server k mod 3.
+    /// The causal chain's targets: record k on server k mod N.
     fn chain(&self) -> Vec<Target> {
-        self.servers
-            .iter()
-            .map(|s| Target::on(s, "chain", "rec"))
-            .collect()
+        Target::chain_on(&self.servers)
     }
 }
 
@@ -251,10 +276,7 @@ async fn backup_of_three_servers_is_a_consistent_cut() -> anyhow::Result<()> {
         assert_eq!(s["target"], fresh[i].address(), "{restore}");
         assert!(s["rows"].as_u64().is_some_and(|r| r > 0), "{restore}");
     }
-    let restored: Vec<Target> = fresh
-        .iter()
-        .map(|s| Target::on(s, "chain", "rec"))
-        .collect();
+    let restored = Target::chain_on(&fresh);
     let m = check_chain(&restored).await?;
     step!("restored chain 1..{m} of {written} written");
     assert!(m >= 300 && m <= written, "restored 1..{m} of {written}");
@@ -427,10 +449,7 @@ async fn leader_killed_during_a_restore_fails_it_in_the_catalog() -> anyhow::Res
             .is_some_and(|l| l.last().is_some_and(|r| r["status"] == "COMPLETE")),
         "{list}"
     );
-    let restored: Vec<Target> = fresh
-        .iter()
-        .map(|s| Target::on(s, "chain", "rec"))
-        .collect();
+    let restored = Target::chain_on(&fresh);
     let m = check_chain(&restored).await?;
     assert!(m >= 100 && m <= written, "restored 1..{m} of {written}");
     Ok(())
@@ -459,37 +478,23 @@ async fn new_leader_resolves_the_inherited_backup_and_the_catalog_survives_a_res
     step!("start a backup and wait until its cut is committed");
     let id = cluster.start_backup().await?;
     let leader = cluster.group.wait_leader(Duration::from_secs(10)).await?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let shown = cluster.cli_json(&["catalog", "show", &id]).await?;
-        match shown["status"].as_str() {
-            Some("TRANSFERRING") => break,
-            Some("PREPARING") => {}
-            other => anyhow::bail!("backup left PREPARING as {other:?} before the kill: {shown}"),
-        }
-        anyhow::ensure!(Instant::now() < deadline, "cut not committed: {shown}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let shown = cluster
+        .wait_backup(&id, Duration::from_secs(20), |s| s != "PREPARING")
+        .await?;
+    anyhow::ensure!(
+        shown["status"] == "TRANSFERRING",
+        "backup left PREPARING as {} before the kill: {shown}",
+        shown["status"]
+    );
 
     step!("SIGKILL the leader (coordinator {})", leader + 1);
     cluster.group.members[leader].kill()?;
     let killed_at = Instant::now();
-    let resolved = loop {
-        let out = cluster.cli(&["--json", "catalog", "show", &id]).await?;
-        if out.status.success() {
-            let b: Value = serde_json::from_str(out.stdout.trim())?;
-            if b["status"] == "COMPLETE" || b["status"] == "FAILED" {
-                break b;
-            }
-        }
-        anyhow::ensure!(
-            killed_at.elapsed() < Duration::from_secs(60),
-            "inherited backup not resolved: {} {}",
-            out.stdout,
-            out.stderr
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let resolved = cluster
+        .wait_backup(&id, Duration::from_secs(60), |s| {
+            s == "COMPLETE" || s == "FAILED"
+        })
+        .await?;
     let took = killed_at.elapsed();
     step!(
         "inherited backup resolved as {} in {took:?}: {}",
@@ -542,22 +547,9 @@ async fn leader_killed_during_prepare_fails_the_backup_and_unlocks_everything() 
     step!("SIGKILL the leader (coordinator {})", leader + 1);
     cluster.group.members[leader].kill()?;
     let killed_at = Instant::now();
-    let resolved = loop {
-        let out = cluster.cli(&["--json", "catalog", "show", &id]).await?;
-        if out.status.success() {
-            let b: Value = serde_json::from_str(out.stdout.trim())?;
-            if b["status"] != "PREPARING" {
-                break b;
-            }
-        }
-        anyhow::ensure!(
-            killed_at.elapsed() < Duration::from_secs(60),
-            "inherited backup not resolved: {} {}",
-            out.stdout,
-            out.stderr
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let resolved = cluster
+        .wait_backup(&id, Duration::from_secs(60), |s| s != "PREPARING")
+        .await?;
     step!(
         "inherited backup resolved as {} in {:?}: {}",
         resolved["status"],
@@ -593,11 +585,13 @@ async fn leader_killed_right_after_the_cut_completes_the_backup() -> anyhow::Res
 
     step!("start a backup; wait until its cut is committed");
     let id = cluster.start_backup().await?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while cluster.cli_json(&["catalog", "show", &id]).await?["status"] != "TRANSFERRING" {
-        anyhow::ensure!(Instant::now() < deadline, "cut never committed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let shown = cluster
+        .wait_backup(&id, Duration::from_secs(20), |s| s != "PREPARING")
+        .await?;
+    assert_eq!(
+        shown["status"], "TRANSFERRING",
+        "cut never committed: {shown}"
+    );
     for i in 0..3 {
         cluster.wait_locked(i).await?;
     }
@@ -608,18 +602,11 @@ async fn leader_killed_right_after_the_cut_completes_the_backup() -> anyhow::Res
         leader + 1
     );
     cluster.group.members[leader].kill()?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let resolved = loop {
-        let out = cluster.cli(&["--json", "catalog", "show", &id]).await?;
-        if out.status.success() {
-            let b: Value = serde_json::from_str(out.stdout.trim())?;
-            if b["status"] == "COMPLETE" || b["status"] == "FAILED" {
-                break b;
-            }
-        }
-        anyhow::ensure!(Instant::now() < deadline, "not resolved: {}", out.stdout);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let resolved = cluster
+        .wait_backup(&id, Duration::from_secs(60), |s| {
+            s == "COMPLETE" || s == "FAILED"
+        })
+        .await?;
     assert_eq!(resolved["status"], "COMPLETE", "{resolved}");
     assert!(resolved["freeze_ms"].as_f64().is_some(), "{resolved}");
     for s in resolved["servers"].as_array().expect("servers") {
@@ -636,10 +623,7 @@ async fn leader_killed_right_after_the_cut_completes_the_backup() -> anyhow::Res
     let args = restore_args(&id, "kc", &fresh);
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     cluster.cli(&argv).await?.success()?;
-    let restored: Vec<Target> = fresh
-        .iter()
-        .map(|s| Target::on(s, "chain", "rec"))
-        .collect();
+    let restored = Target::chain_on(&fresh);
     let m = check_chain(&restored).await?;
     assert!(m >= 100 && m <= written, "restored 1..{m} of {written}");
 
@@ -720,15 +704,9 @@ async fn agent_killed_during_prepare_fails_the_backup_naming_it() -> anyhow::Res
     cluster.agents[1].kill()?;
 
     step!("the backup fails naming ka1, not ka2's missed deadline");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let failed = loop {
-        let b = cluster.cli_json(&["catalog", "show", &id]).await?;
-        if b["status"] != "PREPARING" {
-            break b;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "backup never resolved: {b}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let failed = cluster
+        .wait_backup(&id, Duration::from_secs(20), |s| s != "PREPARING")
+        .await?;
     assert_eq!(failed["status"], "FAILED", "{failed}");
     let reason = failed["reason"].as_str().unwrap_or_default();
     assert!(
