@@ -129,7 +129,9 @@ pub enum Command {
         at_unix_ms: i64,
         cut: BTreeMap<String, CutEntry>,
     },
-    /// One server released its lock after COMMIT.
+    /// One server released its lock after COMMIT. Written by coordinators
+    /// that recorded the cut before COMMIT; the cut now carries every
+    /// release, so this is only applied from older logs.
     Released {
         id: String,
         server: String,

@@ -2,10 +2,21 @@
 //! the transfer, each decision a raft entry before it is acted on.
 //!
 //! ```text
-//! StartBackup ─▶ PREPARE all (parallel, deadline) ─▶ CommitCut (every position)
-//!   ─▶ COMMIT all (unlock) ─▶ Released × N ─▶ TRANSFER all ─▶ ArtifactStored × N ─▶ Complete
+//! StartBackup ─▶ PREPARE all (parallel, deadline) ─▶ COMMIT all (unlock; each
+//!   reply proves its lock was held until then) ─▶ CommitCut (every position
+//!   and release) ─▶ TRANSFER all ─▶ ArtifactStored × N ─▶ Complete
 //! any failure or missed deadline: ABORT all agents, then Fail(reason naming the server)
 //! ```
+//!
+//! The barrier proof: every COMMIT is sent after the last PREPARED arrived,
+//! that is after the last server locked, and an agent answers it with
+//! `held_until_commit` only if its lock was still held when the COMMIT
+//! arrived (a lock released by lease, a vanished caller or an error makes
+//! the agent refuse the COMMIT). So when every reply carries the flag, all
+//! servers were frozen together at the instant the first COMMIT was sent:
+//! the cut is consistent, proven rather than assumed. Only then is the cut
+//! recorded in raft, outside the freeze window; a leader lost before the
+//! record leaves the backup `preparing`, and its successor aborts it.
 //!
 //! The Prepare streams (and the connections they ride on) stay open until
 //! COMMIT: an agent releases its lock by itself when its caller disappears,
@@ -13,7 +24,7 @@
 //!
 //! A node that becomes leader resolves the running backups it inherits
 //! ([`Jobs::watch_leadership`]): `preparing` ones are aborted everywhere and
-//! failed (the cut was never decided); `transferring` ones are finished if
+//! failed (the cut was never recorded); `transferring` ones are finished if
 //! the agents still hold the snapshots, and failed with the reason otherwise.
 //!
 //! Fencing: every agent call carries the raft term the job runs in, and an
@@ -277,27 +288,44 @@ impl Jobs {
         let prepares = armed
             .into_iter()
             .map(|a| self.lock_one(id, term, a, lost_tx.clone(), deadline));
-        let (held, cut): (Vec<Held>, BTreeMap<String, CutEntry>) = tokio::select! {
-            r = futures::future::try_join_all(prepares) => r?
-                .into_iter()
-                .map(|(h, entry)| {
-                    let name = h.part.name.clone();
-                    (h, (name, entry))
-                })
-                .unzip(),
+        let held: Vec<(Held, CutEntry)> = tokio::select! {
+            r = futures::future::try_join_all(prepares) => r?,
             Some(reason) = lost.recv() => return Err(reason),
         };
         if let Ok(reason) = lost.try_recv() {
             return Err(reason);
         }
-        // Past this point a lost lock shows up as a failed COMMIT.
         info!(
             servers = held.len(),
-            "every server is prepared; committing the cut"
+            "every server is prepared; committing"
         );
 
-        // The barrier is passed: one raft entry carrying every position is
-        // the decision (the locks are held meanwhile).
+        // Phase 2: COMMIT (unlock) everywhere. Every reply must prove its
+        // lock was held until its COMMIT arrived (see the module comment);
+        // a lost lock shows up here as a refused COMMIT.
+        let commits = held
+            .iter()
+            .map(|(h, _)| self.commit_one(id, term, &h.part.name, h.client.clone()));
+        let results = futures::future::join_all(commits).await;
+        let mut cut = BTreeMap::new();
+        let mut failures = Vec::new();
+        for ((h, mut entry), result) in held.into_iter().zip(results) {
+            match result {
+                Ok(release) => {
+                    entry.held_us = Some(release.held_us);
+                    entry.released_at_unix_us = Some(release.released_at_unix_us);
+                    cut.insert(h.part.name.clone(), entry);
+                }
+                Err(e) => failures.push(e),
+            }
+        }
+        if !failures.is_empty() {
+            return Err(failures.join("; "));
+        }
+        fail_pause("before-commit-cut").await;
+
+        // The barrier is proven: one raft entry carrying every position and
+        // release records the cut (the servers run freely meanwhile).
         self.core
             .propose(&Command::CommitCut {
                 id: id.to_string(),
@@ -305,19 +333,8 @@ impl Jobs {
                 cut,
             })
             .await
-            .map_err(|e| format!("commit the cut in the catalog: {e}"))?;
+            .map_err(|e| format!("record the cut in the catalog: {e}"))?;
         fail_pause("after-commit-cut").await;
-
-        // Phase 2: COMMIT (unlock) everywhere.
-        let commits = held
-            .iter()
-            .map(|h| self.commit_one(id, term, &h.part.name, h.client.clone()));
-        let results = futures::future::join_all(commits).await;
-        drop(held);
-        let failures: Vec<String> = results.into_iter().filter_map(|r| r.err()).collect();
-        if !failures.is_empty() {
-            return Err(failures.join("; "));
-        }
 
         // TRANSFER everywhere.
         let transfers = parts.iter().map(|p| self.transfer_one(id, term, p));
@@ -441,14 +458,15 @@ impl Jobs {
         })?
     }
 
-    /// COMMIT on one server and record its release.
+    /// COMMIT on one server: it releases its lock and proves it held it
+    /// until then. Returns the release.
     async fn commit_one(
         &self,
         id: &str,
         term: u64,
         name: &str,
         mut client: NodeAgentClient<Channel>,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<agent_pb::CommitReply, String> {
         let reply = tokio::time::timeout(
             self.core.config.commit_timeout,
             client.commit(agent_pb::CommitRequest {
@@ -459,21 +477,23 @@ impl Jobs {
         .await
         .map_err(|_| {
             format!(
-                "server {name}: COMMIT not answered within {:?}",
+                "server {name}: COMMIT not answered within {:?}; the cut cannot be proven",
                 self.core.config.commit_timeout
             )
         })?
-        .map_err(|s| format!("server {name}: COMMIT failed: {}", status_text(&s)))?
+        .map_err(|s| {
+            format!(
+                "server {name}: COMMIT refused, the cut cannot be proven: {}",
+                status_text(&s)
+            )
+        })?
         .into_inner();
-        self.core
-            .propose(&Command::Released {
-                id: id.to_string(),
-                server: name.to_string(),
-                held_us: reply.held_us,
-                released_at_unix_us: reply.released_at_unix_us,
-            })
-            .await
-            .map_err(|e| format!("server {name}: record the release: {e}"))
+        if !reply.held_until_commit {
+            return Err(format!(
+                "server {name}: its agent does not confirm that it held its lock until COMMIT (an agent older than this coordinator?); the cut cannot be proven"
+            ));
+        }
+        Ok(reply)
     }
 
     async fn transfer_one(
@@ -668,24 +688,34 @@ impl Jobs {
         match b.status {
             Status::Preparing => {
                 let reason =
-                    "coordinator changed before the cut was committed; aborted on every server";
+                    "coordinator changed before the cut was recorded; aborted on every server";
                 warn!(reason, "failing an inherited backup");
                 abort_all(&b.id, term, parts, reason).await;
                 self.fail(&b.id, reason).await;
             }
             Status::Transferring => {
                 info!("finishing the transfer of an inherited backup");
-                // Unlock any server the old leader did not reach (harmless
-                // if it already released).
-                for p in parts.iter().filter(|p| {
+                // A cut recorded by this version carries every release. One
+                // without (recorded before its COMMITs, by an older
+                // coordinator) must meet the same rule now: each server
+                // still held its lock when this COMMIT arrived.
+                let unproven = parts.iter().filter(|p| {
                     b.cut
                         .get(&p.name)
                         .is_none_or(|c| c.released_at_unix_us.is_none())
-                }) {
-                    // Best effort: an agent without the backup fails the
-                    // transfer below, with its reason.
-                    if let Ok(client) = agent_client(&p.addr).await {
-                        let _ = self.commit_one(&b.id, term, &p.name, client).await;
+                });
+                for p in unproven {
+                    let proof = match agent_client(&p.addr).await {
+                        Ok(client) => self.commit_one(&b.id, term, &p.name, client).await,
+                        Err(e) => Err(format!("server {}: {e}", p.name)),
+                    };
+                    if let Err(e) = proof {
+                        let reason =
+                            format!("coordinator changed after the cut was recorded: {e}");
+                        warn!(%reason, "failing an inherited backup");
+                        abort_all(&b.id, term, parts, &reason).await;
+                        self.fail(&b.id, &reason).await;
+                        return;
                     }
                 }
                 let missing: Vec<&Participant> = parts
@@ -710,7 +740,7 @@ impl Jobs {
                         return;
                     }
                     let reason = format!(
-                        "coordinator changed after the cut was committed and the transfer could not be finished: {e}"
+                        "coordinator changed after the cut was recorded and the transfer could not be finished: {e}"
                     );
                     warn!(%reason, "failing an inherited backup");
                     abort_all(&b.id, term, parts, &reason).await;

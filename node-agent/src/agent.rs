@@ -6,6 +6,11 @@
 //! prepare releases it when the lease runs out or when the Prepare stream's
 //! caller goes away, whichever comes first, and a committed backup whose
 //! transfer never starts drops its snapshots after `snapshot_ttl`.
+//!
+//! Only a Commit that finds the lock still held releases it *with* the
+//! snapshots kept: that Commit is the agent's share of the barrier proof
+//! (see `docs/protocol.md`). A lock released any other way (lease, caller
+//! gone, shutdown, abort) drops the backup, and a later Commit fails.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,14 +34,14 @@ use crate::progress::Progress;
 
 /// The release reason when the Prepare caller went away.
 const CALLER_GONE: &str = "caller-gone";
-/// How long snapshots are kept after the caller went away (see `expire`).
-const CALLER_GONE_KEEP: Duration = Duration::from_secs(60);
+/// The release reason of a Commit that found the lock held.
+pub const COMMIT: &str = "commit";
 
 /// Why and when a lock was released.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Released {
     pub backup_id: String,
-    /// "commit", "abort", "lease-expired", "caller-gone", "shutdown".
+    /// "commit", "abort", "lease-expired", "caller-gone", "shutdown", "error".
     pub reason: String,
     pub held_us: u64,
     pub released_at_unix_us: i64,
@@ -76,7 +81,8 @@ pub struct PreparedInfo {
     pub timings: PrepareTimings,
 }
 
-/// What a commit reports.
+/// What a commit reports. `released.reason` is always [`COMMIT`]: the lock
+/// was still held when the (first) Commit arrived.
 #[derive(Debug, Clone)]
 pub struct CommitInfo {
     pub released: Released,
@@ -93,13 +99,15 @@ enum Stage {
 #[derive(Debug)]
 struct Session {
     backup_id: String,
+    /// The coordinator term that prepared it (0: an operator tool).
+    term: u64,
     stage: Stage,
     started_at: String,
     /// Tells the watcher the lock was released by commit/abort.
     notify: Option<oneshot::Sender<Released>>,
     lock_record: LockRecord,
-    /// Set once the lock is released with the snapshots kept (by Commit, or
-    /// because the caller went away): what a repeated Commit answers.
+    /// Set once Commit released the lock with the snapshots kept: what a
+    /// repeated Commit answers.
     committed: Option<CommitInfo>,
 }
 
@@ -132,6 +140,8 @@ pub struct Agent {
 #[derive(Debug, Clone)]
 pub struct PrepareRequest {
     pub backup_id: String,
+    /// The raft term of the coordinator leader asking (0: an operator tool).
+    pub term: u64,
     pub lease: Duration,
     pub budgets: Budgets,
     pub snapshot_connections: usize,
@@ -198,20 +208,19 @@ impl Agent {
         }
         let mut slot = self.session.lock().await;
         if let Some(s) = slot.as_ref() {
-            // Snapshots kept only because a caller vanished after its lock
-            // was released (see `expire`) and never asked for: a coordinator
-            // starts a new backup only once the old one is resolved.
-            let stale = matches!(s.stage, Stage::Committed(_))
-                && s.committed
-                    .as_ref()
-                    .is_some_and(|c| c.released.reason == CALLER_GONE);
-            if !stale {
+            // Snapshots committed by a leader that has since been deposed
+            // and never transferred: its successor either transfers them
+            // (and is not preparing a new backup meanwhile) or aborted them.
+            // A call from a later term therefore supersedes them.
+            let superseded =
+                matches!(s.stage, Stage::Committed(_)) && s.term > 0 && req.term > s.term;
+            if !superseded {
                 return Err(Error::Busy {
                     current: s.backup_id.clone(),
                     requested: req.backup_id,
                 });
             }
-            tracing::warn!(stale = %s.backup_id, backup = %req.backup_id, "dropping the snapshots of a backup whose caller went away: a new backup supersedes it");
+            tracing::warn!(stale = %s.backup_id, term = s.term, backup = %req.backup_id, new_term = req.term, "dropping the snapshots of a backup prepared by a deposed coordinator: a backup of a later term supersedes it");
             *slot = None;
         }
         let lease = req.lease.min(self.cfg.max_lease);
@@ -223,6 +232,7 @@ impl Agent {
                 budgets: req.budgets,
                 lock_method: self.cfg.lock_method,
                 snapshot_connections: req.snapshot_connections.max(1),
+                lease,
             },
         )
         .instrument(span.clone())
@@ -253,6 +263,7 @@ impl Agent {
         let (out_tx, out_rx) = oneshot::channel();
         *slot = Some(Session {
             backup_id: req.backup_id.clone(),
+            term: req.term,
             lock_record: LockRecord {
                 method: info.method.as_str().into(),
                 lock_wait_us: info.timings.lock_wait_us,
@@ -328,35 +339,14 @@ impl Agent {
         }
     }
 
-    /// Releases the lock of a prepared backup whose caller did not commit.
-    ///
-    /// When the caller went away, the snapshots are kept: a coordinator
-    /// leader may have decided the cut just before it died, and its
-    /// successor then commits (which answers with this release) and
-    /// transfers; otherwise the successor aborts, a new Prepare supersedes
-    /// them, or they are dropped after [`CALLER_GONE_KEEP`]. Every lock of the cut was held when the cut was decided, so the
-    /// snapshots are consistent whichever way the lock went. For any other
-    /// reason (lease, shutdown) the backup is dropped and a later Commit
-    /// fails.
+    /// Releases the lock of a prepared backup whose caller did not commit,
+    /// and drops the backup: its cut can no longer be proven (the lock was
+    /// not held when COMMIT came, if it ever comes), so a later Commit fails.
     async fn expire(self: &Arc<Self>, backup_id: &str, reason: &str) -> Option<Released> {
         let mut slot = self.session.lock().await;
         let prepared = matches!(slot.as_ref(), Some(s) if s.backup_id == backup_id && matches!(s.stage, Stage::Prepared(_)));
         if !prepared {
             return None;
-        }
-        if reason == CALLER_GONE {
-            let released = match self
-                .release_keeping_snapshots(&mut slot, backup_id, reason)
-                .await
-            {
-                Ok(c) => c.released,
-                Err(e) => {
-                    tracing::warn!(backup = backup_id, error = %e, "lock released; snapshots dropped");
-                    return self.last_release.lock().expect("release lock").clone();
-                }
-            };
-            tracing::warn!(backup = backup_id, server = %self.cfg.name, held_us = released.held_us, "caller gone: lock released; snapshots kept for a Commit, Transfer or Abort by the next coordinator leader");
-            return Some(released);
         }
         let session = slot.take().expect("checked above");
         let Stage::Prepared(cut) = session.stage else {
@@ -393,9 +383,13 @@ impl Agent {
 
     fn gone(&self, backup_id: &str) -> Error {
         let why = match self.last_release.lock().expect("release lock").as_ref() {
-            Some(r) if r.backup_id == backup_id => {
-                format!("its lock was already released ({})", r.reason)
+            Some(r) if r.backup_id == backup_id && r.reason == COMMIT => {
+                "it was committed and is no longer held (transferred, aborted or expired)".into()
             }
+            Some(r) if r.backup_id == backup_id => format!(
+                "its lock was already released ({}) and its snapshots dropped: this server did not hold its lock until COMMIT",
+                r.reason
+            ),
             _ => "this agent has no such backup in progress".into(),
         };
         Error::BadState {
@@ -404,9 +398,12 @@ impl Agent {
         }
     }
 
-    /// Releases the lock; the snapshots stay open for Transfer. Repeating
-    /// it (a new coordinator leader) answers with the release already done,
-    /// by an earlier Commit or when the caller went away.
+    /// Releases the lock and keeps the snapshots for Transfer, if the lock
+    /// is still held: the reply is this agent's share of the barrier proof.
+    /// Repeating it (a reply lost on the way) answers with the release
+    /// already done by the first Commit. A lock already released any other
+    /// way fails with `BadState` naming the reason; so does a failed unlock
+    /// or a snapshot not at the captured position (the backup is dropped).
     pub async fn commit(self: &Arc<Self>, backup_id: &str) -> Result<CommitInfo> {
         let mut slot = self.session.lock().await;
         let Some(session) = slot.as_mut().filter(|s| s.backup_id == backup_id) else {
@@ -415,20 +412,6 @@ impl Agent {
         if let Some(done) = &session.committed {
             return Ok(done.clone());
         }
-        self.release_keeping_snapshots(&mut slot, backup_id, "commit")
-            .await
-    }
-
-    /// Releases the lock of the prepared session in `slot` and keeps its
-    /// snapshots (checked to sit at the captured position) for Transfer. On
-    /// failure the session is dropped.
-    async fn release_keeping_snapshots(
-        self: &Arc<Self>,
-        slot: &mut Option<Session>,
-        backup_id: &str,
-        reason: &str,
-    ) -> Result<CommitInfo> {
-        let session = slot.as_mut().expect("the caller checked the session");
         let Stage::Prepared(cut) = std::mem::replace(&mut session.stage, Stage::Transferring)
         else {
             return Err(Error::BadState {
@@ -438,7 +421,7 @@ impl Agent {
         };
         match cut.commit(self.cfg.server.address()).await {
             Ok(committed) => {
-                let released = self.record(backup_id, reason, committed.held);
+                let released = self.record(backup_id, COMMIT, committed.held);
                 session.lock_record.held_us = released.held_us;
                 let info = CommitInfo {
                     released: released.clone(),
@@ -451,20 +434,12 @@ impl Agent {
                 }
                 tracing::info!(
                     backup = backup_id,
-                    reason,
                     held_us = released.held_us,
-                    "lock released; snapshots kept"
+                    "committed: lock released; snapshots kept"
                 );
                 let agent = self.clone();
                 let id = backup_id.to_string();
-                // Kept for a vanished caller: long enough for a new
-                // coordinator leader to take over, not an hour of open read
-                // views holding back purge.
-                let ttl = if reason == CALLER_GONE {
-                    self.cfg.snapshot_ttl.min(CALLER_GONE_KEEP)
-                } else {
-                    self.cfg.snapshot_ttl
-                };
+                let ttl = self.cfg.snapshot_ttl;
                 tokio::spawn(async move {
                     tokio::time::sleep(ttl).await;
                     agent.drop_stale(&id).await;

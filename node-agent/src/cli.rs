@@ -341,6 +341,8 @@ async fn dump(a: DumpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
             },
             lock_method: a.lock_method,
             snapshot_connections: a.threads,
+            // Committed at once; the lease only bounds a stuck process.
+            lease: std::time::Duration::from_secs(10),
         },
         &DumpOptions {
             zstd_level: a.zstd_level,

@@ -238,6 +238,18 @@ pub struct PrepareOptions {
     pub budgets: Budgets,
     pub lock_method: LockMethod,
     pub snapshot_connections: usize,
+    /// The agent releases the lock after this long; the server closes the
+    /// lock connection a little later if the agent cannot ([`server_backstop`]).
+    pub lease: Duration,
+}
+
+/// The margin between the agent's lease and the server-side backstop.
+const BACKSTOP_MARGIN: Duration = Duration::from_secs(2);
+
+/// The lock connection's `wait_timeout`: the lease, rounded up to whole
+/// seconds, plus a margin so the agent's own release normally comes first.
+pub fn server_backstop(lease: Duration) -> Duration {
+    Duration::from_secs(lease.as_secs_f64().ceil() as u64) + BACKSTOP_MARGIN
 }
 
 /// Phase one on one server. On error nothing stays locked: the lock
@@ -285,10 +297,18 @@ pub async fn arm(server: &Server, opts: PrepareOptions) -> Result<Armed> {
 
     preflight(&mut lock_conn, addr, &info, opts.budgets.preflight).await?;
     let lock_wait_secs = opts.budgets.lock_wait.as_secs_f64().ceil().max(1.0) as u64;
+    // The server's own backstop for the lease: an agent that is frozen
+    // (SIGSTOP, a paused VM) keeps its TCP connection open, and only the
+    // server's idle timeout then ends the lock. The connection is idle at
+    // most a lease while it waits for Go and a lease while it holds.
+    let idle_secs = server_backstop(opts.lease).as_secs();
     lock_conn
-        .query_drop(format!("SET SESSION lock_wait_timeout = {lock_wait_secs}"))
+        .query_drop(format!(
+            "SET SESSION lock_wait_timeout = {lock_wait_secs}, wait_timeout = {idle_secs}, \
+             net_read_timeout = {idle_secs}, net_write_timeout = {idle_secs}"
+        ))
         .await
-        .on(addr, "set lock_wait_timeout")?;
+        .on(addr, "set lock_wait_timeout and the idle timeouts")?;
     if opts.budgets.preflush {
         run_bounded(
             &mut lock_conn,

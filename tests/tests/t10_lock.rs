@@ -382,9 +382,9 @@ async fn lease_releases_the_lock() -> anyhow::Result<()> {
 }
 
 /// A caller killed while holding the lock (SIGKILL of a `lockstep-agent cut`
-/// process) releases the lock at once, long before its 60 s lease. The
-/// snapshots are kept (a coordinator may have decided the cut just before
-/// it died): a later Commit answers with that release, Abort drops them.
+/// process) releases the lock at once, long before its 60 s lease, and the
+/// backup is dropped: a later Commit is refused (this server did not hold
+/// its lock until COMMIT, so no cut including it can be proven).
 #[tokio::test]
 async fn killed_caller_releases_the_lock() -> anyhow::Result<()> {
     let (db, agent) = server_and_agent("lock-caller", &[]).await?;
@@ -432,7 +432,6 @@ async fn killed_caller_releases_the_lock() -> anyhow::Result<()> {
         "released {took:?} after the caller died"
     );
     let mut client = agent.client().await?;
-    // The agent checks the snapshots' positions right after the unlock.
     let deadline = Instant::now() + Duration::from_secs(5);
     let status = loop {
         let st = client.status(pb::StatusRequest {}).await?.into_inner();
@@ -441,26 +440,76 @@ async fn killed_caller_releases_the_lock() -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert_eq!(status.state, "committed");
+    assert_eq!(status.state, "idle", "{status:?}");
     let release = status.last_release.expect("a release");
     assert_eq!(release.reason, "caller-gone");
-    let commit = client
+
+    step!("a later COMMIT is refused: the lock was not held until it came");
+    let err = client
         .commit(pb::CommitRequest {
             backup_id: "b-caller".into(),
             term: 0,
         })
-        .await?
-        .into_inner();
-    assert_eq!(commit.released_at_unix_us, release.released_at_unix_us);
+        .await
+        .expect_err("a commit after the caller went away must not pass");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(
+        err.message().contains("caller-gone") && err.message().contains("until COMMIT"),
+        "{}",
+        err.message()
+    );
+    Ok(())
+}
+
+/// A frozen agent (SIGSTOP while it holds the lock, as a paused VM would
+/// be) cannot run its own lease, and its TCP connection stays open: the
+/// server's idle timeout on the lock connection (the lease plus a margin)
+/// ends the lock anyway, so writes resume seconds after the lease instead
+/// of after the server's default `wait_timeout` of 8 hours.
+#[tokio::test]
+async fn frozen_agent_is_unlocked_by_the_server() -> anyhow::Result<()> {
+    use lockstep_tests::process::Supervised as _;
+    let (db, mut agent) = server_and_agent("lock-frozen", &[]).await?;
+    let mut client = agent.client().await?;
+    step!("prepare with a 2 s lease");
+    let _cut = probe::prepare(&mut client, "b-frozen", Duration::from_secs(2), None).await?;
+    let locked_at = Instant::now();
+    assert!(!write_commits_within(&db, Duration::from_millis(200)).await?);
+
+    step!("SIGSTOP the agent; a write must commit soon after the lease");
+    agent.pause()?;
+    let took = wait_writable(&db, Duration::from_secs(15)).await;
+    agent.resume()?;
+    took?;
+    let after = locked_at.elapsed();
+    step!("writes resumed {after:?} after the lock");
+    assert!(
+        after >= Duration::from_millis(1500),
+        "unlocked after {after:?}: was it locked at all?"
+    );
+    assert!(
+        after < Duration::from_secs(9),
+        "unlocked only {after:?} after the lock (lease 2 s)"
+    );
+
+    step!("the resumed agent drops the backup and takes the next one");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = client.status(pb::StatusRequest {}).await?.into_inner();
+        if st.state == "idle" {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "agent not idle: {st:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut next = probe::prepare(&mut client, "b-frozen-2", Duration::from_secs(10), None).await?;
     client
-        .abort(pb::AbortRequest {
-            backup_id: "b-caller".into(),
-            reason: "test done".into(),
+        .commit(pb::CommitRequest {
+            backup_id: "b-frozen-2".into(),
             term: 0,
         })
         .await?;
-    let status = client.status(pb::StatusRequest {}).await?.into_inner();
-    assert_eq!(status.state, "idle");
+    assert_eq!(next.released(Duration::from_secs(2)).await?.reason, "commit");
     Ok(())
 }
 

@@ -118,6 +118,16 @@ impl Cluster {
 
     /// Waits until agent `i` holds its server's lock for a backup.
     async fn wait_locked(&self, i: usize) -> anyhow::Result<()> {
+        self.wait_agent(i, "locked", |st| st.lock_held).await
+    }
+
+    /// Waits until agent `i`'s `Status` satisfies `done` (`what` names it).
+    async fn wait_agent(
+        &self,
+        i: usize,
+        what: &str,
+        done: impl Fn(&lockstep_proto::agent::StatusReply) -> bool,
+    ) -> anyhow::Result<()> {
         let mut client = self.agents[i].client().await?;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -125,12 +135,12 @@ impl Cluster {
                 .status(lockstep_proto::agent::StatusRequest {})
                 .await?
                 .into_inner();
-            if st.lock_held {
+            if done(&st) {
                 return Ok(());
             }
             anyhow::ensure!(
                 Instant::now() < deadline,
-                "agent {} never locked: {st:?}",
+                "agent {} never {what}: {st:?}",
                 self.agents[i].name()
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -530,7 +540,7 @@ async fn new_leader_resolves_the_inherited_backup_and_the_catalog_survives_a_res
 /// SIGKILL the leader while a backup waits at the barrier (kp2's lock is
 /// queued behind another BACKUP STAGE, kp0 and kp1 hold theirs): the new leader aborts the
 /// inherited backup everywhere and fails it saying the cut was never
-/// committed; every server takes writes again and the next backup succeeds.
+/// recorded; every server takes writes again and the next backup succeeds.
 #[tokio::test]
 async fn leader_killed_during_prepare_fails_the_backup_and_unlocks_everything() -> anyhow::Result<()>
 {
@@ -558,7 +568,7 @@ async fn leader_killed_during_prepare_fails_the_backup_and_unlocks_everything() 
     );
     assert_eq!(resolved["status"], "FAILED", "{resolved}");
     let reason = resolved["reason"].as_str().unwrap_or_default();
-    assert!(reason.contains("before the cut was committed"), "{reason}");
+    assert!(reason.contains("before the cut was recorded"), "{reason}");
     drop(blocker);
 
     step!("every server takes writes again");
@@ -570,12 +580,69 @@ async fn leader_killed_during_prepare_fails_the_backup_and_unlocks_everything() 
     Ok(())
 }
 
-/// SIGKILL the leader right after it committed a cut and before any COMMIT
-/// went out (the `after-commit-cut` fail point pauses the job there), so
-/// every server is still locked: the agents release their locks when the
-/// leader's streams vanish and keep the snapshots; the new leader commits
-/// (answered with those releases), transfers and completes the backup; and
-/// the backup restored into 3 fresh servers is a causal chain without gaps.
+/// SIGKILL the leader after every server was committed (its lock released,
+/// the barrier proven) but before the cut is recorded in raft (the
+/// `before-commit-cut` fail point pauses the job there): the writes already
+/// run, the new leader finds the backup PREPARING, aborts it everywhere (the
+/// agents drop their snapshots) and fails it saying the cut was never
+/// recorded; the next backup succeeds and restores as a gap-free chain.
+#[tokio::test]
+async fn leader_killed_before_the_cut_is_recorded_fails_the_backup() -> anyhow::Result<()> {
+    let env = [("FAILPOINTS", "before-commit-cut=return(4000)")];
+    let mut cluster = Cluster::start_with("kb", &[], &env).await?;
+    let writer = CausalWriter::start(cluster.chain()).await?;
+    writer.wait_committed(50, Duration::from_secs(60)).await?;
+
+    step!("start a backup; wait until every server is committed (unlocked, snapshots kept)");
+    let id = cluster.start_backup().await?;
+    for i in 0..3 {
+        cluster
+            .wait_agent(i, "committed", |st| st.state == "committed")
+            .await?;
+    }
+    let shown = cluster.cli_json(&["catalog", "show", &id]).await?;
+    assert_eq!(shown["status"], "PREPARING", "cut recorded early: {shown}");
+    step!("the writes run while the leader pauses before recording the cut");
+    writes_resume(&writer).await?;
+
+    let leader = cluster.group.wait_leader(Duration::from_secs(5)).await?;
+    step!("SIGKILL the leader (coordinator {})", leader + 1);
+    cluster.group.members[leader].kill()?;
+    let resolved = cluster
+        .wait_backup(&id, Duration::from_secs(60), |s| s != "PREPARING")
+        .await?;
+    assert_eq!(resolved["status"], "FAILED", "{resolved}");
+    let reason = resolved["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("before the cut was recorded"), "{reason}");
+
+    step!("the agents dropped the snapshots");
+    for i in 0..3 {
+        cluster
+            .wait_agent(i, "idle", |st| st.state == "idle")
+            .await?;
+    }
+
+    step!("the next backup completes and restores as a gap-free chain");
+    let next = cluster
+        .cli_json(&["backup", "start", "--cluster", CLUSTER, "--wait"])
+        .await?;
+    assert_eq!(next["status"], "COMPLETE", "{next}");
+    let written = writer.stop().await;
+    let fresh = MariaDb::start_many(&["kbr0", "kbr1", "kbr2"]).await?;
+    let next_id = next["id"].as_str().context("id")?;
+    let args = restore_args(next_id, "kb", &fresh);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    cluster.cli(&argv).await?.success()?;
+    let m = check_chain(&Target::chain_on(&fresh)).await?;
+    assert!(m >= 50 && m <= written, "restored 1..{m} of {written}");
+    Ok(())
+}
+
+/// SIGKILL the leader right after it recorded a proven cut and before any
+/// TRANSFER went out (the `after-commit-cut` fail point pauses the job
+/// there): every server is already unlocked and keeps its snapshots; the
+/// new leader transfers and completes the backup, and the backup restored
+/// into 3 fresh servers is a causal chain without gaps.
 #[tokio::test]
 async fn leader_killed_right_after_the_cut_completes_the_backup() -> anyhow::Result<()> {
     let env = [("FAILPOINTS", "after-commit-cut=return(4000)")];
@@ -583,22 +650,26 @@ async fn leader_killed_right_after_the_cut_completes_the_backup() -> anyhow::Res
     let writer = CausalWriter::start(cluster.chain()).await?;
     writer.wait_committed(100, Duration::from_secs(60)).await?;
 
-    step!("start a backup; wait until its cut is committed");
+    step!("start a backup; wait until its cut is recorded");
     let id = cluster.start_backup().await?;
     let shown = cluster
         .wait_backup(&id, Duration::from_secs(20), |s| s != "PREPARING")
         .await?;
-    assert_eq!(
-        shown["status"], "TRANSFERRING",
-        "cut never committed: {shown}"
-    );
+    assert_eq!(shown["status"], "TRANSFERRING", "cut never recorded: {shown}");
+    for s in shown["servers"].as_array().expect("servers") {
+        assert!(s["lock_ms"].as_f64().is_some(), "release not recorded: {s}");
+    }
     for i in 0..3 {
-        cluster.wait_locked(i).await?;
+        cluster
+            .wait_agent(i, "committed", |st| {
+                st.state == "committed" && !st.lock_held
+            })
+            .await?;
     }
 
     let leader = cluster.group.wait_leader(Duration::from_secs(5)).await?;
     step!(
-        "every server is locked; SIGKILL the leader (coordinator {})",
+        "every server is unlocked with its snapshots; SIGKILL the leader (coordinator {})",
         leader + 1
     );
     cluster.group.members[leader].kill()?;

@@ -13,8 +13,23 @@ use crate::flavour::ServerInfo;
 use crate::format::manifest::FILE_NAME;
 use crate::restore::LoadReport;
 
-/// Fills zero fields of a request from the agent's defaults.
-pub fn prepare_request(r: pb::PrepareRequest, cfg: &AgentConfig) -> PrepareRequest {
+/// The largest number of snapshot (or restore) connections a request may ask for.
+pub const MAX_CONNECTIONS: usize = 64;
+/// The longest lock-wait budget a request may ask for: a lock queued longer
+/// than this is a pile-up, not a backup.
+pub const MAX_LOCK_WAIT: Duration = Duration::from_secs(60);
+/// The longest pre-flight budget a request may ask for.
+pub const MAX_PREFLIGHT: Duration = Duration::from_secs(3600);
+/// zstd levels a request may ask for (0 means the agent's default).
+pub const ZSTD_LEVELS: std::ops::RangeInclusive<i32> = -7..=19;
+
+fn out_of_bounds(what: &str, got: impl std::fmt::Display, bounds: &str) -> Error {
+    Error::Config(format!("{what} must be {bounds}, got {got}"))
+}
+
+/// Fills zero fields of a request from the agent's defaults and checks
+/// every bound before anything touches the server.
+pub fn prepare_request(r: pb::PrepareRequest, cfg: &AgentConfig) -> Result<PrepareRequest, Error> {
     let b = r.budgets.unwrap_or_default();
     let ms = |v: u64, default: Duration| {
         if v == 0 {
@@ -23,8 +38,9 @@ pub fn prepare_request(r: pb::PrepareRequest, cfg: &AgentConfig) -> PrepareReque
             Duration::from_millis(v)
         }
     };
-    PrepareRequest {
+    let req = PrepareRequest {
         backup_id: r.backup_id,
+        term: r.term,
         lease: ms(r.lease_ms, cfg.max_lease),
         budgets: Budgets {
             preflight: ms(b.preflight_ms, cfg.budgets.preflight),
@@ -38,6 +54,53 @@ pub fn prepare_request(r: pb::PrepareRequest, cfg: &AgentConfig) -> PrepareReque
         } else {
             r.snapshot_connections as usize
         },
+    };
+    if req.backup_id.is_empty() || req.backup_id.len() > 128 {
+        return Err(out_of_bounds(
+            "backup id length",
+            req.backup_id.len(),
+            "1..=128",
+        ));
+    }
+    if req.snapshot_connections > MAX_CONNECTIONS {
+        return Err(out_of_bounds(
+            "snapshot_connections",
+            req.snapshot_connections,
+            "1..=64",
+        ));
+    }
+    if req.budgets.lock_wait > MAX_LOCK_WAIT {
+        return Err(out_of_bounds(
+            "the lock-wait budget",
+            humantime::format_duration(req.budgets.lock_wait),
+            "at most 60s",
+        ));
+    }
+    if req.budgets.preflight > MAX_PREFLIGHT {
+        return Err(out_of_bounds(
+            "the pre-flight budget",
+            humantime::format_duration(req.budgets.preflight),
+            "at most 1h",
+        ));
+    }
+    Ok(req)
+}
+
+/// The zstd level a Transfer asks for (`None`: the agent's default).
+pub fn zstd_level(level: i32) -> Result<Option<i32>, Error> {
+    match level {
+        0 => Ok(None),
+        l if ZSTD_LEVELS.contains(&l) => Ok(Some(l)),
+        l => Err(out_of_bounds("zstd_level", l, "-7..=19 (0: the agent's default)")),
+    }
+}
+
+/// The number of connections a Restore asks for (0: the agent's default).
+pub fn restore_threads(threads: u32, cfg: &AgentConfig) -> Result<usize, Error> {
+    match threads as usize {
+        0 => Ok(cfg.snapshot_connections),
+        t if t <= MAX_CONNECTIONS => Ok(t),
+        t => Err(out_of_bounds("threads", t, "1..=64 (0: the agent's default)")),
     }
 }
 

@@ -49,7 +49,8 @@ impl NodeAgent for AgentService {
         let r = request.into_inner();
         self.fence(r.term)?;
         let wait_for_go = r.wait_for_go;
-        let req = convert::prepare_request(r, self.agent.config());
+        let req =
+            convert::prepare_request(r, self.agent.config()).map_err(|e| convert::to_status(&e))?;
         let (tx, rx) = mpsc::channel(4);
         let err_tx = tx.clone();
         let agent = self.agent.clone();
@@ -117,6 +118,7 @@ impl NodeAgent for AgentService {
         Ok(Response::new(pb::CommitReply {
             held_us: c.released.held_us,
             released_at_unix_us: c.released.released_at_unix_us,
+            held_until_commit: c.released.reason == crate::agent::COMMIT,
             snapshot_positions: c.snapshot_positions.iter().map(convert::position).collect(),
         }))
     }
@@ -142,7 +144,7 @@ impl NodeAgent for AgentService {
     ) -> Result<Response<Self::TransferStream>, Status> {
         let r = request.into_inner();
         self.fence(r.term)?;
-        let level = (r.zstd_level != 0).then_some(r.zstd_level);
+        let level = convert::zstd_level(r.zstd_level).map_err(|e| convert::to_status(&e))?;
         let progress = Arc::new(Progress::default());
         let (agent, p) = (self.agent.clone(), progress.clone());
         let job = async move { agent.transfer(&r.backup_id, level, p).await };
@@ -164,11 +166,8 @@ impl NodeAgent for AgentService {
     ) -> Result<Response<Self::RestoreStream>, Status> {
         let r = request.into_inner();
         let opts = LoadOptions {
-            threads: if r.threads == 0 {
-                self.agent.config().snapshot_connections
-            } else {
-                r.threads as usize
-            },
+            threads: convert::restore_threads(r.threads, self.agent.config())
+                .map_err(|e| convert::to_status(&e))?,
             force: r.force,
             binlog: r.binlog,
         };
