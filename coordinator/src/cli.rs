@@ -87,10 +87,15 @@ pub struct RestoreArgs {
     /// The backup id.
     #[arg(long)]
     pub backup: String,
-    /// Load SERVER into this database server instead of its own
-    /// (SERVER=mysql://USER[:PASS]@HOST:PORT); repeat for several servers.
+    /// Load SERVER into this database server
+    /// (SERVER=mysql://USER[:PASS]@HOST:PORT); repeat for every server of
+    /// the backup.
     #[arg(long = "target", value_name = "SERVER=URL", value_parser = parse_target)]
     pub targets: Vec<(String, String)>,
+    /// Load the servers without a --target into the live servers the backup
+    /// was taken from (their agents' own servers), overwriting them.
+    #[arg(long)]
+    pub in_place: bool,
     /// Load into targets that already hold databases.
     #[arg(long)]
     pub force: bool,
@@ -305,6 +310,7 @@ async fn execute(cli: &Cli) -> anyhow::Result<i32> {
                 backup_id: a.backup.clone(),
                 targets,
                 force: a.force,
+                in_place: a.in_place,
             };
             eprintln!("restoring every server of backup {} ...", a.backup);
             let mut client = client.with_call_timeout(RESTORE_TIMEOUT);

@@ -108,6 +108,7 @@ pub fn restore_request(r: pb::RestoreBackupRequest) -> RestoreRequest {
         backup_id: r.backup_id,
         targets: r.targets.into_iter().collect(),
         force: r.force,
+        in_place: r.in_place,
     }
 }
 

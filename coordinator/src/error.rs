@@ -61,6 +61,17 @@ pub enum Error {
         /// The backup's servers, comma-separated.
         servers: String,
     },
+    /// A restore names no target for some servers and does not say
+    /// `--in-place`: it would load into the live servers the backup came from.
+    #[error(
+        "backup {id}: no --target for server(s) {servers}; name a target for every server (--target SERVER=mysql://USER@HOST:PORT), or pass --in-place to load into the servers the backup was taken from (overwriting them)"
+    )]
+    MissingTarget {
+        /// The backup.
+        id: String,
+        /// The servers without a target, comma-separated.
+        servers: String,
+    },
     /// The configuration is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),

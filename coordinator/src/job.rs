@@ -53,6 +53,7 @@ use crate::client::error_chain;
 use crate::core::{Core, fail_pause, now_unix_ms};
 use crate::error::Result;
 use crate::raft::Role;
+use crate::restore::{self, RestoreRequest};
 
 /// How long connecting to an agent may take.
 const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -60,8 +61,9 @@ const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const ABORT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the leadership watcher polls the raft status.
 const LEADERSHIP_POLL: Duration = Duration::from_millis(100);
-/// Pause between attempts to read the inherited jobs.
-const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// How often a leader looks for running backups and restores that no job
+/// of its own drives.
+const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 
 /// One server taking part in a backup.
 #[derive(Debug, Clone)]
@@ -136,11 +138,11 @@ fn watch_prepared(
     }))
 }
 
-/// The backup jobs this node runs as leader.
+/// The backup and restore jobs this node runs as leader.
 #[derive(Debug)]
 pub struct Jobs {
     core: Arc<Core>,
-    /// Ids of the backups this node is driving right now.
+    /// Ids of the backups and restores this node is driving right now.
     active: Mutex<HashSet<String>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
@@ -168,6 +170,13 @@ impl Jobs {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id.to_string())
+    }
+
+    fn is_claimed(&self, id: &str) -> bool {
+        self.active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id)
     }
 
     fn release(&self, id: &str) {
@@ -225,6 +234,32 @@ impl Jobs {
             .instrument(span),
         );
         Ok(id)
+    }
+
+    /// Runs a coordinated restore (see [`crate::restore`]) as a job of this
+    /// node: checked and recorded, then run in a task of its own that
+    /// finishes and records its outcome even if the caller goes away.
+    /// Returns when every server is done.
+    pub async fn restore(self: &Arc<Self>, req: RestoreRequest) -> Result<restore::Restored> {
+        let id = uuid::Uuid::new_v4().to_string();
+        // Claimed before it is recorded, so the reconciler never takes it
+        // for an orphan.
+        self.claim(&id);
+        let recorded = match restore::record(&self.core, &id, req).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.release(&id);
+                return Err(e);
+            }
+        };
+        let jobs = self.clone();
+        let task = self.tracker.spawn(async move {
+            let done = restore::run(&jobs.core, recorded).await;
+            jobs.release(&id);
+            done
+        });
+        task.await
+            .map_err(|e| crate::Error::Config(format!("the restore task stopped: {e}")))
     }
 
     /// Drives one backup to COMPLETE or FAILED.
@@ -554,11 +589,16 @@ impl Jobs {
             .map_err(|_| format!("server {} did not transfer within {timeout:?}", p.name))?
     }
 
-    /// Polls the raft role; on becoming leader, resolves the running backups
-    /// inherited from the previous leader. Ends on shutdown or when the raft
-    /// node stops (then it cancels `on_raft_stop`).
+    /// Polls the raft role. While leader, it resolves the running backups
+    /// and fails the running restores that no job of this node drives: those
+    /// inherited from a previous leader, those of an earlier term of this
+    /// node (leadership A→B→A), and a backup whose start proposal timed out
+    /// but was applied later. At once on becoming leader, then every
+    /// [`RECONCILE_EVERY`]. Ends on shutdown or when the raft node stops
+    /// (then it cancels `on_raft_stop`).
     pub async fn watch_leadership(self: Arc<Self>, on_raft_stop: CancellationToken) {
         let mut was_leader = false;
+        let mut reconciled: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return,
@@ -576,47 +616,48 @@ impl Jobs {
             if leader != was_leader {
                 info!(term = st.term, leader, "leadership changed");
                 self.core.clear_health();
-            }
-            if leader && !was_leader {
-                let started = Instant::now();
-                if let Err(e) = self.fail_inherited_restores(now_unix_ms()).await {
-                    warn!(error = %e, "cannot resolve the inherited restores; retrying");
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                    continue;
-                }
-                match self.inherited().await {
-                    Ok(backups) => {
-                        for b in backups {
-                            self.spawn_resolve(b, st.term, started);
-                        }
-                    }
-                    Err(e) => {
-                        warn!(error = %e, "cannot read the running backups; retrying");
-                        tokio::time::sleep(RETRY_PAUSE).await;
-                        continue;
-                    }
-                }
+                reconciled = None;
             }
             was_leader = leader;
+            if !leader || reconciled.is_some_and(|t| t.elapsed() < RECONCILE_EVERY) {
+                continue;
+            }
+            match self.reconcile(st.term).await {
+                Ok(()) => reconciled = Some(Instant::now()),
+                Err(e) => warn!(error = %e, "cannot read the running jobs; retrying"),
+            }
         }
     }
 
-    /// Fails the restores a previous leader left running (started before
-    /// `since`, when this node became leader): their caller is gone, and
-    /// the servers without a recorded outcome may or may not be loaded.
-    async fn fail_inherited_restores(&self, since: i64) -> Result<()> {
+    /// One pass of [`Jobs::watch_leadership`] as leader of `term`.
+    async fn reconcile(self: &Arc<Self>, term: u64) -> Result<()> {
+        let started = Instant::now();
+        self.fail_orphaned_restores().await?;
+        for b in self.inherited().await? {
+            self.spawn_resolve(b, term, started);
+        }
+        Ok(())
+    }
+
+    /// Fails the running restores no job of this node drives: their caller
+    /// and driver are gone, and the servers without a recorded outcome may
+    /// or may not be loaded.
+    async fn fail_orphaned_restores(&self) -> Result<()> {
         let running: Vec<String> = self
             .core
-            .read(move |cat| {
+            .read(|cat| {
                 cat.restores
                     .values()
-                    .filter(|r| r.status == RestoreStatus::Running && r.started_at_unix_ms < since)
+                    .filter(|r| r.status == RestoreStatus::Running)
                     .map(|r| r.id.clone())
                     .collect()
             })
             .await?;
         for id in running {
-            warn!(restore = %id, "failing a restore left running by the previous leader");
+            if self.is_claimed(&id) {
+                continue;
+            }
+            warn!(restore = %id, "failing a restore no coordinator drives any more");
             self.core
                 .propose(&Command::FinishRestore {
                     id,

@@ -1,12 +1,15 @@
-//! The coordinated restore, run by the leader while the caller waits: every
-//! server of a COMPLETE backup is loaded at once, each by its own agent from
-//! the artifact that agent stored (`Restore` on `lockstep.agent.v1`).
+//! The coordinated restore, a leader job: every server of a COMPLETE backup
+//! is loaded at once, each by its own agent from the artifact that agent
+//! stored (`Restore` on `lockstep.agent.v1`).
 //!
 //! The request is checked against the catalog (the backup exists and is
-//! COMPLETE, every target names one of its servers, no other restore of it
-//! runs) and recorded there (`StartRestore`) before any agent is called;
-//! each server's outcome is recorded as it finishes, then the end
-//! (`FinishRestore`). A new leader fails restores left running (see
+//! COMPLETE, every server has a target or the request says in-place, every
+//! target names one of its servers, no other restore of it runs) and
+//! recorded there (`StartRestore`, [`record`]) before any agent is called;
+//! [`run`] then loads every server, recording each outcome as it finishes
+//! and the end (`FinishRestore`). [`crate::job::Jobs::restore`] runs it as
+//! a task of its own, so a caller that goes away does not cut it short; a
+//! leader fails the restores no job of its own drives (see
 //! [`crate::job::Jobs::watch_leadership`]).
 
 use std::collections::BTreeMap;
@@ -25,11 +28,13 @@ use crate::job::{agent_client, status_text};
 pub struct RestoreRequest {
     /// The backup's id.
     pub backup_id: String,
-    /// Server name → `mysql://` URL of the server to load it into; servers
-    /// not named here go into their agent's own database server.
+    /// Server name → `mysql://` URL of the server to load it into.
     pub targets: BTreeMap<String, String>,
     /// Load into non-empty targets.
     pub force: bool,
+    /// Servers not in `targets` go into their agent's own database server
+    /// (without it, every server needs a target).
+    pub in_place: bool,
 }
 
 /// A finished restore: its catalog id and every server's outcome, in the
@@ -49,11 +54,20 @@ struct Plan {
     target_mysql: String,
 }
 
-/// Restores every server of `req.backup_id` in parallel; returns one
-/// outcome per server in the backup's order. Fails before calling any agent
-/// if the backup is unknown or not COMPLETE, a target names a server not in
-/// it, or another restore of it runs.
-pub async fn restore_backup(core: &Core, req: RestoreRequest) -> Result<Restored> {
+/// A restore checked and recorded, ready to [`run`].
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    restore_id: String,
+    backup_id: String,
+    force: bool,
+    plans: Vec<Plan>,
+}
+
+/// Checks `req` against the catalog and records it as restore
+/// `restore_id`. Fails before anything is recorded if the backup is unknown
+/// or not COMPLETE, a server has no target (without in-place), a target
+/// names a server not in it, or another restore of it runs.
+pub async fn record(core: &Core, restore_id: &str, req: RestoreRequest) -> Result<Recorded> {
     core.require_leader().await?;
     let id = req.backup_id.clone();
     let wanted = id.clone();
@@ -80,10 +94,9 @@ pub async fn restore_backup(core: &Core, req: RestoreRequest) -> Result<Restored
         })
         .await?;
     let (status, servers) = found.ok_or_else(|| Rejected::UnknownBackup(id.clone()))?;
-    let plans = plan(&id, status, servers, &req.targets)?;
-    let restore_id = uuid::Uuid::new_v4().to_string();
+    let plans = plan(&id, status, servers, &req.targets, req.in_place)?;
     core.propose(&Command::StartRestore {
-        id: restore_id.clone(),
+        id: restore_id.to_string(),
         backup_id: id.clone(),
         targets: plans
             .iter()
@@ -93,16 +106,33 @@ pub async fn restore_backup(core: &Core, req: RestoreRequest) -> Result<Restored
         at_unix_ms: now_unix_ms(),
     })
     .await?;
+    Ok(Recorded {
+        restore_id: restore_id.to_string(),
+        backup_id: id,
+        force: req.force,
+        plans,
+    })
+}
+
+/// Restores every server of a recorded restore in parallel; returns one
+/// outcome per server in the backup's order.
+pub async fn run(core: &Core, rec: Recorded) -> Restored {
+    let Recorded {
+        restore_id,
+        backup_id: id,
+        force,
+        plans,
+    } = rec;
     fail_pause("before-restore-agents").await;
 
     let span = info_span!("restore", backup = %id, restore = %restore_id);
     async {
-        info!(servers = plans.len(), force = req.force, "restoring every server");
+        info!(servers = plans.len(), force, "restoring every server");
         let timeout = core.config.transfer_timeout;
         let rid = &restore_id;
         let runs = plans.into_iter().map(|p| async move {
             let started = Instant::now();
-            let outcome = match tokio::time::timeout(timeout, restore_one(&p, req.force)).await {
+            let outcome = match tokio::time::timeout(timeout, restore_one(&p, force)).await {
                 Ok(r) => r,
                 Err(_) => Err(format!(
                     "server {}: restore not finished within {timeout:?}",
@@ -146,10 +176,10 @@ pub async fn restore_backup(core: &Core, req: RestoreRequest) -> Result<Restored
         if let Err(e) = core.propose(&finish).await {
             warn!(error = %e, "could not record the end of the restore; the next leader fails it");
         }
-        Ok(Restored {
+        Restored {
             restore_id: restore_id.clone(),
             servers,
-        })
+        }
     }
     .instrument(span)
     .await
@@ -162,6 +192,7 @@ fn plan(
     status: Status,
     servers: Vec<(String, String, Option<String>)>,
     targets: &BTreeMap<String, String>,
+    in_place: bool,
 ) -> Result<Vec<Plan>> {
     if status != Status::Complete {
         return Err(Error::NotRestorable {
@@ -181,6 +212,17 @@ fn plan(
                 .map(|(n, _, _)| n.as_str())
                 .collect::<Vec<_>>()
                 .join(", "),
+        });
+    }
+    let untargeted: Vec<&str> = servers
+        .iter()
+        .map(|(name, _, _)| name.as_str())
+        .filter(|name| !targets.contains_key(*name))
+        .collect();
+    if !in_place && !untargeted.is_empty() {
+        return Err(Error::MissingTarget {
+            id: id.to_string(),
+            servers: untargeted.join(", "),
         });
     }
     Ok(servers
@@ -304,16 +346,24 @@ mod tests {
     #[test]
     fn plan_maps_targets_and_refuses_bad_requests() {
         let targets = BTreeMap::from([("s2".to_string(), "mysql://root@h:1".to_string())]);
-        let plans = plan("b1", Status::Complete, servers(), &targets).expect("plan");
+        let plans = plan("b1", Status::Complete, servers(), &targets, true).expect("plan");
         assert_eq!(plans[0].target_mysql, "");
         assert_eq!(plans[1].target_mysql, "mysql://root@h:1");
 
-        let failed = plan("b1", Status::Failed, servers(), &targets)
+        let missing = plan("b1", Status::Complete, servers(), &targets, false)
+            .expect_err("a server without a target is refused without in-place");
+        let text = missing.to_string();
+        assert!(
+            text.contains("s1") && !text.contains("s2") && text.contains("--in-place"),
+            "{text}"
+        );
+
+        let failed = plan("b1", Status::Failed, servers(), &targets, true)
             .expect_err("a FAILED backup is refused");
         assert!(failed.to_string().contains("FAILED"), "{failed}");
 
         let bad = BTreeMap::from([("s9".to_string(), "mysql://root@h:1".to_string())]);
-        let unknown = plan("b1", Status::Complete, servers(), &bad)
+        let unknown = plan("b1", Status::Complete, servers(), &bad, true)
             .expect_err("an unknown target is refused");
         let text = unknown.to_string();
         assert!(text.contains("s9") && text.contains("s1, s2"), "{text}");

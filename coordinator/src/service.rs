@@ -13,7 +13,6 @@ use crate::core::{Core, now_unix_ms};
 use crate::error::Error;
 use crate::job::Jobs;
 use crate::raft;
-use crate::restore;
 
 /// Metadata key carrying the leader's URL on a not-leader error.
 pub const LEADER_METADATA: &str = "lockstep-leader";
@@ -65,7 +64,9 @@ pub fn to_status(e: Error) -> Status {
         },
         Error::UnknownServer { .. } => Status::not_found(e.to_string()),
         Error::ProposalTimeout { .. } => Status::unavailable(e.to_string()),
-        Error::Config(_) | Error::UnknownTarget { .. } => Status::invalid_argument(e.to_string()),
+        Error::Config(_) | Error::UnknownTarget { .. } | Error::MissingTarget { .. } => {
+            Status::invalid_argument(e.to_string())
+        }
         Error::NotRestorable { .. } => Status::failed_precondition(e.to_string()),
         _ => Status::internal(e.to_string()),
     }
@@ -205,9 +206,7 @@ impl Coordinator for CoordinatorService {
         require("backup id", &r.backup_id)?;
         let req = convert::restore_request(r);
         let backup_id = req.backup_id.clone();
-        let done = restore::restore_backup(&self.core, req)
-            .await
-            .map_err(to_status)?;
+        let done = self.jobs.restore(req).await.map_err(to_status)?;
         Ok(Response::new(pb::RestoreBackupReply {
             backup_id,
             servers: done

@@ -367,6 +367,27 @@ async fn backup_of_three_servers_is_a_consistent_cut() -> anyhow::Result<()> {
         bad.stderr
     );
 
+    step!("a restore that leaves servers without a target is refused (no --in-place)");
+    let partial = format!("cc0={}", fresh[0].url());
+    let before = cluster
+        .cli_json(&["restore", "list", "--backup", &id])
+        .await?;
+    let refused = cluster
+        .cli(&["restore", "run", "--backup", &id, "--target", &partial])
+        .await?;
+    assert!(!refused.status.success(), "{}", refused.stdout);
+    assert!(
+        refused.stderr.contains("cc1, cc2")
+            && refused.stderr.contains("--in-place")
+            && !refused.stderr.contains("cc0,"),
+        "{}",
+        refused.stderr
+    );
+    let after = cluster
+        .cli_json(&["restore", "list", "--backup", &id])
+        .await?;
+    assert_eq!(after, before, "a refused restore was recorded");
+
     step!("the next backup succeeds too");
     let again = cluster
         .cli_json(&["backup", "start", "--cluster", CLUSTER, "--wait"])
@@ -382,8 +403,10 @@ async fn backup_of_three_servers_is_a_consistent_cut() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGKILL the leader while a restore runs (the `before-restore-agents`
-/// fail point holds it after it is recorded): the new leader fails the
+/// A restore whose CLI is killed while it runs (the `before-restore-agents`
+/// fail point holds it after it is recorded) finishes anyway, as a job of
+/// the leader, and is recorded COMPLETE. Then SIGKILL the leader while a
+/// second restore runs: the new leader fails the
 /// restore in the catalog saying the coordinator changed; the targets were
 /// not touched, so restoring again (the CLI's own retry, or a new run)
 /// loads them without --force, and the chain has no gaps.
@@ -399,6 +422,45 @@ async fn leader_killed_during_a_restore_fails_it_in_the_catalog() -> anyhow::Res
     let written = writer.stop().await;
     let id = backup["id"].as_str().expect("id").to_string();
 
+    step!("a restore whose CLI is killed while it runs still finishes and is recorded");
+    let first_targets = MariaDb::start_many(&["kg0", "kg1", "kg2"]).await?;
+    let args = restore_args(&id, "kr", &first_targets);
+    let urls = cluster.group.urls();
+    let interrupted = tokio::spawn(async move {
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_lockstep(&urls, &argv).await
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let list = cluster
+            .cli_json(&["restore", "list", "--backup", &id])
+            .await?;
+        if list[0]["status"] == "RUNNING" {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "restore never ran: {list}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Dropping the task kills the CLI process (kill_on_drop), like Ctrl-C.
+    interrupted.abort();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = cluster
+            .cli_json(&["restore", "list", "--backup", &id])
+            .await?;
+        if list[0]["status"] == "COMPLETE" {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline && list[0]["status"] == "RUNNING",
+            "the interrupted restore did not complete: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let m = check_chain(&Target::chain_on(&first_targets)).await?;
+    assert!(m >= 100 && m <= written, "restored 1..{m} of {written}");
+    drop(first_targets);
+
     step!("restore into 3 fresh servers; SIGKILL the leader while it runs");
     let fresh = MariaDb::start_many(&["kf0", "kf1", "kf2"]).await?;
     let args = restore_args(&id, "kr", &fresh);
@@ -412,7 +474,7 @@ async fn leader_killed_during_a_restore_fails_it_in_the_catalog() -> anyhow::Res
         let list = cluster
             .cli_json(&["restore", "list", "--backup", &id])
             .await?;
-        if list[0]["status"] == "RUNNING" {
+        if list[1]["status"] == "RUNNING" {
             break;
         }
         anyhow::ensure!(Instant::now() < deadline, "restore never ran: {list}");
@@ -429,8 +491,8 @@ async fn leader_killed_during_a_restore_fails_it_in_the_catalog() -> anyhow::Res
             .await?;
         if out.status.success() {
             let list: Value = serde_json::from_str(out.stdout.trim())?;
-            if list[0]["status"] == "FAILED" {
-                break list[0].clone();
+            if list[1]["status"] == "FAILED" {
+                break list[1].clone();
             }
         }
         anyhow::ensure!(Instant::now() < deadline, "not failed: {}", out.stdout);
