@@ -51,6 +51,8 @@ struct Plan {
     server: String,
     agent_addr: String,
     location: Option<String>,
+    /// The artifact's manifest sha256, which the agent checks.
+    manifest_sha256: String,
     target_mysql: String,
 }
 
@@ -75,7 +77,7 @@ pub async fn record(core: &Core, restore_id: &str, req: RestoreRequest) -> Resul
         .read(move |cat| {
             cat.backups.get(&wanted).map(|b| {
                 let agents = cat.clusters.get(&b.cluster);
-                let servers: Vec<(String, String, Option<String>)> = b
+                let servers: Vec<(String, String, Option<(String, String)>)> = b
                     .servers
                     .iter()
                     .map(|name| {
@@ -85,7 +87,9 @@ pub async fn record(core: &Core, restore_id: &str, req: RestoreRequest) -> Resul
                                 .and_then(|s| s.get(name))
                                 .map(|s| s.agent_addr.clone())
                                 .unwrap_or_default(),
-                            b.artifacts.get(name).map(|a| a.location.clone()),
+                            b.artifacts
+                                .get(name)
+                                .map(|a| (a.location.clone(), a.manifest_sha256.clone())),
                         )
                     })
                     .collect();
@@ -130,9 +134,10 @@ pub async fn run(core: &Core, rec: Recorded) -> Restored {
         info!(servers = plans.len(), force, "restoring every server");
         let timeout = core.config.transfer_timeout;
         let rid = &restore_id;
+        let bid = &id;
         let runs = plans.into_iter().map(|p| async move {
             let started = Instant::now();
-            let outcome = match tokio::time::timeout(timeout, restore_one(&p, force)).await {
+            let outcome = match tokio::time::timeout(timeout, restore_one(&p, bid, force)).await {
                 Ok(r) => r,
                 Err(_) => Err(format!(
                     "server {}: restore not finished within {timeout:?}",
@@ -190,7 +195,7 @@ pub async fn run(core: &Core, rec: Recorded) -> Restored {
 fn plan(
     id: &str,
     status: Status,
-    servers: Vec<(String, String, Option<String>)>,
+    servers: Vec<(String, String, Option<(String, String)>)>,
     targets: &BTreeMap<String, String>,
     in_place: bool,
 ) -> Result<Vec<Plan>> {
@@ -227,11 +232,18 @@ fn plan(
     }
     Ok(servers
         .into_iter()
-        .map(|(server, agent_addr, location)| Plan {
-            target_mysql: targets.get(&server).cloned().unwrap_or_default(),
-            server,
-            agent_addr,
-            location,
+        .map(|(server, agent_addr, artifact)| {
+            let (location, manifest_sha256) = match artifact {
+                Some((l, sha)) => (Some(l), sha),
+                None => (None, String::new()),
+            };
+            Plan {
+                target_mysql: targets.get(&server).cloned().unwrap_or_default(),
+                server,
+                agent_addr,
+                location,
+                manifest_sha256,
+            }
         })
         .collect())
 }
@@ -252,6 +264,7 @@ impl Plan {
 /// agent reported and its report.
 async fn restore_one(
     p: &Plan,
+    backup_id: &str,
     force: bool,
 ) -> std::result::Result<(String, RestoredServer), String> {
     let name = &p.server;
@@ -272,6 +285,8 @@ async fn restore_one(
             force,
             threads: 0,
             binlog: false,
+            backup_id: backup_id.to_string(),
+            manifest_sha256: p.manifest_sha256.clone(),
         })
         .await
         .map_err(|s| restore_error(name, &s))?
@@ -330,14 +345,14 @@ fn redact(url: &str) -> String {
 mod tests {
     use super::*;
 
-    fn servers() -> Vec<(String, String, Option<String>)> {
+    fn servers() -> Vec<(String, String, Option<(String, String)>)> {
         ["s1", "s2"]
             .iter()
             .map(|n| {
                 (
                     n.to_string(),
                     format!("http://{n}"),
-                    Some(format!("/b/{n}")),
+                    Some((format!("/b/{n}"), "sha".to_string())),
                 )
             })
             .collect()

@@ -133,7 +133,55 @@ pub struct Agent {
     term: std::sync::Mutex<u64>,
     /// The armed prepare waiting for Go: its backup id and trigger.
     armed: std::sync::Mutex<Option<(String, oneshot::Sender<()>)>>,
+    /// `host:port` of every server a restore is loading right now.
+    restoring: std::sync::Mutex<std::collections::HashSet<String>>,
     shutdown: CancellationToken,
+}
+
+/// What the catalog says a restore location holds (empty fields are not
+/// checked).
+#[derive(Debug, Clone, Default)]
+pub struct Expected {
+    pub backup_id: String,
+    pub manifest_sha256: String,
+}
+
+/// One running restore into a server (by `host:port`); dropping it ends
+/// the claim.
+struct RestoreClaim<'a> {
+    running: &'a std::sync::Mutex<std::collections::HashSet<String>>,
+    address: String,
+}
+
+impl<'a> RestoreClaim<'a> {
+    fn take(
+        running: &'a std::sync::Mutex<std::collections::HashSet<String>>,
+        address: &str,
+    ) -> Result<Self> {
+        let fresh = running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(address.to_string());
+        if !fresh {
+            return Err(Error::Busy {
+                current: format!("a restore into {address}"),
+                requested: format!("another restore into {address}"),
+            });
+        }
+        Ok(RestoreClaim {
+            running,
+            address: address.to_string(),
+        })
+    }
+}
+
+impl Drop for RestoreClaim<'_> {
+    fn drop(&mut self) {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.address);
+    }
 }
 
 /// Parameters of one prepare request.
@@ -157,6 +205,7 @@ impl Agent {
             transfer_done: tokio::sync::Notify::new(),
             term: std::sync::Mutex::new(0),
             armed: std::sync::Mutex::new(None),
+            restoring: std::sync::Mutex::new(Default::default()),
             shutdown,
         })
     }
@@ -222,6 +271,18 @@ impl Agent {
             }
             tracing::warn!(stale = %s.backup_id, term = s.term, backup = %req.backup_id, new_term = req.term, "dropping the snapshots of a backup prepared by a deposed coordinator: a backup of a later term supersedes it");
             *slot = None;
+        }
+        let own = self.cfg.server.address();
+        if self
+            .restoring
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(own)
+        {
+            return Err(Error::Busy {
+                current: format!("a restore into {own}"),
+                requested: req.backup_id,
+            });
         }
         let lease = req.lease.min(self.cfg.max_lease);
         let started_at = crate::now_rfc3339();
@@ -598,31 +659,87 @@ impl Agent {
     }
 
     /// Loads the snapshot at `location` into `target` (a mysql:// URL), or
-    /// into this agent's own server. The own server is refused while a
-    /// backup of it is in progress.
+    /// into this agent's own server. Refused before the target is touched
+    /// when `location` is outside the sink directory, its manifest is not
+    /// the one `expect` names, the own server has a backup in progress, or
+    /// another restore into the same server runs.
     pub async fn restore(
         &self,
         location: &std::path::Path,
         target: Option<&str>,
+        expect: &Expected,
         opts: &crate::restore::LoadOptions,
         progress: Arc<Progress>,
     ) -> Result<crate::restore::LoadReport> {
         let server = match target {
             Some(url) => Server::parse(url)?,
-            None => {
-                if let Some(s) = self.session.lock().await.as_ref() {
-                    return Err(Error::Busy {
-                        current: s.backup_id.clone(),
-                        requested: format!("restore of {}", location.display()),
-                    });
-                }
-                self.cfg.server.clone()
-            }
+            None => self.cfg.server.clone(),
         };
+        let location = self.check_location(location, expect)?;
+        if server.address() == self.cfg.server.address()
+            && let Some(s) = self.session.lock().await.as_ref()
+        {
+            return Err(Error::Busy {
+                current: s.backup_id.clone(),
+                requested: format!("restore of {}", location.display()),
+            });
+        }
+        let _exclusive = RestoreClaim::take(&self.restoring, server.address())?;
         let span = tracing::info_span!("restore", location = %location.display(), target = %server.address());
-        crate::restore::load(&server, location, opts, progress)
+        crate::restore::load(&server, &location, opts, progress)
             .instrument(span)
             .await
+    }
+
+    /// `location`, resolved, if it lies in the sink directory and holds the
+    /// manifest `expect` names.
+    fn check_location(
+        &self,
+        location: &std::path::Path,
+        expect: &Expected,
+    ) -> Result<PathBuf> {
+        let resolved = std::fs::canonicalize(location).map_err(|e| Error::BadBackup {
+            path: location.into(),
+            reason: format!("cannot open the backup location: {e}"),
+        })?;
+        let sink = std::fs::canonicalize(&self.cfg.sink_dir).map_err(|e| Error::BadBackup {
+            path: self.cfg.sink_dir.clone(),
+            reason: format!("cannot open the sink directory: {e}"),
+        })?;
+        if !resolved.starts_with(&sink) {
+            return Err(Error::BadBackup {
+                path: location.into(),
+                reason: format!(
+                    "outside this agent's sink directory {}; refusing to restore from it",
+                    sink.display()
+                ),
+            });
+        }
+        if !expect.backup_id.is_empty() {
+            let manifest = Manifest::read(&resolved)?;
+            if manifest.backup_id != expect.backup_id {
+                return Err(Error::BadBackup {
+                    path: resolved,
+                    reason: format!(
+                        "holds backup {}, but the catalog says backup {}",
+                        manifest.backup_id, expect.backup_id
+                    ),
+                });
+            }
+        }
+        if !expect.manifest_sha256.is_empty() {
+            let stored = Manifest::stored_sha256(&resolved)?;
+            if stored != expect.manifest_sha256 {
+                return Err(Error::BadBackup {
+                    path: resolved,
+                    reason: format!(
+                        "manifest sha256 is {stored}, but the catalog recorded {}",
+                        expect.manifest_sha256
+                    ),
+                });
+            }
+        }
+        Ok(resolved)
     }
 
     pub async fn status(&self) -> AgentStatus {

@@ -142,16 +142,24 @@ pub async fn restore(
     location: &str,
     target: &str,
 ) -> Result<pb::RestoreReport, tonic::Status> {
-    let mut stream = client
-        .restore(pb::RestoreRequest {
+    restore_with(
+        client,
+        pb::RestoreRequest {
             location: location.into(),
             target_mysql: target.into(),
-            force: false,
             threads: 2,
-            binlog: false,
-        })
-        .await?
-        .into_inner();
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// Runs the Restore `req` to the end and returns the report.
+pub async fn restore_with(
+    client: &mut NodeAgentClient<Channel>,
+    req: pb::RestoreRequest,
+) -> Result<pb::RestoreReport, tonic::Status> {
+    let mut stream = client.restore(req).await?.into_inner();
     while let Some(m) = stream.message().await? {
         if m.done {
             return m

@@ -262,3 +262,130 @@ impl Drop for Mount {
             .status();
     }
 }
+
+/// A Restore through the agent checks what the catalog says before it
+/// touches the target: a manifest whose sha256 or backup id differs from the
+/// request, or a location outside the agent's sink directory, is refused
+/// naming the location, and the target stays empty. Two restores into one
+/// server never race: the second is refused while the first loads, and the
+/// first restores every row.
+#[tokio::test]
+async fn agent_restore_checks_the_catalog_and_runs_alone() -> anyhow::Result<()> {
+    use lockstep_proto::agent as pb;
+    use lockstep_tests::probe;
+    use lockstep_tests::{AgentOptions, AgentProc};
+    use std::time::{Duration, Instant};
+
+    let (source, target) = tokio::try_join!(
+        MariaDb::start(MariaDbOptions::named("rchk-src")),
+        MariaDb::start(MariaDbOptions::named("rchk-dst"))
+    )?;
+    for sql in [
+        "CREATE DATABASE shop",
+        "CREATE TABLE shop.t (id INT PRIMARY KEY, v VARCHAR(40))",
+        "INSERT INTO shop.t SELECT seq, CONCAT('row ', seq) FROM shop.seq_1_to_300000",
+    ] {
+        source.exec(sql).await?;
+    }
+    let agent = AgentProc::start(AgentOptions::new("rchk", source.url())).await?;
+    let mut client = agent.client().await?;
+
+    step!("a backup through the agent: prepare, commit, transfer");
+    let _cut = probe::prepare(&mut client, "b-chk", Duration::from_secs(10), None).await?;
+    client
+        .commit(pb::CommitRequest {
+            backup_id: "b-chk".into(),
+            term: 0,
+        })
+        .await?;
+    let artifact = probe::transfer(&mut client, "b-chk").await?;
+    let req = |sha: &str, id: &str, location: &str| pb::RestoreRequest {
+        location: location.into(),
+        target_mysql: target.url(),
+        threads: 1,
+        backup_id: id.into(),
+        manifest_sha256: sha.into(),
+        ..Default::default()
+    };
+
+    step!("a manifest other than the catalog's is refused");
+    let wrong_sha = probe::restore_with(&mut client, req("0123", "b-chk", &artifact.location))
+        .await
+        .expect_err("wrong sha256");
+    assert!(
+        wrong_sha.message().contains("catalog recorded 0123"),
+        "{}",
+        wrong_sha.message()
+    );
+    let wrong_id = probe::restore_with(
+        &mut client,
+        req(&artifact.manifest_sha256, "b-other", &artifact.location),
+    )
+    .await
+    .expect_err("wrong backup id");
+    assert!(
+        wrong_id.message().contains("the catalog says backup b-other"),
+        "{}",
+        wrong_id.message()
+    );
+
+    step!("a location outside the sink directory is refused");
+    let outside = tempfile::tempdir()?;
+    let copied = outside.path().join("copy");
+    let status = std::process::Command::new("cp")
+        .args(["-a", &artifact.location, copied.to_str().expect("utf-8")])
+        .status()?;
+    anyhow::ensure!(status.success(), "cp failed");
+    let outside_err = probe::restore_with(
+        &mut client,
+        req(&artifact.manifest_sha256, "b-chk", copied.to_str().expect("utf-8")),
+    )
+    .await
+    .expect_err("outside the sink");
+    assert!(
+        outside_err.message().contains("outside this agent's sink directory"),
+        "{}",
+        outside_err.message()
+    );
+    assert!(user_databases(&target).await?.is_empty(), "target touched");
+
+    step!("a second restore into the same server is refused while the first loads");
+    let mut first_client = agent.client().await?;
+    let good = req(&artifact.manifest_sha256, "b-chk", &artifact.location);
+    let first = tokio::spawn({
+        let good = good.clone();
+        async move { probe::restore_with(&mut first_client, good).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let loading: Option<u64> = target
+            .query_first(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE 'LOAD DATA%'",
+            )
+            .await?;
+        if loading.unwrap_or(0) > 0 {
+            break;
+        }
+        anyhow::ensure!(
+            !first.is_finished() && Instant::now() < deadline,
+            "the first restore never loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut forced = good.clone();
+    forced.force = true;
+    let second = probe::restore_with(&mut client, forced)
+        .await
+        .expect_err("a racing restore");
+    assert_eq!(second.code(), tonic::Code::Aborted, "{second:?}");
+    assert!(
+        second.message().contains(&format!("a restore into {}", target.address())),
+        "{}",
+        second.message()
+    );
+    let report = first.await??;
+    assert_eq!(report.rows, 300_000);
+    let rows: u64 = target.query_one("SELECT COUNT(*) FROM shop.t").await?;
+    assert_eq!(rows, 300_000);
+    Ok(())
+}

@@ -175,8 +175,12 @@ impl NodeAgent for AgentService {
         let (agent, p) = (self.agent.clone(), progress.clone());
         let job = async move {
             let target = (!r.target_mysql.is_empty()).then_some(r.target_mysql.as_str());
+            let expect = crate::agent::Expected {
+                backup_id: r.backup_id.clone(),
+                manifest_sha256: r.manifest_sha256.clone(),
+            };
             agent
-                .restore(std::path::Path::new(&r.location), target, &opts, p)
+                .restore(std::path::Path::new(&r.location), target, &expect, &opts, p)
                 .await
         };
         Ok(Response::new(stream_job(progress, job, |s, done| {
