@@ -287,6 +287,10 @@ async fn restore_one(
             binlog: false,
             backup_id: backup_id.to_string(),
             manifest_sha256: p.manifest_sha256.clone(),
+            // Not offered by coordinated restores yet: a MySQL 5.7 target
+            // with GTIDs is refused (load it with `lockstep-agent load
+            // --allow-reset-master`).
+            allow_reset_master: false,
         })
         .await
         .map_err(|s| restore_error(name, &s))?

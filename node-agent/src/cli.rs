@@ -205,6 +205,10 @@ pub struct LoadArgs {
     /// Write the loaded data to the target's binlog.
     #[arg(long)]
     pub binlog: bool,
+    /// On a MySQL 5.7 target with GTIDs, run RESET MASTER to set its
+    /// gtid_purged (erases the target's binary logs; refused without it).
+    #[arg(long)]
+    pub allow_reset_master: bool,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -411,6 +415,7 @@ async fn load(a: LoadArgs) -> anyhow::Result<()> {
             threads: a.threads,
             force: a.force,
             binlog: a.binlog,
+            allow_reset_master: a.allow_reset_master,
         },
         progress,
     )

@@ -263,6 +263,12 @@ impl ServerInfo {
         self.flavour == Flavour::MySql
     }
 
+    /// Whether [`ServerInfo::restore_gtid_sql`] starts with `RESET MASTER`
+    /// (MySQL before 8.0 with GTIDs on), which erases the binary logs.
+    pub fn gtid_needs_reset_master(&self) -> bool {
+        self.flavour == Flavour::MySql && self.gtid_mode == "ON" && !self.at_least(8, 0, 0)
+    }
+
     /// Statements that make a freshly restored server remember where its data
     /// came from, so it can replicate from its old primary.
     pub fn restore_gtid_sql(&self, gtid_set: &str) -> Vec<String> {
@@ -357,6 +363,9 @@ mod tests {
             my57.restore_gtid_sql("u:1-2"),
             vec!["RESET MASTER", "SET GLOBAL gtid_purged = 'u:1-2'"]
         );
+        assert!(my57.gtid_needs_reset_master());
+        assert!(!on.gtid_needs_reset_master(), "8.0 appends with '+'");
+        assert!(!info("10.11.19-MariaDB").gtid_needs_reset_master());
         assert!(
             my80.restore_gtid_sql("u:1").is_empty(),
             "gtid_mode OFF sets nothing"

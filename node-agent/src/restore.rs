@@ -38,6 +38,9 @@ pub struct LoadOptions {
     /// Write the load to the target's binlog (off by default: a restore is
     /// usually the start of a new server, not a change to replicate).
     pub binlog: bool,
+    /// Allow `RESET MASTER` on a MySQL 5.7 target with GTIDs (the only way
+    /// to set its `gtid_purged`; it erases the target's binary logs).
+    pub allow_reset_master: bool,
 }
 
 impl Default for LoadOptions {
@@ -46,6 +49,7 @@ impl Default for LoadOptions {
             threads: 4,
             force: false,
             binlog: false,
+            allow_reset_master: false,
         }
     }
 }
@@ -110,6 +114,17 @@ pub async fn load(
     let manifest = verify(dir, threads, progress.clone()).await?;
     let mut control = server.connect("connect for restore").await?;
     let info = ServerInfo::detect(&mut control, &addr).await?;
+    let gtid = manifest.position.gtid_set.trim();
+    if !gtid.is_empty()
+        && info.flavour == manifest.server.info.flavour
+        && info.gtid_needs_reset_master()
+        && !opts.allow_reset_master
+    {
+        return Err(Error::Config(format!(
+            "target {addr} is MySQL {} with GTIDs: setting its gtid_purged needs RESET MASTER, which erases its binary logs (replicas of it lose their position); pass --allow-reset-master to do it, nothing was changed",
+            info.version
+        )));
+    }
     let existing = schema::list_databases(&mut control, &addr).await?;
     if !existing.is_empty() && !opts.force {
         return Err(Error::TargetNotEmpty {

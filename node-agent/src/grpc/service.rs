@@ -170,6 +170,7 @@ impl NodeAgent for AgentService {
                 .map_err(|e| convert::to_status(&e))?,
             force: r.force,
             binlog: r.binlog,
+            allow_reset_master: r.allow_reset_master,
         };
         let progress = Arc::new(Progress::default());
         let (agent, p) = (self.agent.clone(), progress.clone());
