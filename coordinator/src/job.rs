@@ -330,10 +330,7 @@ impl Jobs {
         if let Ok(reason) = lost.try_recv() {
             return Err(reason);
         }
-        info!(
-            servers = held.len(),
-            "every server is prepared; committing"
-        );
+        info!(servers = held.len(), "every server is prepared; committing");
 
         // Phase 2: COMMIT (unlock) everywhere. Every reply must prove its
         // lock was held until its COMMIT arrived (see the module comment);
@@ -751,8 +748,7 @@ impl Jobs {
                         Err(e) => Err(format!("server {}: {e}", p.name)),
                     };
                     if let Err(e) = proof {
-                        let reason =
-                            format!("coordinator changed after the cut was recorded: {e}");
+                        let reason = format!("coordinator changed after the cut was recorded: {e}");
                         warn!(%reason, "failing an inherited backup");
                         abort_all(&b.id, term, parts, &reason).await;
                         self.fail(&b.id, &reason).await;

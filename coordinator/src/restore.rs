@@ -45,6 +45,10 @@ pub struct Restored {
     pub servers: Vec<(String, RestoredServer)>,
 }
 
+/// A server of a backup as the catalog has it: name, agent address, and
+/// its artifact's location and manifest sha256 (if stored).
+type CatalogServer = (String, String, Option<(String, String)>);
+
 /// One server to restore: where its agent is and what it loads.
 #[derive(Debug, Clone)]
 struct Plan {
@@ -77,7 +81,7 @@ pub async fn record(core: &Core, restore_id: &str, req: RestoreRequest) -> Resul
         .read(move |cat| {
             cat.backups.get(&wanted).map(|b| {
                 let agents = cat.clusters.get(&b.cluster);
-                let servers: Vec<(String, String, Option<(String, String)>)> = b
+                let servers: Vec<CatalogServer> = b
                     .servers
                     .iter()
                     .map(|name| {
@@ -195,7 +199,7 @@ pub async fn run(core: &Core, rec: Recorded) -> Restored {
 fn plan(
     id: &str,
     status: Status,
-    servers: Vec<(String, String, Option<(String, String)>)>,
+    servers: Vec<CatalogServer>,
     targets: &BTreeMap<String, String>,
     in_place: bool,
 ) -> Result<Vec<Plan>> {
@@ -349,7 +353,7 @@ fn redact(url: &str) -> String {
 mod tests {
     use super::*;
 
-    fn servers() -> Vec<(String, String, Option<(String, String)>)> {
+    fn servers() -> Vec<CatalogServer> {
         ["s1", "s2"]
             .iter()
             .map(|n| {

@@ -693,11 +693,7 @@ impl Agent {
 
     /// `location`, resolved, if it lies in the sink directory and holds the
     /// manifest `expect` names.
-    fn check_location(
-        &self,
-        location: &std::path::Path,
-        expect: &Expected,
-    ) -> Result<PathBuf> {
+    fn check_location(&self, location: &std::path::Path, expect: &Expected) -> Result<PathBuf> {
         let resolved = std::fs::canonicalize(location).map_err(|e| Error::BadBackup {
             path: location.into(),
             reason: format!("cannot open the backup location: {e}"),

@@ -509,7 +509,10 @@ async fn frozen_agent_is_unlocked_by_the_server() -> anyhow::Result<()> {
             term: 0,
         })
         .await?;
-    assert_eq!(next.released(Duration::from_secs(2)).await?.reason, "commit");
+    assert_eq!(
+        next.released(Duration::from_secs(2)).await?.reason,
+        "commit"
+    );
     Ok(())
 }
 

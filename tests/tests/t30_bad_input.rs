@@ -324,7 +324,9 @@ async fn agent_restore_checks_the_catalog_and_runs_alone() -> anyhow::Result<()>
     .await
     .expect_err("wrong backup id");
     assert!(
-        wrong_id.message().contains("the catalog says backup b-other"),
+        wrong_id
+            .message()
+            .contains("the catalog says backup b-other"),
         "{}",
         wrong_id.message()
     );
@@ -338,12 +340,18 @@ async fn agent_restore_checks_the_catalog_and_runs_alone() -> anyhow::Result<()>
     anyhow::ensure!(status.success(), "cp failed");
     let outside_err = probe::restore_with(
         &mut client,
-        req(&artifact.manifest_sha256, "b-chk", copied.to_str().expect("utf-8")),
+        req(
+            &artifact.manifest_sha256,
+            "b-chk",
+            copied.to_str().expect("utf-8"),
+        ),
     )
     .await
     .expect_err("outside the sink");
     assert!(
-        outside_err.message().contains("outside this agent's sink directory"),
+        outside_err
+            .message()
+            .contains("outside this agent's sink directory"),
         "{}",
         outside_err.message()
     );
@@ -379,7 +387,9 @@ async fn agent_restore_checks_the_catalog_and_runs_alone() -> anyhow::Result<()>
         .expect_err("a racing restore");
     assert_eq!(second.code(), tonic::Code::Aborted, "{second:?}");
     assert!(
-        second.message().contains(&format!("a restore into {}", target.address())),
+        second
+            .message()
+            .contains(&format!("a restore into {}", target.address())),
         "{}",
         second.message()
     );

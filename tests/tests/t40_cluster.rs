@@ -717,7 +717,10 @@ async fn leader_killed_right_after_the_cut_completes_the_backup() -> anyhow::Res
     let shown = cluster
         .wait_backup(&id, Duration::from_secs(20), |s| s != "PREPARING")
         .await?;
-    assert_eq!(shown["status"], "TRANSFERRING", "cut never recorded: {shown}");
+    assert_eq!(
+        shown["status"], "TRANSFERRING",
+        "cut never recorded: {shown}"
+    );
     for s in shown["servers"].as_array().expect("servers") {
         assert!(s["lock_ms"].as_f64().is_some(), "release not recorded: {s}");
     }

@@ -91,7 +91,11 @@ pub fn zstd_level(level: i32) -> Result<Option<i32>, Error> {
     match level {
         0 => Ok(None),
         l if ZSTD_LEVELS.contains(&l) => Ok(Some(l)),
-        l => Err(out_of_bounds("zstd_level", l, "-7..=19 (0: the agent's default)")),
+        l => Err(out_of_bounds(
+            "zstd_level",
+            l,
+            "-7..=19 (0: the agent's default)",
+        )),
     }
 }
 
@@ -100,7 +104,11 @@ pub fn restore_threads(threads: u32, cfg: &AgentConfig) -> Result<usize, Error> 
     match threads as usize {
         0 => Ok(cfg.snapshot_connections),
         t if t <= MAX_CONNECTIONS => Ok(t),
-        t => Err(out_of_bounds("threads", t, "1..=64 (0: the agent's default)")),
+        t => Err(out_of_bounds(
+            "threads",
+            t,
+            "1..=64 (0: the agent's default)",
+        )),
     }
 }
 
