@@ -600,6 +600,7 @@ impl Agent {
         let result = dump::dump(
             origin,
             committed.snapshots,
+            &self.cfg.server,
             &dir,
             &opts,
             progress,
@@ -742,7 +743,16 @@ pub async fn dump_once(
         },
         started_at,
     };
-    dump::dump(origin, committed.snapshots, out, opts, progress, cancel).await
+    dump::dump(
+        origin,
+        committed.snapshots,
+        server,
+        out,
+        opts,
+        progress,
+        cancel,
+    )
+    .await
 }
 
 /// Resolves when the receiving side of `tx` is dropped (the caller went away).
