@@ -31,6 +31,10 @@ use crate::progress::Progress;
 const CALLER_GONE: &str = "caller-gone";
 /// How long snapshots are kept after the caller went away (see `expire`).
 const CALLER_GONE_KEEP: Duration = Duration::from_secs(60);
+/// How much longer than `snapshot_ttl` the server keeps an idle snapshot
+/// connection (its `wait_timeout`): the agent drops it first, the server
+/// only if the agent cannot.
+pub const SNAPSHOT_IDLE_MARGIN: Duration = Duration::from_secs(60);
 
 /// Why and when a lock was released.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -223,6 +227,7 @@ impl Agent {
                 budgets: req.budgets,
                 lock_method: self.cfg.lock_method,
                 snapshot_connections: req.snapshot_connections.max(1),
+                snapshot_idle: self.cfg.snapshot_ttl + SNAPSHOT_IDLE_MARGIN,
             },
         )
         .instrument(span.clone())

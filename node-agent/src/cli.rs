@@ -367,6 +367,9 @@ async fn dump(a: DumpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
             },
             lock_method: a.lock_method,
             snapshot_connections: a.threads,
+            // The dump starts right after the lock; only the schema read
+            // keeps the other connections idle.
+            snapshot_idle: ServeConfig::default().snapshot_ttl + crate::agent::SNAPSHOT_IDLE_MARGIN,
         },
         &DumpOptions {
             zstd_level: a.zstd_level,
