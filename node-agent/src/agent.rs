@@ -36,6 +36,10 @@ use crate::progress::Progress;
 const CALLER_GONE: &str = "caller-gone";
 /// The release reason of a Commit that found the lock held.
 pub const COMMIT: &str = "commit";
+/// How much longer than `snapshot_ttl` the server keeps an idle snapshot
+/// connection (its `wait_timeout`): the agent drops it first, the server
+/// only if the agent cannot.
+pub const SNAPSHOT_IDLE_MARGIN: Duration = Duration::from_secs(60);
 
 /// Why and when a lock was released.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -294,6 +298,7 @@ impl Agent {
                 lock_method: self.cfg.lock_method,
                 snapshot_connections: req.snapshot_connections.max(1),
                 lease,
+                snapshot_idle: self.cfg.snapshot_ttl + SNAPSHOT_IDLE_MARGIN,
             },
         )
         .instrument(span.clone())
@@ -636,6 +641,7 @@ impl Agent {
         let result = dump::dump(
             origin,
             committed.snapshots,
+            &self.cfg.server,
             &dir,
             &opts,
             progress,
@@ -830,7 +836,16 @@ pub async fn dump_once(
         },
         started_at,
     };
-    dump::dump(origin, committed.snapshots, out, opts, progress, cancel).await
+    dump::dump(
+        origin,
+        committed.snapshots,
+        server,
+        out,
+        opts,
+        progress,
+        cancel,
+    )
+    .await
 }
 
 /// Resolves when the receiving side of `tx` is dropped (the caller went away).

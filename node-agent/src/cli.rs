@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeConfig;
 use crate::cut::{Budgets, PrepareOptions};
+use crate::ddl_guard::{DdlOptions, DdlPolicy};
 use crate::dump::DumpOptions;
 use crate::error::Error;
 use crate::flavour::LockMethod;
@@ -101,6 +102,13 @@ pub struct ServeArgs {
     /// Lock-wait budget: cancel the lock if not granted within, e.g. "500ms".
     #[arg(long, value_parser = humantime::parse_duration)]
     pub lock_wait_budget: Option<Duration>,
+    /// When DDL waits for a table a running dump holds: yield (fail the
+    /// transfer at once) or wait (up to --ddl-wait, then yield) [default: yield].
+    #[arg(long, value_enum)]
+    pub ddl_policy: Option<DdlPolicy>,
+    /// With --ddl-policy wait: how long DDL may wait for the dump, e.g. "30s".
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub ddl_wait: Option<Duration>,
 }
 
 impl ServeArgs {
@@ -143,6 +151,12 @@ impl ServeArgs {
         if let Some(v) = self.lock_wait_budget {
             c.budgets.lock_wait = v;
         }
+        if let Some(v) = self.ddl_policy {
+            c.ddl_policy = v;
+        }
+        if let Some(v) = self.ddl_wait {
+            c.ddl_wait = v;
+        }
         Ok(c)
     }
 }
@@ -179,6 +193,13 @@ pub struct DumpArgs {
     /// Rows per data file for tables with an integer primary key.
     #[arg(long, default_value_t = 250_000)]
     pub chunk_rows: u64,
+    /// When DDL waits for a table the dump holds: yield (fail the dump at
+    /// once, exit 75) or wait (up to --ddl-wait, then yield).
+    #[arg(long, value_enum, default_value = "yield")]
+    pub ddl_policy: DdlPolicy,
+    /// With --ddl-policy wait: how long DDL may wait for the dump.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub ddl_wait: Duration,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -326,6 +347,11 @@ async fn dump(a: DumpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     if !(1..=64).contains(&a.threads) {
         anyhow::bail!("--threads must be 1..=64, got {}", a.threads);
     }
+    let ddl = DdlOptions {
+        policy: a.ddl_policy,
+        wait: a.ddl_wait,
+    };
+    ddl.validate("--ddl-wait")?;
     let name = a
         .name
         .clone()
@@ -347,10 +373,14 @@ async fn dump(a: DumpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
             snapshot_connections: a.threads,
             // Committed at once; the lease only bounds a stuck process.
             lease: std::time::Duration::from_secs(10),
+            // The dump starts right after the lock; only the schema read
+            // keeps the other connections idle.
+            snapshot_idle: ServeConfig::default().snapshot_ttl + crate::agent::SNAPSHOT_IDLE_MARGIN,
         },
         &DumpOptions {
             zstd_level: a.zstd_level,
             chunk_rows: a.chunk_rows,
+            ddl,
         },
         progress,
         shutdown,
@@ -698,6 +728,10 @@ mod tests {
             "db7",
             "--lock-wait-budget",
             "250ms",
+            "--ddl-policy",
+            "wait",
+            "--ddl-wait",
+            "45s",
         ]);
         let Command::Serve(a) = cli.command else {
             panic!("serve")
@@ -705,6 +739,8 @@ mod tests {
         let c = a.config().expect("config");
         assert_eq!(c.name, "db7");
         assert_eq!(c.budgets.lock_wait, Duration::from_millis(250));
+        assert_eq!(c.ddl_policy, DdlPolicy::Wait);
+        assert_eq!(c.ddl_wait, Duration::from_secs(45));
         assert_eq!(
             c.validate().expect("valid").server.address(),
             "127.0.0.1:3307"

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::AgentConfig;
 use crate::cut::Budgets;
+use crate::ddl_guard::{DdlOptions, DdlPolicy};
 use crate::dump::DumpOptions;
 use crate::error::{Error, IoContext, Result};
 use crate::flavour::LockMethod;
@@ -44,6 +45,15 @@ pub struct ServeConfig {
     pub snapshot_connections: usize,
     pub zstd_level: i32,
     pub chunk_rows: u64,
+    /// What a running dump does when DDL (`ALTER TABLE`, ...) waits for a
+    /// table its snapshot holds, stalling every later query on that table:
+    /// `yield` fails the transfer at once, releasing the table; `wait` lets
+    /// the DDL wait up to `ddl_wait` for the dump to finish, then yields.
+    pub ddl_policy: DdlPolicy,
+    /// With `ddl_policy = "wait"`: the longest a DDL (and the queries queued
+    /// behind it) waits for the dump, e.g. "30s".
+    #[serde(with = "humantime_serde")]
+    pub ddl_wait: Duration,
     pub budgets: Budgets,
 }
 
@@ -64,6 +74,8 @@ impl Default for ServeConfig {
             snapshot_connections: 4,
             zstd_level: dump.zstd_level,
             chunk_rows: dump.chunk_rows,
+            ddl_policy: dump.ddl.policy,
+            ddl_wait: dump.ddl.wait,
             budgets: Budgets::default(),
         }
     }
@@ -133,6 +145,11 @@ impl ServeConfig {
         if self.budgets.lock_wait.is_zero() {
             return Err(Error::Config("budgets.lock_wait must be positive".into()));
         }
+        let ddl = DdlOptions {
+            policy: self.ddl_policy,
+            wait: self.ddl_wait,
+        };
+        ddl.validate("ddl_wait")?;
         let name = if self.name.is_empty() {
             server.address().to_string()
         } else {
@@ -150,6 +167,7 @@ impl ServeConfig {
             dump: DumpOptions {
                 zstd_level: self.zstd_level,
                 chunk_rows: self.chunk_rows,
+                ddl,
             },
             cluster: self.cluster.clone(),
             coordinators: self.coordinators.clone(),
@@ -169,6 +187,37 @@ mod tests {
         let agent = cfg.validate().expect("deploy/agent.toml is valid");
         assert_eq!(agent.name, "db1");
         assert_eq!(agent.budgets.lock_wait, Duration::from_millis(500));
+        assert_eq!(agent.dump.ddl, DdlOptions::default());
+    }
+
+    #[test]
+    fn ddl_policy_defaults_to_yield_and_wait_needs_a_bound() {
+        let cfg: ServeConfig =
+            toml::from_str("mysql = \"mysql://root@127.0.0.1:3306\"").expect("minimal config");
+        let agent = cfg.validate().expect("valid");
+        assert_eq!(agent.dump.ddl.policy, DdlPolicy::Yield);
+        let cfg: ServeConfig = toml::from_str(
+            "mysql = \"mysql://root@127.0.0.1:3306\"\nddl_policy = \"wait\"\nddl_wait = \"5s\"",
+        )
+        .expect("wait policy");
+        let agent = cfg.validate().expect("valid");
+        assert_eq!(
+            agent.dump.ddl,
+            DdlOptions {
+                policy: DdlPolicy::Wait,
+                wait: Duration::from_secs(5)
+            }
+        );
+        let cfg: ServeConfig = toml::from_str(
+            "mysql = \"mysql://root@127.0.0.1:3306\"\nddl_policy = \"wait\"\nddl_wait = \"0s\"",
+        )
+        .expect("parses");
+        let err = cfg.validate().expect_err("no bound").to_string();
+        assert!(err.contains("ddl_wait"), "{err}");
+        let err = toml::from_str::<ServeConfig>("ddl_policy = \"ignore\"")
+            .expect_err("unknown policy")
+            .to_string();
+        assert!(err.contains("ddl_policy") || err.contains("yield"), "{err}");
     }
 
     #[test]

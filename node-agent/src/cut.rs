@@ -238,6 +238,10 @@ pub struct PrepareOptions {
     pub budgets: Budgets,
     pub lock_method: LockMethod,
     pub snapshot_connections: usize,
+    /// The snapshot connections' `wait_timeout`: how long the server keeps
+    /// one that sits idle (between Commit and Transfer, or between dump
+    /// queries) before it closes it and ends its snapshot.
+    pub snapshot_idle: Duration,
     /// The agent releases the lock after this long; the server closes the
     /// lock connection a little later if the agent cannot ([`server_backstop`]).
     pub lease: Duration,
@@ -291,6 +295,10 @@ pub async fn arm(server: &Server, opts: PrepareOptions) -> Result<Armed> {
         c.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             .await
             .on(addr, "set snapshot isolation level")?;
+        let idle = opts.snapshot_idle.as_secs().max(1);
+        c.query_drop(format!("SET SESSION wait_timeout = {idle}"))
+            .await
+            .on(addr, "set snapshot wait_timeout")?;
         Ok::<_, Error>(c)
     }))
     .await?;

@@ -6,17 +6,22 @@
 //! `LOAD DATA` file, compressed and hashed on a blocking thread while the
 //! next rows arrive. The manifest is written last; a dump that fails removes
 //! what it wrote, so a directory without a manifest is never a backup.
+//!
+//! A [`DdlGuard`] watches the server for the whole dump: DDL waiting on a
+//! table the snapshots hold makes the dump give way (see [`crate::ddl_guard`]).
 
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 use tokio_util::sync::CancellationToken;
 
 use crate::cut::{Position, Snapshots};
+use crate::ddl_guard::{DdlGuard, DdlOptions, Touched};
 use crate::error::{Error, IoContext, MysqlContext, Result};
 use crate::flavour::ServerInfo;
 use crate::format::files::{self, HashingWriter};
@@ -24,12 +29,17 @@ use crate::format::manifest::{
     self, Chunk, Database, FileEntry, LockRecord, Manifest, ServerRecord, Table, Totals,
 };
 use crate::format::{fs_name, tsv};
-use crate::mysql::{DATA_SESSION, ident};
+use crate::mysql::{DATA_SESSION, Server, ident};
 use crate::progress::Progress;
 use crate::schema::{self, TableDef};
 
 /// Rows buffered before a block is handed to the compressor.
 const BLOCK_BYTES: usize = 1 << 20;
+/// How much a writer compresses between checks for a cancelled dump.
+const CANCEL_CHECK_BYTES: usize = 64 * 1024;
+/// How long the workers get to stop after the dump gave way to DDL (their
+/// connections were killed, so they fail at their next read).
+const UNWIND: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct DumpOptions {
@@ -37,6 +47,8 @@ pub struct DumpOptions {
     pub zstd_level: i32,
     /// Target rows per data file for tables with an integer primary key.
     pub chunk_rows: u64,
+    /// What the dump does when DDL waits for a table it holds.
+    pub ddl: DdlOptions,
 }
 
 impl Default for DumpOptions {
@@ -44,6 +56,7 @@ impl Default for DumpOptions {
         DumpOptions {
             zstd_level: 1,
             chunk_rows: 250_000,
+            ddl: DdlOptions::default(),
         }
     }
 }
@@ -67,21 +80,68 @@ pub struct DumpResult {
     pub manifest_sha256: String,
 }
 
-/// Dumps the snapshots into `dir`, which must not exist or be empty.
+/// Dumps the snapshots of `server` into `dir`, which must not exist or be
+/// empty.
 pub async fn dump(
     origin: Origin,
     snapshots: Snapshots,
+    server: &Server,
     dir: &Path,
     opts: &DumpOptions,
     progress: Arc<Progress>,
     cancel: CancellationToken,
 ) -> Result<DumpResult> {
     let created = claim_dir(dir)?;
-    let result = dump_into(origin, snapshots, dir, opts, progress, cancel).await;
+    let result = guarded(origin, snapshots, server, dir, opts, progress, cancel).await;
     if result.is_err() {
         discard(dir, created);
     }
     result
+}
+
+/// Runs the dump beside a [`DdlGuard`]. When the guard finds DDL the dump
+/// must give way to, the snapshot connections are killed (releasing their
+/// tables at once), the workers stop, and the dump fails naming the DDL.
+async fn guarded(
+    origin: Origin,
+    snapshots: Snapshots,
+    server: &Server,
+    dir: &Path,
+    opts: &DumpOptions,
+    progress: Arc<Progress>,
+    cancel: CancellationToken,
+) -> Result<DumpResult> {
+    let backup_id = origin.backup_id.clone();
+    let touched = Touched::default();
+    let ids: Vec<u32> = snapshots.conns.iter().map(|c| c.id()).collect();
+    let mut guard = DdlGuard::open(server, opts.ddl, ids, touched.clone()).await?;
+    let stop = cancel.child_token();
+    let work = dump_into(
+        origin,
+        snapshots,
+        dir,
+        opts,
+        progress,
+        stop.clone(),
+        touched,
+    );
+    tokio::pin!(work);
+    let waiter = tokio::select! {
+        r = &mut work => {
+            guard.close().await;
+            return r;
+        }
+        w = guard.watch() => w,
+    };
+    stop.cancel();
+    guard.release_snapshots().await;
+    let err = guard.yield_error(&backup_id, waiter);
+    tracing::warn!(error = %err, "dump gave way to DDL");
+    if tokio::time::timeout(UNWIND, &mut work).await.is_err() {
+        tracing::warn!(backup = %backup_id, "dump workers still running {UNWIND:?} after their connections were killed");
+    }
+    guard.close().await;
+    Err(err)
 }
 
 async fn dump_into(
@@ -91,6 +151,7 @@ async fn dump_into(
     opts: &DumpOptions,
     progress: Arc<Progress>,
     cancel: CancellationToken,
+    touched: Touched,
 ) -> Result<DumpResult> {
     let addr = origin.address.clone();
     let mut conns = snapshots.conns;
@@ -125,7 +186,7 @@ async fn dump_into(
         let events_file = write_opt("events.sql", &s.events_sql)?;
         let mut tables = Vec::new();
         for t in &s.tables {
-            let ranges = plan_ranges(first, &addr, &s.name, t, opts.chunk_rows).await?;
+            let ranges = plan_ranges(first, &addr, &s.name, t, opts.chunk_rows, &touched).await?;
             let chunks: Vec<Chunk> = ranges
                 .iter()
                 .enumerate()
@@ -137,6 +198,8 @@ async fn dump_into(
                 .collect();
             for (i, c) in chunks.iter().enumerate() {
                 jobs.push(ChunkJob {
+                    db: s.name.clone(),
+                    table: t.name.clone(),
                     db_index: databases.len(),
                     table_index: tables.len(),
                     chunk_index: i,
@@ -188,6 +251,7 @@ async fn dump_into(
                 Some(o)
             })
             .collect(),
+        touched,
     });
     let workers = conns.into_iter().map(|conn| {
         let shared = shared.clone();
@@ -280,6 +344,8 @@ pub fn load_session() -> Vec<String> {
 
 #[derive(Debug)]
 struct ChunkJob {
+    db: String,
+    table: String,
     db_index: usize,
     table_index: usize,
     chunk_index: usize,
@@ -294,6 +360,8 @@ struct Shared {
     /// Chunks left per table (flattened over databases), to count finished tables.
     remaining: Mutex<Vec<usize>>,
     offsets: Vec<usize>,
+    /// The tables each connection's transaction holds, for the DDL guard.
+    touched: Touched,
 }
 
 type Done = (ChunkJob, u64, FileEntry);
@@ -315,6 +383,7 @@ async fn worker(
         let Some(job) = shared.queue.lock().expect("queue lock").pop_front() else {
             break;
         };
+        shared.touched.touch(conn.id(), &job.db, &job.table);
         let result = dump_chunk(&mut conn, addr, root, &job, level, &progress, &cancel).await;
         let (rows, entry) = match result {
             Ok(r) => r,
@@ -334,8 +403,10 @@ async fn worker(
         }
         done.push((job, rows, entry));
     }
-    // End the snapshot transaction; the connection closes after.
+    // End the snapshot transaction (releasing its tables); the connection
+    // closes after.
     let _ = conn.query_drop("COMMIT").await;
+    shared.touched.release(conn.id());
     let _ = conn.disconnect().await;
     Ok(done)
 }
@@ -349,15 +420,25 @@ async fn dump_chunk(
     progress: &Progress,
     cancel: &CancellationToken,
 ) -> Result<(u64, FileEntry)> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+    // A bounded async channel: a slow compressor makes the reader wait
+    // without blocking a runtime thread (the DDL guard and gRPC need them).
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     let root_owned = root.to_path_buf();
     let rel = job.file.clone();
+    let stop = cancel.clone();
     let writer = tokio::task::spawn_blocking(move || -> Result<FileEntry> {
         let w = HashingWriter::create(&root_owned, &rel)?;
         let path = w.path().to_path_buf();
         let mut enc = zstd::Encoder::new(w, level).on_file(&path, "start compressing")?;
-        for block in rx {
-            enc.write_all(&block).on_file(&path, "write")?;
+        while let Some(block) = rx.blocking_recv() {
+            // A cancelled dump's files are removed: stop compressing them
+            // soon (a slow zstd level takes a second or more per block).
+            for piece in block.chunks(CANCEL_CHECK_BYTES) {
+                if stop.is_cancelled() {
+                    return Err(Error::Cancelled("dump cancelled".into()));
+                }
+                enc.write_all(piece).on_file(&path, "write")?;
+            }
         }
         enc.finish().on_file(&path, "finish compressing")?.finish()
     });
@@ -382,19 +463,18 @@ async fn dump_chunk(
             if buf.len() >= BLOCK_BYTES {
                 progress.add_rows(std::mem::take(&mut unreported));
                 progress.add_bytes(buf.len() as u64);
-                if tx
-                    .send(std::mem::replace(
-                        &mut buf,
-                        Vec::with_capacity(BLOCK_BYTES + 64 * 1024),
-                    ))
-                    .is_err()
-                {
+                let block =
+                    std::mem::replace(&mut buf, Vec::with_capacity(BLOCK_BYTES + 64 * 1024));
+                let sent = tokio::select! {
+                    r = tx.send(block) => r.is_ok(),
+                    _ = cancel.cancelled() => {
+                        return Err(Error::Cancelled("dump cancelled".into()));
+                    }
+                };
+                if !sent {
                     // The writer failed; its error says why.
                     sent_ok = false;
                     break;
-                }
-                if cancel.is_cancelled() {
-                    return Err(Error::Cancelled("dump cancelled".into()));
                 }
             }
         }
@@ -405,7 +485,7 @@ async fn dump_chunk(
         progress.add_rows(unreported);
         progress.add_bytes(buf.len() as u64);
         if !buf.is_empty() {
-            let _ = tx.send(buf);
+            let _ = tx.send(buf).await;
         }
         drop(tx);
         Ok::<_, Error>(rows)
@@ -426,6 +506,7 @@ async fn plan_ranges(
     db: &str,
     t: &TableDef,
     chunk_rows: u64,
+    touched: &Touched,
 ) -> Result<Vec<String>> {
     let Some(pk) = &t.int_pk else {
         return Ok(vec![String::new()]);
@@ -433,6 +514,8 @@ async fn plan_ranges(
     if t.estimated_rows <= chunk_rows || chunk_rows == 0 {
         return Ok(vec![String::new()]);
     }
+    // Reading the key range locks the table until this transaction ends.
+    touched.touch(conn.id(), db, &t.name);
     let bounds: Option<(Option<String>, Option<String>)> = conn
         .query_first(format!(
             "SELECT MIN({c}), MAX({c}) FROM {}.{}",

@@ -52,6 +52,9 @@ pub enum Error {
         budget_ms: u64,
     },
 
+    #[error("{0}")]
+    DdlYield(Box<crate::ddl_guard::Yielded>),
+
     #[error(
         "server {server}: snapshot connection {connection} sees binlog position {seen} but the captured position is {captured}; the cut is not consistent"
     )]
@@ -141,12 +144,15 @@ impl Error {
     }
 
     /// The server or agent declined for now (a long statement, a lock not
-    /// granted in time, another backup running); the same request may work
-    /// later.
+    /// granted in time, another backup running, a dump that gave way to
+    /// DDL); the same request may work later.
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
-            Error::LongStatement { .. } | Error::LockTimeout { .. } | Error::Busy { .. }
+            Error::LongStatement { .. }
+                | Error::LockTimeout { .. }
+                | Error::Busy { .. }
+                | Error::DdlYield(_)
         )
     }
 

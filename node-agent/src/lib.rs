@@ -11,6 +11,8 @@
 //! - [`schema`]: reading definitions (tables, views, routines, triggers, events).
 //! - [`format`]: the on-disk snapshot format (manifest, data encoding, files).
 //! - [`dump`]: phase two: snapshot connections → data files + manifest.
+//! - [`ddl_guard`]: while a dump runs, notices DDL waiting on a table the
+//!   snapshots hold and decides when the dump gives way (`ddl_policy`).
 //! - [`restore`]: verify a snapshot and load it into a server.
 //! - [`progress`]: counters for long jobs.
 //! - [`agent`]: the agent's state machine (one backup at a time, leases).
@@ -27,6 +29,7 @@ pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod cut;
+pub mod ddl_guard;
 pub mod dump;
 pub mod error;
 pub mod flavour;

@@ -218,11 +218,41 @@ pub fn to_status(e: &Error) -> Status {
         | Error::BadState { .. }
         | Error::StaleTerm { .. } => Code::FailedPrecondition,
         Error::LockTimeout { .. } => Code::DeadlineExceeded,
-        Error::Busy { .. } => Code::Aborted,
+        // The dump gave way to the application's DDL: the backup is
+        // abandoned, and a new one may succeed once the DDL is done.
+        Error::Busy { .. } | Error::DdlYield(_) => Code::Aborted,
         Error::SnapshotMismatch { .. } | Error::RowCount { .. } => Code::DataLoss,
         Error::Io { .. } | Error::BadBackup { .. } | Error::Checksum { .. } => Code::Internal,
         Error::TargetNotEmpty { .. } => Code::AlreadyExists,
         Error::Cancelled(_) => Code::Cancelled,
     };
     Status::new(code, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ddl_guard::Yielded;
+
+    #[test]
+    fn a_dump_that_gave_way_to_ddl_is_aborted_naming_it() {
+        let e = Error::DdlYield(Box::new(Yielded {
+            server: "127.0.0.1:3306".into(),
+            backup_id: "b1".into(),
+            thread_id: 42,
+            user: "app".into(),
+            after: String::new(),
+            statement: "ALTER TABLE t ADD c INT".into(),
+        }));
+        let s = to_status(&e);
+        assert_eq!(s.code(), Code::Aborted);
+        assert!(
+            s.message().starts_with(
+                "server 127.0.0.1:3306: backup b1 yielded to DDL (thread 42, user app): ALTER TABLE t ADD c INT;"
+            ),
+            "{}",
+            s.message()
+        );
+        assert!(e.is_refusal(), "worth retrying once the DDL is done");
+    }
 }
