@@ -261,19 +261,22 @@ impl Agent {
         }
         let mut slot = self.session.lock().await;
         if let Some(s) = slot.as_ref() {
-            // Snapshots committed by a leader that has since been deposed
-            // and never transferred: its successor either transfers them
-            // (and is not preparing a new backup meanwhile) or aborted them.
-            // A call from a later term therefore supersedes them.
-            let superseded =
-                matches!(s.stage, Stage::Committed(_)) && s.term > 0 && req.term > s.term;
+            // Snapshots committed but never transferred, and a coordinator
+            // (of the same or a later term) now prepares another backup: it
+            // runs one backup of a cluster at a time, so it has given the
+            // old one up (its ABORT may not have reached this agent, say
+            // across a partition). The new backup supersedes them.
+            let superseded = matches!(s.stage, Stage::Committed(_))
+                && s.term > 0
+                && req.term >= s.term
+                && req.backup_id != s.backup_id;
             if !superseded {
                 return Err(Error::Busy {
                     current: s.backup_id.clone(),
                     requested: req.backup_id,
                 });
             }
-            tracing::warn!(stale = %s.backup_id, term = s.term, backup = %req.backup_id, new_term = req.term, "dropping the snapshots of a backup prepared by a deposed coordinator: a backup of a later term supersedes it");
+            tracing::warn!(stale = %s.backup_id, term = s.term, backup = %req.backup_id, new_term = req.term, "dropping the snapshots of a committed backup that was never transferred: a new backup from the coordinator supersedes it");
             *slot = None;
         }
         let own = self.cfg.server.address();

@@ -241,6 +241,16 @@ impl RaftTransport for TransportService {
             warn!(from = batch.from, "{msg}");
             return Err(Status::failed_precondition(msg));
         }
+        if batch.from == self.id || !self.voters.contains(&batch.from) {
+            let msg = format!(
+                "raft batch from node {}, which is not a peer of coordinator {} (voters {:?})",
+                batch.from, self.id, self.voters
+            );
+            warn!(from = batch.from, "{msg}");
+            return Err(Status::permission_denied(msg));
+        }
+        // Decode and check the whole batch before any of it reaches raft.
+        let mut messages = Vec::with_capacity(batch.messages.len());
         for bytes in &batch.messages {
             let msg = Message::parse_from_bytes(bytes).map_err(|e| {
                 Status::invalid_argument(format!(
@@ -248,6 +258,15 @@ impl RaftTransport for TransportService {
                     batch.from
                 ))
             })?;
+            if msg.from != batch.from || msg.to != self.id {
+                return Err(Status::invalid_argument(format!(
+                    "raft message from node {} to node {} in a batch from node {} to node {}",
+                    msg.from, msg.to, batch.from, self.id
+                )));
+            }
+            messages.push(msg);
+        }
+        for msg in messages {
             // Waiting here is safe: the raft task never waits on the network.
             self.inbound
                 .send(Inbound::Message(Box::new(msg)))
