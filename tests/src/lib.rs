@@ -21,6 +21,9 @@
 //! - [`compare`]: checksums and normalised dumps to compare two servers' data.
 //! - [`probe`]: what a database user sees (can a write commit now?) and
 //!   driving one cut on an agent over gRPC.
+//! - [`proxy`]: [`Proxy`], a fault-injecting TCP proxy (delay, stall,
+//!   one-way, cut; for everyone or for one process's connections) to put
+//!   between roles.
 //! - [`logging`]: [`init_tracing`] and the [`step!`] macro.
 //!
 //! Where new code goes: anything about one kind of process belongs in that
@@ -45,6 +48,7 @@ pub mod mariadb;
 pub mod ports;
 pub mod probe;
 pub mod process;
+pub mod proxy;
 
 pub use agent::{AgentOptions, AgentProc, CliOutput, run_agent_cli};
 pub use causal::{CausalWriter, Target, check_chain};
@@ -53,3 +57,4 @@ pub use coordinator::{CoordinatorGroup, CoordinatorProc, run_lockstep};
 pub use logging::init_tracing;
 pub use mariadb::{MariaDb, MariaDbOptions};
 pub use process::{ChildProcess, Signal, Supervised, bin_path};
+pub use proxy::{Direction, Fault, Proxy, ProxyHandle};
