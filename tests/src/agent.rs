@@ -43,6 +43,9 @@ pub struct AgentOptions {
     /// Listen on 0.0.0.0 and advertise `http://127.0.0.1:PORT`, as agents in
     /// containers do.
     pub all_interfaces: bool,
+    /// `--advertise`: the URL the coordinators reach it at, when that is not
+    /// its own address (e.g. a [`crate::proxy::Proxy`] in front of it).
+    pub advertise: Option<String>,
 }
 
 impl AgentOptions {
@@ -131,12 +134,15 @@ impl AgentProc {
         let mut cmd = Command::new(bin);
         cmd.arg("serve");
         if self.opts.all_interfaces {
-            cmd.arg("--listen")
-                .arg(format!("0.0.0.0:{port}"))
-                .arg("--advertise")
-                .arg(format!("http://127.0.0.1:{port}"));
+            cmd.arg("--listen").arg(format!("0.0.0.0:{port}"));
         } else {
             cmd.arg("--listen").arg(format!("127.0.0.1:{port}"));
+        }
+        if let Some(url) = &self.opts.advertise {
+            cmd.arg("--advertise").arg(url);
+        } else if self.opts.all_interfaces {
+            cmd.arg("--advertise")
+                .arg(format!("http://127.0.0.1:{port}"));
         }
         cmd.arg("--name")
             .arg(&self.opts.name)

@@ -30,6 +30,29 @@ const LOG_TAIL_LINES: usize = 30;
 /// How long one `lockstep` CLI run may take.
 pub const LOCKSTEP_CLI_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Extra settings for coordinators started by the harness.
+#[derive(Debug, Clone, Default)]
+pub struct CoordinatorOptions {
+    /// Extra environment variables, e.g. `FAILPOINTS` (which needs binaries
+    /// built with `--features lockstep-coordinator/failpoints`).
+    pub env: Vec<(String, String)>,
+    /// Extra arguments, appended after ours, e.g. `--lease 4s`.
+    pub args: Vec<String>,
+}
+
+impl CoordinatorOptions {
+    /// Options with these environment variables and no extra arguments.
+    pub fn with_env(env: &[(&str, &str)]) -> CoordinatorOptions {
+        CoordinatorOptions {
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            args: Vec::new(),
+        }
+    }
+}
+
 /// A running `lockstep-coordinator`. Dropping it kills the process and
 /// removes its temp dir (raft store and log).
 #[derive(Debug)]
@@ -39,6 +62,8 @@ pub struct CoordinatorProc {
     peers: String,
     /// Extra environment, e.g. `FAILPOINTS`.
     env: Vec<(String, String)>,
+    /// Extra arguments, after ours.
+    args: Vec<String>,
     /// Declared before `dir`: the process dies before its files go.
     child: Option<ChildProcess>,
     dir: Option<tempfile::TempDir>,
@@ -60,6 +85,17 @@ impl CoordinatorProc {
         peers: &str,
         env: &[(&str, &str)],
     ) -> anyhow::Result<CoordinatorProc> {
+        let opts = CoordinatorOptions::with_env(env);
+        CoordinatorProc::start_with_options(id, port, peers, &opts).await
+    }
+
+    /// Like [`CoordinatorProc::start`], with extra environment and arguments.
+    pub async fn start_with_options(
+        id: u64,
+        port: u16,
+        peers: &str,
+        opts: &CoordinatorOptions,
+    ) -> anyhow::Result<CoordinatorProc> {
         crate::init_tracing();
         let dir = short_temp_dir("ls-coord-")
             .with_context(|| format!("create temp dir for coordinator {id}"))?;
@@ -67,10 +103,8 @@ impl CoordinatorProc {
             id,
             port,
             peers: peers.to_string(),
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            env: opts.env.clone(),
+            args: opts.args.clone(),
             data_dir: dir.path().join("data"),
             log_path: dir.path().join("coordinator.log"),
             child: None,
@@ -91,6 +125,7 @@ impl CoordinatorProc {
             .arg(&self.peers)
             .arg("--data-dir")
             .arg(&self.data_dir)
+            .args(&self.args)
             .env("LOCKSTEP_LOG", log_filter())
             .envs(self.env.iter().map(|(k, v)| (k, v)));
         let mut child =
@@ -243,12 +278,25 @@ impl CoordinatorGroup {
             .map(|(i, p)| format!("{}=http://127.0.0.1:{p}", i + 1))
             .collect::<Vec<_>>()
             .join(",");
+        let opts = CoordinatorOptions::with_env(env);
+        CoordinatorGroup::start_on(&ports, &peers, &opts).await
+    }
+
+    /// Starts member i (raft id i + 1) on `ports[i]`, every member with
+    /// `peers` as its `--peers` (which may name proxies in front of the
+    /// members rather than the members themselves), and waits until they
+    /// agree on a leader.
+    pub async fn start_on(
+        ports: &[u16],
+        peers: &str,
+        opts: &CoordinatorOptions,
+    ) -> anyhow::Result<CoordinatorGroup> {
         let starts = ports
             .iter()
             .enumerate()
-            .map(|(i, p)| CoordinatorProc::start_with_env(i as u64 + 1, *p, &peers, env));
+            .map(|(i, p)| CoordinatorProc::start_with_options(i as u64 + 1, *p, peers, opts));
         let members = futures::future::try_join_all(starts).await?;
-        if env.iter().any(|(k, _)| *k == "FAILPOINTS") {
+        if opts.env.iter().any(|(k, _)| *k == "FAILPOINTS") {
             for m in &members {
                 anyhow::ensure!(
                     m.log_tail(LOG_TAIL_LINES).contains("fail point configured"),

@@ -16,11 +16,17 @@
 //! - [`coordinator`]: [`CoordinatorProc`] (`lockstep-coordinator`),
 //!   [`CoordinatorGroup`] (a raft group on free ports) and [`run_lockstep`]
 //!   (the `lockstep` CLI).
+//! - [`cluster`]: [`ProxiedCluster`], servers + agents + coordinators with
+//!   a [`Proxy`] in front of every agent and coordinator, and faults on the
+//!   links between two nodes.
 //! - [`causal`]: the causal-chain writer and check that prove consistency
 //!   (invariant I3).
 //! - [`compare`]: checksums and normalised dumps to compare two servers' data.
 //! - [`probe`]: what a database user sees (can a write commit now?) and
 //!   driving one cut on an agent over gRPC.
+//! - [`proxy`]: [`Proxy`], a fault-injecting TCP proxy (delay, stall,
+//!   one-way, cut; for everyone or for one process's connections) to put
+//!   between roles.
 //! - [`logging`]: [`init_tracing`] and the [`step!`] macro.
 //!
 //! Where new code goes: anything about one kind of process belongs in that
@@ -38,6 +44,7 @@
 
 pub mod agent;
 pub mod causal;
+pub mod cluster;
 pub mod compare;
 pub mod coordinator;
 pub mod logging;
@@ -45,11 +52,14 @@ pub mod mariadb;
 pub mod ports;
 pub mod probe;
 pub mod process;
+pub mod proxy;
 
 pub use agent::{AgentOptions, AgentProc, CliOutput, run_agent_cli};
 pub use causal::{CausalWriter, Target, check_chain};
+pub use cluster::{ClusterOptions, Node, ProxiedCluster};
 pub use compare::{assert_same_data, checksum_tables, dump_text};
-pub use coordinator::{CoordinatorGroup, CoordinatorProc, run_lockstep};
+pub use coordinator::{CoordinatorGroup, CoordinatorOptions, CoordinatorProc, run_lockstep};
 pub use logging::init_tracing;
 pub use mariadb::{MariaDb, MariaDbOptions};
 pub use process::{ChildProcess, Signal, Supervised, bin_path};
+pub use proxy::{Direction, Fault, Proxy, ProxyHandle};
