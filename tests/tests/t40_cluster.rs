@@ -194,6 +194,33 @@ impl Cluster {
         Ok(serde_json::from_str(out.stdout.trim())?)
     }
 
+    /// Starts `lockstep restore run` of backup `id` (server prefix "kr")
+    /// into `targets` in a task, and waits until the catalog shows it (the
+    /// `nth` restore of the backup) RUNNING. Dropping or aborting the task
+    /// kills the CLI process.
+    async fn restore_running(
+        &self,
+        id: &str,
+        nth: usize,
+        targets: &[MariaDb],
+    ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<lockstep_tests::CliOutput>>> {
+        let args = restore_args(id, "kr", targets);
+        let urls = self.group.urls();
+        let run = tokio::spawn(async move {
+            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_lockstep(&urls, &argv).await
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let list = self.cli_json(&["restore", "list", "--backup", id]).await?;
+            if list[nth]["status"] == "RUNNING" {
+                return Ok(run);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "restore never ran: {list}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The causal chain's targets: record k on server k mod N.
     fn chain(&self) -> Vec<Target> {
         Target::chain_on(&self.servers)
@@ -424,23 +451,7 @@ async fn leader_killed_during_a_restore_fails_it_in_the_catalog() -> anyhow::Res
 
     step!("a restore whose CLI is killed while it runs still finishes and is recorded");
     let first_targets = MariaDb::start_many(&["kg0", "kg1", "kg2"]).await?;
-    let args = restore_args(&id, "kr", &first_targets);
-    let urls = cluster.group.urls();
-    let interrupted = tokio::spawn(async move {
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        run_lockstep(&urls, &argv).await
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let list = cluster
-            .cli_json(&["restore", "list", "--backup", &id])
-            .await?;
-        if list[0]["status"] == "RUNNING" {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "restore never ran: {list}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let interrupted = cluster.restore_running(&id, 0, &first_targets).await?;
     // Dropping the task kills the CLI process (kill_on_drop), like Ctrl-C.
     interrupted.abort();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -463,23 +474,7 @@ async fn leader_killed_during_a_restore_fails_it_in_the_catalog() -> anyhow::Res
 
     step!("restore into 3 fresh servers; SIGKILL the leader while it runs");
     let fresh = MariaDb::start_many(&["kf0", "kf1", "kf2"]).await?;
-    let args = restore_args(&id, "kr", &fresh);
-    let urls = cluster.group.urls();
-    let run = tokio::spawn(async move {
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        run_lockstep(&urls, &argv).await
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let list = cluster
-            .cli_json(&["restore", "list", "--backup", &id])
-            .await?;
-        if list[1]["status"] == "RUNNING" {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "restore never ran: {list}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let run = cluster.restore_running(&id, 1, &fresh).await?;
     let leader = cluster.group.wait_leader(Duration::from_secs(5)).await?;
     cluster.group.members[leader].kill()?;
 
