@@ -1,0 +1,74 @@
+//! `lockstep restore run|list`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use lockstep_proto::coordinator as pb;
+
+use super::output::{print_restore, print_restores};
+use super::{RestoreArgs, RestoreListArgs};
+use crate::client::Client;
+
+/// How long `restore run` waits for the leader's answer (the coordinator
+/// bounds each server's load by its transfer timeout, 6 h by default).
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(7 * 3600);
+
+/// `restore list`.
+pub(super) async fn list(
+    client: &mut Client,
+    json: bool,
+    a: &RestoreListArgs,
+) -> anyhow::Result<i32> {
+    let req = pb::ListRestoresRequest {
+        backup_id: a.backup.clone().unwrap_or_default(),
+    };
+    let reply = client
+        .call("list restores", |mut c| {
+            let req = req.clone();
+            async move { c.list_restores(req).await }
+        })
+        .await?;
+    print_restores(json, &reply.restores);
+    Ok(0)
+}
+
+/// `restore run`: every server of the backup at once, while the command
+/// waits; exit 1 if any server failed.
+pub(super) async fn run(client: Client, json: bool, a: &RestoreArgs) -> anyhow::Result<i32> {
+    let mut targets = HashMap::new();
+    for (name, url) in &a.targets {
+        if targets.insert(name.clone(), url.clone()).is_some() {
+            anyhow::bail!("--target names server {name} twice");
+        }
+    }
+    let req = pb::RestoreBackupRequest {
+        backup_id: a.backup.clone(),
+        targets,
+        force: a.force,
+    };
+    eprintln!("restoring every server of backup {} ...", a.backup);
+    let mut client = client.with_call_timeout(RESTORE_TIMEOUT);
+    let reply = client
+        .call("restore backup", |mut c| {
+            let req = req.clone();
+            async move { c.restore_backup(req).await }
+        })
+        .await?;
+    print_restore(json, &reply);
+    let failed: Vec<&str> = reply
+        .servers
+        .iter()
+        .filter(|s| !s.ok)
+        .map(|s| s.server.as_str())
+        .collect();
+    if !failed.is_empty() {
+        eprintln!(
+            "error: the restore failed on {} of {} servers: {}",
+            failed.len(),
+            reply.servers.len(),
+            failed.join(", ")
+        );
+        return Ok(1);
+    }
+    Ok(0)
+}
