@@ -16,6 +16,8 @@
 //! - [`coordinator`]: [`CoordinatorProc`] (`lockstep-coordinator`),
 //!   [`CoordinatorGroup`] (a raft group on free ports) and [`run_lockstep`]
 //!   (the `lockstep` CLI).
+//! - [`cluster`]: [`cluster::Cluster`], 3 servers + 3 agents + 3
+//!   coordinators wired together, with the helpers cluster tests share.
 //! - [`causal`]: the causal-chain writer and check that prove consistency
 //!   (invariant I3).
 //! - [`compare`]: checksums and normalised dumps to compare two servers' data.
@@ -38,6 +40,7 @@
 
 pub mod agent;
 pub mod causal;
+pub mod cluster;
 pub mod compare;
 pub mod coordinator;
 pub mod logging;

@@ -11,19 +11,17 @@
 //! arguments go here, its calls in the module of its concern, its printing
 //! in [`output`].
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::client::Client;
+use crate::error::Error;
 
 mod backup;
 mod output;
 mod restore;
 mod server;
-
-/// How long a command keeps looking for a leader.
-const PATIENCE: Duration = Duration::from_secs(20);
 
 /// `lockstep`: cluster-wide consistent backups of MySQL/MariaDB.
 #[derive(Debug, Parser)]
@@ -41,6 +39,18 @@ pub struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// How long a command waits for a leader to answer (an election, a
+    /// coordinator restarting) before it gives up, e.g. `30s`, `2m`. A
+    /// backup or restore that is running takes as long as it takes; this
+    /// bounds only each wait for a leader.
+    #[arg(
+        long,
+        global = true,
+        env = "LOCKSTEP_PATIENCE",
+        default_value = "30s",
+        value_parser = humantime::parse_duration
+    )]
+    pub patience: Duration,
     /// Log filter (tracing syntax) for diagnostics on stderr.
     #[arg(long, global = true, env = "LOCKSTEP_LOG", default_value = "warn")]
     pub log: String,
@@ -188,14 +198,86 @@ pub async fn run(cli: Cli) -> i32 {
     match execute(&cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e, cli.patience));
             1
         }
     }
 }
 
+/// The error as the user reads it; a call that found no leader says how
+/// long it waited and how to wait longer.
+fn error_text(e: &anyhow::Error, patience: Duration) -> String {
+    match e.downcast_ref::<Error>() {
+        Some(Error::NoCoordinator {
+            what,
+            waited,
+            tried,
+            last,
+        }) => format!(
+            "{what}: no leader answered within {:.1} s (--patience {}); tried {tried}; last errors: {last}",
+            waited.as_secs_f64(),
+            humantime::format_duration(patience)
+        ),
+        _ => format!("{e:#}"),
+    }
+}
+
+/// How many answers a command that must not run twice may lose (each
+/// then looked up, or asked again) before it gives up.
+const MAX_LOST_ANSWERS: u32 = 3;
+
+/// Answers lost with their leader, for commands that must not run twice:
+/// each is reported, and the command gives up after [`MAX_LOST_ANSWERS`].
+#[derive(Debug)]
+struct LostAnswers {
+    what: &'static str,
+    patience: Duration,
+    count: u32,
+    last: Option<Instant>,
+}
+
+impl LostAnswers {
+    fn new(what: &'static str, patience: Duration) -> Self {
+        LostAnswers {
+            what,
+            patience,
+            count: 0,
+            last: None,
+        }
+    }
+
+    /// Whether an answer was lost.
+    fn any(&self) -> bool {
+        self.count > 0
+    }
+
+    /// Whether the last answer was lost less than the patience ago.
+    fn patient(&self) -> bool {
+        self.last.is_some_and(|t| t.elapsed() < self.patience)
+    }
+
+    /// Records a lost answer and says so on stderr; an error when too many
+    /// were lost.
+    fn lost(&mut self, url: &str, error: &str) -> anyhow::Result<()> {
+        eprintln!(
+            "the answer to {} was lost ({url}: {error}); the leader may have acted on it",
+            self.what
+        );
+        self.count += 1;
+        self.last = Some(Instant::now());
+        if self.count >= MAX_LOST_ANSWERS {
+            anyhow::bail!(
+                "{}: {} answers lost; the last from {url}: {error}",
+                self.what,
+                self.count
+            );
+        }
+        Ok(())
+    }
+}
+
 async fn execute(cli: &Cli) -> anyhow::Result<i32> {
-    let mut client = Client::new(cli.coordinators.clone(), PATIENCE)?;
+    let mut client = Client::new(cli.coordinators.clone(), cli.patience)?;
     let json = cli.json;
     match &cli.command {
         Command::Server(ServerCmd::Remove(a)) => server::remove(&mut client, json, a).await,
@@ -217,6 +299,46 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn patience_parses_and_no_leader_says_what_was_tried() {
+        let cli = Cli::try_parse_from(["lockstep", "--patience", "2s", "catalog", "list"])
+            .expect("parse");
+        assert_eq!(cli.patience, Duration::from_secs(2));
+        assert!(
+            Cli::try_parse_from(["lockstep", "--patience", "soon", "catalog", "list"]).is_err()
+        );
+        let e = anyhow::Error::from(Error::NoCoordinator {
+            what: "list backups".into(),
+            waited: Duration::from_millis(2012),
+            tried: "http://a:1, http://b:2".into(),
+            last: "http://a:1: cannot connect".into(),
+        });
+        let text = error_text(&e, Duration::from_secs(2));
+        assert!(
+            text.starts_with("list backups: no leader answered within 2.0 s (--patience 2s)")
+                && text.contains("tried http://a:1, http://b:2")
+                && text.contains("last errors: http://a:1: cannot connect"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn lost_answers_give_up_after_three() {
+        let mut lost = LostAnswers::new("start backup", Duration::from_secs(30));
+        assert!(!lost.any() && !lost.patient());
+        lost.lost("http://a:1", "transport error").expect("first");
+        assert!(lost.any() && lost.patient());
+        lost.lost("http://b:2", "transport error").expect("second");
+        let e = lost
+            .lost("http://c:3", "transport error")
+            .expect_err("third");
+        assert!(
+            e.to_string()
+                .contains("3 answers lost; the last from http://c:3"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -6,12 +6,16 @@ use std::time::Duration;
 use lockstep_proto::coordinator as pb;
 
 use super::output::{print_restore, print_restores};
-use super::{RestoreArgs, RestoreListArgs};
-use crate::client::Client;
+use super::{LostAnswers, RestoreArgs, RestoreListArgs};
+use crate::client::{Client, Once};
+use crate::error::Error;
 
 /// How long `restore run` waits for the leader's answer (the coordinator
 /// bounds each server's load by its transfer timeout, 6 h by default).
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(7 * 3600);
+/// How often a restore whose answer was lost asks again while the lost run
+/// is still recorded as running.
+const RUNNING_POLL: Duration = Duration::from_millis(200);
 
 /// `restore list`.
 pub(super) async fn list(
@@ -34,6 +38,14 @@ pub(super) async fn list(
 
 /// `restore run`: every server of the backup at once, while the command
 /// waits; exit 1 if any server failed.
+///
+/// When the leader goes away while the restore runs, its answer is lost:
+/// the next leader records that restore FAILED ("the coordinator changed
+/// while it ran"), and the command restores again once that leader
+/// answers. Running it again is what the user would do by hand, and is
+/// safe: without `--force`, a target the lost run already loaded is
+/// refused (and named), so nothing is loaded twice over data; with
+/// `--force`, the user asked for the targets to be overwritten anyway.
 pub(super) async fn run(client: Client, json: bool, a: &RestoreArgs) -> anyhow::Result<i32> {
     let mut targets = HashMap::new();
     for (name, url) in &a.targets {
@@ -48,12 +60,33 @@ pub(super) async fn run(client: Client, json: bool, a: &RestoreArgs) -> anyhow::
     };
     eprintln!("restoring every server of backup {} ...", a.backup);
     let mut client = client.with_call_timeout(RESTORE_TIMEOUT);
-    let reply = client
-        .call("restore backup", |mut c| {
-            let req = req.clone();
-            async move { c.restore_backup(req).await }
-        })
-        .await?;
+    let mut lost = LostAnswers::new("restore backup", client.patience());
+    let reply = loop {
+        let outcome = client
+            .call_once("restore backup", |mut c| {
+                let req = req.clone();
+                async move { c.restore_backup(req).await }
+            })
+            .await;
+        match outcome {
+            Ok(Once::Done(reply)) => break reply,
+            Ok(Once::Unknown { url, error }) => {
+                lost.lost(&url, &error)?;
+                eprintln!("restoring backup {} again once a leader answers", a.backup);
+            }
+            // The lost run is recorded as running until the next leader
+            // fails it; wait for that, within the patience.
+            Err(Error::Rpc {
+                code: tonic::Code::AlreadyExists,
+                message,
+                ..
+            }) if lost.patient() => {
+                tracing::info!(%message, "the lost restore is still recorded as running");
+                tokio::time::sleep(RUNNING_POLL).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     print_restore(json, &reply);
     let failed: Vec<&str> = reply
         .servers

@@ -4,21 +4,36 @@ use lockstep_proto::coordinator as pb;
 use serde_json::json;
 
 use super::output::{print_servers, print_status};
-use super::{ClusterFilter, RemoveArgs};
-use crate::client::Client;
+use super::{ClusterFilter, LostAnswers, RemoveArgs};
+use crate::client::{Client, Once};
+use crate::error::Error;
 
-/// `server remove`.
+/// `server remove`. Removing twice is harmless, so an answer lost with its
+/// leader is asked again; "unknown server" then means the lost call
+/// removed it.
 pub(super) async fn remove(client: &mut Client, json: bool, a: &RemoveArgs) -> anyhow::Result<i32> {
     let req = pb::RemoveServerRequest {
         cluster: a.cluster.clone(),
         name: a.name.clone(),
     };
-    client
-        .call("remove server", |mut c| {
-            let req = req.clone();
-            async move { c.remove_server(req).await }
-        })
-        .await?;
+    let mut lost = LostAnswers::new("remove server", client.patience());
+    loop {
+        let outcome = client
+            .call_once("remove server", |mut c| {
+                let req = req.clone();
+                async move { c.remove_server(req).await }
+            })
+            .await;
+        match outcome {
+            Ok(Once::Done(_)) => break,
+            Ok(Once::Unknown { url, error }) => lost.lost(&url, &error)?,
+            Err(Error::Rpc {
+                code: tonic::Code::NotFound,
+                ..
+            }) if lost.any() => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
     if json {
         println!(
             "{}",
