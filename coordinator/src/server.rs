@@ -1,7 +1,14 @@
 //! Running one coordinator: the raft node, the leadership watcher (which
 //! resolves inherited backups), and one gRPC server carrying both the raft
 //! transport and the coordinator service, until shutdown.
+//!
+//! Fail fast: the raft task ending while the coordinator serves (its store
+//! failed, say) stops everything and [`run`] returns the raft task's error,
+//! so the process exits non-zero instead of answering "raft node N is
+//! stopped" forever. Every shutdown step is bounded: a task that does not
+//! finish is named and left behind, never waited for without end.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,16 +21,20 @@ use crate::config::Config;
 use crate::core::Core;
 use crate::error::{Error, Result};
 use crate::job::Jobs;
-use crate::raft::RaftNode;
+use crate::raft::{self, RaftNode};
 use crate::service::CoordinatorService;
 
 /// How long open gRPC streams may keep the process alive after shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+/// How long each later shutdown step (leadership watcher, jobs, raft node)
+/// may take before it is left behind.
+const STEP_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Runs the coordinator described by `config` until `shutdown` is cancelled
-/// (or its raft node fails).
+/// (or its raft node fails: then the raft node's error is returned).
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let raft_config = config.validate()?;
+    let id = config.id;
     let listen = config.listen;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -33,13 +44,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         })?;
     let peers = raft_config.peers.clone();
     let node = RaftNode::start(raft_config, Catalog::default(), &shutdown)?;
-    tracing::info!(id = config.id, %listen, peers = ?peers, data_dir = %config.data_dir.display(), "lockstep coordinator serving");
+    tracing::info!(id, %listen, peers = ?peers, data_dir = %config.data_dir.display(), "lockstep coordinator serving");
     let core = Arc::new(Core::new(node.handle(), peers, config));
     let jobs = Jobs::new(core.clone(), shutdown.child_token());
     let watcher = tokio::spawn(jobs.clone().watch_leadership(shutdown.clone()));
 
     let service = CoordinatorServer::new(CoordinatorService::new(core, jobs.clone()));
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let transport = node.transport_service();
+    // Ends when the raft task ends: on shutdown, or on its own (a failure).
+    let mut raft_task = tokio::spawn(node.wait());
     let hard_stop = {
         let s = shutdown.clone();
         async move {
@@ -48,20 +62,75 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         }
     };
     let served = tonic::transport::Server::builder()
-        .add_service(node.transport_service())
+        .add_service(transport)
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+    let serving = async {
+        tokio::select! {
+            r = served => r.map_err(|e| Error::Serve { addr: listen, message: e.to_string() }),
+            _ = hard_stop => Ok(()),
+        }
+    };
+    tokio::pin!(serving);
+    let mut raft_ended = None;
     let served = tokio::select! {
-        r = served => r.map_err(|e| Error::Serve { addr: listen, message: e.to_string() }),
-        _ = hard_stop => Ok(()),
+        r = &mut serving => r,
+        r = &mut raft_task => {
+            let r = raft_result(id, r);
+            if shutdown.is_cancelled() {
+                // Stopped for the shutdown (or the watcher saw it fail).
+                raft_ended = Some(r);
+            } else {
+                match &r {
+                    Err(e) => tracing::error!(error = %crate::client::error_chain(e), "the raft node failed; shutting down"),
+                    Ok(()) => tracing::error!("the raft node stopped unexpectedly; shutting down"),
+                }
+                raft_ended = Some(r.and(Err(raft::Error::Stopped { id })));
+                shutdown.cancel();
+            }
+            serving.await
+        }
     };
     shutdown.cancel();
-    if let Err(e) = watcher.await {
-        tracing::error!(error = %e, "leadership watcher ended abnormally");
-    }
-    jobs.wait().await;
-    let raft = node.shutdown().await;
+    bounded("the leadership watcher", async {
+        if let Err(e) = watcher.await {
+            tracing::error!(error = %e, "leadership watcher ended abnormally");
+        }
+    })
+    .await;
+    bounded("the backup jobs", jobs.wait()).await;
+    let raft = match raft_ended {
+        Some(r) => r,
+        None => bounded("the raft node", async { raft_result(id, raft_task.await) })
+            .await
+            .unwrap_or(Err(raft::Error::Stopped { id })),
+    };
     tracing::info!("lockstep coordinator stopped");
-    served?;
-    Ok(raft?)
+    raft?;
+    served
+}
+
+/// The raft task's own result, or why it ended abnormally.
+fn raft_result(
+    id: u64,
+    joined: std::result::Result<raft::Result<()>, tokio::task::JoinError>,
+) -> raft::Result<()> {
+    joined.unwrap_or_else(|e| {
+        Err(raft::Error::TaskFailed {
+            id,
+            reason: e.to_string(),
+        })
+    })
+}
+
+/// Waits for one shutdown step, at most [`STEP_DEADLINE`]; `None` (and an
+/// error naming the step) if it did not finish.
+async fn bounded<T>(what: &str, step: impl Future<Output = T>) -> Option<T> {
+    match tokio::time::timeout(STEP_DEADLINE, step).await {
+        Ok(t) => Some(t),
+        Err(_) => {
+            tracing::error!("{what} did not stop within {STEP_DEADLINE:?}; exiting without it");
+            None
+        }
+    }
 }

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::catalog::{Rejected, Server};
 use crate::convert;
-use crate::core::{Core, now_unix_ms};
+use crate::core::{Core, fail_pause, now_unix_ms};
 use crate::error::Error;
 use crate::job::Jobs;
 use crate::raft;
@@ -159,6 +159,9 @@ impl Coordinator for CoordinatorService {
             .start_backup(&r.cluster)
             .await
             .map_err(to_status)?;
+        // Fault injection: the backup is recorded and running, its caller
+        // not told yet (a reply lost with its leader).
+        fail_pause("before-start-backup-reply").await;
         Ok(Response::new(pb::StartBackupReply { backup_id }))
     }
 

@@ -4,7 +4,7 @@
 //! and [`run_lockstep`] for runs of the `lockstep` CLI against a group.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -116,8 +116,15 @@ impl CoordinatorProc {
 
     async fn launch(&mut self) -> anyhow::Result<()> {
         let bin = bin_path(COORDINATOR_BIN)?;
-        let mut cmd = Command::new(bin);
-        cmd.arg("--id")
+        // Through `sh`, which ignores SIGXFSZ and then becomes the
+        // coordinator (same PID): a file-size limit set on it
+        // ([`CoordinatorProc::limit_file_size`]) then fails its writes with
+        // EFBIG, as a full disk fails them with ENOSPC, instead of killing it.
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("trap '' XFSZ; exec \"$0\" \"$@\"")
+            .arg(bin)
+            .arg("--id")
             .arg(self.id.to_string())
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
@@ -195,6 +202,45 @@ impl CoordinatorProc {
         tokio::time::timeout(PROBE_TIMEOUT, node_status(&self.url()))
             .await
             .with_context(|| format!("coordinator {} NodeStatus timed out", self.id))?
+    }
+
+    /// Limits the size of any file the running process writes to `bytes`
+    /// (RLIMIT_FSIZE, set with util-linux `prlimit`): a write that would
+    /// grow a file past it fails with EFBIG, like a write to a full disk.
+    pub fn limit_file_size(&self, bytes: u64) -> anyhow::Result<()> {
+        let pid = self
+            .pid()
+            .with_context(|| format!("coordinator {} is not running", self.id))?;
+        let out = Command::new("prlimit")
+            .arg("--pid")
+            .arg(pid.to_string())
+            .arg(format!("--fsize={bytes}:{bytes}"))
+            .output()
+            .context("run prlimit (util-linux)")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "prlimit --pid {pid} --fsize={bytes}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; returns its
+    /// exit status, or `None` if it still runs (or was not running).
+    pub async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let Some(child) = self.child.as_mut() else {
+                return Ok(None);
+            };
+            if let Some(status) = child.try_exit()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(POLL).await;
+        }
     }
 
     /// Like [`CoordinatorProc::restart`], with `peers` from now on.

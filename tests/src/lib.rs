@@ -19,6 +19,8 @@
 //! - [`cluster`]: [`ProxiedCluster`], servers + agents + coordinators with
 //!   a [`Proxy`] in front of every agent and coordinator, and faults on the
 //!   links between two nodes.
+//! - [`plain_cluster`]: [`plain_cluster::Cluster`], 3 servers + 3 agents + 3
+//!   coordinators wired together, with the helpers cluster tests share.
 //! - [`causal`]: the causal-chain writer and check that prove consistency
 //!   (invariant I3).
 //! - [`compare`]: checksums and normalised dumps to compare two servers' data.
@@ -49,6 +51,7 @@ pub mod compare;
 pub mod coordinator;
 pub mod logging;
 pub mod mariadb;
+pub mod plain_cluster;
 pub mod ports;
 pub mod probe;
 pub mod process;

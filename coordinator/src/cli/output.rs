@@ -1,374 +1,12 @@
-//! The `lockstep` CLI: server list, coordinator status, backup start,
-//! catalog queries and the coordinated restore, against the coordinator group (the leader is found by
-//! [`Client`]). Human tables by default, `--json` for scripts; the exit code
-//! is 0 on success, 1 on failure (including a backup that ends FAILED), 2 on
-//! bad usage.
+//! How the CLI prints: human tables by default, one JSON document with
+//! `--json` (the shapes scripts rely on are tested below).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
 use lockstep_proto::coordinator as pb;
 use serde_json::{Value, json};
 
-use crate::client::Client;
-
-/// How long a command keeps looking for a leader.
-const PATIENCE: Duration = Duration::from_secs(20);
-/// How often `backup start --wait` polls.
-const WAIT_POLL: Duration = Duration::from_millis(200);
-/// How long `restore run` waits for the leader's answer (the coordinator
-/// bounds each server's load by its transfer timeout, 6 h by default).
-const RESTORE_TIMEOUT: Duration = Duration::from_secs(7 * 3600);
-
-/// `lockstep`: cluster-wide consistent backups of MySQL/MariaDB.
-#[derive(Debug, Parser)]
-#[command(name = "lockstep", version, about)]
-pub struct Cli {
-    /// Coordinator URLs, comma-separated (any member; the leader is found).
-    #[arg(
-        long,
-        global = true,
-        env = "LOCKSTEP_COORDINATORS",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:7300"
-    )]
-    pub coordinators: Vec<String>,
-    /// Print JSON instead of tables.
-    #[arg(long, global = true)]
-    pub json: bool,
-    /// Log filter (tracing syntax) for diagnostics on stderr.
-    #[arg(long, global = true, env = "LOCKSTEP_LOG", default_value = "warn")]
-    pub log: String,
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-/// What to do.
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Registered servers and their health.
-    #[command(subcommand)]
-    Server(ServerCmd),
-    /// The coordinator group.
-    #[command(subcommand)]
-    Coordinator(CoordinatorCmd),
-    /// Take backups.
-    #[command(subcommand)]
-    Backup(BackupCmd),
-    /// Query the backup catalog.
-    #[command(subcommand)]
-    Catalog(CatalogCmd),
-    /// Restore backups.
-    #[command(subcommand)]
-    Restore(RestoreCmd),
-}
-
-/// `lockstep restore ...`
-#[derive(Debug, Subcommand)]
-pub enum RestoreCmd {
-    /// Restore every server of a COMPLETE backup at once; reports per server.
-    Run(RestoreArgs),
-    /// Restores recorded in the catalog, oldest first.
-    List(RestoreListArgs),
-}
-
-/// `restore list` arguments.
-#[derive(Debug, Args)]
-pub struct RestoreListArgs {
-    /// Only restores of this backup.
-    #[arg(long)]
-    pub backup: Option<String>,
-}
-
-/// `restore run` arguments.
-#[derive(Debug, Args)]
-pub struct RestoreArgs {
-    /// The backup id.
-    #[arg(long)]
-    pub backup: String,
-    /// Load SERVER into this database server
-    /// (SERVER=mysql://USER[:PASS]@HOST:PORT); repeat for every server of
-    /// the backup.
-    #[arg(long = "target", value_name = "SERVER=URL", value_parser = parse_target)]
-    pub targets: Vec<(String, String)>,
-    /// Load the servers without a --target into the live servers the backup
-    /// was taken from (their agents' own servers), overwriting them.
-    #[arg(long)]
-    pub in_place: bool,
-    /// Load into targets that already hold databases.
-    #[arg(long)]
-    pub force: bool,
-    /// Wait for every server to finish (always the case: the restore runs
-    /// while the command waits; accepted for symmetry with `backup start`).
-    #[arg(long)]
-    pub wait: bool,
-}
-
-/// Parses `SERVER=URL`.
-fn parse_target(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((name, url)) if !name.trim().is_empty() && !url.trim().is_empty() => {
-            Ok((name.trim().to_string(), url.trim().to_string()))
-        }
-        _ => Err(format!("expected SERVER=mysql://USER@HOST:PORT, got {s:?}")),
-    }
-}
-
-/// `lockstep server ...`
-#[derive(Debug, Subcommand)]
-pub enum ServerCmd {
-    /// List registered servers with flavour, version and health.
-    List(ClusterFilter),
-    /// Remove a retired server from its cluster: later backups leave it
-    /// out. Stop its agent first, or it registers again.
-    Remove(RemoveArgs),
-}
-
-/// `server remove` arguments.
-#[derive(Debug, Args)]
-pub struct RemoveArgs {
-    /// The server's cluster.
-    #[arg(long)]
-    pub cluster: String,
-    /// The server's name.
-    pub name: String,
-}
-
-/// `lockstep coordinator ...`
-#[derive(Debug, Subcommand)]
-pub enum CoordinatorCmd {
-    /// Members, leader, term, commit and applied index, health per member.
-    Status,
-}
-
-/// `lockstep backup ...`
-#[derive(Debug, Subcommand)]
-pub enum BackupCmd {
-    /// Start a backup of every server of a cluster; prints its id.
-    Start(StartArgs),
-}
-
-/// `lockstep catalog ...`
-#[derive(Debug, Subcommand)]
-pub enum CatalogCmd {
-    /// List backups, oldest first.
-    List(ClusterFilter),
-    /// One backup: status, the cut per server, freeze window, artifacts.
-    Show(ShowArgs),
-}
-
-/// An optional cluster filter.
-#[derive(Debug, Args)]
-pub struct ClusterFilter {
-    /// Only this cluster.
-    #[arg(long)]
-    pub cluster: Option<String>,
-}
-
-/// `backup start` arguments.
-#[derive(Debug, Args)]
-pub struct StartArgs {
-    /// The cluster to back up.
-    #[arg(long)]
-    pub cluster: String,
-    /// Wait for the backup to finish, showing progress; exit 1 if it failed.
-    #[arg(long)]
-    pub wait: bool,
-}
-
-/// `catalog show` arguments.
-#[derive(Debug, Args)]
-pub struct ShowArgs {
-    /// The backup id.
-    pub id: String,
-}
-
-/// Runs the command; returns the process exit code.
-pub async fn run(cli: Cli) -> i32 {
-    match execute(&cli).await {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            1
-        }
-    }
-}
-
-async fn execute(cli: &Cli) -> anyhow::Result<i32> {
-    let mut client = Client::new(cli.coordinators.clone(), PATIENCE)?;
-    match &cli.command {
-        Command::Server(ServerCmd::Remove(a)) => {
-            let req = pb::RemoveServerRequest {
-                cluster: a.cluster.clone(),
-                name: a.name.clone(),
-            };
-            client
-                .call("remove server", |mut c| {
-                    let req = req.clone();
-                    async move { c.remove_server(req).await }
-                })
-                .await?;
-            if cli.json {
-                println!(
-                    "{}",
-                    json!({ "cluster": a.cluster, "name": a.name, "removed": true })
-                );
-            } else {
-                println!("removed server {} from cluster {}", a.name, a.cluster);
-            }
-        }
-        Command::Server(ServerCmd::List(f)) => {
-            let req = pb::ListServersRequest {
-                cluster: f.cluster.clone().unwrap_or_default(),
-            };
-            let reply = client
-                .call("list servers", |mut c| {
-                    let req = req.clone();
-                    async move { c.list_servers(req).await }
-                })
-                .await?;
-            print_servers(cli.json, &reply.servers);
-        }
-        Command::Coordinator(CoordinatorCmd::Status) => {
-            let reply = client
-                .call("coordinator status", |mut c| async move {
-                    c.coordinator_status(pb::CoordinatorStatusRequest {}).await
-                })
-                .await?;
-            print_status(cli.json, &reply);
-            // Non-zero when any member is unreachable or misconfigured, so
-            // monitoring can run this command as a check.
-            let unhealthy: Vec<&pb::Member> = reply.members.iter().filter(|m| !m.healthy).collect();
-            for m in &unhealthy {
-                eprintln!("error: coordinator {} ({}): {}", m.id, m.url, m.error);
-            }
-            if !unhealthy.is_empty() {
-                return Ok(1);
-            }
-        }
-        Command::Backup(BackupCmd::Start(a)) => {
-            let req = pb::StartBackupRequest {
-                cluster: a.cluster.clone(),
-            };
-            let reply = client
-                .call("start backup", |mut c| {
-                    let req = req.clone();
-                    async move { c.start_backup(req).await }
-                })
-                .await?;
-            let id = reply.backup_id;
-            if !a.wait {
-                if cli.json {
-                    println!("{}", json!({ "id": id }));
-                } else {
-                    println!("{id}");
-                }
-                return Ok(0);
-            }
-            eprintln!("backup {id} started");
-            let backup = wait_for(&mut client, &id).await?;
-            print_backup(cli.json, &backup);
-            return Ok(if backup.status == "complete" { 0 } else { 1 });
-        }
-        Command::Catalog(CatalogCmd::List(f)) => {
-            let req = pb::ListBackupsRequest {
-                cluster: f.cluster.clone().unwrap_or_default(),
-            };
-            let reply = client
-                .call("list backups", |mut c| {
-                    let req = req.clone();
-                    async move { c.list_backups(req).await }
-                })
-                .await?;
-            print_backups(cli.json, &reply.backups);
-        }
-        Command::Catalog(CatalogCmd::Show(a)) => {
-            let backup = get_backup(&mut client, &a.id).await?;
-            print_backup(cli.json, &backup);
-        }
-        Command::Restore(RestoreCmd::List(a)) => {
-            let req = pb::ListRestoresRequest {
-                backup_id: a.backup.clone().unwrap_or_default(),
-            };
-            let reply = client
-                .call("list restores", |mut c| {
-                    let req = req.clone();
-                    async move { c.list_restores(req).await }
-                })
-                .await?;
-            print_restores(cli.json, &reply.restores);
-        }
-        Command::Restore(RestoreCmd::Run(a)) => {
-            let mut targets = std::collections::HashMap::new();
-            for (name, url) in &a.targets {
-                if targets.insert(name.clone(), url.clone()).is_some() {
-                    anyhow::bail!("--target names server {name} twice");
-                }
-            }
-            let req = pb::RestoreBackupRequest {
-                backup_id: a.backup.clone(),
-                targets,
-                force: a.force,
-                in_place: a.in_place,
-            };
-            eprintln!("restoring every server of backup {} ...", a.backup);
-            let mut client = client.with_call_timeout(RESTORE_TIMEOUT);
-            let reply = client
-                .call("restore backup", |mut c| {
-                    let req = req.clone();
-                    async move { c.restore_backup(req).await }
-                })
-                .await?;
-            print_restore(cli.json, &reply);
-            let failed: Vec<&str> = reply
-                .servers
-                .iter()
-                .filter(|s| !s.ok)
-                .map(|s| s.server.as_str())
-                .collect();
-            if !failed.is_empty() {
-                eprintln!(
-                    "error: the restore failed on {} of {} servers: {}",
-                    failed.len(),
-                    reply.servers.len(),
-                    failed.join(", ")
-                );
-                return Ok(1);
-            }
-        }
-    }
-    Ok(0)
-}
-
-async fn get_backup(client: &mut Client, id: &str) -> anyhow::Result<pb::Backup> {
-    let req = pb::GetBackupRequest { id: id.to_string() };
-    Ok(client
-        .call("get backup", |mut c| {
-            let req = req.clone();
-            async move { c.get_backup(req).await }
-        })
-        .await?)
-}
-
-/// Polls until the backup is no longer running, printing each change.
-async fn wait_for(client: &mut Client, id: &str) -> anyhow::Result<pb::Backup> {
-    let mut last = String::new();
-    loop {
-        let b = get_backup(client, id).await?;
-        let line = progress_line(&b);
-        if line != last {
-            eprintln!("{line}");
-            last = line;
-        }
-        if b.status == "complete" || b.status == "failed" {
-            return Ok(b);
-        }
-        tokio::time::sleep(WAIT_POLL).await;
-    }
-}
-
-fn progress_line(b: &pb::Backup) -> String {
+pub(super) fn progress_line(b: &pb::Backup) -> String {
     let n = b.servers.len();
     match b.status.as_str() {
         "preparing" => format!("preparing: {}/{n} servers prepared", b.cut.len()),
@@ -389,7 +27,7 @@ fn ms(us: u64) -> f64 {
 }
 
 /// The JSON form of a backup (`catalog show --json`).
-pub fn backup_json(b: &pb::Backup) -> Value {
+pub(super) fn backup_json(b: &pb::Backup) -> Value {
     let artifacts: BTreeMap<&str, &pb::Artifact> =
         b.artifacts.iter().map(|a| (a.server.as_str(), a)).collect();
     let cut: BTreeMap<&str, &pb::CutEntry> = b.cut.iter().map(|c| (c.server.as_str(), c)).collect();
@@ -433,7 +71,7 @@ pub fn backup_json(b: &pb::Backup) -> Value {
     })
 }
 
-fn print_backup(as_json: bool, b: &pb::Backup) {
+pub(super) fn print_backup(as_json: bool, b: &pb::Backup) {
     if as_json {
         println!("{}", backup_json(b));
         return;
@@ -486,7 +124,7 @@ fn print_backup(as_json: bool, b: &pb::Backup) {
 }
 
 /// The JSON form of a restore (`restore run --json`).
-pub fn restore_json(r: &pb::RestoreBackupReply) -> Value {
+pub(super) fn restore_json(r: &pb::RestoreBackupReply) -> Value {
     json!({
         "restore_id": r.restore_id,
         "backup_id": r.backup_id,
@@ -514,7 +152,7 @@ fn servers_restore_json(servers: &[pb::ServerRestore]) -> Vec<Value> {
         .collect()
 }
 
-fn print_restores(as_json: bool, restores: &[pb::RestoreRecord]) {
+pub(super) fn print_restores(as_json: bool, restores: &[pb::RestoreRecord]) {
     if as_json {
         let list: Vec<Value> = restores
             .iter()
@@ -561,7 +199,7 @@ fn print_restores(as_json: bool, restores: &[pb::RestoreRecord]) {
     );
 }
 
-fn print_restore(as_json: bool, r: &pb::RestoreBackupReply) {
+pub(super) fn print_restore(as_json: bool, r: &pb::RestoreBackupReply) {
     if as_json {
         println!("{}", restore_json(r));
         return;
@@ -607,7 +245,7 @@ fn print_restore(as_json: bool, r: &pb::RestoreBackupReply) {
     );
 }
 
-fn print_backups(as_json: bool, backups: &[pb::Backup]) {
+pub(super) fn print_backups(as_json: bool, backups: &[pb::Backup]) {
     if as_json {
         let list: Vec<Value> = backups.iter().map(backup_json).collect();
         println!("{}", Value::Array(list));
@@ -634,7 +272,7 @@ fn print_backups(as_json: bool, backups: &[pb::Backup]) {
     );
 }
 
-fn print_servers(as_json: bool, servers: &[pb::Server]) {
+pub(super) fn print_servers(as_json: bool, servers: &[pb::Server]) {
     if as_json {
         let list: Vec<Value> = servers
             .iter()
@@ -683,7 +321,7 @@ fn print_servers(as_json: bool, servers: &[pb::Server]) {
     );
 }
 
-fn print_status(as_json: bool, s: &pb::CoordinatorStatusReply) {
+pub(super) fn print_status(as_json: bool, s: &pb::CoordinatorStatusReply) {
     if as_json {
         let members: Vec<Value> = s
             .members
@@ -773,70 +411,6 @@ fn print_table(headers: &[&str], rows: &[Vec<String>]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory as _;
-
-    #[test]
-    fn cli_is_well_formed() {
-        Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn parses_commands_and_coordinator_lists() {
-        let cli = Cli::try_parse_from([
-            "lockstep",
-            "--coordinators",
-            "http://a:1,http://b:2",
-            "backup",
-            "start",
-            "--cluster",
-            "c1",
-            "--wait",
-            "--json",
-        ])
-        .expect("parse");
-        assert_eq!(cli.coordinators, ["http://a:1", "http://b:2"]);
-        assert!(cli.json);
-        assert!(matches!(
-            cli.command,
-            Command::Backup(BackupCmd::Start(StartArgs { wait: true, .. }))
-        ));
-        assert!(Cli::try_parse_from(["lockstep", "backup", "start"]).is_err());
-    }
-
-    #[test]
-    fn parses_restore_run_with_targets() {
-        let cli = Cli::try_parse_from([
-            "lockstep",
-            "restore",
-            "run",
-            "--backup",
-            "b1",
-            "--target",
-            "s1=mysql://root@h:1",
-            "--target",
-            "s2=mysql://root:p=w@h:2",
-            "--force",
-        ])
-        .expect("parse");
-        let Command::Restore(RestoreCmd::Run(a)) = cli.command else {
-            panic!("not restore run: {:?}", cli.command);
-        };
-        assert_eq!(a.backup, "b1");
-        assert!(a.force && !a.wait);
-        assert_eq!(
-            a.targets,
-            [
-                ("s1".to_string(), "mysql://root@h:1".to_string()),
-                ("s2".to_string(), "mysql://root:p=w@h:2".to_string())
-            ]
-        );
-        assert!(
-            Cli::try_parse_from([
-                "lockstep", "restore", "run", "--backup", "b1", "--target", "s1"
-            ])
-            .is_err()
-        );
-    }
 
     #[test]
     fn restore_json_has_the_documented_fields() {

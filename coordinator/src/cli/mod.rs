@@ -1,0 +1,406 @@
+//! The `lockstep` CLI: server list, coordinator status, backup start,
+//! catalog queries and the coordinated restore, against the coordinator
+//! group (the leader is found by [`Client`]). Human tables by default,
+//! `--json` for scripts; the exit code is 0 on success, 1 on failure
+//! (including a backup that ends FAILED), 2 on bad usage.
+//!
+//! Modules: this one holds the clap structs and the dispatch; [`backup`]
+//! starts and follows backups and reads the catalog; [`restore`] runs and
+//! lists restores; [`server`] lists and removes servers and shows the
+//! coordinator group; [`output`] prints tables and JSON. A new command's
+//! arguments go here, its calls in the module of its concern, its printing
+//! in [`output`].
+
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::Client;
+use crate::error::Error;
+
+mod backup;
+mod output;
+mod restore;
+mod server;
+
+/// `lockstep`: cluster-wide consistent backups of MySQL/MariaDB.
+#[derive(Debug, Parser)]
+#[command(name = "lockstep", version, about)]
+pub struct Cli {
+    /// Coordinator URLs, comma-separated (any member; the leader is found).
+    #[arg(
+        long,
+        global = true,
+        env = "LOCKSTEP_COORDINATORS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:7300"
+    )]
+    pub coordinators: Vec<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// How long a command waits for a leader to answer (an election, a
+    /// coordinator restarting) before it gives up, e.g. `30s`, `2m`. A
+    /// backup or restore that is running takes as long as it takes; this
+    /// bounds only each wait for a leader.
+    #[arg(
+        long,
+        global = true,
+        env = "LOCKSTEP_PATIENCE",
+        default_value = "30s",
+        value_parser = humantime::parse_duration
+    )]
+    pub patience: Duration,
+    /// Log filter (tracing syntax) for diagnostics on stderr.
+    #[arg(long, global = true, env = "LOCKSTEP_LOG", default_value = "warn")]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Registered servers and their health.
+    #[command(subcommand)]
+    Server(ServerCmd),
+    /// The coordinator group.
+    #[command(subcommand)]
+    Coordinator(CoordinatorCmd),
+    /// Take backups.
+    #[command(subcommand)]
+    Backup(BackupCmd),
+    /// Query the backup catalog.
+    #[command(subcommand)]
+    Catalog(CatalogCmd),
+    /// Restore backups.
+    #[command(subcommand)]
+    Restore(RestoreCmd),
+}
+
+/// `lockstep restore ...`
+#[derive(Debug, Subcommand)]
+pub enum RestoreCmd {
+    /// Restore every server of a COMPLETE backup at once; reports per server.
+    Run(RestoreArgs),
+    /// Restores recorded in the catalog, oldest first.
+    List(RestoreListArgs),
+}
+
+/// `restore list` arguments.
+#[derive(Debug, Args)]
+pub struct RestoreListArgs {
+    /// Only restores of this backup.
+    #[arg(long)]
+    pub backup: Option<String>,
+}
+
+/// `restore run` arguments.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup id.
+    #[arg(long)]
+    pub backup: String,
+    /// Load SERVER into this database server
+    /// (SERVER=mysql://USER[:PASS]@HOST:PORT); repeat for every server of
+    /// the backup.
+    #[arg(long = "target", value_name = "SERVER=URL", value_parser = parse_target)]
+    pub targets: Vec<(String, String)>,
+    /// Load the servers without a --target into the live servers the backup
+    /// was taken from (their agents' own servers), overwriting them.
+    #[arg(long)]
+    pub in_place: bool,
+    /// Load into targets that already hold databases.
+    #[arg(long)]
+    pub force: bool,
+    /// Wait for every server to finish (always the case: the restore runs
+    /// while the command waits; accepted for symmetry with `backup start`).
+    #[arg(long)]
+    pub wait: bool,
+}
+
+/// Parses `SERVER=URL`.
+fn parse_target(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, url)) if !name.trim().is_empty() && !url.trim().is_empty() => {
+            Ok((name.trim().to_string(), url.trim().to_string()))
+        }
+        _ => Err(format!("expected SERVER=mysql://USER@HOST:PORT, got {s:?}")),
+    }
+}
+
+/// `lockstep server ...`
+#[derive(Debug, Subcommand)]
+pub enum ServerCmd {
+    /// List registered servers with flavour, version and health.
+    List(ClusterFilter),
+    /// Remove a retired server from its cluster: later backups leave it
+    /// out. Stop its agent first, or it registers again.
+    Remove(RemoveArgs),
+}
+
+/// `server remove` arguments.
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    /// The server's cluster.
+    #[arg(long)]
+    pub cluster: String,
+    /// The server's name.
+    pub name: String,
+}
+
+/// `lockstep coordinator ...`
+#[derive(Debug, Subcommand)]
+pub enum CoordinatorCmd {
+    /// Members, leader, term, commit and applied index, health per member.
+    Status,
+}
+
+/// `lockstep backup ...`
+#[derive(Debug, Subcommand)]
+pub enum BackupCmd {
+    /// Start a backup of every server of a cluster; prints its id.
+    Start(StartArgs),
+}
+
+/// `lockstep catalog ...`
+#[derive(Debug, Subcommand)]
+pub enum CatalogCmd {
+    /// List backups, oldest first.
+    List(ClusterFilter),
+    /// One backup: status, the cut per server, freeze window, artifacts.
+    Show(ShowArgs),
+}
+
+/// An optional cluster filter.
+#[derive(Debug, Args)]
+pub struct ClusterFilter {
+    /// Only this cluster.
+    #[arg(long)]
+    pub cluster: Option<String>,
+}
+
+/// `backup start` arguments.
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// The cluster to back up.
+    #[arg(long)]
+    pub cluster: String,
+    /// Wait for the backup to finish, showing progress; exit 1 if it failed.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+/// `catalog show` arguments.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The backup id.
+    pub id: String,
+}
+
+/// Runs the command; returns the process exit code.
+pub async fn run(cli: Cli) -> i32 {
+    match execute(&cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", error_text(&e, cli.patience));
+            1
+        }
+    }
+}
+
+/// The error as the user reads it; a call that found no leader says how
+/// long it waited and how to wait longer.
+fn error_text(e: &anyhow::Error, patience: Duration) -> String {
+    match e.downcast_ref::<Error>() {
+        Some(Error::NoCoordinator {
+            what,
+            waited,
+            tried,
+            last,
+        }) => format!(
+            "{what}: no leader answered within {:.1} s (--patience {}); tried {tried}; last errors: {last}",
+            waited.as_secs_f64(),
+            humantime::format_duration(patience)
+        ),
+        _ => format!("{e:#}"),
+    }
+}
+
+/// How many answers a command that must not run twice may lose (each
+/// then looked up, or asked again) before it gives up.
+const MAX_LOST_ANSWERS: u32 = 3;
+
+/// Answers lost with their leader, for commands that must not run twice:
+/// each is reported, and the command gives up after [`MAX_LOST_ANSWERS`].
+#[derive(Debug)]
+struct LostAnswers {
+    what: &'static str,
+    patience: Duration,
+    count: u32,
+    last: Option<Instant>,
+}
+
+impl LostAnswers {
+    fn new(what: &'static str, patience: Duration) -> Self {
+        LostAnswers {
+            what,
+            patience,
+            count: 0,
+            last: None,
+        }
+    }
+
+    /// Whether an answer was lost.
+    fn any(&self) -> bool {
+        self.count > 0
+    }
+
+    /// Whether the last answer was lost less than the patience ago.
+    fn patient(&self) -> bool {
+        self.last.is_some_and(|t| t.elapsed() < self.patience)
+    }
+
+    /// Records a lost answer and says so on stderr; an error when too many
+    /// were lost.
+    fn lost(&mut self, url: &str, error: &str) -> anyhow::Result<()> {
+        eprintln!(
+            "the answer to {} was lost ({url}: {error}); the leader may have acted on it",
+            self.what
+        );
+        self.count += 1;
+        self.last = Some(Instant::now());
+        if self.count >= MAX_LOST_ANSWERS {
+            anyhow::bail!(
+                "{}: {} answers lost; the last from {url}: {error}",
+                self.what,
+                self.count
+            );
+        }
+        Ok(())
+    }
+}
+
+async fn execute(cli: &Cli) -> anyhow::Result<i32> {
+    let mut client = Client::new(cli.coordinators.clone(), cli.patience)?;
+    let json = cli.json;
+    match &cli.command {
+        Command::Server(ServerCmd::Remove(a)) => server::remove(&mut client, json, a).await,
+        Command::Server(ServerCmd::List(f)) => server::list(&mut client, json, f).await,
+        Command::Coordinator(CoordinatorCmd::Status) => server::status(&mut client, json).await,
+        Command::Backup(BackupCmd::Start(a)) => backup::start(&mut client, json, a).await,
+        Command::Catalog(CatalogCmd::List(f)) => backup::list(&mut client, json, f).await,
+        Command::Catalog(CatalogCmd::Show(a)) => backup::show(&mut client, json, a).await,
+        Command::Restore(RestoreCmd::List(a)) => restore::list(&mut client, json, a).await,
+        Command::Restore(RestoreCmd::Run(a)) => restore::run(client, json, a).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn patience_parses_and_no_leader_says_what_was_tried() {
+        let cli = Cli::try_parse_from(["lockstep", "--patience", "2s", "catalog", "list"])
+            .expect("parse");
+        assert_eq!(cli.patience, Duration::from_secs(2));
+        assert!(
+            Cli::try_parse_from(["lockstep", "--patience", "soon", "catalog", "list"]).is_err()
+        );
+        let e = anyhow::Error::from(Error::NoCoordinator {
+            what: "list backups".into(),
+            waited: Duration::from_millis(2012),
+            tried: "http://a:1, http://b:2".into(),
+            last: "http://a:1: cannot connect".into(),
+        });
+        let text = error_text(&e, Duration::from_secs(2));
+        assert!(
+            text.starts_with("list backups: no leader answered within 2.0 s (--patience 2s)")
+                && text.contains("tried http://a:1, http://b:2")
+                && text.contains("last errors: http://a:1: cannot connect"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn lost_answers_give_up_after_three() {
+        let mut lost = LostAnswers::new("start backup", Duration::from_secs(30));
+        assert!(!lost.any() && !lost.patient());
+        lost.lost("http://a:1", "transport error").expect("first");
+        assert!(lost.any() && lost.patient());
+        lost.lost("http://b:2", "transport error").expect("second");
+        let e = lost
+            .lost("http://c:3", "transport error")
+            .expect_err("third");
+        assert!(
+            e.to_string()
+                .contains("3 answers lost; the last from http://c:3"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn parses_commands_and_coordinator_lists() {
+        let cli = Cli::try_parse_from([
+            "lockstep",
+            "--coordinators",
+            "http://a:1,http://b:2",
+            "backup",
+            "start",
+            "--cluster",
+            "c1",
+            "--wait",
+            "--json",
+        ])
+        .expect("parse");
+        assert_eq!(cli.coordinators, ["http://a:1", "http://b:2"]);
+        assert!(cli.json);
+        assert!(matches!(
+            cli.command,
+            Command::Backup(BackupCmd::Start(StartArgs { wait: true, .. }))
+        ));
+        assert!(Cli::try_parse_from(["lockstep", "backup", "start"]).is_err());
+    }
+
+    #[test]
+    fn parses_restore_run_with_targets() {
+        let cli = Cli::try_parse_from([
+            "lockstep",
+            "restore",
+            "run",
+            "--backup",
+            "b1",
+            "--target",
+            "s1=mysql://root@h:1",
+            "--target",
+            "s2=mysql://root:p=w@h:2",
+            "--force",
+        ])
+        .expect("parse");
+        let Command::Restore(RestoreCmd::Run(a)) = cli.command else {
+            panic!("not restore run: {:?}", cli.command);
+        };
+        assert_eq!(a.backup, "b1");
+        assert!(a.force && !a.wait);
+        assert_eq!(
+            a.targets,
+            [
+                ("s1".to_string(), "mysql://root@h:1".to_string()),
+                ("s2".to_string(), "mysql://root:p=w@h:2".to_string())
+            ]
+        );
+        assert!(
+            Cli::try_parse_from([
+                "lockstep", "restore", "run", "--backup", "b1", "--target", "s1"
+            ])
+            .is_err()
+        );
+    }
+}

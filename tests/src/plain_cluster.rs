@@ -1,0 +1,258 @@
+//! A plain lockstep cluster (no proxies) on 127.0.0.1: 3 real MariaDB servers, a
+//! 3-member coordinator group, and one agent per server registered with the
+//! group under cluster [`CLUSTER`]; with the helpers cluster tests share
+//! (the `lockstep` CLI against the group, polling the catalog, holding a
+//! backup at the barrier, restore arguments).
+//!
+//! Dropping a [`Cluster`] stops every process it started and removes their
+//! temp dirs (each process's own harness type does that).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use mysql_async::prelude::Queryable as _;
+use serde_json::Value;
+
+use crate::agent::{AgentOptions, AgentProc, CliOutput};
+use crate::causal::{CausalWriter, Target};
+use crate::coordinator::{CoordinatorGroup, run_lockstep};
+use crate::mariadb::MariaDb;
+use crate::step;
+
+/// The cluster name every agent registers under.
+pub const CLUSTER: &str = "c1";
+
+/// Agent options that let a lock wait up to 4 s (less than the 5 s PREPARE
+/// deadline), with [`hold_backup_stage`] to make one server's lock wait.
+pub const SLOW_LOCK_ARGS: &[&str] = &["--lock-wait-budget", "4s"];
+
+/// 3 servers with an agent each, registered with a 3-member group.
+#[derive(Debug)]
+pub struct Cluster {
+    /// The database servers, `{prefix}0..2`.
+    pub servers: Vec<MariaDb>,
+    /// `agents[i]` serves `servers[i]`.
+    pub agents: Vec<AgentProc>,
+    /// The coordinators.
+    pub group: CoordinatorGroup,
+}
+
+impl Cluster {
+    /// Starts servers `{prefix}0..2`, 3 coordinators and 3 agents, and
+    /// waits until every server is healthy.
+    pub async fn start(prefix: &str) -> anyhow::Result<Cluster> {
+        Cluster::start_with(prefix, &[], &[]).await
+    }
+
+    /// Like [`Cluster::start`], with `agent_args` for every agent and
+    /// `coordinator_env` for every coordinator.
+    pub async fn start_with(
+        prefix: &str,
+        agent_args: &[&str],
+        coordinator_env: &[(&str, &str)],
+    ) -> anyhow::Result<Cluster> {
+        let names: Vec<String> = (0..3).map(|i| format!("{prefix}{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        step!("start 3 MariaDB servers and 3 coordinators");
+        let (servers, group) = tokio::try_join!(
+            MariaDb::start_many(&refs),
+            CoordinatorGroup::start_with_env(3, coordinator_env)
+        )?;
+        step!("start 3 agents registering with the coordinators");
+        let urls = group.urls();
+        let starts = servers.iter().map(|s| {
+            let mut opts = AgentOptions::new(s.name(), s.url());
+            opts.extra_args = vec![
+                "--cluster".into(),
+                CLUSTER.into(),
+                "--coordinators".into(),
+                urls.clone(),
+            ];
+            opts.extra_args
+                .extend(agent_args.iter().map(|a| a.to_string()));
+            AgentProc::start(opts)
+        });
+        let agents = futures::future::try_join_all(starts).await?;
+        let cluster = Cluster {
+            servers,
+            agents,
+            group,
+        };
+        cluster.wait_healthy(Duration::from_secs(30)).await?;
+        Ok(cluster)
+    }
+
+    /// Waits until `lockstep server list` shows every server healthy.
+    pub async fn wait_healthy(&self, timeout: Duration) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            let out = self.cli(&["server", "list", "--json"]).await?;
+            if out.status.success() {
+                let list: Value = serde_json::from_str(out.stdout.trim())?;
+                let healthy = list
+                    .as_array()
+                    .map_or(0, |l| l.iter().filter(|s| s["healthy"] == true).count());
+                if healthy == self.servers.len() {
+                    return Ok(());
+                }
+            }
+            anyhow::ensure!(
+                started.elapsed() < timeout,
+                "servers not all healthy after {timeout:?}: {} {}",
+                out.stdout,
+                out.stderr
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `lockstep --coordinators <every member> ARGS`.
+    pub async fn cli(&self, args: &[&str]) -> anyhow::Result<CliOutput> {
+        run_lockstep(&self.group.urls(), args).await
+    }
+
+    /// `lockstep --json ARGS`, which must succeed, parsed.
+    pub async fn cli_json(&self, args: &[&str]) -> anyhow::Result<Value> {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.cli(&all).await?;
+        out.success()?;
+        serde_json::from_str(out.stdout.trim())
+            .with_context(|| format!("parse the output of lockstep {}", all.join(" ")))
+    }
+
+    /// `lockstep backup start` without waiting; returns the backup id.
+    pub async fn start_backup(&self) -> anyhow::Result<String> {
+        let started = self
+            .cli_json(&["backup", "start", "--cluster", CLUSTER])
+            .await?;
+        Ok(started["id"].as_str().context("backup id")?.to_string())
+    }
+
+    /// `lockstep --json catalog list --cluster c1`, parsed (an empty list
+    /// while no leader answers).
+    pub async fn backups(&self) -> anyhow::Result<Vec<Value>> {
+        let out = self
+            .cli(&["--json", "catalog", "list", "--cluster", CLUSTER])
+            .await?;
+        if !out.status.success() {
+            return Ok(Vec::new());
+        }
+        let list: Value = serde_json::from_str(out.stdout.trim())?;
+        Ok(list.as_array().cloned().unwrap_or_default())
+    }
+
+    /// Polls `lockstep catalog list` until a backup in `status` is listed,
+    /// for at most `timeout`; returns it.
+    pub async fn wait_listed(&self, status: &str, timeout: Duration) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let list = self.backups().await?;
+            if let Some(b) = list.iter().find(|b| b["status"] == status) {
+                return Ok(b.clone());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "no {status} backup listed within {timeout:?}: {list:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Polls `lockstep catalog show ID` until `done(status)` holds, for at
+    /// most `timeout`; returns the backup. A failed call (no leader yet
+    /// after a kill) is polled again.
+    pub async fn wait_backup(
+        &self,
+        id: &str,
+        timeout: Duration,
+        done: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.cli(&["--json", "catalog", "show", id]).await?;
+            if out.status.success() {
+                let b: Value = serde_json::from_str(out.stdout.trim())?;
+                if done(b["status"].as_str().unwrap_or_default()) {
+                    return Ok(b);
+                }
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "backup {id} not resolved within {timeout:?}: {} {}",
+                out.stdout,
+                out.stderr
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until agent `i` holds its server's lock for a backup.
+    pub async fn wait_locked(&self, i: usize) -> anyhow::Result<()> {
+        let mut client = self.agents[i].client().await?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let st = client
+                .status(lockstep_proto::agent::StatusRequest {})
+                .await?
+                .into_inner();
+            if st.lock_held {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "agent {} never locked: {st:?}",
+                self.agents[i].name()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// After a fault: the next backup of the cluster completes.
+    pub async fn next_backup_completes(&self) -> anyhow::Result<()> {
+        self.wait_healthy(Duration::from_secs(30)).await?;
+        let next = self
+            .cli_json(&["backup", "start", "--cluster", CLUSTER, "--wait"])
+            .await?;
+        anyhow::ensure!(next["status"] == "COMPLETE", "next backup: {next}");
+        Ok(())
+    }
+
+    /// The causal chain's targets: record k on server k mod N.
+    pub fn chain(&self) -> Vec<Target> {
+        Target::chain_on(&self.servers)
+    }
+}
+
+/// Holds `BACKUP STAGE START` on `db` from an idle connection: pre-flight
+/// passes, and an agent's own BACKUP STAGE queues behind it until its
+/// lock-wait budget. Dropping the connection ends it.
+pub async fn hold_backup_stage(db: &MariaDb) -> anyhow::Result<mysql_async::Conn> {
+    let mut conn = db.conn().await?;
+    conn.query_drop("BACKUP STAGE START")
+        .await
+        .with_context(|| format!("BACKUP STAGE START on {}", db.name()))?;
+    Ok(conn)
+}
+
+/// `--json restore run --backup ID --wait` with server `{prefix}{i}` of the
+/// backup going to `fresh[i]`.
+pub fn restore_args(id: &str, prefix: &str, fresh: &[MariaDb]) -> Vec<String> {
+    let mut args: Vec<String> = ["--json", "restore", "run", "--backup", id, "--wait"]
+        .map(String::from)
+        .to_vec();
+    for (i, dst) in fresh.iter().enumerate() {
+        args.push("--target".into());
+        args.push(format!("{prefix}{i}={}", dst.url()));
+    }
+    args
+}
+
+/// After a fault: no server stays locked, so the causal chain keeps growing.
+pub async fn writes_resume(writer: &CausalWriter) -> anyhow::Result<()> {
+    let now = writer.committed();
+    writer
+        .wait_committed(now + 30, Duration::from_secs(15))
+        .await?;
+    Ok(())
+}
