@@ -28,7 +28,7 @@ use crate::format::files::{self, HashingWriter};
 use crate::format::manifest::{
     self, Chunk, Database, FileEntry, LockRecord, Manifest, ServerRecord, Table, Totals,
 };
-use crate::format::{fs_name, tsv};
+use crate::format::{fs_name, sqlfile, tsv};
 use crate::mysql::{DATA_SESSION, Server, ident};
 use crate::progress::Progress;
 use crate::schema::{self, TableDef};
@@ -170,12 +170,15 @@ async fn dump_into(
     }
     let mut databases = Vec::new();
     let mut jobs = Vec::new();
+    // The lowest manifest version whose readers read every schema file right.
+    let mut version = manifest::MIN_VERSION;
     for s in &dbs {
         let d = fs_name(&s.name);
         let mut write_opt = |name: &str, text: &Option<String>| -> Result<Option<String>> {
             let Some(t) = text else { return Ok(None) };
             let rel = format!("{d}/{name}");
             files.push(files::write_file(dir, &rel, t.as_bytes())?);
+            version = version.max(sqlfile::version_needed(t));
             Ok(Some(rel))
         };
         let schema_file = write_opt("schema.sql", &Some(s.schema_sql.clone()))?
@@ -302,7 +305,7 @@ async fn dump_into(
     files.push(files::write_file(dir, "SHA256SUMS", sums.as_bytes())?);
     let manifest = Manifest {
         format: manifest::FORMAT.into(),
-        version: manifest::VERSION,
+        version,
         backup_id: origin.backup_id,
         tool: format!("lockstep-agent {}", env!("CARGO_PKG_VERSION")),
         started_at: origin.started_at,
@@ -594,11 +597,14 @@ fn select_sql(db: &str, t: &TableDef, range: &str) -> String {
     sql
 }
 
-/// The statement that loads one data file; `{file}` stands for its path.
+/// The statement that loads one data file; the string literal `'{file}'`
+/// stands for its path (names may hold `{file}` too: the loader replaces
+/// only that literal, see [`Table::load_statement`]).
 fn load_sql(db: &str, t: &TableDef) -> String {
     format!(
-        "LOAD DATA LOCAL INFILE '{{file}}' INTO TABLE {}.{} CHARACTER SET binary \
+        "LOAD DATA LOCAL INFILE {} INTO TABLE {}.{} CHARACTER SET binary \
          FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' ({})",
+        manifest::FILE_PLACEHOLDER,
         ident(db),
         ident(&t.name),
         column_list(t)

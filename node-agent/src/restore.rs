@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::error::{Error, IoContext, MysqlContext, Result};
 use crate::flavour::ServerInfo;
 use crate::format::files;
-use crate::format::manifest::{Manifest, Table};
+use crate::format::manifest::{self, Manifest, Table};
 use crate::format::sqlfile;
 use crate::mysql::{Server, ident};
 use crate::progress::Progress;
@@ -156,8 +156,7 @@ pub async fn load(
     for db in &manifest.databases {
         let tables: HashMap<&str, &Table> =
             db.tables.iter().map(|t| (t.name.as_str(), t)).collect();
-        let text = read_text(dir, &db.schema_file)?;
-        for stmt in sqlfile::split(&text) {
+        for stmt in read_statements(dir, &db.schema_file)? {
             let stmt = match create_table_name(&stmt).and_then(|n| tables.get(n.as_str())) {
                 Some(t) if defer_indexes(t) => {
                     let (create, indexes) = split_secondary_indexes(&stmt);
@@ -201,8 +200,11 @@ pub async fn load(
                     rows: c.rows,
                     size,
                     sql: t
-                        .load_sql
-                        .replace("{file}", &c.file.replace('\\', "\\\\").replace('\'', "''")),
+                        .load_statement(&c.file)
+                        .map_err(|reason| Error::BadBackup {
+                            path: dir.join(manifest::FILE_NAME),
+                            reason: format!("database {}: {reason}", db.name),
+                        })?,
                 });
             }
         }
@@ -466,14 +468,16 @@ fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usiz
     Ok(n)
 }
 
-fn read_text(dir: &Path, rel: &str) -> Result<String> {
+/// The statements of a schema file, byte for byte.
+fn read_statements(dir: &Path, rel: &str) -> Result<Vec<String>> {
     let path = Manifest::file_path(dir, rel)?;
-    std::fs::read_to_string(&path).on_file(&path, "read")
+    let text = std::fs::read_to_string(&path).on_file(&path, "read")?;
+    sqlfile::split(&text).map_err(|reason| Error::BadBackup { path, reason })
 }
 
 /// Runs every statement of a schema file in order.
 async fn run_file(conn: &mut Conn, addr: &str, dir: &Path, rel: &str) -> Result<()> {
-    for stmt in sqlfile::split(&read_text(dir, rel)?) {
+    for stmt in read_statements(dir, rel)? {
         conn.query_drop(stmt.as_str())
             .await
             .on(addr, &format!("run {rel} of backup"))?;
@@ -485,7 +489,7 @@ async fn run_file(conn: &mut Conn, addr: &str, dir: &Path, rel: &str) -> Result<
 /// after the others (the file is already in dependency order, so this only
 /// matters for files written by hand).
 async fn create_views(conn: &mut Conn, addr: &str, dir: &Path, rel: &str) -> Result<()> {
-    let mut pending = blocks(sqlfile::split(&read_text(dir, rel)?));
+    let mut pending = blocks(read_statements(dir, rel)?);
     loop {
         let mut failed = Vec::new();
         let mut last_err = None;

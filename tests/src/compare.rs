@@ -46,9 +46,11 @@ pub async fn checksum_tables(url: &str, db: &str) -> anyhow::Result<BTreeMap<Str
 
 /// Drops the `AUTO_INCREMENT=N ` table option from `CREATE TABLE` lines: the
 /// counter may legitimately differ between a server and its restore.
+/// Every other byte is kept, `\r` included (a lost carriage return is a
+/// difference).
 pub fn normalise_dump(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    for line in text.lines() {
+    for line in text.split_inclusive('\n') {
         if line.starts_with(") ENGINE=")
             && let Some(start) = line.find(" AUTO_INCREMENT=")
         {
@@ -62,7 +64,6 @@ pub fn normalise_dump(text: &str) -> String {
         } else {
             out.push_str(line);
         }
-        out.push('\n');
     }
     out
 }
@@ -109,20 +110,38 @@ pub async fn dump_text(port: u16, databases: &[&str]) -> anyhow::Result<String> 
 }
 
 /// Describes the first line where `a` and `b` differ, or `None` if equal.
+/// Lines end at `\n` only, so a lost `\r` is a difference; control
+/// characters are shown escaped.
 pub fn first_difference(a: &str, b: &str) -> Option<String> {
     const SHOW: usize = 300;
     let clip = |s: &str| -> String {
-        if s.len() <= SHOW {
-            s.to_string()
+        let s = s.strip_suffix('\n').unwrap_or(s);
+        let shown = if s.len() <= SHOW {
+            s
         } else {
             let mut end = SHOW;
             while !s.is_char_boundary(end) {
                 end -= 1;
             }
-            format!("{}... ({} bytes)", &s[..end], s.len())
+            &s[..end]
+        };
+        let shown: String = shown
+            .chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_debug().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect();
+        if s.len() <= SHOW {
+            shown
+        } else {
+            format!("{shown}... ({} bytes)", s.len())
         }
     };
-    let (mut la, mut lb) = (a.lines(), b.lines());
+    let (mut la, mut lb) = (a.split_inclusive('\n'), b.split_inclusive('\n'));
     let mut line = 1;
     loop {
         match (la.next(), lb.next()) {
@@ -188,6 +207,11 @@ mod unit {
             normalise_dump(dump),
             ") ENGINE=InnoDB DEFAULT CHARSET=latin1;\nINSERT INTO t VALUES (' AUTO_INCREMENT=1 ');\n"
         );
+        assert_eq!(
+            normalise_dump("a\r\nb"),
+            "a\r\nb",
+            "every other byte is kept"
+        );
     }
 
     #[test]
@@ -197,5 +221,7 @@ mod unit {
         assert!(d.starts_with("line 2:"), "{d}");
         let d = first_difference("a\n", "a\nc\n").expect("differs");
         assert!(d.contains("(end of text)"), "{d}");
+        let d = first_difference("x\r\ny\n", "x\ny\n").expect("a lost \\r differs");
+        assert!(d.starts_with("line 1:") && d.contains("x\\r"), "{d}");
     }
 }

@@ -189,6 +189,16 @@ impl Cluster {
 
     /// Waits until agent `i` holds its server's lock for a backup.
     pub async fn wait_locked(&self, i: usize) -> anyhow::Result<()> {
+        self.wait_agent(i, "locked", |st| st.lock_held).await
+    }
+
+    /// Waits until agent `i`'s `Status` satisfies `done` (`what` names it).
+    pub async fn wait_agent(
+        &self,
+        i: usize,
+        what: &str,
+        done: impl Fn(&lockstep_proto::agent::StatusReply) -> bool,
+    ) -> anyhow::Result<()> {
         let mut client = self.agents[i].client().await?;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -196,12 +206,12 @@ impl Cluster {
                 .status(lockstep_proto::agent::StatusRequest {})
                 .await?
                 .into_inner();
-            if st.lock_held {
+            if done(&st) {
                 return Ok(());
             }
             anyhow::ensure!(
                 Instant::now() < deadline,
-                "agent {} never locked: {st:?}",
+                "agent {} never {what}: {st:?}",
                 self.agents[i].name()
             );
             tokio::time::sleep(Duration::from_millis(10)).await;

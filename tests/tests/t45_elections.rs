@@ -101,7 +101,7 @@ async fn backup_started_right_after_the_leader_is_killed_completes() -> anyhow::
 
 /// `backup start --wait` whose leader is SIGKILLed while it waits reports
 /// the backup's real end as the new leader decides it, with the matching
-/// exit code: once the cut is committed (every server still locked, the
+/// exit code: once the cut is recorded (every server committed and unlocked, the
 /// `after-commit-cut` fail point), the new leader completes it (exit 0,
 /// COMPLETE); while it waits at the barrier (eb2's lock queued behind
 /// another BACKUP STAGE), the new leader fails it (exit 1, FAILED with the
@@ -113,7 +113,7 @@ async fn wait_reports_the_end_the_new_leader_decides() -> anyhow::Result<()> {
     let writer = CausalWriter::start(cluster.chain()).await?;
     writer.wait_committed(50, Duration::from_secs(60)).await?;
 
-    step!("backup start --wait; SIGKILL the leader once the cut is committed");
+    step!("backup start --wait; SIGKILL the leader once the cut is recorded");
     let run = spawn_lockstep(
         &cluster,
         &["--json", "backup", "start", "--cluster", CLUSTER, "--wait"],
@@ -121,8 +121,12 @@ async fn wait_reports_the_end_the_new_leader_decides() -> anyhow::Result<()> {
     let listed = cluster
         .wait_listed("TRANSFERRING", Duration::from_secs(20))
         .await?;
+    // The cut is recorded after every COMMIT: each server is unlocked and
+    // keeps its snapshots for the transfer.
     for i in 0..3 {
-        cluster.wait_locked(i).await?;
+        cluster
+            .wait_agent(i, "committed", |st| st.state == "committed")
+            .await?;
     }
     let leader = cluster.group.wait_leader(Duration::from_secs(5)).await?;
     cluster.group.members[leader].kill()?;

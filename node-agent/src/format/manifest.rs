@@ -11,8 +11,15 @@ use crate::flavour::ServerInfo;
 
 /// Value of the `format` field.
 pub const FORMAT: &str = "lockstep-logical-snapshot";
-/// The manifest version this build writes and reads.
-pub const VERSION: u32 = 1;
+/// The newest manifest version this build reads and writes. Version 2
+/// schema files may use a delimiter other than `;;` and keep every byte of
+/// a statement (see `sqlfile`); a dump writes the lowest version that reads
+/// its files right, so older releases still load most backups.
+pub const VERSION: u32 = 2;
+/// The oldest manifest version this build reads.
+pub const MIN_VERSION: u32 = 1;
+/// The string literal in `load_sql` that stands for a data file's path.
+pub const FILE_PLACEHOLDER: &str = "'{file}'";
 /// File name of the manifest inside a snapshot directory.
 pub const FILE_NAME: &str = "manifest.json";
 
@@ -89,10 +96,79 @@ pub struct Table {
     pub columns: Vec<String>,
     /// Data files, each holding a primary-key range (or the whole table).
     pub chunks: Vec<Chunk>,
-    /// The `LOAD DATA` statement for one chunk, with `{file}` where the
-    /// decompressed file's path goes.
+    /// The `LOAD DATA` statement for one chunk, with the string literal
+    /// `'{file}'` where the decompressed file's path goes (see
+    /// [`Table::load_statement`]).
     pub load_sql: String,
     pub has_foreign_keys: bool,
+}
+
+impl Table {
+    /// `load_sql` with the data file `file` in place of the `'{file}'`
+    /// string literal. Only a string literal holding exactly `{file}` is
+    /// replaced: the same text inside a quoted name (a table or column
+    /// called `` `{file}` ``) or another literal is part of the statement.
+    /// The error says why `load_sql` has no single placeholder.
+    pub fn load_statement(&self, file: &str) -> std::result::Result<String, String> {
+        let found = string_literals(&self.load_sql)
+            .into_iter()
+            .filter(|r| &self.load_sql[r.clone()] == FILE_PLACEHOLDER)
+            .collect::<Vec<_>>();
+        let [at] = found.as_slice() else {
+            return Err(format!(
+                "load_sql of table {} holds {} {FILE_PLACEHOLDER} string literals, expected one",
+                self.name,
+                found.len()
+            ));
+        };
+        let quoted = format!("'{}'", file.replace('\\', "\\\\").replace('\'', "''"));
+        let mut sql = self.load_sql.clone();
+        sql.replace_range(at.clone(), &quoted);
+        Ok(sql)
+    }
+}
+
+/// Byte ranges of the string literals (`'…'` and `"…"`, quotes included) of
+/// a statement, skipping `` `quoted names` `` and comments.
+fn string_literals(sql: &str) -> Vec<std::ops::Range<usize>> {
+    let b = sql.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            q @ (b'\'' | b'"' | b'`') => {
+                let start = i;
+                i += 1;
+                while i < b.len() {
+                    if b[i] == b'\\' && q != b'`' {
+                        i += 2;
+                    } else if b[i] == q {
+                        // A doubled quote is one quote character.
+                        if b.get(i + 1) == Some(&q) {
+                            i += 2;
+                        } else {
+                            break;
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+                i = (i + 1).min(b.len());
+                if q != b'`' {
+                    out.push(start..i);
+                }
+            }
+            b'#' => i = sql[i..].find('\n').map_or(b.len(), |n| i + n),
+            b'-' if sql[i..].starts_with("-- ") => {
+                i = sql[i..].find('\n').map_or(b.len(), |n| i + n)
+            }
+            b'/' if sql[i..].starts_with("/*") => {
+                i = sql[i + 2..].find("*/").map_or(b.len(), |n| i + 2 + n + 2)
+            }
+            _ => i += 1,
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,10 +242,10 @@ impl Manifest {
             )));
         }
         match header.version {
-            Some(v) if v == u64::from(VERSION) => {}
+            Some(v) if (u64::from(MIN_VERSION)..=u64::from(VERSION)).contains(&v) => {}
             v => {
                 return Err(bad(format!(
-                    "unknown manifest version {} (this lockstep reads version {VERSION}; use the lockstep release that wrote it, or restore by hand as docs/format.md describes)",
+                    "unknown manifest version {} (this lockstep reads versions {MIN_VERSION} to {VERSION}; use the lockstep release that wrote it, or restore by hand as docs/format.md describes)",
                     v.map_or("(none)".to_string(), |v| v.to_string())
                 )));
             }
@@ -224,6 +300,19 @@ mod tests {
             .to_string();
         assert!(err.contains("unknown manifest version 99"), "{err}");
         assert!(err.contains("/b/manifest.json"), "{err}");
+        let err = Manifest::parse(br#"{"format":"lockstep-logical-snapshot","version":3}"#, p)
+            .expect_err("version 3")
+            .to_string();
+        assert!(err.contains("reads versions 1 to 2"), "{err}");
+        for v in [1, 2] {
+            let err = Manifest::parse(
+                format!(r#"{{"format":"lockstep-logical-snapshot","version":{v}}}"#).as_bytes(),
+                p,
+            )
+            .expect_err("no other fields")
+            .to_string();
+            assert!(err.contains("missing field"), "version {v} is read: {err}");
+        }
         let err = Manifest::parse(br#"{"format":"other","version":1}"#, p)
             .expect_err("format")
             .to_string();
@@ -232,6 +321,62 @@ mod tests {
             .expect_err("json")
             .to_string();
         assert!(err.contains("not valid JSON"), "{err}");
+    }
+
+    fn table(load_sql: &str) -> Table {
+        Table {
+            name: "t".into(),
+            engine: "InnoDB".into(),
+            rows: 0,
+            columns: vec![],
+            chunks: vec![],
+            load_sql: load_sql.into(),
+            has_foreign_keys: false,
+        }
+    }
+
+    #[test]
+    fn the_file_goes_only_where_the_placeholder_literal_is() {
+        // As every release writes it, with {file} in names and other literals.
+        let t = table(
+            "LOAD DATA LOCAL INFILE '{file}' INTO TABLE `d{file}`.`x{file}y` CHARACTER SET binary \
+             FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' (`{file}`, `'{file}'`, `a``'{file}'`)",
+        );
+        assert_eq!(
+            t.load_statement("d/x@7bfile@7dy.00000.tsv.zst")
+                .expect("one placeholder"),
+            "LOAD DATA LOCAL INFILE 'd/x@7bfile@7dy.00000.tsv.zst' INTO TABLE `d{file}`.`x{file}y` CHARACTER SET binary \
+             FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' LINES TERMINATED BY '\\n' (`{file}`, `'{file}'`, `a``'{file}'`)"
+        );
+        assert_eq!(
+            table("LOAD DATA LOCAL INFILE '{file}' INTO TABLE `t` ('{file}')")
+                .load_statement("f")
+                .expect_err("two literals"),
+            "load_sql of table t holds 2 '{file}' string literals, expected one"
+        );
+        assert!(
+            table("LOAD DATA LOCAL INFILE 'x' INTO TABLE `{file}`")
+                .load_statement("f")
+                .is_err()
+        );
+        assert_eq!(
+            table("LOAD DATA LOCAL INFILE '{file}' INTO TABLE t")
+                .load_statement("it's\\")
+                .expect("quoted"),
+            "LOAD DATA LOCAL INFILE 'it''s\\\\' INTO TABLE t"
+        );
+    }
+
+    #[test]
+    fn string_literals_skip_names_escapes_and_comments() {
+        let sql = "SELECT 'a''b', 'c\\'d', `e'f`, \"g\" /* 'h' */ -- 'i'\n# 'j'\n'k'";
+        let lits: Vec<&str> = string_literals(sql).into_iter().map(|r| &sql[r]).collect();
+        assert_eq!(lits, ["'a''b'", "'c\\'d'", "\"g\"", "'k'"]);
+        assert_eq!(
+            string_literals("'open").len(),
+            1,
+            "an unclosed literal ends the text"
+        );
     }
 
     #[test]

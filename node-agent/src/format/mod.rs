@@ -2,7 +2,8 @@
 //!
 //! - [`manifest`]: `manifest.json`, the index of one server's snapshot.
 //! - [`tsv`]: the `LOAD DATA` text encoding of data files.
-//! - [`sqlfile`]: schema files: statements separated by `;;` lines.
+//! - [`sqlfile`]: schema files: statements separated by delimiter lines
+//!   (`;;`, or one no statement of the file contains).
 //! - [`files`]: writing files with sizes and checksums, atomically where it
 //!   matters, and verifying them.
 //!
