@@ -91,8 +91,20 @@ pub async fn dump(
     progress: Arc<Progress>,
     cancel: CancellationToken,
 ) -> Result<DumpResult> {
+    // The deepest directory that exists already: the ones below it are
+    // created here, and their names are made durable with the backup.
+    let anchor = dir
+        .ancestors()
+        .find(|a| a.exists())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
     let created = claim_dir(dir)?;
-    let result = guarded(origin, snapshots, server, dir, opts, progress, cancel).await;
+    let result = guarded(origin, snapshots, server, dir, opts, progress, cancel)
+        .await
+        .and_then(|done| {
+            crate::format::files::sync_ancestors(dir, &anchor)?;
+            Ok(done)
+        });
     if result.is_err() {
         discard(dir, created);
     }
@@ -326,6 +338,9 @@ async fn dump_into(
     for w in &manifest.warnings {
         tracing::warn!(server = %addr, "{w}");
     }
+    // Every data file's name must be durable before the manifest that
+    // lists it is.
+    crate::format::files::sync_tree(dir)?;
     let entry = manifest.write(dir)?;
     Ok(DumpResult {
         dir: dir.to_path_buf(),

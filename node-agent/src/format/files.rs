@@ -42,6 +42,35 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .on_file(dir, "fsync directory")
 }
 
+/// Makes the names in a freshly written tree durable: fsyncs every
+/// directory below and including `root` (their entries name the data
+/// files; the files themselves are fsynced when they are closed).
+pub fn sync_tree(root: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(root).on_file(root, "list directory")? {
+        let entry = entry.on_file(root, "list directory")?;
+        if entry.file_type().on_file(&entry.path(), "stat")?.is_dir() {
+            sync_tree(&entry.path())?;
+        }
+    }
+    sync_dir(root)
+}
+
+/// Fsyncs each ancestor of `dir` up to and including `up_to`: the entries
+/// of directories `create_dir_all` created below `up_to`.
+pub fn sync_ancestors(dir: &Path, up_to: &Path) -> Result<()> {
+    let mut current = dir;
+    while current != up_to {
+        match current.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => {
+                sync_dir(parent)?;
+                current = parent;
+            }
+            _ => break,
+        }
+    }
+    Ok(())
+}
+
 /// A file being written: counts and hashes every byte on its way to disk.
 #[derive(Debug)]
 pub struct HashingWriter {
@@ -161,6 +190,19 @@ pub fn sha256sums(entries: &[FileEntry]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn syncs_a_tree_and_the_directories_above_it() {
+        let top = tempfile::tempdir().expect("tempdir");
+        let root = top.path().join("backup/server");
+        write_file(&root, "db1/t.tsv", b"1").expect("write");
+        write_file(&root, "db2/deep/u.tsv", b"2").expect("write");
+        sync_tree(&root).expect("every directory of the tree");
+        sync_ancestors(&root, top.path()).expect("backup/ and the top");
+        let gone = root.join("missing");
+        let err = sync_tree(&gone).expect_err("missing").to_string();
+        assert!(err.contains("missing"), "{err}");
+    }
 
     #[test]
     fn writes_hashes_and_verifies() {
