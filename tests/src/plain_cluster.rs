@@ -60,8 +60,10 @@ impl Cluster {
         )?;
         step!("start 3 agents registering with the coordinators");
         let urls = group.urls();
-        let starts = servers.iter().map(|s| {
+        let starts = servers.iter().enumerate().map(|(i, s)| {
             let mut opts = AgentOptions::new(s.name(), s.url());
+            // One listens on every interface and advertises its address.
+            opts.all_interfaces = i == 0;
             opts.extra_args = vec![
                 "--cluster".into(),
                 CLUSTER.into(),
@@ -183,6 +185,45 @@ impl Cluster {
                 out.stdout,
                 out.stderr
             );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts a backup whose barrier waits: server `slow`'s lock queues
+    /// behind a BACKUP STAGE held by the returned connection (see
+    /// [`hold_backup_stage`]). Returns the backup id and that connection.
+    pub async fn start_backup_held_at_barrier(
+        &self,
+        slow: usize,
+    ) -> anyhow::Result<(String, mysql_async::Conn)> {
+        let blocker = hold_backup_stage(&self.servers[slow]).await?;
+        Ok((self.start_backup().await?, blocker))
+    }
+
+    /// Starts `lockstep restore run` of backup `id` (whose servers are
+    /// `{prefix}0..`) into `targets` in a task, and waits until the catalog
+    /// shows it (the `nth` restore of the backup) RUNNING. Dropping or
+    /// aborting the task kills the CLI process.
+    pub async fn restore_running(
+        &self,
+        id: &str,
+        prefix: &str,
+        nth: usize,
+        targets: &[MariaDb],
+    ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<CliOutput>>> {
+        let args = restore_args(id, prefix, targets);
+        let urls = self.group.urls();
+        let run = tokio::spawn(async move {
+            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_lockstep(&urls, &argv).await
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let list = self.cli_json(&["restore", "list", "--backup", id]).await?;
+            if list[nth]["status"] == "RUNNING" {
+                return Ok(run);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "restore never ran: {list}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

@@ -7,225 +7,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use lockstep_tests::{
-    AgentOptions, AgentProc, CausalWriter, CoordinatorGroup, CoordinatorProc, MariaDb, Supervised,
-    Target, check_chain, run_lockstep, step,
+use lockstep_tests::plain_cluster::{
+    CLUSTER, Cluster, SLOW_LOCK_ARGS, restore_args, writes_resume,
 };
-use mysql_async::prelude::Queryable;
+use lockstep_tests::{
+    CausalWriter, CoordinatorGroup, CoordinatorProc, MariaDb, Supervised, Target, check_chain,
+    run_lockstep, step,
+};
 use serde_json::Value;
-
-/// The cluster name every agent registers under.
-const CLUSTER: &str = "c1";
-
-/// 3 servers with an agent each, registered with a 3-member group.
-struct Cluster {
-    servers: Vec<MariaDb>,
-    agents: Vec<AgentProc>,
-    group: CoordinatorGroup,
-}
-
-impl Cluster {
-    async fn start(prefix: &str) -> anyhow::Result<Cluster> {
-        Cluster::start_with(prefix, &[], &[]).await
-    }
-
-    /// Like [`Cluster::start`], with `agent_args` for every agent and
-    /// `coordinator_env` for every coordinator.
-    async fn start_with(
-        prefix: &str,
-        agent_args: &[&str],
-        coordinator_env: &[(&str, &str)],
-    ) -> anyhow::Result<Cluster> {
-        let names: Vec<String> = (0..3).map(|i| format!("{prefix}{i}")).collect();
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        step!("start 3 MariaDB servers and 3 coordinators");
-        let (servers, group) = tokio::try_join!(
-            MariaDb::start_many(&refs),
-            CoordinatorGroup::start_with_env(3, coordinator_env)
-        )?;
-        step!("start 3 agents registering with the coordinators");
-        let urls = group.urls();
-        let starts = servers.iter().enumerate().map(|(i, s)| {
-            let mut opts = AgentOptions::new(s.name(), s.url());
-            // One listens on every interface and advertises its address.
-            opts.all_interfaces = i == 0;
-            opts.extra_args = vec![
-                "--cluster".into(),
-                CLUSTER.into(),
-                "--coordinators".into(),
-                urls.clone(),
-            ];
-            opts.extra_args
-                .extend(agent_args.iter().map(|a| a.to_string()));
-            AgentProc::start(opts)
-        });
-        let agents = futures::future::try_join_all(starts).await?;
-        let cluster = Cluster {
-            servers,
-            agents,
-            group,
-        };
-        cluster.wait_healthy(Duration::from_secs(30)).await?;
-        Ok(cluster)
-    }
-
-    /// Waits until `lockstep server list` shows every server healthy.
-    async fn wait_healthy(&self, timeout: Duration) -> anyhow::Result<()> {
-        let started = Instant::now();
-        loop {
-            let out = self.cli(&["server", "list", "--json"]).await?;
-            if out.status.success() {
-                let list: Value = serde_json::from_str(out.stdout.trim())?;
-                let healthy = list
-                    .as_array()
-                    .map_or(0, |l| l.iter().filter(|s| s["healthy"] == true).count());
-                if healthy == self.servers.len() {
-                    return Ok(());
-                }
-            }
-            anyhow::ensure!(
-                started.elapsed() < timeout,
-                "servers not all healthy after {timeout:?}: {} {}",
-                out.stdout,
-                out.stderr
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn cli(&self, args: &[&str]) -> anyhow::Result<lockstep_tests::CliOutput> {
-        run_lockstep(&self.group.urls(), args).await
-    }
-
-    /// `lockstep backup start` without waiting; returns the backup id.
-    async fn start_backup(&self) -> anyhow::Result<String> {
-        let started = self
-            .cli_json(&["backup", "start", "--cluster", CLUSTER])
-            .await?;
-        Ok(started["id"].as_str().context("backup id")?.to_string())
-    }
-
-    /// Starts a backup whose barrier waits: server `slow`'s lock queues
-    /// behind a BACKUP STAGE held by the returned connection (see
-    /// [`hold_backup_stage`]). Returns the backup id and that connection.
-    async fn start_backup_held_at_barrier(
-        &self,
-        slow: usize,
-    ) -> anyhow::Result<(String, mysql_async::Conn)> {
-        let blocker = hold_backup_stage(&self.servers[slow]).await?;
-        Ok((self.start_backup().await?, blocker))
-    }
-
-    /// Waits until agent `i` holds its server's lock for a backup.
-    async fn wait_locked(&self, i: usize) -> anyhow::Result<()> {
-        self.wait_agent(i, "locked", |st| st.lock_held).await
-    }
-
-    /// Waits until agent `i`'s `Status` satisfies `done` (`what` names it).
-    async fn wait_agent(
-        &self,
-        i: usize,
-        what: &str,
-        done: impl Fn(&lockstep_proto::agent::StatusReply) -> bool,
-    ) -> anyhow::Result<()> {
-        let mut client = self.agents[i].client().await?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let st = client
-                .status(lockstep_proto::agent::StatusRequest {})
-                .await?
-                .into_inner();
-            if done(&st) {
-                return Ok(());
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "agent {} never {what}: {st:?}",
-                self.agents[i].name()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    /// Polls `lockstep catalog show ID` until `done(status)` holds, for at
-    /// most `timeout`; returns the backup. A failed call (no leader yet
-    /// after a kill) is polled again.
-    async fn wait_backup(
-        &self,
-        id: &str,
-        timeout: Duration,
-        done: impl Fn(&str) -> bool,
-    ) -> anyhow::Result<Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let out = self.cli(&["--json", "catalog", "show", id]).await?;
-            if out.status.success() {
-                let b: Value = serde_json::from_str(out.stdout.trim())?;
-                if done(b["status"].as_str().unwrap_or_default()) {
-                    return Ok(b);
-                }
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "backup {id} not resolved within {timeout:?}: {} {}",
-                out.stdout,
-                out.stderr
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// After a fault: the next backup of the cluster completes.
-    async fn next_backup_completes(&self) -> anyhow::Result<()> {
-        self.wait_healthy(Duration::from_secs(30)).await?;
-        let next = self
-            .cli_json(&["backup", "start", "--cluster", CLUSTER, "--wait"])
-            .await?;
-        assert_eq!(next["status"], "COMPLETE", "{next}");
-        Ok(())
-    }
-
-    /// `lockstep --json ARGS`, which must succeed, parsed.
-    async fn cli_json(&self, args: &[&str]) -> anyhow::Result<Value> {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        let out = self.cli(&all).await?;
-        out.success()?;
-        Ok(serde_json::from_str(out.stdout.trim())?)
-    }
-
-    /// Starts `lockstep restore run` of backup `id` (server prefix "kr")
-    /// into `targets` in a task, and waits until the catalog shows it (the
-    /// `nth` restore of the backup) RUNNING. Dropping or aborting the task
-    /// kills the CLI process.
-    async fn restore_running(
-        &self,
-        id: &str,
-        nth: usize,
-        targets: &[MariaDb],
-    ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<lockstep_tests::CliOutput>>> {
-        let args = restore_args(id, "kr", targets);
-        let urls = self.group.urls();
-        let run = tokio::spawn(async move {
-            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-            run_lockstep(&urls, &argv).await
-        });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let list = self.cli_json(&["restore", "list", "--backup", id]).await?;
-            if list[nth]["status"] == "RUNNING" {
-                return Ok(run);
-            }
-            anyhow::ensure!(Instant::now() < deadline, "restore never ran: {list}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// The causal chain's targets: record k on server k mod N.
-    fn chain(&self) -> Vec<Target> {
-        Target::chain_on(&self.servers)
-    }
-}
 
 /// A backup of 3 servers under a causal write load across them is one
 /// consistent cut: COMPLETE in the catalog with every server's position and
@@ -451,7 +240,9 @@ async fn leader_killed_during_a_restore_fails_it_in_the_catalog() -> anyhow::Res
 
     step!("a restore whose CLI is killed while it runs still finishes and is recorded");
     let first_targets = MariaDb::start_many(&["kg0", "kg1", "kg2"]).await?;
-    let interrupted = cluster.restore_running(&id, 0, &first_targets).await?;
+    let interrupted = cluster
+        .restore_running(&id, "kr", 0, &first_targets)
+        .await?;
     // Dropping the task kills the CLI process (kill_on_drop), like Ctrl-C.
     interrupted.abort();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -474,7 +265,7 @@ async fn leader_killed_during_a_restore_fails_it_in_the_catalog() -> anyhow::Res
 
     step!("restore into 3 fresh servers; SIGKILL the leader while it runs");
     let fresh = MariaDb::start_many(&["kf0", "kf1", "kf2"]).await?;
-    let run = cluster.restore_running(&id, 1, &fresh).await?;
+    let run = cluster.restore_running(&id, "kr", 1, &fresh).await?;
     let leader = cluster.group.wait_leader(Duration::from_secs(5)).await?;
     cluster.group.members[leader].kill()?;
 
@@ -947,40 +738,5 @@ async fn coordinators_that_disagree_on_membership_are_refused() -> anyhow::Resul
         "{err}"
     );
     drop(c3);
-    Ok(())
-}
-
-/// Agent options that let a lock wait up to 4 s (less than the 5 s PREPARE
-/// deadline), with [`hold_backup_stage`] to make one server's lock wait.
-const SLOW_LOCK_ARGS: &[&str] = &["--lock-wait-budget", "4s"];
-
-/// Holds `BACKUP STAGE START` on `db` from an idle connection: pre-flight
-/// passes, and an agent's own BACKUP STAGE queues behind it until its
-/// lock-wait budget. Dropping the connection ends it.
-async fn hold_backup_stage(db: &MariaDb) -> anyhow::Result<mysql_async::Conn> {
-    let mut conn = db.conn().await?;
-    conn.query_drop("BACKUP STAGE START").await?;
-    Ok(conn)
-}
-
-/// `lockstep --json restore run --backup ID --wait` with server
-/// `{prefix}{i}` of the backup going to `fresh[i]`.
-fn restore_args(id: &str, prefix: &str, fresh: &[MariaDb]) -> Vec<String> {
-    let mut args: Vec<String> = ["--json", "restore", "run", "--backup", id, "--wait"]
-        .map(String::from)
-        .to_vec();
-    for (i, dst) in fresh.iter().enumerate() {
-        args.push("--target".into());
-        args.push(format!("{prefix}{i}={}", dst.url()));
-    }
-    args
-}
-
-/// After a fault: no server stays locked, so the causal chain keeps growing.
-async fn writes_resume(writer: &CausalWriter) -> anyhow::Result<()> {
-    let now = writer.committed();
-    writer
-        .wait_committed(now + 30, Duration::from_secs(15))
-        .await?;
     Ok(())
 }
