@@ -109,6 +109,7 @@ pub fn restore_request(r: pb::RestoreBackupRequest) -> RestoreRequest {
         targets: r.targets.into_iter().collect(),
         force: r.force,
         in_place: r.in_place,
+        allow_reset_master: r.allow_reset_master,
     }
 }
 

@@ -35,6 +35,8 @@ pub struct RestoreRequest {
     /// Servers not in `targets` go into their agent's own database server
     /// (without it, every server needs a target).
     pub in_place: bool,
+    /// Let agents run RESET MASTER on MySQL 5.7 targets with GTIDs.
+    pub allow_reset_master: bool,
 }
 
 /// A finished restore: its catalog id and every server's outcome, in the
@@ -66,6 +68,7 @@ pub struct Recorded {
     restore_id: String,
     backup_id: String,
     force: bool,
+    allow_reset_master: bool,
     plans: Vec<Plan>,
 }
 
@@ -118,6 +121,7 @@ pub async fn record(core: &Core, restore_id: &str, req: RestoreRequest) -> Resul
         restore_id: restore_id.to_string(),
         backup_id: id,
         force: req.force,
+        allow_reset_master: req.allow_reset_master,
         plans,
     })
 }
@@ -129,6 +133,7 @@ pub async fn run(core: &Core, rec: Recorded) -> Restored {
         restore_id,
         backup_id: id,
         force,
+        allow_reset_master,
         plans,
     } = rec;
     fail_pause("before-restore-agents").await;
@@ -141,7 +146,7 @@ pub async fn run(core: &Core, rec: Recorded) -> Restored {
         let bid = &id;
         let runs = plans.into_iter().map(|p| async move {
             let started = Instant::now();
-            let outcome = match tokio::time::timeout(timeout, restore_one(&p, bid, force)).await {
+            let outcome = match tokio::time::timeout(timeout, restore_one(&p, bid, force, allow_reset_master)).await {
                 Ok(r) => r,
                 Err(_) => Err(format!(
                     "server {}: restore not finished within {timeout:?}",
@@ -270,6 +275,7 @@ async fn restore_one(
     p: &Plan,
     backup_id: &str,
     force: bool,
+    allow_reset_master: bool,
 ) -> std::result::Result<(String, RestoredServer), String> {
     let name = &p.server;
     let location = p
@@ -291,10 +297,7 @@ async fn restore_one(
             binlog: false,
             backup_id: backup_id.to_string(),
             manifest_sha256: p.manifest_sha256.clone(),
-            // Not offered by coordinated restores yet: a MySQL 5.7 target
-            // with GTIDs is refused (load it with `lockstep-agent load
-            // --allow-reset-master`).
-            allow_reset_master: false,
+            allow_reset_master,
         })
         .await
         .map_err(|s| restore_error(name, &s))?

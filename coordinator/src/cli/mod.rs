@@ -110,6 +110,10 @@ pub struct RestoreArgs {
     /// was taken from (their agents' own servers), overwriting them.
     #[arg(long)]
     pub in_place: bool,
+    /// On MySQL 5.7 targets with GTIDs, run RESET MASTER to set their
+    /// gtid_purged (erases the target's binary logs; refused without it).
+    #[arg(long)]
+    pub allow_reset_master: bool,
     /// Load into targets that already hold databases.
     #[arg(long)]
     pub force: bool,

@@ -58,6 +58,7 @@ pub(super) async fn run(client: Client, json: bool, a: &RestoreArgs) -> anyhow::
         targets,
         force: a.force,
         in_place: a.in_place,
+        allow_reset_master: a.allow_reset_master,
     };
     eprintln!("restoring every server of backup {} ...", a.backup);
     let mut client = client.with_call_timeout(RESTORE_TIMEOUT);
