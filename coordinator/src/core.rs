@@ -51,6 +51,19 @@ pub(crate) async fn fail_pause(name: &'static str) {
     let _ = name;
 }
 
+/// Fault injection: whether fail point `name` is configured (any action
+/// but `off`), in builds with the `failpoints` feature; never otherwise.
+pub(crate) fn fail_hit(name: &'static str) -> bool {
+    #[cfg(feature = "failpoints")]
+    if fail::eval(name, |_| ()).is_some() {
+        tracing::warn!(name, "fail point: hit");
+        return true;
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
+    false
+}
+
 /// Milliseconds since the Unix epoch, for catalog commands.
 pub fn now_unix_ms() -> i64 {
     now_unix_us() / 1000

@@ -50,7 +50,7 @@ use tracing::{Instrument as _, info, info_span, warn};
 
 use crate::catalog::{Artifact, Backup, Command, CutEntry, RestoreStatus, Status};
 use crate::client::error_chain;
-use crate::core::{Core, fail_pause, now_unix_ms};
+use crate::core::{Core, fail_hit, fail_pause, now_unix_ms};
 use crate::error::Result;
 use crate::raft::Role;
 use crate::restore::{self, RestoreRequest};
@@ -219,6 +219,17 @@ impl Jobs {
                 at_unix_ms: now_unix_ms(),
             })
             .await;
+        // Fail point: the start was recorded, but this node acts as if the
+        // proposal had timed out (no job, an error to the caller).
+        let started = started.and_then(|()| {
+            if fail_hit("start-backup-unconfirmed") {
+                return Err(crate::Error::ProposalTimeout {
+                    what: format!("start backup {id}"),
+                    timeout: Duration::ZERO,
+                });
+            }
+            Ok(())
+        });
         if let Err(e) = started {
             self.release(&id);
             return Err(e);
@@ -725,8 +736,7 @@ impl Jobs {
     async fn resolve(&self, b: &Backup, term: u64, parts: &[Participant]) {
         match b.status {
             Status::Preparing => {
-                let reason =
-                    "coordinator changed before the cut was recorded; aborted on every server";
+                let reason = "no coordinator job drove it (the coordinator changed, or its start was never confirmed) before the cut was recorded; aborted on every server";
                 warn!(reason, "failing an inherited backup");
                 abort_all(&b.id, term, parts, reason).await;
                 self.fail(&b.id, reason).await;

@@ -740,3 +740,52 @@ async fn coordinators_that_disagree_on_membership_are_refused() -> anyhow::Resul
     drop(c3);
     Ok(())
 }
+
+/// A backup recorded in the catalog that no job drives (the leader's
+/// StartBackup looked timed out although it was applied: the
+/// `start-backup-unconfirmed` fail point, once): the leader's reconciler
+/// finds it within seconds, aborts it on every server and fails it with the
+/// reason; the CLI, which never got its answer, reports that backup's
+/// end; every server takes writes and the next backup completes.
+#[tokio::test]
+async fn a_backup_no_job_drives_is_resolved_by_the_leader() -> anyhow::Result<()> {
+    let env = [("FAILPOINTS", "start-backup-unconfirmed=1*return")];
+    let cluster = Cluster::start_with("ku", &[], &env).await?;
+    let writer = CausalWriter::start(cluster.chain()).await?;
+    writer.wait_committed(30, Duration::from_secs(60)).await?;
+
+    step!("backup start --wait: the start is recorded, but no job drives it");
+    let started = Instant::now();
+    let out = cluster
+        .cli(&["--json", "backup", "start", "--cluster", CLUSTER, "--wait"])
+        .await?;
+    step!(
+        "the CLI ended with {} after {:?}: {}",
+        out.status,
+        started.elapsed(),
+        out.stderr.trim()
+    );
+    let listed = cluster.cli_json(&["catalog", "list"]).await?;
+    let backups = listed.as_array().context("a list")?;
+    assert_eq!(backups.len(), 1, "exactly one backup recorded: {listed}");
+    let id = backups[0]["id"].as_str().context("id")?;
+    let resolved = cluster
+        .wait_backup(id, Duration::from_secs(15), |s| s != "PREPARING")
+        .await?;
+    assert_eq!(resolved["status"], "FAILED", "{resolved}");
+    let reason = resolved["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("never confirmed") && reason.contains("aborted on every server"),
+        "{reason}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", out.stdout);
+    let reported: Value = serde_json::from_str(out.stdout.trim())
+        .with_context(|| format!("no backup reported: {}", out.stderr))?;
+    assert_eq!(reported, resolved, "the CLI reports the catalog's end");
+
+    step!("every server takes writes; the next backup completes");
+    writes_resume(&writer).await?;
+    cluster.next_backup_completes().await?;
+    writer.stop().await;
+    Ok(())
+}
