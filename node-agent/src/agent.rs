@@ -685,6 +685,9 @@ impl Agent {
             None => self.cfg.server.clone(),
         };
         let location = self.check_location(location, expect)?;
+        // Claimed before the backup check: a Prepare checks the claims while
+        // it holds the session, so one of the two always sees the other.
+        let _exclusive = RestoreClaim::take(&self.restoring, server.address())?;
         if server.address() == self.cfg.server.address()
             && let Some(s) = self.session.lock().await.as_ref()
         {
@@ -693,7 +696,6 @@ impl Agent {
                 requested: format!("restore of {}", location.display()),
             });
         }
-        let _exclusive = RestoreClaim::take(&self.restoring, server.address())?;
         let span = tracing::info_span!("restore", location = %location.display(), target = %server.address());
         crate::restore::load(&server, &location, opts, progress)
             .instrument(span)
