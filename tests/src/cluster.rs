@@ -24,6 +24,7 @@ use lockstep_proto::agent::{StatusReply, StatusRequest};
 use serde_json::Value;
 
 use crate::agent::{AgentOptions, AgentProc, CliOutput};
+use crate::catalog_cli::CatalogCli;
 use crate::causal::Target;
 use crate::coordinator::{CoordinatorGroup, CoordinatorOptions, run_lockstep};
 use crate::mariadb::MariaDb;
@@ -31,8 +32,7 @@ use crate::ports;
 use crate::process::Supervised as _;
 use crate::proxy::{Fault, Proxy};
 
-/// The cluster name every agent registers under.
-pub const CLUSTER: &str = "c1";
+pub use crate::catalog_cli::CLUSTER;
 /// How often cluster state is polled.
 const POLL: Duration = Duration::from_millis(20);
 
@@ -238,53 +238,6 @@ impl ProxiedCluster {
             .join(",")
     }
 
-    /// `lockstep ARGS` against [`ProxiedCluster::cli_urls`].
-    pub async fn cli(&self, args: &[&str]) -> anyhow::Result<CliOutput> {
-        run_lockstep(&self.cli_urls(), args).await
-    }
-
-    /// `lockstep --json ARGS`, which must succeed, parsed.
-    pub async fn cli_json(&self, args: &[&str]) -> anyhow::Result<Value> {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        let out = self.cli(&all).await?;
-        out.success()?;
-        serde_json::from_str(out.stdout.trim())
-            .with_context(|| format!("parse the JSON of `lockstep {}`", all.join(" ")))
-    }
-
-    /// Waits until `lockstep server list` shows every server healthy.
-    pub async fn wait_healthy(&self, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let out = self.cli(&["--json", "server", "list"]).await?;
-            if out.status.success() {
-                let list: Value = serde_json::from_str(out.stdout.trim())?;
-                let healthy = list
-                    .as_array()
-                    .map_or(0, |l| l.iter().filter(|s| s["healthy"] == true).count());
-                if healthy == self.servers.len() {
-                    return Ok(());
-                }
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "servers not all healthy after {timeout:?}: {} {}",
-                out.stdout,
-                out.stderr
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// `lockstep backup start` without waiting; returns the backup id.
-    pub async fn start_backup(&self) -> anyhow::Result<String> {
-        let started = self
-            .cli_json(&["backup", "start", "--cluster", CLUSTER])
-            .await?;
-        Ok(started["id"].as_str().context("backup id")?.to_string())
-    }
-
     /// `lockstep backup start --wait`: the finished backup (COMPLETE or
     /// FAILED).
     pub async fn backup_and_wait(&self) -> anyhow::Result<Value> {
@@ -295,35 +248,7 @@ impl ProxiedCluster {
             .with_context(|| format!("parse `backup start --wait`: {} {}", out.stdout, out.stderr))
     }
 
-    /// Polls `lockstep catalog show ID` until `done(status)` holds, for at
-    /// most `timeout`; returns the backup. A failed call (no leader yet) is
-    /// polled again.
-    pub async fn wait_backup(
-        &self,
-        id: &str,
-        timeout: Duration,
-        done: impl Fn(&str) -> bool,
-    ) -> anyhow::Result<Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let out = self.cli(&["--json", "catalog", "show", id]).await?;
-            if out.status.success() {
-                let b: Value = serde_json::from_str(out.stdout.trim())?;
-                if done(b["status"].as_str().unwrap_or_default()) {
-                    return Ok(b);
-                }
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "backup {id} not resolved within {timeout:?}: {} {}",
-                out.stdout,
-                out.stderr
-            );
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    /// Agent `i`'s `Status`, asked directly (never through its proxy).
+    /// Agent `i`'s `Status`.
     pub async fn agent_status(&self, i: usize) -> anyhow::Result<StatusReply> {
         let mut client = self.agents[i].client().await?;
         Ok(client
@@ -425,4 +350,15 @@ pub fn restore_args(id: &str, prefix: &str, fresh: &[MariaDb]) -> Vec<String> {
         args.push(format!("{prefix}{i}={}", dst.url()));
     }
     args
+}
+
+impl CatalogCli for ProxiedCluster {
+    /// `lockstep ARGS` against [`ProxiedCluster::cli_urls`].
+    async fn cli(&self, args: &[&str]) -> anyhow::Result<CliOutput> {
+        run_lockstep(&self.cli_urls(), args).await
+    }
+
+    fn server_count(&self) -> usize {
+        self.servers.len()
+    }
 }

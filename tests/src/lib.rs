@@ -21,6 +21,8 @@
 //!   links between two nodes.
 //! - [`plain_cluster`]: [`plain_cluster::Cluster`], 3 servers + 3 agents + 3
 //!   coordinators wired together, with the helpers cluster tests share.
+//! - [`catalog_cli`]: [`CatalogCli`], the `lockstep` CLI against a test
+//!   cluster and the catalog polls every cluster test shares.
 //! - [`causal`]: the causal-chain writer and check that prove consistency
 //!   (invariant I3).
 //! - [`compare`]: checksums and normalised dumps to compare two servers' data.
@@ -45,6 +47,7 @@
 //! `LOCKSTEP_KEEP_TMP=1` to keep the temp dirs for a post-mortem).
 
 pub mod agent;
+pub mod catalog_cli;
 pub mod causal;
 pub mod cluster;
 pub mod compare;
@@ -58,6 +61,7 @@ pub mod process;
 pub mod proxy;
 
 pub use agent::{AgentOptions, AgentProc, CliOutput, run_agent_cli};
+pub use catalog_cli::CatalogCli;
 pub use causal::{CausalWriter, Target, check_chain};
 pub use cluster::{ClusterOptions, Node, ProxiedCluster};
 pub use compare::{assert_same_data, checksum_tables, dump_text};

@@ -14,13 +14,13 @@ use mysql_async::prelude::Queryable as _;
 use serde_json::Value;
 
 use crate::agent::{AgentOptions, AgentProc, CliOutput};
+use crate::catalog_cli::CatalogCli;
 use crate::causal::{CausalWriter, Target};
 use crate::coordinator::{CoordinatorGroup, run_lockstep};
 use crate::mariadb::MariaDb;
 use crate::step;
 
-/// The cluster name every agent registers under.
-pub const CLUSTER: &str = "c1";
+pub use crate::catalog_cli::CLUSTER;
 
 /// Agent options that let a lock wait up to 4 s (less than the 5 s PREPARE
 /// deadline), with [`hold_backup_stage`] to make one server's lock wait.
@@ -84,55 +84,6 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Waits until `lockstep server list` shows every server healthy.
-    pub async fn wait_healthy(&self, timeout: Duration) -> anyhow::Result<()> {
-        let started = Instant::now();
-        loop {
-            let out = self.cli(&["server", "list", "--json"]).await?;
-            if out.status.success() {
-                let list: Value = serde_json::from_str(out.stdout.trim())?;
-                let healthy = list
-                    .as_array()
-                    .map_or(0, |l| l.iter().filter(|s| s["healthy"] == true).count());
-                if healthy == self.servers.len() {
-                    return Ok(());
-                }
-            }
-            anyhow::ensure!(
-                started.elapsed() < timeout,
-                "servers not all healthy after {timeout:?}: {} {}",
-                out.stdout,
-                out.stderr
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// `lockstep --coordinators <every member> ARGS`.
-    pub async fn cli(&self, args: &[&str]) -> anyhow::Result<CliOutput> {
-        run_lockstep(&self.group.urls(), args).await
-    }
-
-    /// `lockstep --json ARGS`, which must succeed, parsed.
-    pub async fn cli_json(&self, args: &[&str]) -> anyhow::Result<Value> {
-        let mut all = vec!["--json"];
-        all.extend_from_slice(args);
-        let out = self.cli(&all).await?;
-        out.success()?;
-        serde_json::from_str(out.stdout.trim())
-            .with_context(|| format!("parse the output of lockstep {}", all.join(" ")))
-    }
-
-    /// `lockstep backup start` without waiting; returns the backup id.
-    pub async fn start_backup(&self) -> anyhow::Result<String> {
-        let started = self
-            .cli_json(&["backup", "start", "--cluster", CLUSTER])
-            .await?;
-        Ok(started["id"].as_str().context("backup id")?.to_string())
-    }
-
-    /// `lockstep --json catalog list --cluster c1`, parsed (an empty list
-    /// while no leader answers).
     pub async fn backups(&self) -> anyhow::Result<Vec<Value>> {
         let out = self
             .cli(&["--json", "catalog", "list", "--cluster", CLUSTER])
@@ -156,34 +107,6 @@ impl Cluster {
             anyhow::ensure!(
                 Instant::now() < deadline,
                 "no {status} backup listed within {timeout:?}: {list:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Polls `lockstep catalog show ID` until `done(status)` holds, for at
-    /// most `timeout`; returns the backup. A failed call (no leader yet
-    /// after a kill) is polled again.
-    pub async fn wait_backup(
-        &self,
-        id: &str,
-        timeout: Duration,
-        done: impl Fn(&str) -> bool,
-    ) -> anyhow::Result<Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let out = self.cli(&["--json", "catalog", "show", id]).await?;
-            if out.status.success() {
-                let b: Value = serde_json::from_str(out.stdout.trim())?;
-                if done(b["status"].as_str().unwrap_or_default()) {
-                    return Ok(b);
-                }
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "backup {id} not resolved within {timeout:?}: {} {}",
-                out.stdout,
-                out.stderr
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -306,4 +229,15 @@ pub async fn writes_resume(writer: &CausalWriter) -> anyhow::Result<()> {
         .wait_committed(now + 30, Duration::from_secs(15))
         .await?;
     Ok(())
+}
+
+impl CatalogCli for Cluster {
+    /// `lockstep --coordinators <every member> ARGS`.
+    async fn cli(&self, args: &[&str]) -> anyhow::Result<CliOutput> {
+        run_lockstep(&self.group.urls(), args).await
+    }
+
+    fn server_count(&self) -> usize {
+        self.servers.len()
+    }
 }

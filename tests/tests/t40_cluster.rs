@@ -11,8 +11,8 @@ use lockstep_tests::plain_cluster::{
     CLUSTER, Cluster, SLOW_LOCK_ARGS, restore_args, writes_resume,
 };
 use lockstep_tests::{
-    CausalWriter, CoordinatorGroup, CoordinatorProc, MariaDb, Supervised, Target, check_chain,
-    run_lockstep, step,
+    CatalogCli, CausalWriter, CoordinatorGroup, CoordinatorProc, MariaDb, Supervised, Target,
+    check_chain, run_lockstep, step,
 };
 use serde_json::Value;
 

@@ -15,7 +15,8 @@ use lockstep_tests::plain_cluster::{
     CLUSTER, Cluster, SLOW_LOCK_ARGS, hold_backup_stage, restore_args, writes_resume,
 };
 use lockstep_tests::{
-    CausalWriter, CoordinatorGroup, MariaDb, Supervised, Target, check_chain, run_lockstep, step,
+    CatalogCli, CausalWriter, CoordinatorGroup, MariaDb, Supervised, Target, check_chain,
+    run_lockstep, step,
 };
 use serde_json::Value;
 

@@ -15,8 +15,8 @@ use anyhow::Context as _;
 use lockstep_tests::cluster::restore_args;
 use lockstep_tests::probe::wait_writable;
 use lockstep_tests::{
-    CausalWriter, ClusterOptions, CoordinatorOptions, Fault, MariaDb, Node, ProxiedCluster, Target,
-    check_chain, step,
+    CatalogCli, CausalWriter, ClusterOptions, CoordinatorOptions, Fault, MariaDb, Node,
+    ProxiedCluster, Target, check_chain, step,
 };
 use mysql_async::prelude::Queryable as _;
 use serde_json::Value;
@@ -206,21 +206,7 @@ async fn leader_cut_off_during_transfer(t: &Case<'_>) -> anyhow::Result<()> {
         c.set_link(Node::Coordinator(leader), Node::Agent(a), Fault::Cut)?;
     }
     every_server_writable(c).await?;
-    let backup = c
-        .wait_backup(&id, RESOLVE_TIMEOUT, |s| s == "COMPLETE" || s == "FAILED")
-        .await?;
-    step!(
-        "[transfer] backup resolved as {}: {}",
-        backup["status"],
-        backup["reason"]
-    );
-    c.heal();
-    if backup["status"] == "COMPLETE" {
-        restored_chain_is_whole(t, &id, from).await?;
-    } else {
-        assert_eq!(backup["status"], "FAILED", "{backup}");
-        assert_names_a_server(&backup, &[0, 1, 2]);
-    }
+    consistent_or_failed(t, "transfer", &id, from, &[0, 1, 2]).await?;
     next_backup_is_consistent(t, "transfer").await?;
     for s in &c.servers {
         s.exec("DROP DATABASE bulk").await?;
@@ -245,22 +231,37 @@ async fn agent_stalled_while_locked(t: &Case<'_>) -> anyhow::Result<()> {
     c.isolate(Node::Agent(1), Fault::stall())?;
     drop(blocker);
     every_server_writable(c).await?;
+    consistent_or_failed(t, "agent", &id, from, &[1]).await?;
+    next_backup_is_consistent(t, "agent").await
+}
+
+/// Waits for backup `id` to end, then heals the network: a COMPLETE backup
+/// must restore as a gap-free chain (from `from` on), a FAILED one must
+/// name one of the agents `suspects`.
+async fn consistent_or_failed(
+    t: &Case<'_>,
+    case: &str,
+    id: &str,
+    from: u64,
+    suspects: &[usize],
+) -> anyhow::Result<()> {
+    let c = t.cluster;
     let backup = c
-        .wait_backup(&id, RESOLVE_TIMEOUT, |s| s == "COMPLETE" || s == "FAILED")
+        .wait_backup(id, RESOLVE_TIMEOUT, |s| s == "COMPLETE" || s == "FAILED")
         .await?;
     step!(
-        "[agent] backup resolved as {}: {}",
+        "[{case}] backup resolved as {}: {}",
         backup["status"],
         backup["reason"]
     );
     c.heal();
     if backup["status"] == "COMPLETE" {
-        restored_chain_is_whole(t, &id, from).await?;
+        restored_chain_is_whole(t, id, from).await?;
     } else {
         assert_eq!(backup["status"], "FAILED", "{backup}");
-        assert_names_a_server(&backup, &[1]);
+        assert_names_a_server(&backup, suspects);
     }
-    next_backup_is_consistent(t, "agent").await
+    Ok(())
 }
 
 /// The leader isolated from its peers and the agents (stalled) while a
