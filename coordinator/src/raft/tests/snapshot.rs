@@ -38,7 +38,10 @@ async fn lagging_node_catches_up_via_multi_chunk_snapshot() {
     c.applied_everywhere(applied).await;
 
     let lagging = (1..=3).find(|&i| i != leader).expect("a follower");
-    info!(lagging, "--- step: stop a follower, commit far past the threshold");
+    info!(
+        lagging,
+        "--- step: stop a follower, commit far past the threshold"
+    );
     c.stop(lagging).await;
     for v in 6..=200 {
         propose(c.h(leader), v).await;
@@ -46,7 +49,10 @@ async fn lagging_node_catches_up_via_multi_chunk_snapshot() {
     let want = c.counter(leader).await;
     assert_eq!(want.0, (1..=200).sum::<u64>());
     let image = counter_image(want.0, &want.1).len();
-    assert!(image > 20 * CHUNK, "image of {image} bytes spans many chunks");
+    assert!(
+        image > 20 * CHUNK,
+        "image of {image} bytes spans many chunks"
+    );
 
     info!("--- step: restart it; it catches up by a chunked snapshot");
     c.restart(lagging).await;
@@ -96,7 +102,10 @@ async fn snapshot_over_the_receivers_bound_is_refused() {
     let applied = c.h(leader).status().await.expect("status").applied;
     c.applied_everywhere(applied).await;
     let lagging = (1..=3).find(|&i| i != leader).expect("a follower");
-    info!(lagging, "--- step: stop a follower, grow the state past its bound");
+    info!(
+        lagging,
+        "--- step: stop a follower, grow the state past its bound"
+    );
     c.stop(lagging).await;
     for v in 6..=100 {
         propose(c.h(leader), v).await;
@@ -119,7 +128,12 @@ async fn snapshot_over_the_receivers_bound_is_refused() {
     let mut client = RaftTransportClient::connect(c.peers[&lagging].clone())
         .await
         .expect("connect to the follower");
-    let header = header(leader, lagging, snapshot_message(leader, lagging, 1, 1), BOUND + 1);
+    let header = header(
+        leader,
+        lagging,
+        snapshot_message(leader, lagging, 1, 1),
+        BOUND + 1,
+    );
     let err = client
         .send_snapshot(futures::stream::iter(vec![header]))
         .await
@@ -131,7 +145,11 @@ async fn snapshot_over_the_receivers_bound_is_refused() {
         format!("coordinator {leader}"),
         "max_snapshot_size".to_string(),
     ] {
-        assert!(err.message().contains(&part), "{part:?} in {:?}", err.message());
+        assert!(
+            err.message().contains(&part),
+            "{part:?} in {:?}",
+            err.message()
+        );
     }
 
     info!("--- step: the leader keeps committing");
@@ -205,6 +223,7 @@ async fn malformed_snapshot_streams_never_reach_raft() {
     c.applied_everywhere(applied).await;
     let target = (1..=3).find(|&i| i != leader).expect("a follower");
     let before = c.counter(target).await;
+    let restores = c.nodes[&target].probe.restores.load(Ordering::SeqCst);
     let term = c.h(leader).status().await.expect("status").term;
     // Installed, it would replace the follower's state: a snapshot from the
     // current leader in its term, far ahead of the log.
@@ -236,7 +255,12 @@ async fn malformed_snapshot_streams_never_reach_raft() {
             Code::InvalidArgument,
             "header",
         ),
-        ("undecodable message", vec![garbage, data(&image)], Code::InvalidArgument, "decode"),
+        (
+            "undecodable message",
+            vec![garbage, data(&image)],
+            Code::InvalidArgument,
+            "decode",
+        ),
         (
             "not a snapshot message",
             vec![header(leader, target, append, full), data(&image)],
@@ -257,7 +281,11 @@ async fn malformed_snapshot_streams_never_reach_raft() {
         ),
         (
             "longer than declared",
-            vec![header(leader, target, snap(), full), data(&image), data(b"x")],
+            vec![
+                header(leader, target, snap(), full),
+                data(&image),
+                data(b"x"),
+            ],
             Code::InvalidArgument,
             "more than",
         ),
@@ -306,7 +334,10 @@ async fn malformed_snapshot_streams_never_reach_raft() {
     info!("--- step: the follower never saw any of them");
     let stats = c.nodes[&target].node.transport_stats();
     assert_eq!(stats.snapshots_received.load(Ordering::SeqCst), 0);
-    assert_eq!(c.nodes[&target].probe.restores.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        c.nodes[&target].probe.restores.load(Ordering::SeqCst),
+        restores
+    );
     assert_eq!(c.counter(target).await, before);
     propose(c.h(leader), 10).await;
     let applied = c.h(leader).status().await.expect("status").applied;
@@ -321,7 +352,11 @@ async fn malformed_snapshot_streams_never_reach_raft() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_entries_fail_and_large_ones_replicate() {
     const MAX_MESSAGE: usize = 64 * 1024;
-    let mut c = Cluster::start_with(3, 1000, |_, cfg| cfg.max_message_size = MAX_MESSAGE).await;
+    let mut c = Cluster::start_with(3, 1000, |_, cfg| {
+        cfg.max_message_size = MAX_MESSAGE;
+        cfg.snapshot_chunk_size = 4096;
+    })
+    .await;
     let leader = c.leader().await;
     let limit = c.h(leader).max_entry_size();
     assert!(limit < MAX_MESSAGE && limit > MAX_MESSAGE / 2, "{limit}");
@@ -339,19 +374,34 @@ async fn oversized_entries_fail_and_large_ones_replicate() {
     assert!(msg.contains(&format!("{limit}")), "{msg}");
 
     info!("--- step: proposals at the limit replicate, many at once");
+    // The counter replies "bad command" to data that is not 8 bytes: still
+    // an applied entry. Proposed together, they leave in one Ready.
+    let burst = async |c: &Cluster| {
+        let h = c.h(leader).clone();
+        let mut proposals = Vec::new();
+        for _ in 0..12 {
+            let h = h.clone();
+            proposals.push(tokio::spawn(async move { h.propose(vec![2; limit]).await }));
+        }
+        for p in proposals {
+            p.await.expect("join").expect("proposal at the limit");
+        }
+    };
+    let stats = c.nodes[&leader].node.transport_stats();
+    let failures = stats.batch_send_failures.load(Ordering::SeqCst);
+    burst(&c).await;
+    let applied = c.h(leader).status().await.expect("status").applied;
+    c.applied_everywhere(applied).await;
+    assert_eq!(
+        stats.batch_send_failures.load(Ordering::SeqCst),
+        failures,
+        "every batch fit the message limit: none failed"
+    );
+
+    info!("--- step: a follower catches up on large entries");
     let follower = (1..=3).find(|&i| i != leader).expect("a follower");
     c.stop(follower).await;
-    // The counter replies "bad command" to data that is not 8 bytes: still
-    // an applied entry.
-    let h = c.h(leader).clone();
-    let mut proposals = Vec::new();
-    for _ in 0..12 {
-        let h = h.clone();
-        proposals.push(tokio::spawn(async move { h.propose(vec![2; limit]).await }));
-    }
-    for p in proposals {
-        p.await.expect("join").expect("proposal at the limit");
-    }
+    burst(&c).await;
     c.restart(follower).await;
     let applied = c.h(leader).status().await.expect("status").applied;
     tokio::time::timeout(Duration::from_secs(25), c.applied_everywhere(applied))
