@@ -115,13 +115,13 @@ impl<S: StateMachine> RaftNode<S> {
             max_message: config.max_message_size,
             chunk: config.snapshot_chunk_size,
             max_snapshot: config.max_snapshot_size,
+            peer_queue: config.peer_queue,
         };
         let max_entry = config.max_entry_size();
         let stats = Arc::new(TransportStats::default());
         let peers = Peers::spawn(
             id,
             &config.peers,
-            config.peer_queue,
             limits,
             stats.clone(),
             inbound_tx.clone(),

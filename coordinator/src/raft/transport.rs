@@ -46,6 +46,8 @@ pub(crate) struct Limits {
     pub(crate) chunk: usize,
     /// Largest snapshot data this node accepts.
     pub(crate) max_snapshot: u64,
+    /// Capacity of each per-peer outgoing queue.
+    pub(crate) peer_queue: usize,
 }
 
 /// Counters of a node's transport service (read by tests).
@@ -91,7 +93,6 @@ impl Peers {
     pub(crate) fn spawn(
         id: u64,
         peers: &BTreeMap<u64, String>,
-        queue: usize,
         limits: Limits,
         stats: Arc<TransportStats>,
         inbound: mpsc::Sender<Inbound>,
@@ -108,7 +109,7 @@ impl Peers {
                 RaftTransportClient::new(endpoint.clone().timeout(RPC_TIMEOUT).connect_lazy())
                     .max_encoding_message_size(limits.max_message)
                     .max_decoding_message_size(limits.max_message);
-            let (tx, rx) = mpsc::channel(queue);
+            let (tx, rx) = mpsc::channel(limits.peer_queue);
             queues.insert(to, tx);
             let snapshots = SnapshotSender {
                 from: id,
