@@ -4,6 +4,9 @@
 //!
 //! Wire rule: every raft-rs `Message` crosses the wire as opaque bytes in
 //! raft-rs's own (rust-protobuf) encoding inside our prost `RaftBatch`.
+//! A batch never exceeds the message limit (`max_message_size`, 64 MiB);
+//! snapshot messages leave the batches for the chunked `SendSnapshot` stream
+//! (`snapshot_stream.rs`), on a task and connection of their own.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
