@@ -40,6 +40,10 @@ pub struct Args {
     /// How long every server has to reply PREPARED, e.g. "5s".
     #[arg(long, value_parser = humantime::parse_duration)]
     pub prepare_timeout: Option<Duration>,
+    /// Largest raft snapshot (the whole catalog) this coordinator accepts
+    /// from a leader, e.g. "4GiB" [default: 4GiB].
+    #[arg(long, value_parser = parse_size)]
+    pub max_snapshot_size: Option<u64>,
     /// Log filter (tracing syntax).
     #[arg(long, env = "LOCKSTEP_LOG", default_value = "info")]
     pub log: String,
@@ -69,6 +73,9 @@ impl Args {
         }
         if let Some(v) = self.prepare_timeout {
             c.prepare_timeout = v;
+        }
+        if let Some(v) = self.max_snapshot_size {
+            c.max_snapshot_size = v;
         }
         Ok(c)
     }
@@ -101,6 +108,11 @@ pub struct Config {
     /// A server is healthy if its last heartbeat is younger than this.
     #[serde(with = "humantime_serde")]
     pub health_window: Duration,
+    /// Largest raft snapshot accepted from a leader, in bytes (TOML: a
+    /// number of bytes or a string such as "4GiB"). A follower that lags
+    /// behind the compacted log catches up only if the catalog fits.
+    #[serde(with = "size_serde")]
+    pub max_snapshot_size: u64,
 }
 
 impl Default for Config {
@@ -115,6 +127,7 @@ impl Default for Config {
             commit_timeout: Duration::from_secs(3),
             transfer_timeout: Duration::from_secs(6 * 3600),
             health_window: Duration::from_secs(3),
+            max_snapshot_size: crate::raft::DEFAULT_MAX_SNAPSHOT_SIZE,
         }
     }
 }
@@ -164,9 +177,67 @@ impl Config {
                 "commit_timeout, transfer_timeout and health_window must be positive".into(),
             ));
         }
-        let raft = RaftConfig::new(self.id, self.listen, peers, self.data_dir.clone());
+        if self.max_snapshot_size < MIN_SNAPSHOT_SIZE {
+            return Err(Error::Config(format!(
+                "max_snapshot_size ({} bytes) must be at least 1MiB",
+                self.max_snapshot_size
+            )));
+        }
+        let mut raft = RaftConfig::new(self.id, self.listen, peers, self.data_dir.clone());
+        raft.max_snapshot_size = self.max_snapshot_size;
         raft.validate().map_err(|e| Error::Config(format!("{e}")))?;
         Ok(raft)
+    }
+}
+
+/// Smallest accepted `max_snapshot_size`.
+const MIN_SNAPSHOT_SIZE: u64 = 1 << 20;
+
+/// Parses a size: bytes, or a number with a binary unit ("512MiB", "4GiB";
+/// KiB, MiB, GiB, TiB; B for bytes).
+pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("size {text:?} does not start with a number"))?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        "TiB" => 40,
+        other => {
+            return Err(format!(
+                "size {text:?}: unknown unit {other:?} (use B, KiB, MiB, GiB or TiB)"
+            ));
+        }
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+/// A size in TOML: a number of bytes or a string for [`parse_size`].
+mod size_serde {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(*v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        match Size::deserialize(d)? {
+            Size::Bytes(n) => Ok(n),
+            Size::Text(t) => super::parse_size(&t).map_err(serde::de::Error::custom),
+        }
     }
 }
 
@@ -234,6 +305,7 @@ mod tests {
         let raft = cfg.validate().expect("deploy/coordinator.toml is valid");
         assert_eq!(raft.peers.len(), 3);
         assert_eq!(cfg.lease, Duration::from_secs(10));
+        assert_eq!(raft.max_snapshot_size, 4 << 30);
     }
 
     #[test]
@@ -263,5 +335,42 @@ mod tests {
             .expect_err("typo")
             .to_string();
         assert!(err.contains("lisen"), "{err}");
+        let err = Config {
+            max_snapshot_size: 1000,
+            ..Config::default()
+        }
+        .validate()
+        .expect_err("tiny snapshot bound")
+        .to_string();
+        assert!(err.contains("max_snapshot_size"), "{err}");
+    }
+
+    #[test]
+    fn max_snapshot_size_parses_and_reaches_raft() {
+        assert_eq!(parse_size("4GiB"), Ok(4 << 30));
+        assert_eq!(parse_size("512 MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert!(
+            parse_size("4GB")
+                .expect_err("unit")
+                .contains("unknown unit")
+        );
+        assert!(parse_size("GiB").is_err());
+        assert!(parse_size("99999999TiB").is_err());
+        let c: Config = toml::from_str("max_snapshot_size = \"8GiB\"").expect("string");
+        assert_eq!(c.validate().expect("valid").max_snapshot_size, 8 << 30);
+        let c: Config = toml::from_str("max_snapshot_size = 2097152").expect("bytes");
+        assert_eq!(c.max_snapshot_size, 2 << 20);
+        assert!(toml::from_str::<Config>("max_snapshot_size = \"lots\"").is_err());
+        let args = Args::try_parse_from(["lockstep-coordinator", "--max-snapshot-size", "1GiB"])
+            .expect("parse");
+        assert_eq!(args.config().expect("config").max_snapshot_size, 1 << 30);
+        assert_eq!(
+            Config::default()
+                .validate()
+                .expect("valid")
+                .max_snapshot_size,
+            4 << 30
+        );
     }
 }

@@ -32,7 +32,24 @@ pub struct RaftConfig {
     /// Capacity of each per-peer outgoing message queue; messages beyond it
     /// are dropped (raft retries).
     pub peer_queue: usize,
+    /// Largest raft snapshot (the whole state machine image) this node
+    /// accepts from a leader; a larger one is refused, naming both sizes.
+    pub max_snapshot_size: u64,
+    /// Bytes of snapshot data per chunk of the `SendSnapshot` stream (not a
+    /// coordinator setting: tests make it small to force many chunks).
+    pub snapshot_chunk_size: usize,
+    /// Largest gRPC message of the raft transport, either way: a batch of
+    /// raft messages or a snapshot chunk. A proposal must leave room for
+    /// its message around it ([`RaftConfig::max_entry_size`]). Not a
+    /// coordinator setting: tests make it small.
+    pub max_message_size: usize,
 }
+
+/// Default [`RaftConfig::max_snapshot_size`]: 4 GiB.
+pub const DEFAULT_MAX_SNAPSHOT_SIZE: u64 = 4 << 30;
+/// Room left in a transport message around one entry's data (the raft
+/// message, the entry's fields, the batch's own fields).
+const ENTRY_HEADROOM: usize = 4096;
 
 impl RaftConfig {
     /// A config with the default timings for node `id` of `peers`.
@@ -52,7 +69,15 @@ impl RaftConfig {
             heartbeat_tick: 3,
             snapshot_threshold: 1000,
             peer_queue: 1024,
+            max_snapshot_size: DEFAULT_MAX_SNAPSHOT_SIZE,
+            snapshot_chunk_size: 1 << 20,
+            max_message_size: 64 << 20,
         }
+    }
+
+    /// Largest proposal: one entry always fits one transport message.
+    pub fn max_entry_size(&self) -> usize {
+        self.max_message_size.saturating_sub(ENTRY_HEADROOM)
     }
 
     /// Check the config for mistakes raft-rs would only find later.
@@ -82,6 +107,23 @@ impl RaftConfig {
             return Err(Error::Config(
                 "snapshot threshold and peer queue must be positive".into(),
             ));
+        }
+        if self.max_snapshot_size == 0 {
+            return Err(Error::Config("max snapshot size must be positive".into()));
+        }
+        if self.max_message_size < 4 * ENTRY_HEADROOM {
+            return Err(Error::Config(format!(
+                "max message size ({} bytes) must be at least {} bytes",
+                self.max_message_size,
+                4 * ENTRY_HEADROOM
+            )));
+        }
+        if self.snapshot_chunk_size == 0 || self.snapshot_chunk_size > self.max_entry_size() {
+            return Err(Error::Config(format!(
+                "snapshot chunk size ({} bytes) must be positive and at most {} bytes",
+                self.snapshot_chunk_size,
+                self.max_entry_size()
+            )));
         }
         Ok(())
     }

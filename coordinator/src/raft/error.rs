@@ -33,6 +33,17 @@ pub enum Error {
         /// Index the proposal was appended at.
         index: u64,
     },
+    /// The proposal is larger than one raft entry may be (every entry must
+    /// fit one transport message). Not retryable: split the data.
+    #[error(
+        "proposal of {size} bytes exceeds the raft entry limit of {limit} bytes (an entry must fit one raft transport message)"
+    )]
+    EntryTooLarge {
+        /// Bytes of the proposal.
+        size: usize,
+        /// The largest entry.
+        limit: usize,
+    },
     /// raft-rs refused a request (e.g. a proposal during leadership transfer).
     #[error("raft refused the request")]
     Raft(#[source] raft::Error),

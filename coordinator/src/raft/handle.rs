@@ -61,6 +61,8 @@ pub struct NodeStatus {
 /// Cloneable handle to a running raft node.
 pub struct RaftHandle<S> {
     id: u64,
+    /// Largest proposal ([`super::RaftConfig::max_entry_size`]).
+    max_entry: usize,
     tx: mpsc::Sender<Command<S>>,
 }
 
@@ -68,6 +70,7 @@ impl<S> Clone for RaftHandle<S> {
     fn clone(&self) -> Self {
         Self {
             id: self.id,
+            max_entry: self.max_entry,
             tx: self.tx.clone(),
         }
     }
@@ -80,8 +83,13 @@ impl<S> fmt::Debug for RaftHandle<S> {
 }
 
 impl<S: StateMachine> RaftHandle<S> {
-    pub(crate) fn new(id: u64, tx: mpsc::Sender<Command<S>>) -> Self {
-        Self { id, tx }
+    pub(crate) fn new(id: u64, max_entry: usize, tx: mpsc::Sender<Command<S>>) -> Self {
+        Self { id, max_entry, tx }
+    }
+
+    /// The largest proposal [`RaftHandle::propose`] accepts, in bytes.
+    pub fn max_entry_size(&self) -> usize {
+        self.max_entry
     }
 
     /// This node's raft id.
@@ -100,7 +108,15 @@ impl<S: StateMachine> RaftHandle<S> {
     /// machine's reply. Only the leader accepts proposals
     /// ([`Error::NotLeader`] carries the redirect). No built-in timeout: wrap
     /// in `tokio::time::timeout` (a timed-out proposal may still apply).
+    /// Data over [`RaftHandle::max_entry_size`] fails at once with
+    /// [`Error::EntryTooLarge`].
     pub async fn propose(&self, data: Vec<u8>) -> Result<Vec<u8>> {
+        if data.len() > self.max_entry {
+            return Err(Error::EntryTooLarge {
+                size: data.len(),
+                limit: self.max_entry,
+            });
+        }
         let (reply, rx) = oneshot::channel();
         self.call(Command::Propose { data, reply }).await?;
         rx.await.map_err(|_| Error::Stopped { id: self.id })?

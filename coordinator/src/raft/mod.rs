@@ -14,8 +14,11 @@
 //!   task: the only code that touches the `RawNode`; all `Ready` handling is
 //!   in `RaftTask::on_ready`, in the raft-rs documented order.
 //! - `storage.rs`: the redb-backed `raft::Storage` and every durable write.
-//! - `transport.rs`: gRPC in and out (per-peer sender tasks, the
-//!   `RaftTransport` service); raft messages stay opaque bytes on the wire.
+//! - `transport.rs`: gRPC in and out (per-peer sender tasks batching raft
+//!   messages under the message limit, the `RaftTransport` service); raft
+//!   messages stay opaque bytes on the wire.
+//! - `snapshot_stream.rs`: snapshot messages over the chunked `SendSnapshot`
+//!   stream (sending, and the receiver's checks, size bound and reassembly).
 //! - `log.rs`: the slog→tracing drain handed to raft-rs.
 //!
 //! Durability: every store write is one redb transaction, fsynced at commit.
@@ -31,6 +34,7 @@ mod error;
 mod handle;
 mod log;
 mod node;
+mod snapshot_stream;
 mod state_machine;
 mod storage;
 mod transport;
@@ -38,7 +42,7 @@ mod transport;
 #[cfg(test)]
 mod tests;
 
-pub use config::RaftConfig;
+pub use config::{DEFAULT_MAX_SNAPSHOT_SIZE, RaftConfig};
 pub use error::{Error, Result};
 pub use handle::{NodeStatus, RaftHandle, Role};
 pub use node::RaftNode;

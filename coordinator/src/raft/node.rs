@@ -3,6 +3,7 @@
 //! it to stop.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot};
@@ -22,7 +23,7 @@ use super::handle::{Command, NodeStatus, RaftHandle, ReadFn, Role};
 use super::log::logger;
 use super::state_machine::{StateMachine, decode_image};
 use super::storage::{LogId, RedbStorage};
-use super::transport::{Inbound, Peers, Sent, TransportService};
+use super::transport::{Inbound, Limits, Peers, Sent, TransportService, TransportStats};
 
 /// Entry context of a client proposal (its data goes to the state machine).
 const CTX_PROPOSAL: &[u8] = b"p";
@@ -92,7 +93,8 @@ impl<S: StateMachine> RaftNode<S> {
             election_tick: config.election_tick,
             heartbeat_tick: config.heartbeat_tick,
             applied: loaded.applied.index,
-            max_size_per_msg: 1024 * 1024,
+            // One append message always fits one transport message.
+            max_size_per_msg: (1 << 20).min(config.max_entry_size()) as u64,
             max_inflight_msgs: 256,
             check_quorum: true,
             pre_vote: true,
@@ -109,10 +111,19 @@ impl<S: StateMachine> RaftNode<S> {
         let tracker = TaskTracker::new();
         let (inbound_tx, inbound_rx) = mpsc::channel(QUEUE);
         let (cmd_tx, cmd_rx) = mpsc::channel(QUEUE);
+        let limits = Limits {
+            max_message: config.max_message_size,
+            chunk: config.snapshot_chunk_size,
+            max_snapshot: config.max_snapshot_size,
+            peer_queue: config.peer_queue,
+        };
+        let max_entry = config.max_entry_size();
+        let stats = Arc::new(TransportStats::default());
         let peers = Peers::spawn(
             id,
             &config.peers,
-            config.peer_queue,
+            limits,
+            stats.clone(),
             inbound_tx.clone(),
             &tracker,
             &shutdown,
@@ -149,8 +160,8 @@ impl<S: StateMachine> RaftNode<S> {
         tracker.close();
         Ok(RaftNode {
             id,
-            handle: RaftHandle::new(id, cmd_tx),
-            service: TransportService::new(id, voters, inbound_tx),
+            handle: RaftHandle::new(id, max_entry, cmd_tx),
+            service: TransportService::new(id, voters, limits, stats, inbound_tx),
             raft_task,
             tracker,
             _stop_on_drop: shutdown.clone().drop_guard(),
@@ -167,6 +178,12 @@ impl<S: StateMachine> RaftNode<S> {
     /// (the one listening on `config.listen_addr`).
     pub fn transport_service(&self) -> RaftTransportServer<TransportService> {
         self.service.clone().into_server()
+    }
+
+    /// Counters of this node's transport service.
+    #[cfg(test)]
+    pub(crate) fn transport_stats(&self) -> Arc<TransportStats> {
+        self.service.stats()
     }
 
     /// Wait until the raft task ends (after cancellation, or on failure) and

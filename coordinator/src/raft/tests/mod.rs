@@ -17,6 +17,8 @@ use tracing::info;
 
 use super::*;
 
+mod snapshot;
+
 /// Counts how often a node instance applied entries or restored images.
 #[derive(Debug, Default)]
 struct Probe {
@@ -109,13 +111,27 @@ struct Cluster {
     addrs: BTreeMap<u64, SocketAddr>,
     peers: BTreeMap<u64, String>,
     snapshot_threshold: u64,
+    /// Applied to every node's config after the defaults.
+    tweak: Arc<Tweak>,
     nodes: BTreeMap<u64, Running>,
     shutdown: CancellationToken,
 }
 
+/// Changes a node's config (given its id) before it starts.
+type Tweak = dyn Fn(u64, &mut RaftConfig) + Send + Sync;
+
 impl Cluster {
     /// Start `n` voters on free ports.
     async fn start(n: u64, snapshot_threshold: u64) -> Cluster {
+        Self::start_with(n, snapshot_threshold, |_, _| {}).await
+    }
+
+    /// Start `n` voters on free ports, each config changed by `tweak`.
+    async fn start_with(
+        n: u64,
+        snapshot_threshold: u64,
+        tweak: impl Fn(u64, &mut RaftConfig) + Send + Sync + 'static,
+    ) -> Cluster {
         init_tracing();
         let dir = tempfile::tempdir().expect("create temp dir");
         let mut listeners = BTreeMap::new();
@@ -139,6 +155,7 @@ impl Cluster {
             addrs,
             peers,
             snapshot_threshold,
+            tweak: Arc::new(tweak),
             nodes: BTreeMap::new(),
             shutdown: CancellationToken::new(),
         };
@@ -157,6 +174,7 @@ impl Cluster {
         );
         c.tick_interval = Duration::from_millis(50);
         c.snapshot_threshold = self.snapshot_threshold;
+        (self.tweak)(id, &mut c);
         c
     }
 
