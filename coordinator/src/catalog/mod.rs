@@ -2,7 +2,8 @@
 //!
 //! Files: `mod.rs` (the records, [`Command`] and [`Catalog::apply`]),
 //! `store.rs` (the raft [`crate::raft::StateMachine`] impl: one stored key
-//! per record), `tests.rs`.
+//! per record), `version.rs` (catalog versions for rolling upgrades),
+//! `tests.rs`.
 //!
 //! Every change is a [`Command`] that the leader proposes and every replica
 //! applies in log order with [`Catalog::apply`]. `apply` is deterministic and
@@ -19,8 +20,10 @@ use serde::{Deserialize, Serialize};
 mod store;
 #[cfg(test)]
 mod tests;
+mod version;
 
 use store::Dirty;
+pub use version::{CATALOG_VERSION, FIRST_VERSION, raise_to};
 
 /// A server as its agent registered it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,9 +117,11 @@ impl Backup {
     }
 }
 
-/// A change to the catalog.
+/// A change to the catalog. A new variant, or a new field, raises the
+/// catalog version (see `version.rs`); unknown fields are refused, so an
+/// older build stops on them instead of dropping them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Command {
     /// An agent registered (or re-registered with new details).
     RegisterServer(Server),
@@ -181,6 +186,9 @@ pub enum Command {
         reason: Option<String>,
         at_unix_ms: i64,
     },
+    /// Every voter supports catalog `version`: commands needing it may be
+    /// proposed from now on. Only ever raises.
+    SetClusterVersion { version: u32 },
 }
 
 /// Where a coordinated restore stands.
@@ -227,15 +235,34 @@ pub struct Restore {
 
 /// The catalog. Stored by raft as one key per server, backup and restore
 /// (see `store.rs`), so an apply writes only the records it changed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Catalog {
     /// cluster → server name → server.
     pub clusters: BTreeMap<String, BTreeMap<String, Server>>,
     pub backups: BTreeMap<String, Backup>,
     #[serde(default)]
     pub restores: BTreeMap<String, Restore>,
+    /// The catalog version every voter supports (see `version.rs`).
+    #[serde(default = "first_version")]
+    cluster_version: u32,
     #[serde(skip)]
     dirty: Dirty,
+}
+
+fn first_version() -> u32 {
+    FIRST_VERSION
+}
+
+impl Default for Catalog {
+    fn default() -> Catalog {
+        Catalog {
+            clusters: BTreeMap::new(),
+            backups: BTreeMap::new(),
+            restores: BTreeMap::new(),
+            cluster_version: FIRST_VERSION,
+            dirty: Dirty::default(),
+        }
+    }
 }
 
 /// Why a command was rejected.
@@ -257,6 +284,10 @@ pub enum Rejected {
     RestoreRunning { backup: String, running: String },
     #[error("backup {id}: {reason}")]
     BadTransition { id: String, reason: String },
+    #[error(
+        "the cluster's catalog version is already {current}; {proposed} would not raise it (it is never lowered)"
+    )]
+    VersionNotRaised { current: u32, proposed: u32 },
 }
 
 impl Catalog {
@@ -515,6 +546,7 @@ impl Catalog {
                 r.finished_at_unix_ms = Some(at_unix_ms);
                 Ok(())
             }
+            Command::SetClusterVersion { version } => self.set_cluster_version(version),
         }
     }
 

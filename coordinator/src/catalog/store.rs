@@ -4,14 +4,20 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Backup, Catalog, Command, Rejected, Restore, Server};
+use super::{Backup, Catalog, Command, Restore, Server, version};
 use crate::raft::{Change, KeyValue};
 
 /// Raft applies catalog commands as JSON; the reply is the JSON of
-/// `Result<(), Rejected>`.
+/// `Result<(), Rejected>`. An entry this build cannot decode (a newer build
+/// wrote it) or a cluster version above its own is an error: the raft node
+/// stops there rather than skip an entry other replicas apply.
 impl crate::raft::StateMachine for Catalog {
-    fn apply(&mut self, _index: u64, data: &[u8]) -> Vec<u8> {
-        let result = match serde_json::from_slice::<Command>(data) {
+    fn apply(
+        &mut self,
+        index: u64,
+        data: &[u8],
+    ) -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
+        let result = match version::decode(index, data)? {
             Ok(cmd) => {
                 let key = cmd.key();
                 let r = Catalog::apply(self, cmd);
@@ -20,12 +26,9 @@ impl crate::raft::StateMachine for Catalog {
                 }
                 r
             }
-            Err(e) => Err(Rejected::BadTransition {
-                id: String::new(),
-                reason: format!("undecodable command: {e}"),
-            }),
+            Err(rejected) => Err(rejected),
         };
-        serde_json::to_vec(&result).expect("a catalog reply always serialises")
+        Ok(serde_json::to_vec(&result).expect("a catalog reply always serialises"))
     }
 
     fn take_changes(&mut self) -> Vec<Change> {
@@ -40,6 +43,7 @@ impl crate::raft::StateMachine for Catalog {
                         .map(serde_json::to_vec),
                     Key::Backup { id } => self.backups.get(id).map(serde_json::to_vec),
                     Key::Restore { id } => self.restores.get(id).map(serde_json::to_vec),
+                    Key::ClusterVersion => Some(serde_json::to_vec(&self.cluster_version)),
                 };
                 let value = value.map(|v| v.expect("a catalog record always serialises"));
                 (key.to_string(), value)
@@ -69,6 +73,12 @@ impl crate::raft::StateMachine for Catalog {
                         .map_err(|e| format!("catalog restore {id}: {e}"))?;
                     c.restores.insert(id, r);
                 }
+                Key::ClusterVersion => {
+                    let v: u32 = serde_json::from_slice(&v)
+                        .map_err(|e| format!("catalog cluster version: {e}"))?;
+                    version::check_loaded(v)?;
+                    c.cluster_version = v;
+                }
             }
         }
         *self = c;
@@ -77,13 +87,16 @@ impl crate::raft::StateMachine for Catalog {
 }
 
 /// A catalog record's key in the raft store: one per server, backup and
-/// restore, so an apply writes only the records it changed.
+/// restore, so an apply writes only the records it changed; and the cluster
+/// version, stored only once raised (a catalog at version 1 has no such
+/// key, so builds without versions load it).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub(super) enum Key {
     Server { cluster: String, name: String },
     Backup { id: String },
     Restore { id: String },
+    ClusterVersion,
 }
 
 impl std::fmt::Display for Key {
@@ -95,7 +108,7 @@ impl std::fmt::Display for Key {
 
 impl Command {
     /// The record this command changes.
-    fn key(&self) -> Key {
+    pub(super) fn key(&self) -> Key {
         let backup = |id: &String| Key::Backup { id: id.clone() };
         let restore = |id: &String| Key::Restore { id: id.clone() };
         match self {
@@ -116,6 +129,7 @@ impl Command {
             Command::StartRestore { id, .. }
             | Command::RestoreServerDone { id, .. }
             | Command::FinishRestore { id, .. } => restore(id),
+            Command::SetClusterVersion { .. } => Key::ClusterVersion,
         }
     }
 }
@@ -123,7 +137,7 @@ impl Command {
 /// The records changed since the raft core last took them. Not part of the
 /// catalog's value: never serialised, and equal whatever it holds.
 #[derive(Debug, Clone, Default)]
-pub(super) struct Dirty(std::collections::BTreeSet<Key>);
+pub(super) struct Dirty(pub(super) std::collections::BTreeSet<Key>);
 
 impl PartialEq for Dirty {
     fn eq(&self, _: &Self) -> bool {

@@ -281,18 +281,26 @@ fn raft_applies_json_commands() {
     let mut c = Catalog::default();
     for s in ["a", "b"] {
         let cmd = serde_json::to_vec(&server("c", s)).expect("encode");
-        StateMachine::apply(&mut c, 1, &cmd);
+        StateMachine::apply(&mut c, 1, &cmd).expect("applies");
     }
     let ok = serde_json::to_vec(&start("b1")).expect("encode");
     let reply: Result<(), Rejected> =
-        serde_json::from_slice(&StateMachine::apply(&mut c, 3, &ok)).expect("reply");
+        serde_json::from_slice(&StateMachine::apply(&mut c, 3, &ok).expect("applies"))
+            .expect("reply");
     assert_eq!(reply, Ok(()));
     let again: Result<(), Rejected> =
-        serde_json::from_slice(&StateMachine::apply(&mut c, 4, &ok)).expect("reply");
+        serde_json::from_slice(&StateMachine::apply(&mut c, 4, &ok).expect("applies"))
+            .expect("reply");
     assert!(matches!(again, Err(Rejected::BackupRunning { .. })));
-    let garbage: Result<(), Rejected> =
-        serde_json::from_slice(&StateMachine::apply(&mut c, 5, b"{")).expect("reply");
-    assert!(garbage.is_err());
+    assert!(
+        StateMachine::apply(&mut c, 5, b"{").is_err(),
+        "garbage stops the node"
+    );
+    let retired = br#"{"op":"prepared","id":"b1","server":"a","entry":{}}"#;
+    let retired: Result<(), Rejected> =
+        serde_json::from_slice(&StateMachine::apply(&mut c, 5, retired).expect("refused"))
+            .expect("reply");
+    assert!(retired.is_err(), "a retired command is refused");
     let changes = c.take_changes();
     assert_eq!(changes.len(), 3, "servers a and b, backup b1: {changes:?}");
     let mut restored = Catalog::default();
@@ -314,7 +322,8 @@ fn raft_applies_json_commands() {
         at_unix_ms: 6,
     };
     for cmd in [fail, remove] {
-        StateMachine::apply(&mut c, 6, &serde_json::to_vec(&cmd).expect("encode"));
+        StateMachine::apply(&mut c, 6, &serde_json::to_vec(&cmd).expect("encode"))
+            .expect("applies");
     }
     let changes = c.take_changes();
     assert_eq!(changes.len(), 2, "{changes:?}");
@@ -335,4 +344,158 @@ fn commands_and_catalog_round_trip_through_json() {
     let text = serde_json::to_string(&cmd).expect("serialise");
     assert!(text.contains("\"op\":\"commit_cut\""), "{text}");
     assert_eq!(serde_json::from_str::<Command>(&text).expect("parse"), cmd);
+}
+
+/// Every command this build writes is decodable by every build of its
+/// catalog version: none needs more than `CATALOG_VERSION`, and today's
+/// commands need no more than version 1 (what a build without versions is).
+#[test]
+fn every_command_fits_this_builds_version() {
+    let cmds = [
+        server("c", "a"),
+        start("b1"),
+        commit_cut("b1", &[("a", 1)]),
+        Command::Complete {
+            id: "b1".into(),
+            at_unix_ms: 1,
+        },
+        Command::SetClusterVersion { version: 2 },
+    ];
+    for cmd in &cmds {
+        assert_eq!(cmd.min_version(), 1, "{cmd:?}");
+        assert!(cmd.min_version() <= CATALOG_VERSION, "{cmd:?}");
+    }
+}
+
+/// A command needing a higher catalog version than the cluster's is not
+/// admitted; once the cluster version is raised it is; it is never lowered.
+#[test]
+fn the_cluster_version_gates_commands_and_only_rises() {
+    let mut c = catalog();
+    assert_eq!(c.cluster_version(), 1, "a new catalog is at version 1");
+    assert_eq!(c.admits(1), Ok(()));
+    assert_eq!(
+        c.admits(2),
+        Err(1),
+        "version 2 commands wait for the cluster"
+    );
+    let before = c.clone();
+    assert_eq!(
+        c.apply(Command::SetClusterVersion { version: 1 }),
+        Err(Rejected::VersionNotRaised {
+            current: 1,
+            proposed: 1
+        })
+    );
+    assert_eq!(c, before, "a refused version change changes nothing");
+    c.apply(Command::SetClusterVersion { version: 3 })
+        .expect("raise to 3");
+    assert_eq!(c.cluster_version(), 3);
+    assert_eq!(c.admits(2), Ok(()));
+    assert_eq!(c.admits(3), Ok(()));
+    assert_eq!(c.admits(4), Err(3));
+    assert_eq!(
+        c.apply(Command::SetClusterVersion { version: 2 }),
+        Err(Rejected::VersionNotRaised {
+            current: 3,
+            proposed: 2
+        })
+    );
+    assert_eq!(c.cluster_version(), 3, "never lowered");
+}
+
+/// The cluster version is a stored record: a raft snapshot (every stored
+/// key) carries it and loading restores it; a catalog that never raised it
+/// stores no such record (so a build without versions can still load it).
+#[test]
+fn the_cluster_version_is_stored_and_restored() {
+    use crate::raft::StateMachine;
+    let mut c = Catalog::default();
+    let apply = |c: &mut Catalog, index, cmd: &Command| {
+        StateMachine::apply(c, index, &serde_json::to_vec(cmd).expect("encode"))
+            .expect("this build applies its own commands")
+    };
+    apply(&mut c, 1, &server("c", "a"));
+    let v1 = c.take_changes();
+    assert!(
+        v1.iter().all(|(k, _)| !k.contains("cluster_version")),
+        "version 1 is not stored: {v1:?}"
+    );
+    let mut image: BTreeMap<String, Vec<u8>> =
+        v1.into_iter().filter_map(|(k, v)| Some((k, v?))).collect();
+
+    // This build supports only version 1; raising further is what a newer
+    // build does, so the record is exercised at the catalog level.
+    c.apply(Command::SetClusterVersion {
+        version: CATALOG_VERSION + 1,
+    })
+    .expect("raise");
+    c.dirty
+        .0
+        .insert(Command::SetClusterVersion { version: 0 }.key());
+    for (k, v) in c.take_changes() {
+        image.insert(k, v.expect("the version record has a value"));
+    }
+    assert!(
+        image.keys().any(|k| k.contains("cluster_version")),
+        "{image:?}"
+    );
+
+    let mut restored = Catalog::default();
+    let err = restored
+        .load(image.clone().into_iter().collect())
+        .expect_err("a build cannot load a catalog above its own version");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("cluster version is {}", CATALOG_VERSION + 1))
+            && msg.contains(&format!("supports only catalog version {CATALOG_VERSION}")),
+        "{msg}"
+    );
+
+    // At this build's own version the record loads.
+    let key = image
+        .keys()
+        .find(|k| k.contains("cluster_version"))
+        .expect("version key")
+        .clone();
+    image.insert(key, serde_json::to_vec(&CATALOG_VERSION).expect("encode"));
+    restored.load(image.into_iter().collect()).expect("load");
+    assert_eq!(restored.cluster_version(), CATALOG_VERSION);
+    assert_eq!(restored.clusters, c.clusters);
+}
+
+/// An entry this build cannot decode, or a cluster version it does not
+/// support, is an error that stops the raft node (naming the index and
+/// saying to upgrade), never a silently skipped entry; a command that does
+/// not fit the state is still an ordinary rejection.
+#[test]
+fn an_entry_this_build_cannot_follow_stops_the_node() {
+    use crate::raft::StateMachine;
+    let mut c = catalog();
+    let before = c.clone();
+    let newer = br#"{"op":"rotate_keys","id":"k1"}"#;
+    let err = StateMachine::apply(&mut c, 42, newer).expect_err("undecodable");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("raft index 42") && msg.contains("rotate_keys") && msg.contains("upgrade"),
+        "{msg}"
+    );
+    let newer_field = br#"{"op":"complete","id":"b1","at_unix_ms":1,"checksum":"x"}"#;
+    assert!(
+        StateMachine::apply(&mut c, 43, newer_field).is_err(),
+        "an unknown field is refused, not ignored"
+    );
+    let raise = serde_json::to_vec(&Command::SetClusterVersion {
+        version: CATALOG_VERSION + 1,
+    })
+    .expect("encode");
+    let msg = StateMachine::apply(&mut c, 44, &raise)
+        .expect_err("a version above this build")
+        .to_string();
+    assert!(
+        msg.contains("raft index 44") && msg.contains("upgrade"),
+        "{msg}"
+    );
+    assert_eq!(c, before, "nothing applied");
+    assert!(c.take_changes().is_empty());
 }
