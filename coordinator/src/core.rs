@@ -100,6 +100,13 @@ impl Core {
                 return Err(self.version_refusal(op, needs, cluster).await);
             }
         }
+        #[cfg(feature = "failpoints")]
+        let data = if fail::eval("propose-as-newer-build", |_| ()).is_some() {
+            tracing::warn!(%what, "fail point: proposing a command kind this build cannot decode");
+            br#"{"op":"from_a_newer_build"}"#.to_vec()
+        } else {
+            data
+        };
         let reply = tokio::time::timeout(PROPOSE_TIMEOUT, self.raft.propose(data))
             .await
             .map_err(|_| Error::ProposalTimeout {
