@@ -3,7 +3,9 @@
 
 use lockstep_proto::coordinator as pb;
 
-use crate::catalog::{Backup, Restore, RestoreStatus, RestoredServer, Server, Status};
+use crate::catalog::{
+    Backup, CATALOG_VERSION, Restore, RestoreStatus, RestoredServer, Server, Status,
+};
 use crate::raft::{NodeStatus, Role};
 use crate::restore::RestoreRequest;
 
@@ -87,7 +89,9 @@ pub fn server(s: &Server, heartbeat_age_ms: Option<u64>, healthy: bool) -> pb::S
 }
 
 /// A reachable member's raft state.
-pub fn member(st: &NodeStatus, url: &str) -> pb::Member {
+/// This member's raft state, the catalog version its build supports and
+/// the cluster version it has applied.
+pub fn member(st: &NodeStatus, url: &str, cluster_version: u32) -> pb::Member {
     pb::Member {
         id: st.id,
         url: url.to_string(),
@@ -99,6 +103,8 @@ pub fn member(st: &NodeStatus, url: &str) -> pb::Member {
         voters: st.voters.clone(),
         healthy: true,
         error: String::new(),
+        catalog_version: CATALOG_VERSION,
+        cluster_version,
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use lockstep_proto::coordinator as pb;
 use lockstep_proto::coordinator::coordinator_client::CoordinatorClient;
 
-use crate::catalog::{Catalog, Command, Rejected};
+use crate::catalog::{CATALOG_VERSION, Catalog, Command, FIRST_VERSION, Rejected};
 use crate::config::Config;
 use crate::convert;
 use crate::error::{Error, Result};
@@ -90,12 +90,36 @@ impl Core {
     }
 
     /// Replicates `cmd`; `Ok` once applied and accepted by the catalog.
+    ///
+    /// A command needing a catalog version above the cluster's is refused
+    /// before it reaches raft (some voter might not decode it), naming the
+    /// coordinators that hold the cluster back.
     pub async fn propose(&self, cmd: &Command) -> Result<()> {
         let what = describe(cmd);
         let data = serde_json::to_vec(cmd).map_err(|source| Error::Reply {
             what: what.clone(),
             source,
         })?;
+        let needs = cmd.min_version();
+        // Every cluster is at FIRST_VERSION or above: such commands skip the
+        // read (and its wait behind the raft task) on the backup's hot path.
+        if needs > FIRST_VERSION {
+            let admits = self.raft.read_local(move |c| c.admits(needs)).await?;
+            if let Err(cluster) = admits {
+                let op = serde_json::from_slice::<serde_json::Value>(&data)
+                    .ok()
+                    .and_then(|v| v.get("op")?.as_str().map(String::from))
+                    .unwrap_or(what);
+                return Err(self.version_refusal(op, needs, cluster).await);
+            }
+        }
+        #[cfg(feature = "failpoints")]
+        let data = if fail::eval("propose-as-newer-build", |_| ()).is_some() {
+            tracing::warn!(%what, "fail point: proposing a command kind this build cannot decode");
+            br#"{"op":"from_a_newer_build"}"#.to_vec()
+        } else {
+            data
+        };
         let reply = tokio::time::timeout(PROPOSE_TIMEOUT, self.raft.propose(data))
             .await
             .map_err(|_| Error::ProposalTimeout {
@@ -105,6 +129,40 @@ impl Core {
         let result: std::result::Result<(), Rejected> =
             serde_json::from_slice(&reply).map_err(|source| Error::Reply { what, source })?;
         Ok(result?)
+    }
+
+    /// The cluster version this node has applied.
+    pub async fn cluster_version(&self) -> Result<u32> {
+        Ok(self.raft.read_local(Catalog::cluster_version).await?)
+    }
+
+    /// The catalog version each voter advertises in `NodeStatus` (this
+    /// node: its own build's); `None` for a voter that did not answer. A
+    /// build that predates versions answers 0, counted as version 1.
+    pub async fn voter_versions(&self) -> BTreeMap<u64, Option<u32>> {
+        let asks = self.peers.iter().map(|(&id, url)| async move {
+            if id == self.id {
+                return (id, Some(CATALOG_VERSION));
+            }
+            let v = tokio::time::timeout(PEER_STATUS_TIMEOUT, peer_status(url))
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                .map(|m| m.catalog_version.max(FIRST_VERSION));
+            (id, v)
+        });
+        futures::future::join_all(asks).await.into_iter().collect()
+    }
+
+    /// Why a command needing catalog version `needs` cannot be proposed
+    /// while the cluster is at `cluster`.
+    async fn version_refusal(&self, command: String, needs: u32, cluster: u32) -> Error {
+        let behind = crate::version::behind(needs, cluster, &self.voter_versions().await);
+        Error::VersionTooLow {
+            command,
+            needs,
+            behind,
+        }
     }
 
     /// Linearizable read of the catalog (leader only).
@@ -191,15 +249,19 @@ impl Core {
     /// Every member's raft state; unreachable peers are reported unhealthy.
     pub async fn group_status(&self) -> Result<pb::CoordinatorStatusReply> {
         let own = self.raft.status().await?;
+        let cluster_version = self.cluster_version().await?;
         let asks = self.peers.iter().map(|(&id, url)| {
             let own = own.clone();
             async move {
                 if id == own.id {
-                    return convert::member(&own, url);
+                    return convert::member(&own, url, cluster_version);
                 }
                 match tokio::time::timeout(PEER_STATUS_TIMEOUT, peer_status(url)).await {
                     Ok(Ok(mut m)) => {
                         m.url = url.clone();
+                        // A build that predates catalog versions: version 1.
+                        m.catalog_version = m.catalog_version.max(FIRST_VERSION);
+                        m.cluster_version = m.cluster_version.max(FIRST_VERSION);
                         m
                     }
                     Ok(Err(e)) => unreachable_member(id, url, e),
@@ -230,6 +292,7 @@ impl Core {
             leader_id,
             leader_url: self.peers.get(&leader_id).cloned().unwrap_or_default(),
             members,
+            cluster_version,
         })
     }
 }
@@ -277,5 +340,8 @@ fn describe(cmd: &Command) -> String {
         }
         Command::FinishRestore { id, .. } => format!("finish restore {id}"),
         Command::Fail { id, .. } => format!("fail backup {id}"),
+        Command::SetClusterVersion { version } => {
+            format!("raise the cluster's catalog version to {version}")
+        }
     }
 }

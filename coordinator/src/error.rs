@@ -72,6 +72,18 @@ pub enum Error {
         /// The servers without a target, comma-separated.
         servers: String,
     },
+    /// A command needs a catalog version the group has not reached: some
+    /// coordinator runs an older build (see `catalog/version.rs`).
+    #[error("catalog command {command} needs catalog version {needs}; {behind}")]
+    VersionTooLow {
+        /// The command's op.
+        command: String,
+        /// The version it needs.
+        needs: u32,
+        /// Which coordinators support less (or were not heard from), and
+        /// what to do.
+        behind: String,
+    },
     /// The configuration is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),

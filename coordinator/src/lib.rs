@@ -17,6 +17,9 @@
 //! - [`restore`]: the coordinated restore the leader runs while the caller
 //!   waits (every server's agent `Restore` in parallel); it reads the
 //!   catalog but changes nothing.
+//! - [`version`]: the leader's task that raises the cluster's catalog
+//!   version once every voter supports a higher one (rolling upgrades; the
+//!   versions themselves live in [`catalog`]).
 //! - [`service`]: thin `lockstep.coordinator.v1` gRPC handlers and the error
 //!   mapping with the leader redirect; [`convert`]: wire ↔ catalog types.
 //! - [`config`], [`server`]: the daemon's flags/TOML and its run loop.
@@ -39,5 +42,6 @@ pub mod raft;
 pub mod restore;
 pub mod server;
 pub mod service;
+pub mod version;
 
 pub use error::{Error, Result};

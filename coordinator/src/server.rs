@@ -48,6 +48,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let core = Arc::new(Core::new(node.handle(), peers, config));
     let jobs = Jobs::new(core.clone(), shutdown.child_token());
     let watcher = tokio::spawn(jobs.clone().watch_leadership(shutdown.clone()));
+    let versioner = tokio::spawn(crate::version::raise_cluster_version(
+        core.clone(),
+        shutdown.clone(),
+    ));
 
     let service = CoordinatorServer::new(CoordinatorService::new(core, jobs.clone()));
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -95,6 +99,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     bounded("the leadership watcher", async {
         if let Err(e) = watcher.await {
             tracing::error!(error = %e, "leadership watcher ended abnormally");
+        }
+    })
+    .await;
+    bounded("the cluster version task", async {
+        if let Err(e) = versioner.await {
+            tracing::error!(error = %e, "cluster version task ended abnormally");
         }
     })
     .await;

@@ -60,14 +60,18 @@ pub fn to_status(e: Error) -> Status {
             Rejected::BackupRunning { .. }
             | Rejected::DuplicateBackup(_)
             | Rejected::RestoreRunning { .. } => Status::already_exists(r.to_string()),
-            Rejected::BadTransition { .. } => Status::failed_precondition(r.to_string()),
+            Rejected::BadTransition { .. } | Rejected::VersionNotRaised { .. } => {
+                Status::failed_precondition(r.to_string())
+            }
         },
         Error::UnknownServer { .. } => Status::not_found(e.to_string()),
         Error::ProposalTimeout { .. } => Status::unavailable(e.to_string()),
         Error::Config(_) | Error::UnknownTarget { .. } | Error::MissingTarget { .. } => {
             Status::invalid_argument(e.to_string())
         }
-        Error::NotRestorable { .. } => Status::failed_precondition(e.to_string()),
+        Error::NotRestorable { .. } | Error::VersionTooLow { .. } => {
+            Status::failed_precondition(e.to_string())
+        }
         _ => Status::internal(e.to_string()),
     }
 }
@@ -259,8 +263,9 @@ impl Coordinator for CoordinatorService {
             .status()
             .await
             .map_err(|e| to_status(e.into()))?;
+        let cluster_version = self.core.cluster_version().await.map_err(to_status)?;
         let url = self.core.peers.get(&st.id).cloned().unwrap_or_default();
-        Ok(Response::new(convert::member(&st, &url)))
+        Ok(Response::new(convert::member(&st, &url, cluster_version)))
     }
 }
 

@@ -156,7 +156,8 @@ pub struct RemoveArgs {
 /// `lockstep coordinator ...`
 #[derive(Debug, Subcommand)]
 pub enum CoordinatorCmd {
-    /// Members, leader, term, commit and applied index, health per member.
+    /// Members, leader, term, commit and applied index, health per member,
+    /// the catalog version each supports and the cluster version.
     Status,
 }
 

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use lockstep_proto::coordinator as pb;
 use serde_json::{Value, json};
 
+use crate::catalog::FIRST_VERSION;
+
 pub(super) fn progress_line(b: &pb::Backup) -> String {
     let n = b.servers.len();
     match b.status.as_str() {
@@ -338,6 +340,8 @@ pub(super) fn print_status(as_json: bool, s: &pb::CoordinatorStatusReply) {
                     "voters": m.voters,
                     "healthy": m.healthy,
                     "error": (!m.error.is_empty()).then_some(&m.error),
+                    "catalog_version": version(m.catalog_version),
+                    "cluster_version": version(m.cluster_version),
                 })
             })
             .collect();
@@ -347,6 +351,7 @@ pub(super) fn print_status(as_json: bool, s: &pb::CoordinatorStatusReply) {
                 "answered_by": s.answered_by,
                 "leader_id": (s.leader_id != 0).then_some(s.leader_id),
                 "leader_url": (!s.leader_url.is_empty()).then_some(&s.leader_url),
+                "cluster_version": s.cluster_version.max(FIRST_VERSION),
                 "members": members,
             })
         );
@@ -357,6 +362,11 @@ pub(super) fn print_status(as_json: bool, s: &pb::CoordinatorStatusReply) {
     } else {
         println!("leader: {} at {}", s.leader_id, s.leader_url);
     }
+    println!(
+        "cluster version: {} (as coordinator {} applied it)",
+        s.cluster_version.max(FIRST_VERSION),
+        s.answered_by
+    );
     let rows: Vec<Vec<String>> = s
         .members
         .iter()
@@ -372,6 +382,8 @@ pub(super) fn print_status(as_json: bool, s: &pb::CoordinatorStatusReply) {
                 m.term.to_string(),
                 m.commit.to_string(),
                 m.applied.to_string(),
+                version(m.catalog_version).map_or("-".into(), |v| v.to_string()),
+                version(m.cluster_version).map_or("-".into(), |v| v.to_string()),
                 if m.healthy {
                     "healthy".into()
                 } else {
@@ -381,9 +393,25 @@ pub(super) fn print_status(as_json: bool, s: &pb::CoordinatorStatusReply) {
         })
         .collect();
     print_table(
-        &["ID", "URL", "ROLE", "TERM", "COMMIT", "APPLIED", "HEALTH"],
+        &[
+            "ID",
+            "URL",
+            "ROLE",
+            "TERM",
+            "COMMIT",
+            "APPLIED",
+            "SUPPORTS",
+            "CLUSTER-V",
+            "HEALTH",
+        ],
         &rows,
     );
+}
+
+/// A member's catalog or cluster version: `None` when it did not answer
+/// (0); a member built before catalog versions reports version 1.
+fn version(v: u32) -> Option<u32> {
+    (v != 0).then_some(v)
 }
 
 /// Prints left-aligned columns separated by two spaces.

@@ -99,6 +99,19 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The state machine cannot apply a committed entry (see
+    /// [`crate::raft::StateMachine::apply`]); the node stops rather than
+    /// skip it.
+    #[error("raft node {id} cannot apply the committed entry at index {index}; stopping")]
+    Apply {
+        /// Raft id of this node.
+        id: u64,
+        /// The entry's raft index.
+        index: u64,
+        /// The state machine's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The configuration is invalid.
     #[error("invalid raft config: {0}")]
     Config(String),

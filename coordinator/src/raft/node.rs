@@ -506,7 +506,12 @@ impl<S: StateMachine> RaftTask<S> {
             let outcome = match e.get_entry_type() {
                 EntryType::EntryNormal if e.context.as_ref() == CTX_PROPOSAL => {
                     sm_changed = true;
-                    Applied::Reply(self.sm.apply(e.index, &e.data))
+                    let reply = self.sm.apply(e.index, &e.data);
+                    Applied::Reply(reply.map_err(|source| Error::Apply {
+                        id: self.id,
+                        index: e.index,
+                        source,
+                    })?)
                 }
                 // Leader no-ops and read barriers.
                 EntryType::EntryNormal => Applied::Nothing,

@@ -22,8 +22,14 @@ pub type Change = (String, Option<Vec<u8>>);
 /// order give the same state on every node.
 pub trait StateMachine: Send + 'static {
     /// Apply one committed normal entry's data; returns the reply bytes for
-    /// the proposer.
-    fn apply(&mut self, index: u64, data: &[u8]) -> Vec<u8>;
+    /// the proposer (a command the state refuses is an ordinary reply).
+    ///
+    /// An `Err` means this build cannot apply the entry the way other
+    /// replicas may (it does not decode: a newer build wrote it). The raft
+    /// node then stops with [`crate::raft::Error::Apply`] naming the index,
+    /// and the entry is not recorded as applied: the replicas never diverge,
+    /// and a build that can apply it carries on from there.
+    fn apply(&mut self, index: u64, data: &[u8]) -> Result<Vec<u8>, Box<dyn Error + Send + Sync>>;
 
     /// The keys changed by `apply` since the last call, with their values
     /// now. The core writes them in the transaction that records the

@@ -2,6 +2,7 @@
 //! replicating a small counter state machine.
 
 use std::collections::BTreeMap;
+use std::error::Error as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,15 +41,21 @@ struct Counter {
 const COUNTER_KEY: &str = "counter";
 
 impl StateMachine for Counter {
-    fn apply(&mut self, _index: u64, data: &[u8]) -> Vec<u8> {
-        self.probe.applies.fetch_add(1, Ordering::SeqCst);
+    /// An entry that is not 8 bytes is one this counter cannot apply: it
+    /// stops the node (as an entry from a newer build stops a coordinator).
+    fn apply(
+        &mut self,
+        index: u64,
+        data: &[u8],
+    ) -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
         let Some(v) = data.try_into().ok().map(u64::from_le_bytes) else {
-            return b"bad command".to_vec();
+            return Err(format!("counter entry {index} of {} bytes", data.len()).into());
         };
+        self.probe.applies.fetch_add(1, Ordering::SeqCst);
         self.total += v;
         self.log.push(v);
         self.changed = true;
-        self.total.to_le_bytes().to_vec()
+        Ok(self.total.to_le_bytes().to_vec())
     }
 
     fn take_changes(&mut self) -> Vec<Change> {
@@ -474,6 +481,71 @@ async fn single_voter_mode() {
     assert_eq!(propose(c.h(1), 2).await, 80);
     assert_eq!(c.nodes[&1].probe.applies.load(Ordering::SeqCst), 1);
     c.stop_all().await;
+}
+
+/// An entry the state machine cannot apply stops the node with an error
+/// naming its index, instead of being skipped; the entry is not recorded as
+/// applied, so the node stops at it again after a restart (until a build
+/// that can apply it runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_the_state_machine_cannot_apply_stops_the_node() {
+    let mut c = Cluster::start(1, 1000).await;
+    assert_eq!(c.leader().await, 1);
+    info!("--- step: a good entry applies");
+    assert_eq!(propose(c.h(1), 5).await, 5);
+    info!("--- step: an entry the counter cannot decode");
+    let bad = c.h(1).propose(b"new".to_vec()).await;
+    assert!(bad.is_err(), "the proposer hears the node stopped: {bad:?}");
+    let r = c.nodes.remove(&1).expect("node 1");
+    let ended = tokio::time::timeout(Duration::from_secs(10), r.node.wait())
+        .await
+        .expect("the raft task ends by itself");
+    r.server_stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), r.server)
+        .await
+        .expect("the gRPC server stops")
+        .expect("gRPC server task");
+    let e = ended.expect_err("the node stopped with an error");
+    let msg = format!(
+        "{e}: {}",
+        e.source().map(|s| s.to_string()).unwrap_or_default()
+    );
+    assert!(
+        matches!(e, Error::Apply { id: 1, index: i, .. } if i >= 2)
+            && msg.contains("counter entry")
+            && msg.contains("3 bytes"),
+        "{msg}"
+    );
+    let Error::Apply { index, .. } = e else {
+        unreachable!("matched above")
+    };
+    assert!(msg.contains(&format!("index {index}")), "{msg}");
+
+    info!("--- step: a restart stops at the same entry");
+    c.restart(1).await;
+    let r = c.nodes.remove(&1).expect("node 1");
+    let again = tokio::time::timeout(Duration::from_secs(10), r.node.wait())
+        .await
+        .expect("the raft task ends by itself again");
+    r.server_stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), r.server)
+        .await
+        .expect("the gRPC server stops")
+        .expect("gRPC server task");
+    assert!(
+        matches!(again, Err(Error::Apply { index: i, .. }) if i == index),
+        "{again:?}"
+    );
+    assert_eq!(
+        r.probe.applies.load(Ordering::SeqCst),
+        0,
+        "the good entry stayed applied; the bad one never is"
+    );
+    assert_eq!(
+        r.probe.restores.load(Ordering::SeqCst),
+        1,
+        "state from the store"
+    );
 }
 
 /// Stopping the leader gets a new one elected within a few seconds, and it

@@ -1,5 +1,10 @@
 //! The backup catalog: the raft state machine.
 //!
+//! Files: `mod.rs` (the records, [`Command`] and [`Catalog::apply`]),
+//! `store.rs` (the raft [`crate::raft::StateMachine`] impl: one stored key
+//! per record), `version.rs` (catalog versions for rolling upgrades),
+//! `tests.rs`.
+//!
 //! Every change is a [`Command`] that the leader proposes and every replica
 //! applies in log order with [`Catalog::apply`]. `apply` is deterministic and
 //! validates before it changes anything: a command that does not fit the
@@ -12,7 +17,13 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::raft::{Change, KeyValue};
+mod store;
+#[cfg(test)]
+mod tests;
+mod version;
+
+use store::Dirty;
+pub use version::{CATALOG_VERSION, FIRST_VERSION, raise_to};
 
 /// A server as its agent registered it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,9 +117,11 @@ impl Backup {
     }
 }
 
-/// A change to the catalog.
+/// A change to the catalog. A new variant, or a new field, raises the
+/// catalog version (see `version.rs`); unknown fields are refused, so an
+/// older build stops on them instead of dropping them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Command {
     /// An agent registered (or re-registered with new details).
     RegisterServer(Server),
@@ -173,6 +186,9 @@ pub enum Command {
         reason: Option<String>,
         at_unix_ms: i64,
     },
+    /// Every voter supports catalog `version`: commands needing it may be
+    /// proposed from now on. Only ever raises.
+    SetClusterVersion { version: u32 },
 }
 
 /// Where a coordinated restore stands.
@@ -218,16 +234,35 @@ pub struct Restore {
 }
 
 /// The catalog. Stored by raft as one key per server, backup and restore
-/// (see [`Key`]), so an apply writes only the records it changed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// (see `store.rs`), so an apply writes only the records it changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Catalog {
     /// cluster → server name → server.
     pub clusters: BTreeMap<String, BTreeMap<String, Server>>,
     pub backups: BTreeMap<String, Backup>,
     #[serde(default)]
     pub restores: BTreeMap<String, Restore>,
+    /// The catalog version every voter supports (see `version.rs`).
+    #[serde(default = "first_version")]
+    cluster_version: u32,
     #[serde(skip)]
     dirty: Dirty,
+}
+
+fn first_version() -> u32 {
+    FIRST_VERSION
+}
+
+impl Default for Catalog {
+    fn default() -> Catalog {
+        Catalog {
+            clusters: BTreeMap::new(),
+            backups: BTreeMap::new(),
+            restores: BTreeMap::new(),
+            cluster_version: FIRST_VERSION,
+            dirty: Dirty::default(),
+        }
+    }
 }
 
 /// Why a command was rejected.
@@ -249,6 +284,10 @@ pub enum Rejected {
     RestoreRunning { backup: String, running: String },
     #[error("backup {id}: {reason}")]
     BadTransition { id: String, reason: String },
+    #[error(
+        "the cluster's catalog version is already {current}; {proposed} would not raise it (it is never lowered)"
+    )]
+    VersionNotRaised { current: u32, proposed: u32 },
 }
 
 impl Catalog {
@@ -507,6 +546,7 @@ impl Catalog {
                 r.finished_at_unix_ms = Some(at_unix_ms);
                 Ok(())
             }
+            Command::SetClusterVersion { version } => self.set_cluster_version(version),
         }
     }
 
@@ -539,132 +579,6 @@ impl Catalog {
     }
 }
 
-/// Raft applies catalog commands as JSON; the reply is the JSON of
-/// `Result<(), Rejected>`.
-impl crate::raft::StateMachine for Catalog {
-    fn apply(&mut self, _index: u64, data: &[u8]) -> Vec<u8> {
-        let result = match serde_json::from_slice::<Command>(data) {
-            Ok(cmd) => {
-                let key = cmd.key();
-                let r = Catalog::apply(self, cmd);
-                if r.is_ok() {
-                    self.dirty.0.insert(key);
-                }
-                r
-            }
-            Err(e) => Err(Rejected::BadTransition {
-                id: String::new(),
-                reason: format!("undecodable command: {e}"),
-            }),
-        };
-        serde_json::to_vec(&result).expect("a catalog reply always serialises")
-    }
-
-    fn take_changes(&mut self) -> Vec<Change> {
-        std::mem::take(&mut self.dirty.0)
-            .into_iter()
-            .map(|key| {
-                let value = match &key {
-                    Key::Server { cluster, name } => self
-                        .clusters
-                        .get(cluster)
-                        .and_then(|s| s.get(name))
-                        .map(serde_json::to_vec),
-                    Key::Backup { id } => self.backups.get(id).map(serde_json::to_vec),
-                    Key::Restore { id } => self.restores.get(id).map(serde_json::to_vec),
-                };
-                let value = value.map(|v| v.expect("a catalog record always serialises"));
-                (key.to_string(), value)
-            })
-            .collect()
-    }
-
-    fn load(
-        &mut self,
-        entries: Vec<KeyValue>,
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let mut c = Catalog::default();
-        for (k, v) in entries {
-            match serde_json::from_str::<Key>(&k).map_err(|e| format!("catalog key {k:?}: {e}"))? {
-                Key::Server { cluster, name } => {
-                    let s: Server = serde_json::from_slice(&v)
-                        .map_err(|e| format!("catalog server {cluster}/{name}: {e}"))?;
-                    c.clusters.entry(cluster).or_default().insert(name, s);
-                }
-                Key::Backup { id } => {
-                    let b: Backup = serde_json::from_slice(&v)
-                        .map_err(|e| format!("catalog backup {id}: {e}"))?;
-                    c.backups.insert(id, b);
-                }
-                Key::Restore { id } => {
-                    let r: Restore = serde_json::from_slice(&v)
-                        .map_err(|e| format!("catalog restore {id}: {e}"))?;
-                    c.restores.insert(id, r);
-                }
-            }
-        }
-        *self = c;
-        Ok(())
-    }
-}
-
-/// A catalog record's key in the raft store: one per server, backup and
-/// restore, so an apply writes only the records it changed.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-enum Key {
-    Server { cluster: String, name: String },
-    Backup { id: String },
-    Restore { id: String },
-}
-
-impl std::fmt::Display for Key {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let json = serde_json::to_string(self).map_err(|_| std::fmt::Error)?;
-        f.write_str(&json)
-    }
-}
-
-impl Command {
-    /// The record this command changes.
-    fn key(&self) -> Key {
-        let backup = |id: &String| Key::Backup { id: id.clone() };
-        let restore = |id: &String| Key::Restore { id: id.clone() };
-        match self {
-            Command::RegisterServer(s) => Key::Server {
-                cluster: s.cluster.clone(),
-                name: s.name.clone(),
-            },
-            Command::RemoveServer { cluster, name } => Key::Server {
-                cluster: cluster.clone(),
-                name: name.clone(),
-            },
-            Command::StartBackup { id, .. }
-            | Command::CommitCut { id, .. }
-            | Command::Released { id, .. }
-            | Command::ArtifactStored { id, .. }
-            | Command::Complete { id, .. }
-            | Command::Fail { id, .. } => backup(id),
-            Command::StartRestore { id, .. }
-            | Command::RestoreServerDone { id, .. }
-            | Command::FinishRestore { id, .. } => restore(id),
-        }
-    }
-}
-
-/// The records changed since the raft core last took them. Not part of the
-/// catalog's value: never serialised, and equal whatever it holds.
-#[derive(Debug, Clone, Default)]
-struct Dirty(std::collections::BTreeSet<Key>);
-
-impl PartialEq for Dirty {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl Eq for Dirty {}
-
 fn require_member(b: &Backup, server: &str) -> Result<(), Rejected> {
     if b.servers.iter().any(|s| s == server) {
         Ok(())
@@ -673,345 +587,5 @@ fn require_member(b: &Backup, server: &str) -> Result<(), Rejected> {
             id: b.id.clone(),
             reason: format!("server {server} is not part of it"),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn server(cluster: &str, name: &str) -> Command {
-        Command::RegisterServer(Server {
-            cluster: cluster.into(),
-            name: name.into(),
-            agent_addr: format!("http://{name}:7400"),
-            flavour: "mariadb".into(),
-            version: "10.11.6".into(),
-            server_id: 1,
-            server_uuid: String::new(),
-            registered_at_unix_ms: 1,
-        })
-    }
-
-    fn start(id: &str) -> Command {
-        Command::StartBackup {
-            id: id.into(),
-            cluster: "c".into(),
-            servers: vec!["a".into(), "b".into()],
-            at_unix_ms: 10,
-        }
-    }
-
-    /// CommitCut with `servers` prepared, locked at the given instants.
-    fn commit_cut(id: &str, servers: &[(&str, i64)]) -> Command {
-        Command::CommitCut {
-            id: id.into(),
-            at_unix_ms: 11,
-            cut: servers
-                .iter()
-                .map(|&(s, locked_at)| {
-                    let entry = CutEntry {
-                        binlog_file: "mysql-bin.000001".into(),
-                        binlog_pos: 4,
-                        locked_at_unix_us: locked_at,
-                        ..CutEntry::default()
-                    };
-                    (s.to_string(), entry)
-                })
-                .collect(),
-        }
-    }
-
-    fn artifact() -> Artifact {
-        Artifact {
-            location: "/b".into(),
-            manifest_sha256: "00".into(),
-            bytes: 1,
-            files: 1,
-            rows: 1,
-        }
-    }
-
-    fn catalog() -> Catalog {
-        let mut c = Catalog::default();
-        c.apply(server("c", "a")).expect("register a");
-        c.apply(server("c", "b")).expect("register b");
-        c
-    }
-
-    #[test]
-    fn a_backup_runs_through_every_step() {
-        let mut c = catalog();
-        c.apply(start("b1")).expect("start");
-        let early = c.apply(commit_cut("b1", &[("a", 1_000)]));
-        assert!(
-            matches!(early, Err(Rejected::BadTransition { ref reason, .. }) if reason.contains("server b")),
-            "{early:?}"
-        );
-        c.apply(commit_cut("b1", &[("a", 1_000), ("b", 1_500)]))
-            .expect("commit");
-        for (s, at) in [("a", 4_000), ("b", 6_000)] {
-            c.apply(Command::Released {
-                id: "b1".into(),
-                server: s.into(),
-                held_us: 3_000,
-                released_at_unix_us: at,
-            })
-            .expect("released");
-        }
-        assert_eq!(c.backups["b1"].freeze_us(), Some(5_000));
-        c.apply(Command::ArtifactStored {
-            id: "b1".into(),
-            server: "a".into(),
-            artifact: artifact(),
-        })
-        .expect("artifact a");
-        let incomplete = c.apply(Command::Complete {
-            id: "b1".into(),
-            at_unix_ms: 13,
-        });
-        assert!(
-            matches!(incomplete, Err(Rejected::BadTransition { ref reason, .. }) if reason.contains("server b has no durable artifact"))
-        );
-        c.apply(Command::ArtifactStored {
-            id: "b1".into(),
-            server: "b".into(),
-            artifact: artifact(),
-        })
-        .expect("artifact b");
-        c.apply(Command::Complete {
-            id: "b1".into(),
-            at_unix_ms: 14,
-        })
-        .expect("complete");
-        assert_eq!(c.backups["b1"].status, Status::Complete);
-    }
-
-    #[test]
-    fn rejections_change_nothing() {
-        let mut c = catalog();
-        c.apply(start("b1")).expect("start");
-        let before = c.clone();
-        assert_eq!(
-            c.apply(start("b2")),
-            Err(Rejected::BackupRunning {
-                cluster: "c".into(),
-                running: "b1".into()
-            })
-        );
-        assert!(matches!(
-            c.apply(commit_cut("b1", &[("a", 1), ("b", 1), ("zzz", 1)])),
-            Err(Rejected::BadTransition { .. })
-        ));
-        assert!(matches!(
-            c.apply(commit_cut("nope", &[("a", 1), ("b", 1)])),
-            Err(Rejected::UnknownBackup(_))
-        ));
-        let unknown = c.apply(Command::StartBackup {
-            id: "x".into(),
-            cluster: "other".into(),
-            servers: vec![],
-            at_unix_ms: 0,
-        });
-        assert_eq!(unknown, Err(Rejected::UnknownCluster("other".into())));
-        assert_eq!(c, before);
-        c.apply(Command::Fail {
-            id: "b1".into(),
-            reason: "server b: lock timeout".into(),
-            at_unix_ms: 5,
-        })
-        .expect("fail");
-        assert!(
-            c.apply(Command::Fail {
-                id: "b1".into(),
-                reason: "again".into(),
-                at_unix_ms: 6
-            })
-            .is_err()
-        );
-        assert_eq!(
-            c.backups["b1"].reason.as_deref(),
-            Some("server b: lock timeout")
-        );
-        c.apply(start("b2"))
-            .expect("a failed backup does not block the next");
-    }
-
-    #[test]
-    fn a_restore_is_recorded_server_by_server() {
-        let mut c = catalog();
-        c.apply(start("b1")).expect("start");
-        c.apply(commit_cut("b1", &[("a", 1), ("b", 2)]))
-            .expect("commit");
-        for s in ["a", "b"] {
-            c.apply(Command::ArtifactStored {
-                id: "b1".into(),
-                server: s.into(),
-                artifact: artifact(),
-            })
-            .expect("artifact");
-        }
-        c.apply(Command::Complete {
-            id: "b1".into(),
-            at_unix_ms: 3,
-        })
-        .expect("complete");
-        let restore = |id: &str, servers: &[&str]| Command::StartRestore {
-            id: id.into(),
-            backup_id: "b1".into(),
-            targets: servers
-                .iter()
-                .map(|s| (s.to_string(), format!("h:{s}")))
-                .collect(),
-            force: false,
-            at_unix_ms: 4,
-        };
-        let done = |id: &str, server: &str, error: Option<&str>| Command::RestoreServerDone {
-            id: id.into(),
-            server: server.into(),
-            result: RestoredServer {
-                error: error.map(String::from),
-                rows: 5,
-                ..RestoredServer::default()
-            },
-        };
-        let finish = |id: &str| Command::FinishRestore {
-            id: id.into(),
-            reason: None,
-            at_unix_ms: 5,
-        };
-        assert!(matches!(
-            c.apply(restore("r1", &["a"])),
-            Err(Rejected::BadTransition { .. })
-        ));
-        c.apply(restore("r1", &["a", "b"])).expect("start r1");
-        assert!(matches!(
-            c.apply(restore("r2", &["a", "b"])),
-            Err(Rejected::RestoreRunning { .. })
-        ));
-        c.apply(done("r1", "a", None)).expect("a done");
-        c.apply(done("r1", "b", Some("server b: not empty")))
-            .expect("b failed");
-        c.apply(finish("r1")).expect("finish r1");
-        let r1 = &c.restores["r1"];
-        assert_eq!(r1.status, RestoreStatus::Failed);
-        assert_eq!(r1.reason.as_deref(), Some("server(s) b not restored"));
-        assert!(c.apply(done("r1", "a", None)).is_err(), "r1 is finished");
-
-        c.apply(restore("r2", &["a", "b"])).expect("start r2");
-        c.apply(done("r2", "a", None)).expect("a");
-        c.apply(done("r2", "b", None)).expect("b");
-        c.apply(finish("r2")).expect("finish r2");
-        assert_eq!(c.restores["r2"].status, RestoreStatus::Complete);
-        assert_eq!(
-            c.apply(Command::StartRestore {
-                id: "r3".into(),
-                backup_id: "nope".into(),
-                targets: BTreeMap::new(),
-                force: false,
-                at_unix_ms: 6,
-            }),
-            Err(Rejected::UnknownBackup("nope".into()))
-        );
-    }
-
-    #[test]
-    fn a_removed_server_is_left_out_of_later_backups() {
-        let mut c = catalog();
-        let remove = |name: &str| Command::RemoveServer {
-            cluster: "c".into(),
-            name: name.into(),
-        };
-        c.apply(start("b1")).expect("start");
-        assert!(matches!(
-            c.apply(remove("b")),
-            Err(Rejected::BackupRunning { .. })
-        ));
-        c.apply(Command::Fail {
-            id: "b1".into(),
-            reason: "test".into(),
-            at_unix_ms: 1,
-        })
-        .expect("fail");
-        c.apply(remove("b")).expect("remove b");
-        assert_eq!(
-            c.apply(remove("b")),
-            Err(Rejected::UnknownServer {
-                cluster: "c".into(),
-                name: "b".into()
-            })
-        );
-        assert!(c.backups["b1"].servers.contains(&"b".to_string()));
-        let with_b = c.apply(Command::StartBackup {
-            id: "b2".into(),
-            cluster: "c".into(),
-            servers: vec!["a".into(), "b".into()],
-            at_unix_ms: 2,
-        });
-        assert!(matches!(with_b, Err(Rejected::BadTransition { .. })));
-        c.apply(remove("a")).expect("remove a");
-        assert!(!c.clusters.contains_key("c"), "an empty cluster is dropped");
-    }
-
-    #[test]
-    fn raft_applies_json_commands() {
-        use crate::raft::StateMachine;
-        let mut c = Catalog::default();
-        for s in ["a", "b"] {
-            let cmd = serde_json::to_vec(&server("c", s)).expect("encode");
-            StateMachine::apply(&mut c, 1, &cmd);
-        }
-        let ok = serde_json::to_vec(&start("b1")).expect("encode");
-        let reply: Result<(), Rejected> =
-            serde_json::from_slice(&StateMachine::apply(&mut c, 3, &ok)).expect("reply");
-        assert_eq!(reply, Ok(()));
-        let again: Result<(), Rejected> =
-            serde_json::from_slice(&StateMachine::apply(&mut c, 4, &ok)).expect("reply");
-        assert!(matches!(again, Err(Rejected::BackupRunning { .. })));
-        let garbage: Result<(), Rejected> =
-            serde_json::from_slice(&StateMachine::apply(&mut c, 5, b"{")).expect("reply");
-        assert!(garbage.is_err());
-        let changes = c.take_changes();
-        assert_eq!(changes.len(), 3, "servers a and b, backup b1: {changes:?}");
-        let mut restored = Catalog::default();
-        let stored = changes
-            .into_iter()
-            .filter_map(|(k, v)| Some((k, v?)))
-            .collect();
-        restored.load(stored).expect("load");
-        assert_eq!(restored, c);
-        assert!(c.take_changes().is_empty(), "taken");
-
-        let remove = Command::RemoveServer {
-            cluster: "c".into(),
-            name: "b".into(),
-        };
-        let fail = Command::Fail {
-            id: "b1".into(),
-            reason: "test".into(),
-            at_unix_ms: 6,
-        };
-        for cmd in [fail, remove] {
-            StateMachine::apply(&mut c, 6, &serde_json::to_vec(&cmd).expect("encode"));
-        }
-        let changes = c.take_changes();
-        assert_eq!(changes.len(), 2, "{changes:?}");
-        let (key, value) = changes
-            .iter()
-            .find(|(k, _)| k.contains("\"name\":\"b\""))
-            .expect("server b changed");
-        assert!(value.is_none(), "server b removed: {key}");
-    }
-
-    #[test]
-    fn commands_and_catalog_round_trip_through_json() {
-        let mut c = catalog();
-        c.apply(start("b1")).expect("start");
-        let json = serde_json::to_string(&c).expect("serialise");
-        assert_eq!(serde_json::from_str::<Catalog>(&json).expect("parse"), c);
-        let cmd = commit_cut("b1", &[("a", 7)]);
-        let text = serde_json::to_string(&cmd).expect("serialise");
-        assert!(text.contains("\"op\":\"commit_cut\""), "{text}");
-        assert_eq!(serde_json::from_str::<Command>(&text).expect("parse"), cmd);
     }
 }

@@ -1,0 +1,148 @@
+//! The catalog as raft stores it: the [`crate::raft::StateMachine`] impl
+//! (commands arrive as JSON), one key per record, and the set of records an
+//! apply changed.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Backup, Catalog, Command, Restore, Server, version};
+use crate::raft::{Change, KeyValue};
+
+/// Raft applies catalog commands as JSON; the reply is the JSON of
+/// `Result<(), Rejected>`. An entry this build cannot decode (a newer build
+/// wrote it) or a cluster version above its own is an error: the raft node
+/// stops there rather than skip an entry other replicas apply.
+impl crate::raft::StateMachine for Catalog {
+    fn apply(
+        &mut self,
+        index: u64,
+        data: &[u8],
+    ) -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
+        let result = match version::decode(index, data)? {
+            Ok(cmd) => {
+                let key = cmd.key();
+                let r = Catalog::apply(self, cmd);
+                if r.is_ok() {
+                    self.dirty.0.insert(key);
+                }
+                r
+            }
+            Err(rejected) => Err(rejected),
+        };
+        Ok(serde_json::to_vec(&result).expect("a catalog reply always serialises"))
+    }
+
+    fn take_changes(&mut self) -> Vec<Change> {
+        std::mem::take(&mut self.dirty.0)
+            .into_iter()
+            .map(|key| {
+                let value = match &key {
+                    Key::Server { cluster, name } => self
+                        .clusters
+                        .get(cluster)
+                        .and_then(|s| s.get(name))
+                        .map(serde_json::to_vec),
+                    Key::Backup { id } => self.backups.get(id).map(serde_json::to_vec),
+                    Key::Restore { id } => self.restores.get(id).map(serde_json::to_vec),
+                    Key::ClusterVersion => Some(serde_json::to_vec(&self.cluster_version)),
+                };
+                let value = value.map(|v| v.expect("a catalog record always serialises"));
+                (key.to_string(), value)
+            })
+            .collect()
+    }
+
+    fn load(
+        &mut self,
+        entries: Vec<KeyValue>,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let mut c = Catalog::default();
+        for (k, v) in entries {
+            match serde_json::from_str::<Key>(&k).map_err(|e| format!("catalog key {k:?}: {e}"))? {
+                Key::Server { cluster, name } => {
+                    let s: Server = serde_json::from_slice(&v)
+                        .map_err(|e| format!("catalog server {cluster}/{name}: {e}"))?;
+                    c.clusters.entry(cluster).or_default().insert(name, s);
+                }
+                Key::Backup { id } => {
+                    let b: Backup = serde_json::from_slice(&v)
+                        .map_err(|e| format!("catalog backup {id}: {e}"))?;
+                    c.backups.insert(id, b);
+                }
+                Key::Restore { id } => {
+                    let r: Restore = serde_json::from_slice(&v)
+                        .map_err(|e| format!("catalog restore {id}: {e}"))?;
+                    c.restores.insert(id, r);
+                }
+                Key::ClusterVersion => {
+                    let v: u32 = serde_json::from_slice(&v)
+                        .map_err(|e| format!("catalog cluster version: {e}"))?;
+                    version::check_loaded(v)?;
+                    c.cluster_version = v;
+                }
+            }
+        }
+        *self = c;
+        Ok(())
+    }
+}
+
+/// A catalog record's key in the raft store: one per server, backup and
+/// restore, so an apply writes only the records it changed; and the cluster
+/// version, stored only once raised (a catalog at version 1 has no such
+/// key, so builds without versions load it).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub(super) enum Key {
+    Server { cluster: String, name: String },
+    Backup { id: String },
+    Restore { id: String },
+    ClusterVersion,
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let json = serde_json::to_string(self).map_err(|_| std::fmt::Error)?;
+        f.write_str(&json)
+    }
+}
+
+impl Command {
+    /// The record this command changes.
+    pub(super) fn key(&self) -> Key {
+        let backup = |id: &String| Key::Backup { id: id.clone() };
+        let restore = |id: &String| Key::Restore { id: id.clone() };
+        match self {
+            Command::RegisterServer(s) => Key::Server {
+                cluster: s.cluster.clone(),
+                name: s.name.clone(),
+            },
+            Command::RemoveServer { cluster, name } => Key::Server {
+                cluster: cluster.clone(),
+                name: name.clone(),
+            },
+            Command::StartBackup { id, .. }
+            | Command::CommitCut { id, .. }
+            | Command::Released { id, .. }
+            | Command::ArtifactStored { id, .. }
+            | Command::Complete { id, .. }
+            | Command::Fail { id, .. } => backup(id),
+            Command::StartRestore { id, .. }
+            | Command::RestoreServerDone { id, .. }
+            | Command::FinishRestore { id, .. } => restore(id),
+            Command::SetClusterVersion { .. } => Key::ClusterVersion,
+        }
+    }
+}
+
+/// The records changed since the raft core last took them. Not part of the
+/// catalog's value: never serialised, and equal whatever it holds.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Dirty(pub(super) std::collections::BTreeSet<Key>);
+
+impl PartialEq for Dirty {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Dirty {}
