@@ -50,6 +50,9 @@ pub fn to_status(e: Error) -> Status {
         Error::Raft(raft::Error::NotLeader {
             leader_addr: None, ..
         }) => Status::unavailable("no raft leader is known yet (election in progress); retry"),
+        Error::Raft(e @ raft::Error::EntryTooLarge { .. }) => {
+            Status::resource_exhausted(e.to_string())
+        }
         Error::Raft(e) if e.is_retryable() => Status::unavailable(e.to_string()),
         Error::Raft(e) => Status::internal(e.to_string()),
         Error::Rejected(r) => match r {
