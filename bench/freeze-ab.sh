@@ -8,7 +8,7 @@
 #   BASE=2f76191 ROUNDS=2 BACKUPS=30 bash bench/freeze-ab.sh
 #
 # Environment: BASE [HEAD~1] ROUNDS [1] (A/B pairs) BACKUPS [30] SERVERS [3,9]
-# WORK [/tmp/lockstep-ab] (the BASE checkout and its build; kept for reuse).
+# WORK [/tmp/lockstep-ab] (the BASE checkout and both builds; kept for reuse).
 # Prints the benchmark's RESULT and BREAKDOWN lines, each tagged with its build.
 set -euo pipefail
 
@@ -26,14 +26,13 @@ if [ ! -d "$WORK/src-$base_rev" ]; then
   git -C "$REPO" worktree add --detach "$WORK/src-$base_rev" "$base_rev" >/dev/null
 fi
 echo "--- release build of $base_rev (A) and of the working tree (B)"
-# One target dir for both: the dependencies are built once.
-export CARGO_TARGET_DIR="$WORK/target"
-(cd "$WORK/src-$base_rev" && cargo build --release --workspace --bins)
-mkdir -p "$WORK/bin-a" "$WORK/bin-b"
-cp "$CARGO_TARGET_DIR"/release/lockstep{,-agent,-coordinator} "$WORK/bin-a/"
+# A target dir per build: the two trees' generated protocol code differs.
+(cd "$WORK/src-$base_rev" && CARGO_TARGET_DIR="$WORK/target-a" cargo build --release --workspace --bins)
+export CARGO_TARGET_DIR="$WORK/target-b"
 (cd "$REPO" && cargo build --release --workspace --bins)
-cp "$CARGO_TARGET_DIR"/release/lockstep{,-agent,-coordinator} "$WORK/bin-b/"
 (cd "$REPO" && cargo test --release -p lockstep-tests --test b10_cluster_bench --no-run)
+bin_a="$WORK/target-a/release"
+bin_b="$WORK/target-b/release"
 
 run() {
   local tag=$1 dir=$2
@@ -43,6 +42,6 @@ run() {
     grep -E '^(RESULT|BREAKDOWN)' | sed "s/^/$tag /"
 }
 for _ in $(seq "$ROUNDS"); do
-  run "A($base_rev)" "$WORK/bin-a"
-  run "B(working tree)" "$WORK/bin-b"
+  run "A($base_rev)" "$bin_a"
+  run "B(working tree)" "$bin_b"
 done
