@@ -289,7 +289,8 @@ fn classify<T>(status: tonic::Status) -> Attempt<T> {
         | tonic::Code::Unknown
         | tonic::Code::Cancelled
         | tonic::Code::DeadlineExceeded => true,
-        // A coordinator whose raft node stopped, or an HTTP/2 failure.
+        // A coordinator whose raft node stopped (older coordinators answer
+        // INTERNAL; this one UNAVAILABLE), or an HTTP/2 failure.
         tonic::Code::Internal => {
             message.contains("is stopped")
                 || message.contains("ended abnormally")

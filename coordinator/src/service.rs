@@ -53,6 +53,8 @@ pub fn to_status(e: Error) -> Status {
         Error::Raft(e @ raft::Error::EntryTooLarge { .. }) => {
             Status::resource_exhausted(e.to_string())
         }
+        // This member cannot serve, but another one may: worth retrying.
+        Error::Raft(e @ raft::Error::Stopped { .. }) => Status::unavailable(e.to_string()),
         Error::Raft(e) if e.is_retryable() => Status::unavailable(e.to_string()),
         Error::Raft(e) => Status::internal(e.to_string()),
         Error::Rejected(r) => match r {

@@ -301,10 +301,35 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> i32 {
         Ok(()) => 0,
         Err(e) => {
             let retry = e.downcast_ref::<Error>().is_some_and(Error::is_refusal);
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(e.as_ref()));
             if retry { EXIT_RETRY } else { 1 }
         }
     }
+}
+
+/// An error and its causes on one line, leaving out a cause whose text the
+/// line already holds (a server error is quoted by the error that wraps
+/// it, and again by the driver's own wrapper).
+fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    // The driver's own messages repeat their kind ("Input/output error:
+    // Input/output error: ..."): say each part once.
+    let mut parts: Vec<&str> = Vec::new();
+    for part in text.split(": ") {
+        if parts.last() != Some(&part) {
+            parts.push(part);
+        }
+    }
+    parts.join(": ")
 }
 
 async fn serve(a: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -709,6 +734,23 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn errors_say_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let e = Error::mysql(
+            "h:1",
+            "open lock connection",
+            mysql_async::Error::Io(mysql_async::IoError::Io(io)),
+        );
+        let text = error_text(&e);
+        assert!(
+            text.starts_with("server h:1: cannot open lock connection: "),
+            "{text}"
+        );
+        assert_eq!(text.matches("Connection refused").count(), 1, "{text}");
+        assert_eq!(text.matches("Input/output error").count(), 1, "{text}");
     }
 
     #[test]

@@ -228,7 +228,7 @@ fn error_text(e: &anyhow::Error, patience: Duration) -> String {
             waited.as_secs_f64(),
             humantime::format_duration(patience)
         ),
-        _ => format!("{e:#}"),
+        _ => crate::client::error_chain(e.as_ref()),
     }
 }
 
