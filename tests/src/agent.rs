@@ -6,8 +6,8 @@ use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use lockstep_proto::agent::StatusRequest;
 use lockstep_proto::agent::node_agent_client::NodeAgentClient;
+use lockstep_proto::agent::{StatusReply, StatusRequest};
 use tonic::transport::Channel;
 
 use crate::ports;
@@ -19,6 +19,8 @@ pub const AGENT_BIN: &str = "lockstep-agent";
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often readiness is polled.
 const READY_POLL: Duration = Duration::from_millis(10);
+/// How often [`AgentProc::wait_status`] asks again.
+const STATUS_POLL: Duration = Duration::from_millis(10);
 /// How long one readiness probe (connect + `Status`) may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How many ports to try when another process takes the one we picked.
@@ -224,6 +226,35 @@ impl AgentProc {
         NodeAgentClient::connect(self.addr())
             .await
             .with_context(|| format!("connect to agent {} at {}", self.opts.name, self.addr()))
+    }
+
+    /// Polls the agent's `Status` until `done` holds, for at most `timeout`,
+    /// and returns that status; the error names the agent, `what` was
+    /// awaited and the last status seen.
+    pub async fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&StatusReply) -> bool,
+    ) -> anyhow::Result<StatusReply> {
+        let mut client = self.client().await?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let st = client
+                .status(StatusRequest {})
+                .await
+                .with_context(|| format!("Status of agent {}", self.opts.name))?
+                .into_inner();
+            if done(&st) {
+                return Ok(st);
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "agent {} not {what} after {timeout:?}: {st:?}",
+                self.opts.name
+            );
+            tokio::time::sleep(STATUS_POLL).await;
+        }
     }
 
     /// The file holding the agent's stdout and stderr.

@@ -260,19 +260,11 @@ impl ProxiedCluster {
 
     /// Waits until agent `i` holds its server's lock for backup `id`.
     pub async fn wait_locked(&self, i: usize, id: &str, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let st = self.agent_status(i).await?;
-            if st.lock_held && st.backup_id == id {
-                return Ok(());
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "agent {} never locked for backup {id} within {timeout:?}: {st:?}",
-                self.agents[i].name()
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let what = format!("locked for backup {id}");
+        self.agents[i]
+            .wait_status(&what, timeout, |st| st.lock_held && st.backup_id == id)
+            .await
+            .map(drop)
     }
 
     /// Waits until no agent is preparing, locked or transferring (a
@@ -281,19 +273,13 @@ impl ProxiedCluster {
     /// them.
     pub async fn wait_agents_settled(&self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
-        for i in 0..self.agents.len() {
-            loop {
-                let st = self.agent_status(i).await?;
-                if st.state == "idle" || st.state == "committed" {
-                    break;
-                }
-                anyhow::ensure!(
-                    Instant::now() < deadline,
-                    "agent {} still busy after {timeout:?}: {st:?}",
-                    self.agents[i].name()
-                );
-                tokio::time::sleep(POLL).await;
-            }
+        for agent in &self.agents {
+            let left = deadline.saturating_duration_since(Instant::now());
+            agent
+                .wait_status("settled", left, |st| {
+                    st.state == "idle" || st.state == "committed"
+                })
+                .await?;
         }
         Ok(())
     }

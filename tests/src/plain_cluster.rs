@@ -163,23 +163,10 @@ impl Cluster {
         what: &str,
         done: impl Fn(&lockstep_proto::agent::StatusReply) -> bool,
     ) -> anyhow::Result<()> {
-        let mut client = self.agents[i].client().await?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let st = client
-                .status(lockstep_proto::agent::StatusRequest {})
-                .await?
-                .into_inner();
-            if done(&st) {
-                return Ok(());
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "agent {} never {what}: {st:?}",
-                self.agents[i].name()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        self.agents[i]
+            .wait_status(what, Duration::from_secs(10), done)
+            .await
+            .map(drop)
     }
 
     /// After a fault: the next backup of the cluster completes.

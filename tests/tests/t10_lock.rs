@@ -231,15 +231,9 @@ async fn armed_prepare_locks_only_on_go() -> anyhow::Result<()> {
         Some(pb::prepare_event::Event::Ready(_))
     ));
     drop(events);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let st = client.status(pb::StatusRequest {}).await?.into_inner();
-        if st.state == "idle" {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "agent not idle: {st:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    agent
+        .wait_status("idle", Duration::from_secs(5), |st| st.state == "idle")
+        .await?;
     assert!(write_commits_within(&db, Duration::from_secs(2)).await?);
     Ok(())
 }
@@ -432,14 +426,11 @@ async fn killed_caller_releases_the_lock() -> anyhow::Result<()> {
         "released {took:?} after the caller died"
     );
     let mut client = agent.client().await?;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        let st = client.status(pb::StatusRequest {}).await?.into_inner();
-        if st.state != "preparing" || Instant::now() > deadline {
-            break st;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let status = agent
+        .wait_status("done releasing", Duration::from_secs(5), |st| {
+            st.state != "preparing"
+        })
+        .await?;
     assert_eq!(status.state, "idle", "{status:?}");
     let release = status.last_release.expect("a release");
     assert_eq!(release.reason, "caller-gone");
@@ -493,15 +484,9 @@ async fn frozen_agent_is_unlocked_by_the_server() -> anyhow::Result<()> {
     );
 
     step!("the resumed agent drops the backup and takes the next one");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let st = client.status(pb::StatusRequest {}).await?.into_inner();
-        if st.state == "idle" {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "agent not idle: {st:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    agent
+        .wait_status("idle", Duration::from_secs(10), |st| st.state == "idle")
+        .await?;
     let mut next = probe::prepare(&mut client, "b-frozen-2", Duration::from_secs(10), None).await?;
     client
         .commit(pb::CommitRequest {

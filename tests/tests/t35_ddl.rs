@@ -273,15 +273,9 @@ async fn alter_during_transfer_fails_the_backup_not_production() -> anyhow::Resu
     );
 
     step!("the agent is idle and left no artifact");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let st = client.status(pb::StatusRequest {}).await?.into_inner();
-        if st.state == "idle" {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "agent not idle: {st:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    agent
+        .wait_status("idle", Duration::from_secs(10), |st| st.state == "idle")
+        .await?;
     let dir = agent.sink_dir().join(&id).join("db1");
     assert!(
         !dir.join("manifest.json").exists(),
