@@ -135,6 +135,11 @@ struct Cluster {
 /// Changes a node's config (given its id) before it starts.
 type Tweak = dyn Fn(u64, &mut RaftConfig) + Send + Sync;
 
+/// A member of a 3-node cluster other than `leader`.
+fn follower_of(leader: u64) -> u64 {
+    (1..=3).find(|&i| i != leader).expect("a follower")
+}
+
 impl Cluster {
     /// Start `n` voters on free ports.
     async fn start(n: u64, snapshot_threshold: u64) -> Cluster {
@@ -292,6 +297,33 @@ impl Cluster {
         .await
     }
 
+    /// Proposes 1..=5 on `leader` and waits until every node applied them;
+    /// returns the applied index.
+    async fn settled(&self, leader: u64) -> u64 {
+        for v in 1..=5 {
+            propose(self.h(leader), v).await;
+        }
+        let applied = self.h(leader).status().await.expect("status").applied;
+        self.applied_everywhere(applied).await;
+        applied
+    }
+
+    /// After [`Cluster::settled`], stops a follower and proposes
+    /// 6..=`upto` without it; returns the follower and the leader's counter.
+    async fn lag_a_follower(&mut self, leader: u64, upto: u64) -> (u64, (u64, Vec<u64>)) {
+        self.settled(leader).await;
+        let lagging = follower_of(leader);
+        info!(
+            lagging,
+            upto, "--- step: stop a follower, commit up to {upto} without it"
+        );
+        self.stop(lagging).await;
+        for v in 6..=upto {
+            propose(self.h(leader), v).await;
+        }
+        (lagging, self.counter(leader).await)
+    }
+
     async fn counter(&self, id: u64) -> (u64, Vec<u64>) {
         self.h(id)
             .read_local(|c| (c.total, c.log.clone()))
@@ -360,7 +392,7 @@ async fn three_nodes_replicate_in_order_and_redirect() {
     }
 
     info!("--- step: follower redirects");
-    let follower = (1..=3).find(|&i| i != leader).expect("a follower");
+    let follower = follower_of(leader);
     let err = c
         .h(follower)
         .propose(1u64.to_le_bytes().to_vec())
@@ -437,22 +469,7 @@ async fn restart_keeps_state_without_reapplying() {
 async fn lagging_node_catches_up_via_snapshot() {
     let mut c = Cluster::start(3, 20).await;
     let leader = c.leader().await;
-    for v in 1..=5 {
-        propose(c.h(leader), v).await;
-    }
-    let applied = c.h(leader).status().await.expect("status").applied;
-    c.applied_everywhere(applied).await;
-
-    let lagging = (1..=3).find(|&i| i != leader).expect("a follower");
-    info!(
-        lagging,
-        "--- step: stop a follower, commit past the threshold"
-    );
-    c.stop(lagging).await;
-    for v in 6..=60 {
-        propose(c.h(leader), v).await;
-    }
-    let want = c.counter(leader).await;
+    let (lagging, want) = c.lag_a_follower(leader, 60).await;
     assert_eq!(want.0, (1..=60).sum::<u64>());
 
     info!("--- step: restart it");

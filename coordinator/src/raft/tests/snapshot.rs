@@ -12,7 +12,7 @@ use tonic::Code;
 use tracing::info;
 
 use super::super::state_machine::encode_image;
-use super::{COUNTER_KEY, Cluster, propose, wait_for};
+use super::{COUNTER_KEY, Cluster, follower_of, propose, wait_for};
 use crate::raft::{Error, Role};
 
 /// The counter image a node holding `log` has (what its snapshot carries).
@@ -31,22 +31,7 @@ async fn lagging_node_catches_up_via_multi_chunk_snapshot() {
     const CHUNK: usize = 64;
     let mut c = Cluster::start_with(3, 20, |_, cfg| cfg.snapshot_chunk_size = CHUNK).await;
     let leader = c.leader().await;
-    for v in 1..=5 {
-        propose(c.h(leader), v).await;
-    }
-    let applied = c.h(leader).status().await.expect("status").applied;
-    c.applied_everywhere(applied).await;
-
-    let lagging = (1..=3).find(|&i| i != leader).expect("a follower");
-    info!(
-        lagging,
-        "--- step: stop a follower, commit far past the threshold"
-    );
-    c.stop(lagging).await;
-    for v in 6..=200 {
-        propose(c.h(leader), v).await;
-    }
-    let want = c.counter(leader).await;
+    let (lagging, want) = c.lag_a_follower(leader, 200).await;
     assert_eq!(want.0, (1..=200).sum::<u64>());
     let image = counter_image(want.0, &want.1).len();
     assert!(
@@ -96,21 +81,7 @@ async fn snapshot_over_the_receivers_bound_is_refused() {
     })
     .await;
     let leader = c.leader().await;
-    for v in 1..=5 {
-        propose(c.h(leader), v).await;
-    }
-    let applied = c.h(leader).status().await.expect("status").applied;
-    c.applied_everywhere(applied).await;
-    let lagging = (1..=3).find(|&i| i != leader).expect("a follower");
-    info!(
-        lagging,
-        "--- step: stop a follower, grow the state past its bound"
-    );
-    c.stop(lagging).await;
-    for v in 6..=100 {
-        propose(c.h(leader), v).await;
-    }
-    let want = c.counter(leader).await;
+    let (lagging, want) = c.lag_a_follower(leader, 100).await;
     assert!(counter_image(want.0, &want.1).len() as u64 > BOUND);
 
     info!("--- step: restart it; the leader's snapshot is refused");
@@ -216,12 +187,8 @@ fn data(bytes: &[u8]) -> SnapshotChunk {
 async fn malformed_snapshot_streams_never_reach_raft() {
     let mut c = Cluster::start(3, 1000).await;
     let leader = c.leader().await;
-    for v in 1..=5 {
-        propose(c.h(leader), v).await;
-    }
-    let applied = c.h(leader).status().await.expect("status").applied;
-    c.applied_everywhere(applied).await;
-    let target = (1..=3).find(|&i| i != leader).expect("a follower");
+    let applied = c.settled(leader).await;
+    let target = follower_of(leader);
     let before = c.counter(target).await;
     let restores = c.nodes[&target].probe.restores.load(Ordering::SeqCst);
     let term = c.h(leader).status().await.expect("status").term;
@@ -399,7 +366,7 @@ async fn oversized_entries_fail_and_large_ones_replicate() {
     );
 
     info!("--- step: a follower catches up on large entries");
-    let follower = (1..=3).find(|&i| i != leader).expect("a follower");
+    let follower = follower_of(leader);
     c.stop(follower).await;
     burst(&c).await;
     c.restart(follower).await;
