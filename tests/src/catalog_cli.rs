@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use serde_json::Value;
 
 use crate::agent::CliOutput;
+use crate::mariadb::MariaDb;
 
 /// The cluster name the test clusters' agents register under.
 pub const CLUSTER: &str = "c1";
@@ -95,4 +96,17 @@ pub trait CatalogCli {
             tokio::time::sleep(POLL).await;
         }
     }
+}
+
+/// `--json restore run --backup ID --wait` with server `{prefix}{i}` of the
+/// backup going to `fresh[i]`.
+pub fn restore_args(id: &str, prefix: &str, fresh: &[MariaDb]) -> Vec<String> {
+    let mut args: Vec<String> = ["--json", "restore", "run", "--backup", id, "--wait"]
+        .map(String::from)
+        .to_vec();
+    for (i, dst) in fresh.iter().enumerate() {
+        args.push("--target".into());
+        args.push(format!("{prefix}{i}={}", dst.url()));
+    }
+    args
 }

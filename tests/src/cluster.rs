@@ -323,21 +323,6 @@ impl ProxiedCluster {
     }
 }
 
-/// `lockstep --json restore run --backup ID --wait --force` with server
-/// `{prefix}{i}` of the backup going to `fresh[i]`.
-pub fn restore_args(id: &str, prefix: &str, fresh: &[MariaDb]) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "--json", "restore", "run", "--backup", id, "--wait", "--force",
-    ]
-    .map(String::from)
-    .to_vec();
-    for (i, dst) in fresh.iter().enumerate() {
-        args.push("--target".into());
-        args.push(format!("{prefix}{i}={}", dst.url()));
-    }
-    args
-}
-
 impl CatalogCli for ProxiedCluster {
     /// `lockstep ARGS` against [`ProxiedCluster::cli_urls`].
     async fn cli(&self, args: &[&str]) -> anyhow::Result<CliOutput> {

@@ -20,7 +20,7 @@ use crate::coordinator::{CoordinatorGroup, run_lockstep};
 use crate::mariadb::MariaDb;
 use crate::step;
 
-pub use crate::catalog_cli::CLUSTER;
+pub use crate::catalog_cli::{CLUSTER, restore_args};
 
 /// Agent options that let a lock wait up to 4 s (less than the 5 s PREPARE
 /// deadline), with [`hold_backup_stage`] to make one server's lock wait.
@@ -194,19 +194,6 @@ pub async fn hold_backup_stage(db: &MariaDb) -> anyhow::Result<mysql_async::Conn
         .await
         .with_context(|| format!("BACKUP STAGE START on {}", db.name()))?;
     Ok(conn)
-}
-
-/// `--json restore run --backup ID --wait` with server `{prefix}{i}` of the
-/// backup going to `fresh[i]`.
-pub fn restore_args(id: &str, prefix: &str, fresh: &[MariaDb]) -> Vec<String> {
-    let mut args: Vec<String> = ["--json", "restore", "run", "--backup", id, "--wait"]
-        .map(String::from)
-        .to_vec();
-    for (i, dst) in fresh.iter().enumerate() {
-        args.push("--target".into());
-        args.push(format!("{prefix}{i}={}", dst.url()));
-    }
-    args
 }
 
 /// After a fault: no server stays locked, so the causal chain keeps growing.

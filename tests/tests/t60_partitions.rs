@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use lockstep_tests::cluster::restore_args;
+use lockstep_tests::catalog_cli::restore_args;
 use lockstep_tests::probe::wait_writable;
 use lockstep_tests::{
     CatalogCli, CausalWriter, ClusterOptions, CoordinatorOptions, Fault, MariaDb, Node,
@@ -423,7 +423,8 @@ async fn next_backup_is_consistent(t: &Case<'_>, case: &str) -> anyhow::Result<(
 /// causal chain: 1..m without gaps, with every record committed before the
 /// backup started (`from`) and none the writer has not written.
 async fn restored_chain_is_whole(t: &Case<'_>, id: &str, from: u64) -> anyhow::Result<()> {
-    let args = restore_args(id, PREFIX, t.fresh);
+    let mut args = restore_args(id, PREFIX, t.fresh);
+    args.push("--force".into());
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = t.cluster.cli(&argv).await?;
     out.success()

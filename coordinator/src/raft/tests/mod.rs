@@ -324,6 +324,28 @@ impl Cluster {
         (lagging, self.counter(leader).await)
     }
 
+    /// Restarts the stopped `lagging` node and waits until its counter is
+    /// `want`, checking it was restored once from its own store and once
+    /// from the leader's snapshot; returns its probe.
+    async fn restart_and_catch_up_by_snapshot(
+        &mut self,
+        lagging: u64,
+        want: &(u64, Vec<u64>),
+    ) -> Arc<Probe> {
+        self.restart(lagging).await;
+        let probe = self.nodes[&lagging].probe.clone();
+        wait_for("lagging node to catch up", async || {
+            (self.counter(lagging).await == *want).then_some(())
+        })
+        .await;
+        assert_eq!(
+            probe.restores.load(Ordering::SeqCst),
+            2,
+            "restored once from its own store and once from the leader's snapshot"
+        );
+        probe
+    }
+
     async fn counter(&self, id: u64) -> (u64, Vec<u64>) {
         self.h(id)
             .read_local(|c| (c.total, c.log.clone()))
@@ -473,17 +495,7 @@ async fn lagging_node_catches_up_via_snapshot() {
     assert_eq!(want.0, (1..=60).sum::<u64>());
 
     info!("--- step: restart it");
-    c.restart(lagging).await;
-    let probe = c.nodes[&lagging].probe.clone();
-    wait_for("lagging node to catch up", async || {
-        (c.counter(lagging).await == want).then_some(())
-    })
-    .await;
-    assert_eq!(
-        probe.restores.load(Ordering::SeqCst),
-        2,
-        "restored once from its own store and once from the leader's snapshot"
-    );
+    let probe = c.restart_and_catch_up_by_snapshot(lagging, &want).await;
     assert!(
         probe.applies.load(Ordering::SeqCst) < 55,
         "caught up by snapshot, not by replaying every entry"

@@ -40,17 +40,7 @@ async fn lagging_node_catches_up_via_multi_chunk_snapshot() {
     );
 
     info!("--- step: restart it; it catches up by a chunked snapshot");
-    c.restart(lagging).await;
-    let probe = c.nodes[&lagging].probe.clone();
-    wait_for("lagging node to catch up", async || {
-        (c.counter(lagging).await == want).then_some(())
-    })
-    .await;
-    assert_eq!(
-        probe.restores.load(Ordering::SeqCst),
-        2,
-        "restored once from its own store and once from the leader's snapshot"
-    );
+    c.restart_and_catch_up_by_snapshot(lagging, &want).await;
     let stats = c.nodes[&lagging].node.transport_stats();
     assert_eq!(stats.snapshots_received.load(Ordering::SeqCst), 1);
     let chunks = stats.snapshot_chunks.load(Ordering::SeqCst);
