@@ -84,6 +84,26 @@ pub enum Error {
         /// what to do.
         behind: String,
     },
+    /// Some server of a restore has no artifact or no reachable agent to
+    /// load it; nothing was started.
+    #[error("backup {id} cannot be restored now, nothing was started: {reasons}")]
+    CannotLoad {
+        /// The backup.
+        id: String,
+        /// Why, per server.
+        reasons: String,
+    },
+    /// A restore target is not a usable `mysql://` URL, or serves two
+    /// servers of the backup.
+    #[error("backup {id}: --target for server {server}: {reason}; nothing was restored")]
+    BadTarget {
+        /// The backup.
+        id: String,
+        /// The server whose target it is.
+        server: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The configuration is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),

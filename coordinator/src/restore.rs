@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use lockstep_proto::agent as agent_pb;
+use lockstep_proto::agent::node_agent_client::NodeAgentClient;
+use tonic::transport::Channel;
 use tracing::{Instrument as _, info, info_span, warn};
 
 use crate::catalog::{Command, Rejected, RestoredServer, Status};
@@ -106,6 +108,16 @@ pub async fn record(core: &Core, restore_id: &str, req: RestoreRequest) -> Resul
         .await?;
     let (status, servers) = found.ok_or_else(|| Rejected::UnknownBackup(id.clone()))?;
     let plans = plan(&id, status, servers, &req.targets, req.in_place)?;
+    // Every server must have an artifact and a reachable loading agent
+    // before any is loaded: a fleet restore starts on every server or none.
+    let reached = futures::future::join_all(plans.iter().map(Plan::loader)).await;
+    let unreachable: Vec<String> = reached.into_iter().filter_map(|r| r.err()).collect();
+    if !unreachable.is_empty() {
+        return Err(Error::CannotLoad {
+            id: id.clone(),
+            reasons: unreachable.join("; "),
+        });
+    }
     core.propose(&Command::StartRestore {
         id: restore_id.to_string(),
         backup_id: id.clone(),
@@ -228,6 +240,23 @@ fn plan(
                 .join(", "),
         });
     }
+    // Checked here, before anything is recorded or any agent called: a
+    // typo must not leave the fleet partly restored.
+    let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+    for (server, url) in targets {
+        let bad = |reason: String| Error::BadTarget {
+            id: id.to_string(),
+            server: server.clone(),
+            reason,
+        };
+        check_target_url(url).map_err(bad)?;
+        let at = redact(url);
+        if let Some(other) = seen.insert(at.clone(), server) {
+            return Err(bad(format!(
+                "{at} is also the target of server {other}; each server needs a target of its own"
+            )));
+        }
+    }
     let untargeted: Vec<&str> = servers
         .iter()
         .map(|(name, _, _)| name.as_str())
@@ -258,6 +287,23 @@ fn plan(
 }
 
 impl Plan {
+    /// The artifact's location and a connection to the agent that loads
+    /// it, or why there is none (naming the server).
+    async fn loader(&self) -> std::result::Result<(String, NodeAgentClient<Channel>), String> {
+        let name = &self.server;
+        let location = self
+            .location
+            .clone()
+            .ok_or_else(|| format!("server {name}: the backup has no artifact for it"))?;
+        if self.agent_addr.is_empty() {
+            return Err(format!("server {name}: no agent is registered for it"));
+        }
+        let client = agent_client(&self.agent_addr)
+            .await
+            .map_err(|e| format!("server {name}: {e}"))?;
+        Ok((location, client))
+    }
+
     /// The target as the catalog and the caller see it: `host:port` (never
     /// the credentials) or "own server".
     fn shown_target(&self) -> String {
@@ -278,16 +324,7 @@ async fn restore_one(
     allow_reset_master: bool,
 ) -> std::result::Result<(String, RestoredServer), String> {
     let name = &p.server;
-    let location = p
-        .location
-        .clone()
-        .ok_or_else(|| format!("server {name}: the backup has no artifact for it"))?;
-    if p.agent_addr.is_empty() {
-        return Err(format!("server {name}: no agent is registered for it"));
-    }
-    let mut client = agent_client(&p.agent_addr)
-        .await
-        .map_err(|e| format!("server {name}: {e}"))?;
+    let (location, mut client) = p.loader().await?;
     let mut stream = client
         .restore(agent_pb::RestoreRequest {
             location,
@@ -337,6 +374,29 @@ fn restore_error(name: &str, s: &tonic::Status) -> String {
         );
     }
     format!("server {name}: restore failed: {}", status_text(s))
+}
+
+/// Whether `url` has the shape `mysql://USER[:PASS]@HOST:PORT[/...]` (the
+/// agent parses it fully); the error never repeats the password.
+fn check_target_url(url: &str) -> std::result::Result<(), String> {
+    let expected = "expected mysql://USER[:PASSWORD]@HOST:PORT";
+    let Some(rest) = url.strip_prefix("mysql://") else {
+        return Err(format!(
+            "{:?} is not a mysql:// URL ({expected})",
+            redact(url)
+        ));
+    };
+    let Some((user, host)) = rest.rsplit_once('@') else {
+        return Err(format!("{:?} names no user ({expected})", redact(url)));
+    };
+    let host = host.split(['/', '?']).next().unwrap_or_default();
+    let port_ok = host
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+    if user.split(':').next().unwrap_or_default().is_empty() || !port_ok {
+        return Err(format!("{host:?} is not USER@HOST:PORT ({expected})"));
+    }
+    Ok(())
 }
 
 /// `host:port` of a `mysql://USER[:PASS]@HOST:PORT[/...]` URL (never the
@@ -393,6 +453,39 @@ mod tests {
             .expect_err("an unknown target is refused");
         let text = unknown.to_string();
         assert!(text.contains("s9") && text.contains("s1, s2"), "{text}");
+    }
+
+    #[test]
+    fn plan_refuses_bad_and_shared_targets_before_anything_runs() {
+        let bad = |url: &str| {
+            let targets = BTreeMap::from([
+                ("s1".to_string(), url.to_string()),
+                ("s2".to_string(), "mysql://root@h:2".to_string()),
+            ]);
+            plan("b1", Status::Complete, servers(), &targets, false)
+                .expect_err("refused")
+                .to_string()
+        };
+        for url in [
+            "root@h:1",
+            "mysql://h:1",
+            "mysql://root@h",
+            "mysql://root@h:x",
+            "mysql://:pw@h:1",
+        ] {
+            let e = bad(url);
+            assert!(
+                e.contains("server s1") && e.contains("mysql://USER"),
+                "{url}: {e}"
+            );
+        }
+        let secret = bad("mysql://root:secret@h");
+        assert!(!secret.contains("secret"), "{secret}");
+        let shared = bad("mysql://admin@h:2");
+        assert!(
+            shared.contains("h:2") && shared.contains("server s1") && shared.contains("s2"),
+            "{shared}"
+        );
     }
 
     #[test]

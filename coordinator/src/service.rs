@@ -71,10 +71,11 @@ pub fn to_status(e: Error) -> Status {
         },
         Error::UnknownServer { .. } => Status::not_found(e.to_string()),
         Error::ProposalTimeout { .. } => Status::unavailable(e.to_string()),
-        Error::Config(_) | Error::UnknownTarget { .. } | Error::MissingTarget { .. } => {
-            Status::invalid_argument(e.to_string())
-        }
-        Error::NotRestorable { .. } | Error::VersionTooLow { .. } => {
+        Error::Config(_)
+        | Error::UnknownTarget { .. }
+        | Error::MissingTarget { .. }
+        | Error::BadTarget { .. } => Status::invalid_argument(e.to_string()),
+        Error::NotRestorable { .. } | Error::VersionTooLow { .. } | Error::CannotLoad { .. } => {
             Status::failed_precondition(e.to_string())
         }
         _ => Status::internal(e.to_string()),

@@ -20,10 +20,12 @@ use serde_json::Value;
 /// consistent cut: COMPLETE in the catalog with every server's position and
 /// a small freeze window, and `lockstep restore run` of the 3 artifacts into
 /// 3 fresh servers gives a causal chain without gaps. Restoring again without
-/// `--force`, and restoring an unknown backup, fail clearly.
+/// `--force`, and restoring an unknown backup, fail clearly; a typo in a
+/// target, a target shared by two servers, or a source agent that is gone
+/// refuse the restore before any server is touched.
 #[tokio::test]
 async fn backup_of_three_servers_is_a_consistent_cut() -> anyhow::Result<()> {
-    let cluster = Cluster::start("cc").await?;
+    let mut cluster = Cluster::start("cc").await?;
 
     step!("coordinator status shows 3 healthy members and a leader");
     let status = cluster.cli_json(&["coordinator", "status"]).await?;
@@ -216,6 +218,49 @@ async fn backup_of_three_servers_is_a_consistent_cut() -> anyhow::Result<()> {
         .await?;
     assert!(!bad.status.success());
     assert!(bad.stderr.contains("unknown cluster"), "{}", bad.stderr);
+
+    step!("a typo in a target URL, or one target for two servers, starts nothing");
+    let spare = MariaDb::start_many(&["cx0", "cx1", "cx2"]).await?;
+    let before = cluster
+        .cli_json(&["restore", "list", "--backup", &id])
+        .await?;
+    let mut typo = restore_args(&id, "cc", &spare);
+    typo[9] = format!("cc1=root@{}", spare[1].address());
+    let mut shared = restore_args(&id, "cc", &spare);
+    shared[11] = format!("cc2={}", spare[1].url());
+    for (args, says) in [(typo, "not a mysql:// URL"), (shared, "also the target of")] {
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = cluster.cli(&argv).await?;
+        assert!(!out.status.success(), "{}", out.stdout);
+        assert!(
+            out.stderr.contains(says) && out.stderr.contains("nothing was restored"),
+            "{}",
+            out.stderr
+        );
+    }
+
+    step!("with one source agent gone, a restore starts on no server");
+    cluster.agents[1].kill()?;
+    let args = restore_args(&id, "cc", &spare);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = cluster.cli(&argv).await?;
+    assert!(!out.status.success(), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("server cc1") && out.stderr.contains("nothing was started"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("server cc0") && !out.stderr.contains("server cc2"));
+    for s in &spare {
+        let dbs: Vec<String> = s
+            .query("SELECT SCHEMA_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME NOT IN ('mysql','information_schema','performance_schema','sys')")
+            .await?;
+        assert!(dbs.is_empty(), "{} was touched: {dbs:?}", s.name());
+    }
+    let after = cluster
+        .cli_json(&["restore", "list", "--backup", &id])
+        .await?;
+    assert_eq!(after, before, "a refused restore was recorded");
     Ok(())
 }
 
