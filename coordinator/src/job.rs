@@ -552,6 +552,7 @@ impl Jobs {
                 .map_err(|e| format!("server {}: {e}", p.name))?;
             let mut stream = client
                 .transfer(agent_pb::TransferRequest {
+                    sink: None,
                     backup_id: id.to_string(),
                     zstd_level: 0,
                     term,

@@ -335,6 +335,7 @@ async fn restore_one(
             backup_id: backup_id.to_string(),
             manifest_sha256: p.manifest_sha256.clone(),
             allow_reset_master,
+            sink: None,
         })
         .await
         .map_err(|s| restore_error(name, &s))?

@@ -644,6 +644,7 @@ async fn cut(a: CutArgs) -> anyhow::Result<()> {
     } else {
         let mut t = client
             .transfer(pb::TransferRequest {
+                sink: None,
                 backup_id: id.clone(),
                 zstd_level: 0,
                 term: 0,

@@ -111,6 +111,14 @@ pub enum Error {
     )]
     StaleTerm { term: u64, current: u64 },
 
+    #[error("{sink}: cannot {action} {key}: {reason}")]
+    Sink {
+        sink: String,
+        key: String,
+        action: &'static str,
+        reason: String,
+    },
+
     #[error("invalid configuration: {0}")]
     Config(String),
 

@@ -20,6 +20,8 @@
 //! - [`config`], [`server`], [`cli`]: the daemon's configuration, its run
 //!   loop, and the `lockstep-agent` commands.
 //! - [`register`]: registration and heartbeats with the coordinators.
+//! - [`sink`]: where artifacts are stored (local disk, a media agent's
+//!   disk pool, S3), behind one trait.
 //!
 //! Where new code goes: SQL that depends on the server kind goes to
 //! [`flavour`]; anything that decides bytes on disk goes to [`format`];
@@ -41,6 +43,7 @@ pub mod register;
 pub mod restore;
 pub mod schema;
 pub mod server;
+pub mod sink;
 
 pub use error::{Error, Result};
 

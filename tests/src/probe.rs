@@ -118,6 +118,7 @@ pub async fn transfer(
 ) -> anyhow::Result<pb::Artifact> {
     let mut stream = client
         .transfer(pb::TransferRequest {
+            sink: None,
             backup_id: backup_id.into(),
             zstd_level: 0,
             term: 0,

@@ -293,6 +293,7 @@ async fn deposed_coordinator_is_fenced_off() -> anyhow::Result<()> {
     wait_writable(&db, Duration::from_secs(2)).await?;
     let mut transfer = client
         .transfer(pb::TransferRequest {
+            sink: None,
             backup_id: id.into(),
             zstd_level: 0,
             term: 8,

@@ -224,6 +224,7 @@ pub fn to_status(e: &Error) -> Status {
         Error::SnapshotMismatch { .. } | Error::RowCount { .. } => Code::DataLoss,
         Error::Io { .. } | Error::BadBackup { .. } | Error::Checksum { .. } => Code::Internal,
         Error::TargetNotEmpty { .. } => Code::AlreadyExists,
+        Error::Sink { .. } => Code::Unavailable,
         Error::Cancelled(_) => Code::Cancelled,
     };
     Status::new(code, e.to_string())
