@@ -28,9 +28,10 @@ use crate::cut::{
 use crate::dump::{self, DumpOptions, DumpResult, Origin};
 use crate::error::{Error, Result};
 use crate::flavour::{LockMethod, ServerInfo};
-use crate::format::manifest::{LockRecord, Manifest};
+use crate::format::manifest::LockRecord;
 use crate::mysql::Server;
 use crate::progress::Progress;
+use crate::sink::artifact::Artifact;
 
 /// The release reason when the Prepare caller went away.
 const CALLER_GONE: &str = "caller-gone";
@@ -55,9 +56,13 @@ pub struct Released {
 pub struct AgentConfig {
     /// The name of this agent's server in the catalog and in backup paths.
     pub name: String,
-    pub server: Server,
-    /// Root of the disk sink: backups go to `<sink_dir>/<backup id>/<name>/`.
+    /// The agent's own database server; `None` for a media agent.
+    pub server: Option<Server>,
+    /// Root of the host-local sink: backups go to
+    /// `<sink_dir>/<backup id>/<name>/` when no sink is named.
     pub sink_dir: PathBuf,
+    /// Directories this agent holds as disk pools for other agents.
+    pub pools: Vec<PathBuf>,
     pub lock_method: LockMethod,
     /// Budgets used when a request leaves them at zero.
     pub budgets: Budgets,
@@ -279,7 +284,8 @@ impl Agent {
             tracing::warn!(stale = %s.backup_id, term = s.term, backup = %req.backup_id, new_term = req.term, "dropping the snapshots of a committed backup that was never transferred: a new backup from the coordinator supersedes it");
             *slot = None;
         }
-        let own = self.cfg.server.address();
+        let own_server = self.own_server()?.clone();
+        let own = own_server.address();
         if self
             .restoring
             .lock()
@@ -295,7 +301,7 @@ impl Agent {
         let started_at = crate::now_rfc3339();
         let span = tracing::info_span!("prepare", backup = %req.backup_id, server = %self.cfg.name);
         let armed = cut::arm(
-            &self.cfg.server,
+            &own_server,
             PrepareOptions {
                 budgets: req.budgets,
                 lock_method: self.cfg.lock_method,
@@ -488,7 +494,7 @@ impl Agent {
                 reason: "it is not prepared".into(),
             });
         };
-        match cut.commit(self.cfg.server.address()).await {
+        match cut.commit(self.own_server()?.address()).await {
             Ok(committed) => {
                 let released = self.record(backup_id, COMMIT, committed.held);
                 session.lock_record.held_us = released.held_us;
@@ -578,9 +584,11 @@ impl Agent {
         &self,
         backup_id: &str,
         zstd_level: Option<i32>,
+        sink: Option<&lockstep_proto::agent::SinkSpec>,
         progress: Arc<Progress>,
     ) -> Result<DumpResult> {
-        let dir = self.sink_path(backup_id);
+        let store = crate::sink::open(sink, &self.local()).await?;
+        let out = Artifact::new(store, self.artifact_prefix(backup_id));
         let started = {
             let mut slot = self.session.lock().await;
             match slot.as_mut().filter(|s| s.backup_id == backup_id) {
@@ -590,7 +598,7 @@ impl Agent {
                         let origin = Origin {
                             backup_id: backup_id.into(),
                             server_name: self.cfg.name.clone(),
-                            address: self.cfg.server.address().into(),
+                            address: self.own_server()?.address().into(),
                             info: c.info.clone(),
                             position: c.position.clone(),
                             lock: session.lock_record.clone(),
@@ -628,12 +636,15 @@ impl Agent {
         };
         let Some((committed, origin)) = started else {
             // Finished earlier (or by the dump we attached to).
-            return match Manifest::read(&dir) {
-                Ok(manifest) if manifest.backup_id == backup_id => Ok(DumpResult {
-                    manifest_sha256: Manifest::stored_sha256(&dir)?,
-                    dir,
-                    manifest,
-                }),
+            return match out.manifest().await {
+                Ok((manifest, manifest_sha256)) if manifest.backup_id == backup_id => {
+                    Ok(DumpResult {
+                        location: out.prefix().to_string(),
+                        sink: out.store().describe(),
+                        manifest,
+                        manifest_sha256,
+                    })
+                }
                 _ => Err(self.gone(backup_id)),
             };
         };
@@ -644,8 +655,8 @@ impl Agent {
         let result = dump::dump(
             origin,
             committed.snapshots,
-            &self.cfg.server,
-            &dir,
+            self.own_server()?,
+            &out,
             &opts,
             progress,
             self.shutdown.child_token(),
@@ -659,22 +670,43 @@ impl Agent {
         result
     }
 
-    /// Where the disk sink keeps a backup of this server.
-    fn sink_path(&self, backup_id: &str) -> std::path::PathBuf {
-        self.cfg
-            .sink_dir
-            .join(crate::format::fs_name(backup_id))
-            .join(crate::format::fs_name(&self.cfg.name))
+    /// Where a sink keeps this server's artifact of a backup.
+    fn artifact_prefix(&self, backup_id: &str) -> String {
+        format!(
+            "{}/{}",
+            crate::format::fs_name(backup_id),
+            crate::format::fs_name(&self.cfg.name)
+        )
     }
 
-    /// Loads the snapshot at `location` into `target` (a mysql:// URL), or
-    /// into this agent's own server. Refused before the target is touched
-    /// when `location` is outside the sink directory, its manifest is not
-    /// the one `expect` names, the own server has a backup in progress, or
-    /// another restore into the same server runs.
+    /// The agent's own database server, or why there is none.
+    fn own_server(&self) -> Result<&Server> {
+        self.cfg.server.as_ref().ok_or_else(|| {
+            Error::Config(format!(
+                "agent {} is a media agent: it has no database server of its own (it holds disk pools and loads backups into named targets)",
+                self.cfg.name
+            ))
+        })
+    }
+
+    /// What this agent knows about itself to open sinks.
+    pub fn local(&self) -> crate::sink::Local {
+        crate::sink::Local {
+            agent: self.cfg.name.clone(),
+            host_local: self.cfg.sink_dir.clone(),
+            pools: self.cfg.pools.clone(),
+        }
+    }
+
+    /// Loads the snapshot at `location` of `sink` into `target` (a
+    /// mysql:// URL), or into this agent's own server. Refused before the
+    /// target is touched when `location` is outside the sink, its manifest
+    /// is not the one `expect` names, the own server has a backup in
+    /// progress, or another restore into the same server runs.
     pub async fn restore(
         &self,
-        location: &std::path::Path,
+        location: &str,
+        sink: Option<&lockstep_proto::agent::SinkSpec>,
         target: Option<&str>,
         expect: &Expected,
         opts: &crate::restore::LoadOptions,
@@ -682,71 +714,69 @@ impl Agent {
     ) -> Result<crate::restore::LoadReport> {
         let server = match target {
             Some(url) => Server::parse(url)?,
-            None => self.cfg.server.clone(),
+            None => self.own_server()?.clone(),
         };
-        let location = self.check_location(location, expect)?;
+        let from = self.open_artifact(location, sink).await?;
+        check_expected(&from, expect).await?;
         // Claimed before the backup check: a Prepare checks the claims while
         // it holds the session, so one of the two always sees the other.
         let _exclusive = RestoreClaim::take(&self.restoring, server.address())?;
-        if server.address() == self.cfg.server.address()
+        if self
+            .cfg
+            .server
+            .as_ref()
+            .is_some_and(|own| own.address() == server.address())
             && let Some(s) = self.session.lock().await.as_ref()
         {
             return Err(Error::Busy {
                 current: s.backup_id.clone(),
-                requested: format!("restore of {}", location.display()),
+                requested: format!("restore of {}", from.describe()),
             });
         }
-        let span = tracing::info_span!("restore", location = %location.display(), target = %server.address());
-        crate::restore::load(&server, &location, opts, progress)
+        let span =
+            tracing::info_span!("restore", from = %from.describe(), target = %server.address());
+        crate::restore::load(&server, &from, opts, progress)
             .instrument(span)
             .await
     }
 
-    /// `location`, resolved, if it lies in the sink directory and holds the
-    /// manifest `expect` names.
-    fn check_location(&self, location: &std::path::Path, expect: &Expected) -> Result<PathBuf> {
-        let resolved = std::fs::canonicalize(location).map_err(|e| Error::BadBackup {
-            path: location.into(),
-            reason: format!("cannot open the backup location: {e}"),
-        })?;
-        let sink = std::fs::canonicalize(&self.cfg.sink_dir).map_err(|e| Error::BadBackup {
-            path: self.cfg.sink_dir.clone(),
-            reason: format!("cannot open the sink directory: {e}"),
-        })?;
-        if !resolved.starts_with(&sink) {
-            return Err(Error::BadBackup {
-                path: location.into(),
-                reason: format!(
-                    "outside this agent's sink directory {}; refusing to restore from it",
-                    sink.display()
-                ),
-            });
-        }
-        if !expect.backup_id.is_empty() {
-            let manifest = Manifest::read(&resolved)?;
-            if manifest.backup_id != expect.backup_id {
+    /// The artifact at `location` in `sink`. Without a sink, `location` is
+    /// a key prefix in the host-local directory, or (as older catalogs
+    /// recorded it) an absolute directory inside it.
+    async fn open_artifact(
+        &self,
+        location: &str,
+        sink: Option<&lockstep_proto::agent::SinkSpec>,
+    ) -> Result<Artifact> {
+        if sink.is_none() && location.starts_with('/') {
+            let dir = std::path::Path::new(location);
+            let resolved = std::fs::canonicalize(dir).map_err(|e| Error::BadBackup {
+                path: dir.into(),
+                reason: format!("cannot open the backup location: {e}"),
+            })?;
+            let root = std::fs::canonicalize(&self.cfg.sink_dir).map_err(|e| Error::BadBackup {
+                path: self.cfg.sink_dir.clone(),
+                reason: format!("cannot open the sink directory: {e}"),
+            })?;
+            if !resolved.starts_with(&root) {
                 return Err(Error::BadBackup {
-                    path: resolved,
+                    path: dir.into(),
                     reason: format!(
-                        "holds backup {}, but the catalog says backup {}",
-                        manifest.backup_id, expect.backup_id
+                        "outside this agent's sink directory {}; refusing to restore from it",
+                        root.display()
                     ),
                 });
             }
+            let label = format!("backup directory {}", resolved.display());
+            return Ok(Artifact::new(
+                Arc::new(crate::sink::disk::DiskStore::new(resolved, label)),
+                "",
+            ));
         }
-        if !expect.manifest_sha256.is_empty() {
-            let stored = Manifest::stored_sha256(&resolved)?;
-            if stored != expect.manifest_sha256 {
-                return Err(Error::BadBackup {
-                    path: resolved,
-                    reason: format!(
-                        "manifest sha256 is {stored}, but the catalog recorded {}",
-                        expect.manifest_sha256
-                    ),
-                });
-            }
-        }
-        Ok(resolved)
+        let store = crate::sink::open(sink, &self.local()).await?;
+        let out = Artifact::new(store, location);
+        out.key("manifest.json")?;
+        Ok(out)
     }
 
     pub async fn status(&self) -> AgentStatus {
@@ -769,12 +799,13 @@ impl Agent {
         drop(slot);
         let mut server = self.info.lock().expect("info lock").clone();
         if server.is_none()
+            && let Some(own) = &self.cfg.server
             && let Ok(Ok(mut conn)) = tokio::time::timeout(
                 Duration::from_secs(2),
-                self.cfg.server.connect("detect server for status"),
+                own.connect("detect server for status"),
             )
             .await
-            && let Ok(info) = ServerInfo::detect(&mut conn, self.cfg.server.address()).await
+            && let Ok(info) = ServerInfo::detect(&mut conn, own.address()).await
         {
             *self.info.lock().expect("info lock") = Some(info.clone());
             server = Some(info);
@@ -802,12 +833,37 @@ impl Agent {
     }
 }
 
+/// Checks that an artifact holds the manifest the catalog names.
+async fn check_expected(from: &Artifact, expect: &Expected) -> Result<()> {
+    if expect.backup_id.is_empty() && expect.manifest_sha256.is_empty() {
+        return Ok(());
+    }
+    let (manifest, stored) = from.manifest().await?;
+    let bad = |reason: String| Error::BadBackup {
+        path: from.describe().into(),
+        reason,
+    };
+    if !expect.backup_id.is_empty() && manifest.backup_id != expect.backup_id {
+        return Err(bad(format!(
+            "holds backup {}, but the catalog says backup {}",
+            manifest.backup_id, expect.backup_id
+        )));
+    }
+    if !expect.manifest_sha256.is_empty() && stored != expect.manifest_sha256 {
+        return Err(bad(format!(
+            "manifest sha256 is {stored}, but the catalog recorded {}",
+            expect.manifest_sha256
+        )));
+    }
+    Ok(())
+}
+
 /// Runs a whole local cut without a coordinator: prepare, commit at once,
 /// dump. Used by `lockstep-agent dump`.
 pub async fn dump_once(
     server: &Server,
     name: &str,
-    out: &std::path::Path,
+    out: &Artifact,
     prepare: PrepareOptions,
     opts: &DumpOptions,
     progress: Arc<Progress>,

@@ -78,12 +78,18 @@ pub struct ServeArgs {
     /// (unique per cluster) [default: the MySQL host:port].
     #[arg(long)]
     pub name: Option<String>,
-    /// Local server, mysql://USER[:PASSWORD]@HOST:PORT.
+    /// Local server, mysql://USER[:PASSWORD]@HOST:PORT. Without it the
+    /// agent is a media agent: it holds disk pools (--pool) and loads
+    /// backups into any target, but takes no part in cuts.
     #[arg(long, env = "LOCKSTEP_MYSQL", hide_env_values = true)]
     pub mysql: Option<String>,
-    /// Root directory of the disk sink.
+    /// Root directory of the host-local sink (used when no sink is named).
     #[arg(long)]
     pub sink_dir: Option<PathBuf>,
+    /// A directory this agent holds as a disk pool for other agents;
+    /// repeat for several.
+    #[arg(long = "pool")]
+    pub pools: Vec<PathBuf>,
     /// Cluster name used when registering with coordinators.
     #[arg(long)]
     pub cluster: Option<String>,
@@ -132,6 +138,9 @@ impl ServeArgs {
         }
         if let Some(v) = &self.sink_dir {
             c.sink_dir = v.clone();
+        }
+        if !self.pools.is_empty() {
+            c.pools = self.pools.clone();
         }
         if let Some(v) = &self.cluster {
             c.cluster = v.clone();
@@ -387,7 +396,7 @@ async fn dump(a: DumpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let result = crate::agent::dump_once(
         &server,
         &name,
-        &a.out,
+        &dir_artifact(&a.out),
         PrepareOptions {
             budgets: Budgets {
                 preflight: a.preflight_budget,
@@ -419,7 +428,7 @@ async fn dump(a: DumpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
             "{}",
             json!({
                 "backup_id": m.backup_id,
-                "dir": result.dir,
+                "dir": a.out,
                 "server": m.server.address,
                 "position": m.position,
                 "lock": m.lock,
@@ -433,7 +442,7 @@ async fn dump(a: DumpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
             })
         );
     } else {
-        println!("dumped {} into {}", m.server.address, result.dir.display());
+        println!("dumped {} into {}", m.server.address, a.out.display());
         println!("  position   {}", m.position);
         println!(
             "  lock       {} held {:.2} ms (waited {:.2} ms)",
@@ -465,7 +474,7 @@ async fn load(a: LoadArgs) -> anyhow::Result<()> {
     let ticker = Ticker::start("load", progress.clone(), a.quiet);
     let report = restore::load(
         &server,
-        &a.from,
+        &dir_artifact(&a.from),
         &LoadOptions {
             threads: a.threads,
             force: a.force,
@@ -499,7 +508,7 @@ async fn load(a: LoadArgs) -> anyhow::Result<()> {
 
 async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
     let progress = Arc::new(Progress::default());
-    let m = restore::verify(&a.from, a.threads, progress).await?;
+    let (m, _) = restore::verify(&dir_artifact(&a.from), a.threads, progress).await?;
     if a.json {
         println!(
             "{}",
@@ -516,6 +525,12 @@ async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A snapshot directory given on the command line, as an artifact.
+fn dir_artifact(dir: &std::path::Path) -> crate::sink::artifact::Artifact {
+    let store = crate::sink::disk::DiskStore::new(dir, format!("directory {}", dir.display()));
+    crate::sink::artifact::Artifact::new(Arc::new(store), "")
 }
 
 async fn connect(addr: &str) -> anyhow::Result<NodeAgentClient<tonic::transport::Channel>> {
@@ -785,7 +800,11 @@ mod tests {
         assert_eq!(c.ddl_policy, DdlPolicy::Wait);
         assert_eq!(c.ddl_wait, Duration::from_secs(45));
         assert_eq!(
-            c.validate().expect("valid").server.address(),
+            c.validate()
+                .expect("valid")
+                .server
+                .expect("a server")
+                .address(),
             "127.0.0.1:3307"
         );
     }

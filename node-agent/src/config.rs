@@ -27,10 +27,16 @@ pub struct ServeConfig {
     /// MySQL host:port; agents registering with coordinators must set it
     /// (that default is 127.0.0.1:3306 on every host).
     pub name: String,
-    /// `mysql://USER[:PASSWORD]@HOST:PORT` of the local server.
+    /// `mysql://USER[:PASSWORD]@HOST:PORT` of the local server. Empty: a
+    /// media agent, which holds disk pools and loads backups into any
+    /// target but has no server of its own.
     pub mysql: String,
-    /// Disk sink root: backups go to `<sink_dir>/<backup id>/<name>/`.
+    /// Host-local sink root: with no sink named, backups go to
+    /// `<sink_dir>/<backup id>/<name>/`.
     pub sink_dir: PathBuf,
+    /// Directories this agent holds as disk pools for other agents
+    /// (`lockstep sink add NAME --kind disk --agent THIS --path DIR`).
+    pub pools: Vec<PathBuf>,
     /// Cluster this server belongs to (used when registering with coordinators).
     pub cluster: String,
     /// Coordinator URLs to register with (none: standalone agent).
@@ -66,6 +72,7 @@ impl Default for ServeConfig {
             name: String::new(),
             mysql: String::new(),
             sink_dir: PathBuf::from("/var/lib/lockstep/backups"),
+            pools: Vec::new(),
             cluster: "default".into(),
             coordinators: Vec::new(),
             lock_method: LockMethod::Auto,
@@ -89,12 +96,24 @@ impl ServeConfig {
 
     /// Checks the settings and builds the agent's runtime configuration.
     pub fn validate(&self) -> Result<AgentConfig> {
-        if self.mysql.is_empty() {
-            return Err(Error::Config(
-                "mysql is not set (--mysql mysql://USER[:PASS]@HOST:PORT)".into(),
-            ));
+        let server = if self.mysql.is_empty() {
+            if self.name.trim().is_empty() {
+                return Err(Error::Config(
+                    "a media agent (no --mysql) needs a --name; an agent with a database server needs --mysql mysql://USER[:PASS]@HOST:PORT".into(),
+                ));
+            }
+            None
+        } else {
+            Some(Server::parse(&self.mysql)?)
+        };
+        for pool in &self.pools {
+            if !pool.is_absolute() {
+                return Err(Error::Config(format!(
+                    "pool {} must be an absolute directory",
+                    pool.display()
+                )));
+            }
         }
-        let server = Server::parse(&self.mysql)?;
         if !(1..=64).contains(&self.snapshot_connections) {
             return Err(Error::Config(format!(
                 "snapshot_connections must be 1..=64, got {}",
@@ -150,15 +169,15 @@ impl ServeConfig {
             wait: self.ddl_wait,
         };
         ddl.validate("ddl_wait")?;
-        let name = if self.name.is_empty() {
-            server.address().to_string()
-        } else {
-            self.name.clone()
+        let name = match &server {
+            Some(server) if self.name.is_empty() => server.address().to_string(),
+            _ => self.name.clone(),
         };
         Ok(AgentConfig {
             name,
             server,
             sink_dir: self.sink_dir.clone(),
+            pools: self.pools.clone(),
             lock_method: self.lock_method,
             budgets: self.budgets,
             max_lease: self.max_lease,

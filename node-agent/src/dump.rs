@@ -1,18 +1,18 @@
-//! Phase two on one server: stream the snapshot into a directory.
+//! Phase two on one server: stream the snapshot into an artifact in a sink.
 //!
 //! Schema first (from snapshot connection 0), then the data: every table is
 //! cut into primary-key ranges and the K snapshot connections take ranges
 //! from one queue, biggest first. Each range becomes one zstd-compressed
 //! `LOAD DATA` file, compressed and hashed on a blocking thread while the
-//! next rows arrive. The manifest is written last; a dump that fails removes
-//! what it wrote, so a directory without a manifest is never a backup.
+//! next rows arrive, and streamed to the sink as it is written (nothing is
+//! staged on the host). The manifest is written last; a dump that fails
+//! removes what it wrote, so a location without a manifest is never a backup.
 //!
 //! A [`DdlGuard`] watches the server for the whole dump: DDL waiting on a
 //! table the snapshots hold makes the dump give way (see [`crate::ddl_guard`]).
 
 use std::collections::VecDeque;
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cut::{Position, Snapshots};
 use crate::ddl_guard::{DdlGuard, DdlOptions, Touched};
-use crate::error::{Error, IoContext, MysqlContext, Result};
+use crate::error::{Error, MysqlContext, Result};
 use crate::flavour::ServerInfo;
 use crate::format::files::{self, HashingWriter};
 use crate::format::manifest::{
@@ -32,6 +32,7 @@ use crate::format::{fs_name, sqlfile, tsv};
 use crate::mysql::{DATA_SESSION, Server, ident};
 use crate::progress::Progress;
 use crate::schema::{self, TableDef};
+use crate::sink::artifact::{Artifact, BlockingWriter};
 
 /// Rows buffered before a block is handed to the compressor.
 const BLOCK_BYTES: usize = 1 << 20;
@@ -75,38 +76,28 @@ pub struct Origin {
 
 #[derive(Debug, Clone)]
 pub struct DumpResult {
-    pub dir: PathBuf,
+    /// The artifact's location in its sink (its key prefix).
+    pub location: String,
+    /// The sink, as its errors name it.
+    pub sink: String,
     pub manifest: Manifest,
     pub manifest_sha256: String,
 }
 
-/// Dumps the snapshots of `server` into `dir`, which must not exist or be
-/// empty.
+/// Dumps the snapshots of `server` into `out`, which must hold nothing yet.
 pub async fn dump(
     origin: Origin,
     snapshots: Snapshots,
     server: &Server,
-    dir: &Path,
+    out: &Artifact,
     opts: &DumpOptions,
     progress: Arc<Progress>,
     cancel: CancellationToken,
 ) -> Result<DumpResult> {
-    // The deepest directory that exists already: the ones below it are
-    // created here, and their names are made durable with the backup.
-    let anchor = dir
-        .ancestors()
-        .find(|a| a.exists())
-        .unwrap_or(Path::new("."))
-        .to_path_buf();
-    let created = claim_dir(dir)?;
-    let result = guarded(origin, snapshots, server, dir, opts, progress, cancel)
-        .await
-        .and_then(|done| {
-            crate::format::files::sync_ancestors(dir, &anchor)?;
-            Ok(done)
-        });
+    out.claim().await?;
+    let result = guarded(origin, snapshots, server, out, opts, progress, cancel).await;
     if result.is_err() {
-        discard(dir, created);
+        out.discard().await;
     }
     result
 }
@@ -118,7 +109,7 @@ async fn guarded(
     origin: Origin,
     snapshots: Snapshots,
     server: &Server,
-    dir: &Path,
+    out: &Artifact,
     opts: &DumpOptions,
     progress: Arc<Progress>,
     cancel: CancellationToken,
@@ -131,7 +122,7 @@ async fn guarded(
     let work = dump_into(
         origin,
         snapshots,
-        dir,
+        out,
         opts,
         progress,
         stop.clone(),
@@ -159,7 +150,7 @@ async fn guarded(
 async fn dump_into(
     origin: Origin,
     snapshots: Snapshots,
-    dir: &Path,
+    out: &Artifact,
     opts: &DumpOptions,
     progress: Arc<Progress>,
     cancel: CancellationToken,
@@ -186,19 +177,31 @@ async fn dump_into(
     let mut version = manifest::MIN_VERSION;
     for s in &dbs {
         let d = fs_name(&s.name);
-        let mut write_opt = |name: &str, text: &Option<String>| -> Result<Option<String>> {
-            let Some(t) = text else { return Ok(None) };
+        let mut written = Vec::new();
+        for (name, text) in [
+            ("schema.sql", Some(&s.schema_sql)),
+            ("routines.sql", s.routines_sql.as_ref()),
+            ("views.sql", s.views_sql.as_ref()),
+            ("triggers.sql", s.triggers_sql.as_ref()),
+            ("events.sql", s.events_sql.as_ref()),
+        ] {
+            let Some(t) = text else {
+                written.push(None);
+                continue;
+            };
             let rel = format!("{d}/{name}");
-            files.push(files::write_file(dir, &rel, t.as_bytes())?);
+            files.push(out.put(&rel, t.as_bytes().to_vec()).await?);
             version = version.max(sqlfile::version_needed(t));
-            Ok(Some(rel))
-        };
-        let schema_file = write_opt("schema.sql", &Some(s.schema_sql.clone()))?
-            .expect("schema is always written");
-        let routines_file = write_opt("routines.sql", &s.routines_sql)?;
-        let views_file = write_opt("views.sql", &s.views_sql)?;
-        let triggers_file = write_opt("triggers.sql", &s.triggers_sql)?;
-        let events_file = write_opt("events.sql", &s.events_sql)?;
+            written.push(Some(rel));
+        }
+        let [
+            schema_file,
+            routines_file,
+            views_file,
+            triggers_file,
+            events_file,
+        ]: [Option<String>; 5] = written.try_into().expect("five schema files");
+        let schema_file = schema_file.expect("schema is always written");
         let mut tables = Vec::new();
         for t in &s.tables {
             let ranges = plan_ranges(first, &addr, &s.name, t, opts.chunk_rows, &touched).await?;
@@ -272,11 +275,11 @@ async fn dump_into(
         let shared = shared.clone();
         let progress = progress.clone();
         let cancel = cancel.clone();
-        let root = dir.to_path_buf();
+        let out = out.clone();
         let addr = addr.clone();
         let level = opts.zstd_level;
         tokio::spawn(
-            async move { worker(conn, &addr, &root, level, shared, progress, cancel).await },
+            async move { worker(conn, &addr, &out, level, shared, progress, cancel).await },
         )
     });
     let mut results = Vec::new();
@@ -314,7 +317,7 @@ async fn dump_into(
         tables: databases.iter().map(|d| d.tables.len() as u64).sum(),
     };
     let sums = files::sha256sums(&files);
-    files.push(files::write_file(dir, "SHA256SUMS", sums.as_bytes())?);
+    files.push(out.put("SHA256SUMS", sums.into_bytes()).await?);
     let manifest = Manifest {
         format: manifest::FORMAT.into(),
         version,
@@ -338,12 +341,12 @@ async fn dump_into(
     for w in &manifest.warnings {
         tracing::warn!(server = %addr, "{w}");
     }
-    // Every data file's name must be durable before the manifest that
-    // lists it is.
-    crate::format::files::sync_tree(dir)?;
-    let entry = manifest.write(dir)?;
+    // Every file is durable in the sink (its writer finished) before the
+    // manifest that lists it is written.
+    let entry = out.write_manifest(&manifest).await?;
     Ok(DumpResult {
-        dir: dir.to_path_buf(),
+        location: out.prefix().to_string(),
+        sink: out.store().describe(),
         manifest,
         manifest_sha256: entry.sha256,
     })
@@ -387,7 +390,7 @@ type Done = (ChunkJob, u64, FileEntry);
 async fn worker(
     mut conn: Conn,
     addr: &str,
-    root: &Path,
+    out: &Artifact,
     level: i32,
     shared: Arc<Shared>,
     progress: Arc<Progress>,
@@ -402,7 +405,7 @@ async fn worker(
             break;
         };
         shared.touched.touch(conn.id(), &job.db, &job.table);
-        let result = dump_chunk(&mut conn, addr, root, &job, level, &progress, &cancel).await;
+        let result = dump_chunk(&mut conn, addr, out, &job, level, &progress, &cancel).await;
         let (rows, entry) = match result {
             Ok(r) => r,
             Err(e) => {
@@ -432,7 +435,7 @@ async fn worker(
 async fn dump_chunk(
     conn: &mut Conn,
     addr: &str,
-    root: &Path,
+    out: &Artifact,
     job: &ChunkJob,
     level: i32,
     progress: &Progress,
@@ -441,24 +444,49 @@ async fn dump_chunk(
     // A bounded async channel: a slow compressor makes the reader wait
     // without blocking a runtime thread (the DDL guard and gRPC need them).
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
-    let root_owned = root.to_path_buf();
     let rel = job.file.clone();
     let stop = cancel.clone();
+    let object = BlockingWriter::new(out.create(&rel).await?);
+    let sink = out.describe();
     let writer = tokio::task::spawn_blocking(move || -> Result<FileEntry> {
-        let w = HashingWriter::create(&root_owned, &rel)?;
-        let path = w.path().to_path_buf();
-        let mut enc = zstd::Encoder::new(w, level).on_file(&path, "start compressing")?;
-        while let Some(block) = rx.blocking_recv() {
-            // A cancelled dump's files are removed: stop compressing them
-            // soon (a slow zstd level takes a second or more per block).
-            for piece in block.chunks(CANCEL_CHECK_BYTES) {
-                if stop.is_cancelled() {
-                    return Err(Error::Cancelled("dump cancelled".into()));
-                }
-                enc.write_all(piece).on_file(&path, "write")?;
+        let io = |action: &'static str| {
+            let (sink, rel) = (sink.clone(), rel.clone());
+            move |e: std::io::Error| Error::Sink {
+                sink,
+                key: rel,
+                action,
+                reason: e.to_string(),
             }
+        };
+        let w = HashingWriter::new(object, &rel);
+        let mut enc = zstd::Encoder::new(w, level).map_err(io("start compressing"))?;
+        let compressed = (|| -> Result<()> {
+            while let Some(block) = rx.blocking_recv() {
+                // A cancelled dump's files are removed: stop compressing
+                // them soon (a slow zstd level takes a second or more per
+                // block).
+                for piece in block.chunks(CANCEL_CHECK_BYTES) {
+                    if stop.is_cancelled() {
+                        return Err(Error::Cancelled("dump cancelled".into()));
+                    }
+                    enc.write_all(piece).map_err(io("write"))?;
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = compressed {
+            if let Some((object, _)) = enc.finish().ok().and_then(|w| w.finish().ok()) {
+                object.abort();
+            }
+            return Err(e);
         }
-        enc.finish().on_file(&path, "finish compressing")?.finish()
+        let (object, entry) = enc
+            .finish()
+            .map_err(io("finish compressing"))?
+            .finish()
+            .map_err(io("write"))?;
+        object.finish()?;
+        Ok(entry)
     });
 
     let read = async {
@@ -626,49 +654,6 @@ fn load_sql(db: &str, t: &TableDef) -> String {
     )
 }
 
-/// Makes sure `dir` is ours to fill: absent (created, returns true) or empty.
-fn claim_dir(dir: &Path) -> Result<bool> {
-    match std::fs::read_dir(dir) {
-        Ok(mut entries) => {
-            if entries.next().is_some() {
-                return Err(Error::BadBackup {
-                    path: dir.to_path_buf(),
-                    reason: "already exists and is not empty; refusing to write a backup into it"
-                        .into(),
-                });
-            }
-            Ok(false)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(dir).on_file(dir, "create backup directory")?;
-            Ok(true)
-        }
-        Err(e) => Err(Error::io(dir, "open backup directory", e)),
-    }
-}
-
-/// Removes what a failed dump wrote. The directory was empty or absent before.
-fn discard(dir: &Path, created: bool) {
-    let result = if created {
-        std::fs::remove_dir_all(dir)
-    } else {
-        std::fs::read_dir(dir).and_then(|entries| {
-            for e in entries.flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    std::fs::remove_dir_all(&p)?;
-                } else {
-                    std::fs::remove_file(&p)?;
-                }
-            }
-            Ok(())
-        })
-    };
-    if let Err(e) = result {
-        tracing::warn!(dir = %dir.display(), error = %e, "could not remove the files of a failed dump; no manifest was written, so it is not a backup");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -689,21 +674,5 @@ mod tests {
         assert_eq!(split_range("`id`", -10, 10, 1), vec![String::new()]);
         let neg = split_range("`id`", -100, 99, 2);
         assert_eq!(neg, vec!["`id` < 0", "`id` >= 0"]);
-    }
-
-    #[test]
-    fn claim_refuses_non_empty_dirs() {
-        let d = tempfile::tempdir().expect("tempdir");
-        assert!(!claim_dir(d.path()).expect("empty dir is fine"));
-        std::fs::write(d.path().join("x"), b"keep me").expect("write");
-        let err = claim_dir(d.path()).expect_err("non-empty").to_string();
-        assert!(err.contains("not empty"), "{err}");
-        assert_eq!(
-            std::fs::read(d.path().join("x")).expect("still there"),
-            b"keep me"
-        );
-        let sub = d.path().join("new/deeper");
-        assert!(claim_dir(&sub).expect("created"));
-        assert!(sub.is_dir());
     }
 }

@@ -81,7 +81,7 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    #[error("backup directory {}: {reason}", path.display())]
+    #[error("backup {}: {reason}", path.display())]
     BadBackup { path: PathBuf, reason: String },
 
     #[error("file {}: checksum mismatch: manifest says sha256 {expected} ({expected_size} bytes), file has {actual} ({actual_size} bytes)", path.display())]

@@ -147,22 +147,31 @@ async fn register(
     agent: &Agent,
     reg: &Registration,
 ) -> Result<(), Failure> {
-    let Some(server) = agent.status().await.server else {
-        return Err(Failure::Other(format!(
-            "cannot detect the identity of server {} to register it",
-            agent.config().server.address()
-        )));
+    let mut req = pb::RegisterServerRequest {
+        cluster: reg.cluster.clone(),
+        name: reg.name.clone(),
+        agent_addr: reg.agent_addr.clone(),
+        media: true,
+        ..Default::default()
     };
-    client
-        .register_server(pb::RegisterServerRequest {
-            cluster: reg.cluster.clone(),
-            name: reg.name.clone(),
-            agent_addr: reg.agent_addr.clone(),
+    if let Some(own) = &agent.config().server {
+        let Some(server) = agent.status().await.server else {
+            return Err(Failure::Other(format!(
+                "cannot detect the identity of server {} to register it",
+                own.address()
+            )));
+        };
+        req = pb::RegisterServerRequest {
             flavour: server.flavour.as_str().to_string(),
             version: server.version.clone(),
             server_id: server.server_id,
             server_uuid: server.server_uuid.clone(),
-        })
+            media: false,
+            ..req
+        };
+    }
+    client
+        .register_server(req)
         .await
         .map(|_| ())
         .map_err(|s| classify("register", s))

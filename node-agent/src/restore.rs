@@ -1,13 +1,13 @@
-//! Loading a snapshot directory into a server.
+//! Loading a snapshot into a server, from any sink.
 //!
-//! Order: verify every checksum (nothing is touched before this passes),
+//! Order: verify every checksum (nothing is touched before this passes; a
+//! copy in a remote sink is read twice, once to verify and once to load),
 //! refuse a non-empty target unless forced, create databases, routines and
 //! tables (large InnoDB tables without their secondary indexes), load the
 //! data files in parallel, add the deferred indexes, create views, triggers
 //! and events, compare row counts, and set the GTID position.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -16,14 +16,14 @@ use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 use serde::Serialize;
 
-use crate::error::{Error, IoContext, MysqlContext, Result};
+use crate::error::{Error, MysqlContext, Result};
 use crate::flavour::ServerInfo;
-use crate::format::files;
-use crate::format::manifest::{self, Manifest, Table};
+use crate::format::manifest::{Manifest, Table};
 use crate::format::sqlfile;
 use crate::mysql::{Server, ident};
 use crate::progress::Progress;
 use crate::schema;
+use crate::sink::artifact::Artifact;
 
 /// Tables with at least this many rows get their secondary indexes built
 /// after the data (one sorted build instead of random inserts).
@@ -69,24 +69,28 @@ pub struct LoadReport {
     pub warnings: Vec<String>,
 }
 
-/// Checks every file of the snapshot in `dir` against the manifest, with
-/// `threads` readers. Returns the manifest.
-pub async fn verify(dir: &Path, threads: usize, progress: Arc<Progress>) -> Result<Manifest> {
-    let manifest = Manifest::read(dir)?;
+/// Checks every file of the artifact against its manifest, with `threads`
+/// readers. Returns the manifest and its sha256.
+pub async fn verify(
+    from: &Artifact,
+    threads: usize,
+    progress: Arc<Progress>,
+) -> Result<(Manifest, String)> {
+    let (manifest, sha256) = from.manifest().await?;
     progress.set_tables_total(manifest.totals.tables);
     let queue = Arc::new(Mutex::new(
         manifest.files.iter().cloned().collect::<VecDeque<_>>(),
     ));
     let workers = (0..threads.max(1)).map(|_| {
         let queue = queue.clone();
-        let dir = dir.to_path_buf();
+        let from = from.clone();
         let progress = progress.clone();
-        tokio::task::spawn_blocking(move || -> Result<()> {
+        tokio::spawn(async move {
             loop {
                 let Some(entry) = queue.lock().expect("queue lock").pop_front() else {
                     return Ok(());
                 };
-                if let Err(e) = files::verify_file(&dir, &entry) {
+                if let Err(e) = from.verify_file(&entry).await {
                     queue.lock().expect("queue lock").clear();
                     return Err(e);
                 }
@@ -97,13 +101,13 @@ pub async fn verify(dir: &Path, threads: usize, progress: Arc<Progress>) -> Resu
     for r in futures::future::join_all(workers).await {
         r.map_err(|e| Error::Cancelled(format!("checksum worker stopped: {e}")))??;
     }
-    Ok(manifest)
+    Ok((manifest, sha256))
 }
 
-/// Loads the snapshot in `dir` into `server`.
+/// Loads the snapshot `from` into `server`.
 pub async fn load(
     server: &Server,
-    dir: &Path,
+    from: &Artifact,
     opts: &LoadOptions,
     progress: Arc<Progress>,
 ) -> Result<LoadReport> {
@@ -111,7 +115,7 @@ pub async fn load(
     let addr = server.address().to_string();
     let threads = opts.threads.max(1);
 
-    let manifest = verify(dir, threads, progress.clone()).await?;
+    let (manifest, _) = verify(from, threads, progress.clone()).await?;
     let mut control = server.connect("connect for restore").await?;
     let info = ServerInfo::detect(&mut control, &addr).await?;
     let gtid = manifest.position.gtid_set.trim();
@@ -156,7 +160,7 @@ pub async fn load(
     for db in &manifest.databases {
         let tables: HashMap<&str, &Table> =
             db.tables.iter().map(|t| (t.name.as_str(), t)).collect();
-        for stmt in read_statements(dir, &db.schema_file)? {
+        for stmt in read_statements(from, &db.schema_file).await? {
             let stmt = match create_table_name(&stmt).and_then(|n| tables.get(n.as_str())) {
                 Some(t) if defer_indexes(t) => {
                     let (create, indexes) = split_secondary_indexes(&stmt);
@@ -173,7 +177,7 @@ pub async fn load(
                 .on(&addr, &format!("run {} of backup", db.schema_file))?;
         }
         if let Some(f) = &db.routines_file {
-            run_file(&mut control, &addr, dir, f).await?;
+            run_file(&mut control, &addr, from, f).await?;
         }
         // Restore the session: schema files change sql_mode and character sets.
         for stmt in &session {
@@ -202,8 +206,8 @@ pub async fn load(
                     sql: t
                         .load_statement(&c.file)
                         .map_err(|reason| Error::BadBackup {
-                            path: dir.join(manifest::FILE_NAME),
-                            reason: format!("database {}: {reason}", db.name),
+                            path: from.describe().into(),
+                            reason: format!("manifest: database {}: {reason}", db.name),
                         })?,
                 });
             }
@@ -224,15 +228,15 @@ pub async fn load(
                 .await
                 .on(&addr, "set up load session")?;
         }
-        let (queue, left, progress, addr, dir) = (
+        let (queue, left, progress, addr, from) = (
             queue.clone(),
             chunks_left.clone(),
             progress.clone(),
             addr.clone(),
-            dir.to_path_buf(),
+            from.clone(),
         );
         workers.push(tokio::spawn(async move {
-            load_worker(conn, &addr, &dir, queue, left, progress).await
+            load_worker(conn, &addr, &from, queue, left, progress).await
         }));
     }
     for r in futures::future::join_all(workers).await {
@@ -276,10 +280,10 @@ pub async fn load(
     // Objects after data.
     for db in &manifest.databases {
         if let Some(f) = &db.views_file {
-            create_views(&mut control, &addr, dir, f).await?;
+            create_views(&mut control, &addr, from, f).await?;
         }
         for f in [&db.triggers_file, &db.events_file].into_iter().flatten() {
-            run_file(&mut control, &addr, dir, f).await?;
+            run_file(&mut control, &addr, from, f).await?;
         }
     }
     for stmt in &session {
@@ -362,7 +366,7 @@ struct LoadJob {
 async fn load_worker(
     mut conn: Conn,
     addr: &str,
-    dir: &Path,
+    from: &Artifact,
     queue: Arc<Mutex<VecDeque<LoadJob>>>,
     chunks_left: Arc<Mutex<HashMap<String, usize>>>,
     progress: Arc<Progress>,
@@ -372,8 +376,9 @@ async fn load_worker(
             let _ = conn.disconnect().await;
             return Ok(());
         };
-        let path = Manifest::file_path(dir, &job.file)?;
-        conn.set_infile_handler(infile(path.clone()));
+        let stream = from.read(&job.file).await?;
+        let path = format!("{} ({})", job.file, from.describe());
+        conn.set_infile_handler(infile(std::sync::Mutex::new(stream), path.clone()));
         let result = conn.query_drop(job.sql.as_str()).await;
         if let Err(e) = result {
             queue.lock().expect("queue lock").clear();
@@ -397,7 +402,7 @@ async fn load_worker(
             if !serious.is_empty() {
                 queue.lock().expect("queue lock").clear();
                 return Err(Error::BadBackup {
-                    path: path.clone(),
+                    path: path.clone().into(),
                     reason: format!(
                         "loading into {} on {addr} raised warnings: {}",
                         job.table,
@@ -427,13 +432,17 @@ async fn load_worker(
     }
 }
 
-/// A LOCAL INFILE source: the file, decompressed on a blocking thread.
-async fn infile(path: PathBuf) -> mysql_async::Result<mysql_async::InfileData> {
+/// A LOCAL INFILE source: the object, decompressed on a blocking thread.
+async fn infile(
+    stream: std::sync::Mutex<crate::sink::ByteStream>,
+    path: String,
+) -> mysql_async::Result<mysql_async::InfileData> {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(4);
+    let reader =
+        crate::sink::blocking_reader(stream.into_inner().unwrap_or_else(|p| p.into_inner()));
     tokio::task::spawn_blocking(move || {
         let run = || -> std::io::Result<()> {
-            let f = std::fs::File::open(&path)?;
-            let mut dec = zstd::Decoder::new(f)?;
+            let mut dec = zstd::Decoder::new(reader)?;
             loop {
                 let mut buf = vec![0u8; 1 << 20];
                 let n = read_full(&mut dec, &mut buf)?;
@@ -447,10 +456,7 @@ async fn infile(path: PathBuf) -> mysql_async::Result<mysql_async::InfileData> {
             }
         };
         if let Err(e) = run() {
-            let _ = tx.blocking_send(Err(std::io::Error::new(
-                e.kind(),
-                format!("{}: {e}", path.display()),
-            )));
+            let _ = tx.blocking_send(Err(std::io::Error::new(e.kind(), format!("{path}: {e}"))));
         }
     });
     let stream: mysql_async::InfileData = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
@@ -469,15 +475,19 @@ fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usiz
 }
 
 /// The statements of a schema file, byte for byte.
-fn read_statements(dir: &Path, rel: &str) -> Result<Vec<String>> {
-    let path = Manifest::file_path(dir, rel)?;
-    let text = std::fs::read_to_string(&path).on_file(&path, "read")?;
-    sqlfile::split(&text).map_err(|reason| Error::BadBackup { path, reason })
+async fn read_statements(from: &Artifact, rel: &str) -> Result<Vec<String>> {
+    let bad = |reason: String| Error::BadBackup {
+        path: format!("{rel} ({})", from.describe()).into(),
+        reason,
+    };
+    let text = String::from_utf8(from.read_small(rel).await?)
+        .map_err(|e| bad(format!("is not UTF-8: {e}")))?;
+    sqlfile::split(&text).map_err(bad)
 }
 
 /// Runs every statement of a schema file in order.
-async fn run_file(conn: &mut Conn, addr: &str, dir: &Path, rel: &str) -> Result<()> {
-    for stmt in read_statements(dir, rel)? {
+async fn run_file(conn: &mut Conn, addr: &str, from: &Artifact, rel: &str) -> Result<()> {
+    for stmt in read_statements(from, rel).await? {
         conn.query_drop(stmt.as_str())
             .await
             .on(addr, &format!("run {rel} of backup"))?;
@@ -488,8 +498,8 @@ async fn run_file(conn: &mut Conn, addr: &str, dir: &Path, rel: &str) -> Result<
 /// Creates views; a view whose dependency does not exist yet is retried
 /// after the others (the file is already in dependency order, so this only
 /// matters for files written by hand).
-async fn create_views(conn: &mut Conn, addr: &str, dir: &Path, rel: &str) -> Result<()> {
-    let mut pending = blocks(read_statements(dir, rel)?);
+async fn create_views(conn: &mut Conn, addr: &str, from: &Artifact, rel: &str) -> Result<()> {
+    let mut pending = blocks(read_statements(from, rel).await?);
     loop {
         let mut failed = Vec::new();
         let mut last_err = None;

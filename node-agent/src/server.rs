@@ -25,8 +25,9 @@ pub async fn run(cfg: AgentConfig, listen: SocketAddr, shutdown: CancellationTok
     tracing::info!(
         listen = %local,
         name = %cfg.name,
-        mysql = %cfg.server.address(),
+        mysql = %cfg.server.as_ref().map_or("none (media agent)", |s| s.address()),
         sink = %cfg.sink_dir.display(),
+        pools = ?cfg.pools,
         "lockstep agent serving"
     );
     let registration = crate::register::Registration {

@@ -224,7 +224,10 @@ async fn full_disk_fails_cleanly() -> anyhow::Result<()> {
         &["No space left on device", out.to_str().expect("utf-8")],
     );
     assert!(!out.join("manifest.json").exists());
-    assert!(!out.exists(), "the failed dump's files were removed");
+    assert!(
+        !out.exists() || std::fs::read_dir(&out)?.next().is_none(),
+        "the failed dump's files were removed"
+    );
     assert_eq!(
         std::fs::read(mount.path.join("older-backup.txt"))?,
         b"an older backup"
@@ -334,8 +337,13 @@ async fn agent_restore_checks_the_catalog_and_runs_alone() -> anyhow::Result<()>
     step!("a location outside the sink directory is refused");
     let outside = tempfile::tempdir()?;
     let copied = outside.path().join("copy");
+    let stored = agent.sink_dir().join(&artifact.location);
     let status = std::process::Command::new("cp")
-        .args(["-a", &artifact.location, copied.to_str().expect("utf-8")])
+        .args([
+            "-a",
+            stored.to_str().expect("utf-8"),
+            copied.to_str().expect("utf-8"),
+        ])
         .status()?;
     anyhow::ensure!(status.success(), "cp failed");
     let outside_err = probe::restore_with(
@@ -354,6 +362,18 @@ async fn agent_restore_checks_the_catalog_and_runs_alone() -> anyhow::Result<()>
             .contains("outside this agent's sink directory"),
         "{}",
         outside_err.message()
+    );
+    let escape = format!("b-chk/../../{}", copied.display());
+    let escape_err = probe::restore_with(
+        &mut client,
+        req(&artifact.manifest_sha256, "b-chk", &escape),
+    )
+    .await
+    .expect_err("a location leaving the sink");
+    assert!(
+        escape_err.message().contains("`..` component"),
+        "{}",
+        escape_err.message()
     );
     assert!(user_databases(&target).await?.is_empty(), "target touched");
 

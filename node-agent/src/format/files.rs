@@ -1,8 +1,8 @@
 //! Writing snapshot files with their size and sha256, and checking them.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::{Read, Write};
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
@@ -71,57 +71,41 @@ pub fn sync_ancestors(dir: &Path, up_to: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A file being written: counts and hashes every byte on its way to disk.
+/// A file being written: counts and hashes every byte on its way to `W`.
 #[derive(Debug)]
-pub struct HashingWriter {
-    inner: BufWriter<File>,
+pub struct HashingWriter<W> {
+    inner: W,
     hasher: Sha256,
     size: u64,
-    path: PathBuf,
     rel: String,
 }
 
-impl HashingWriter {
-    /// Creates `root/rel`; refuses to replace an existing file.
-    pub fn create(root: &Path, rel: &str) -> Result<HashingWriter> {
-        let path = root.join(rel);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).on_file(parent, "create directory")?;
-        }
-        let file = File::options()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .on_file(&path, "create")?;
-        Ok(HashingWriter {
-            inner: BufWriter::with_capacity(1 << 20, file),
+impl<W: Write> HashingWriter<W> {
+    /// Hashes what goes to `inner`, the file `rel` of a snapshot.
+    pub fn new(inner: W, rel: &str) -> HashingWriter<W> {
+        HashingWriter {
+            inner,
             hasher: Sha256::new(),
             size: 0,
-            path,
             rel: rel.into(),
-        })
+        }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Flushes and fsyncs the file; returns its manifest entry.
-    pub fn finish(mut self) -> Result<FileEntry> {
-        self.inner.flush().on_file(&self.path, "write")?;
-        self.inner
-            .get_ref()
-            .sync_all()
-            .on_file(&self.path, "fsync")?;
-        Ok(FileEntry {
-            path: self.rel,
-            size: self.size,
-            sha256: hex::encode(self.hasher.finalize()),
-        })
+    /// Flushes; returns the inner writer and the file's manifest entry.
+    pub fn finish(mut self) -> std::io::Result<(W, FileEntry)> {
+        self.inner.flush()?;
+        Ok((
+            self.inner,
+            FileEntry {
+                path: self.rel,
+                size: self.size,
+                sha256: hex::encode(self.hasher.finalize()),
+            },
+        ))
     }
 }
 
-impl Write for HashingWriter {
+impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
@@ -136,10 +120,20 @@ impl Write for HashingWriter {
 
 /// Writes a whole small file and returns its entry.
 pub fn write_file(root: &Path, rel: &str, bytes: &[u8]) -> Result<FileEntry> {
-    let mut w = HashingWriter::create(root, rel)?;
-    let path = w.path().to_path_buf();
+    let path = root.join(rel);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).on_file(parent, "create directory")?;
+    }
+    let file = File::options()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .on_file(&path, "create")?;
+    let mut w = HashingWriter::new(file, rel);
     w.write_all(bytes).on_file(&path, "write")?;
-    w.finish()
+    let (file, entry) = w.finish().on_file(&path, "write")?;
+    file.sync_all().on_file(&path, "fsync")?;
+    Ok(entry)
 }
 
 /// Checks one file against its manifest entry.

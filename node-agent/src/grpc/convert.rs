@@ -128,7 +128,11 @@ pub fn identity(info: &ServerInfo, cfg: &AgentConfig) -> pb::ServerIdentity {
         server_uuid: info.server_uuid.clone(),
         gtid_domain_id: info.gtid_domain_id,
         gtid_mode: info.gtid_mode.clone(),
-        address: cfg.server.address().into(),
+        address: cfg
+            .server
+            .as_ref()
+            .map(|s| s.address().to_string())
+            .unwrap_or_default(),
         name: cfg.name.clone(),
     }
 }
@@ -171,7 +175,7 @@ pub fn released_event(r: &Released) -> pb::PrepareEvent {
 
 pub fn artifact(d: &DumpResult) -> pb::Artifact {
     pb::Artifact {
-        location: d.dir.display().to_string(),
+        location: d.location.clone(),
         manifest: FILE_NAME.into(),
         total_bytes: d.manifest.totals.bytes,
         files: d.manifest.totals.files,

@@ -147,7 +147,11 @@ impl NodeAgent for AgentService {
         let level = convert::zstd_level(r.zstd_level).map_err(|e| convert::to_status(&e))?;
         let progress = Arc::new(Progress::default());
         let (agent, p) = (self.agent.clone(), progress.clone());
-        let job = async move { agent.transfer(&r.backup_id, level, p).await };
+        let job = async move {
+            agent
+                .transfer(&r.backup_id, level, r.sink.as_ref(), p)
+                .await
+        };
         Ok(Response::new(stream_job(progress, job, |s, done| {
             pb::TransferProgress {
                 rows: s.rows,
@@ -181,7 +185,7 @@ impl NodeAgent for AgentService {
                 manifest_sha256: r.manifest_sha256.clone(),
             };
             agent
-                .restore(std::path::Path::new(&r.location), target, &expect, &opts, p)
+                .restore(&r.location, r.sink.as_ref(), target, &expect, &opts, p)
                 .await
         };
         Ok(Response::new(stream_job(progress, job, |s, done| {

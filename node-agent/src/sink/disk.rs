@@ -242,6 +242,10 @@ impl Store for DiskStore {
         self.label.clone()
     }
 
+    fn locate(&self, key: &str) -> String {
+        self.root.join(key).display().to_string()
+    }
+
     async fn create(&self, key: &str) -> Result<Box<dyn ObjectWriter>> {
         Ok(Box::new(self.create_file(key).await?))
     }
@@ -286,7 +290,7 @@ impl Store for DiskStore {
                 None => root.clone(),
             };
             let mut out = Vec::new();
-            walk(&root, &start, &prefix, &mut out)?;
+            walk(&root, &start, &prefix, false, &mut out)?;
             out.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(out)
         })
@@ -296,12 +300,24 @@ impl Store for DiskStore {
 
     async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
         let listed = self.list(prefix).await?;
-        for o in &listed {
-            let p = self.path_of(&o.key)?;
+        let (root, owned) = (self.root.clone(), prefix.to_string());
+        // Partial files too: what an interrupted writer left.
+        let all = tokio::task::spawn_blocking(move || {
+            let start = match owned.rfind('/') {
+                Some(i) => root.join(&owned[..i]),
+                None => root.clone(),
+            };
+            let mut out = Vec::new();
+            walk(&root, &start, &owned, true, &mut out).map(|()| out)
+        })
+        .await
+        .map_err(|e| Error::Cancelled(format!("list {}: {e}", self.root.display())))??;
+        for o in &all {
+            let p = self.root.join(&o.key);
             tokio::fs::remove_file(&p).await.on_file(&p, "remove")?;
         }
         // Remove the directories left empty, deepest first.
-        let mut dirs: Vec<PathBuf> = listed
+        let mut dirs: Vec<PathBuf> = all
             .iter()
             .filter_map(|o| self.root.join(&o.key).parent().map(Path::to_path_buf))
             .collect();
@@ -320,7 +336,15 @@ impl Store for DiskStore {
     }
 }
 
-fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> Result<()> {
+/// Collects the files below `dir` whose key starts with `prefix`; hidden
+/// files (partial objects) only with `hidden`.
+fn walk(
+    root: &Path,
+    dir: &Path,
+    prefix: &str,
+    hidden: bool,
+    out: &mut Vec<ObjectInfo>,
+) -> Result<()> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -330,7 +354,7 @@ fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> Res
         let entry = entry.on_file(dir, "list directory")?;
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') {
+        if name.starts_with('.') && (!hidden || name == "." || name == "..") {
             continue; // partial files and temp files are not objects
         }
         let Ok(rel) = path.strip_prefix(root) else {
@@ -341,9 +365,11 @@ fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> Res
         if meta.is_dir() {
             let as_dir = format!("{key}/");
             if as_dir.starts_with(prefix) || prefix.starts_with(&as_dir) {
-                walk(root, &path, prefix, out)?;
+                walk(root, &path, prefix, hidden, out)?;
             }
-        } else if key.starts_with(prefix) {
+        } else if key.starts_with(prefix)
+            || (hidden && name.starts_with('.') && dir_key_matches(root, dir, prefix))
+        {
             out.push(ObjectInfo {
                 key,
                 size: meta.len(),
@@ -351,6 +377,20 @@ fn walk(root: &Path, dir: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> Res
         }
     }
     Ok(())
+}
+
+/// Whether a hidden file in `dir` belongs under `prefix` (its directory does).
+fn dir_key_matches(root: &Path, dir: &Path, prefix: &str) -> bool {
+    let rel = dir
+        .strip_prefix(root)
+        .map(|r| r.to_string_lossy().replace('\\', "/"))
+        .unwrap_or_default();
+    let as_dir = if rel.is_empty() {
+        rel
+    } else {
+        format!("{rel}/")
+    };
+    as_dir.starts_with(prefix)
 }
 
 #[cfg(test)]

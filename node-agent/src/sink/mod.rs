@@ -28,6 +28,7 @@ use lockstep_proto::agent as pb;
 
 use crate::error::{Error, Result};
 
+pub mod artifact;
 pub mod disk;
 pub mod media;
 pub mod s3;
@@ -47,6 +48,10 @@ pub struct ObjectInfo {
 pub trait Store: Send + Sync + Debug {
     /// Names the sink in errors and logs: its kind, name and where it is.
     fn describe(&self) -> String;
+    /// Names one object in errors: its full path or URL where it has one.
+    fn locate(&self, key: &str) -> String {
+        format!("{key} in {}", self.describe())
+    }
     /// Starts a new object at `key`. Nothing is visible under `key` until
     /// the writer's `finish` returns; an existing object is never replaced
     /// (creating one that exists fails at `finish` at the latest).
