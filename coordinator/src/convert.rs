@@ -4,7 +4,7 @@
 use lockstep_proto::coordinator as pb;
 
 use crate::catalog::{
-    Backup, CATALOG_VERSION, Restore, RestoreStatus, RestoredServer, Server, Status,
+    Backup, CATALOG_VERSION, Restore, RestoreStatus, RestoredServer, Server, Sink, SinkKind, Status,
 };
 use crate::raft::{NodeStatus, Role};
 use crate::restore::RestoreRequest;
@@ -58,17 +58,43 @@ pub fn backup(b: &Backup) -> pb::Backup {
         artifacts: b
             .artifacts
             .iter()
-            .map(|(server, a)| pb::Artifact {
-                server: server.clone(),
-                location: a.location.clone(),
-                manifest_sha256: a.manifest_sha256.clone(),
-                bytes: a.bytes,
-                files: a.files,
-                rows: a.rows,
-            })
+            .map(|(server, a)| artifact(server, &b.sink, a))
             .collect(),
         reason: b.reason.clone().unwrap_or_default(),
         freeze_us: b.freeze_us(),
+        sink: crate::sinks::shown(&b.sink).to_string(),
+        copies: b
+            .copies
+            .iter()
+            .flat_map(|(sink, servers)| servers.iter().map(move |(s, a)| artifact(s, sink, a)))
+            .collect(),
+    }
+}
+
+/// One copy of one server's snapshot.
+pub fn artifact(server: &str, sink: &str, a: &crate::catalog::Artifact) -> pb::Artifact {
+    pb::Artifact {
+        server: server.to_string(),
+        location: a.location.clone(),
+        manifest_sha256: a.manifest_sha256.clone(),
+        bytes: a.bytes,
+        files: a.files,
+        rows: a.rows,
+        sink: crate::sinks::shown(sink).to_string(),
+        verified_at_unix_ms: a.verified_at_unix_ms,
+        verify_error: a.verify_error.clone().unwrap_or_default(),
+    }
+}
+
+/// The outcome of a copy or verification of one server's snapshot.
+pub fn sink_outcome(o: &crate::sinks::Outcome) -> pb::SinkOutcome {
+    pb::SinkOutcome {
+        server: o.server.clone(),
+        sink: crate::sinks::shown(&o.sink).to_string(),
+        agent: o.agent.clone(),
+        bytes: o.bytes,
+        ok: o.error.is_none(),
+        error: o.error.clone().unwrap_or_default(),
     }
 }
 
@@ -116,6 +142,8 @@ pub fn restore_request(r: pb::RestoreBackupRequest) -> RestoreRequest {
         force: r.force,
         in_place: r.in_place,
         allow_reset_master: r.allow_reset_master,
+        from: (!r.from.is_empty()).then_some(r.from),
+        agents: r.agents.into_iter().collect(),
     }
 }
 
@@ -131,6 +159,8 @@ pub fn server_restore(server: &str, s: &RestoredServer) -> pb::ServerRestore {
         duration_ms: s.duration_ms,
         gtid_slave_pos: s.gtid_slave_pos.clone(),
         location: s.location.clone(),
+        sink: s.sink.clone(),
+        agent: s.agent.clone(),
     }
 }
 
@@ -162,5 +192,118 @@ pub fn restore(r: &Restore) -> pb::RestoreRecord {
                 },
             })
             .collect(),
+    }
+}
+
+/// A new sink from an `AddSink` request, or why it is malformed.
+pub fn new_sink(r: &pb::AddSinkRequest, at_unix_ms: i64) -> Result<Sink, String> {
+    crate::catalog::check_sink_name(&r.name)?;
+    let kind = match r.kind.as_str() {
+        "disk" => {
+            if r.agent.is_empty() {
+                return Err("a disk sink needs --agent (the agent holding the pool)".into());
+            }
+            if !r.path.starts_with('/') {
+                return Err(format!(
+                    "a disk sink needs --path, an absolute directory on the agent's host (got {:?})",
+                    r.path
+                ));
+            }
+            SinkKind::Disk {
+                agent: r.agent.clone(),
+                path: r.path.trim_end_matches('/').to_string(),
+            }
+        }
+        "s3" => {
+            let rest = r.url.strip_prefix("s3://").ok_or_else(|| {
+                format!(
+                    "an s3 sink needs --url s3://BUCKET[/PREFIX] (got {:?})",
+                    r.url
+                )
+            })?;
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(format!("{:?} names no bucket", r.url));
+            }
+            if !r.endpoint.is_empty()
+                && !(r.endpoint.starts_with("http://") || r.endpoint.starts_with("https://"))
+            {
+                return Err(format!(
+                    "--endpoint must be an http:// or https:// URL (got {:?})",
+                    r.endpoint
+                ));
+            }
+            SinkKind::S3 {
+                bucket: bucket.to_string(),
+                prefix: prefix.trim_matches('/').to_string(),
+                endpoint: r.endpoint.clone(),
+                region: r.region.clone(),
+            }
+        }
+        other => return Err(format!("sink kind {other:?} is not disk or s3")),
+    };
+    let encrypt = r.encrypt.unwrap_or(matches!(kind, SinkKind::S3 { .. }));
+    Ok(Sink {
+        name: r.name.clone(),
+        kind,
+        encrypt,
+        added_at_unix_ms: at_unix_ms,
+    })
+}
+
+/// A sink as `sink list` shows it.
+pub fn sink_info(s: &Sink, primary: bool, copy: bool, copies: u64) -> pb::SinkInfo {
+    pb::SinkInfo {
+        name: s.name.clone(),
+        kind: s.kind.name().into(),
+        place: s.kind.place(),
+        encrypt: s.encrypt,
+        primary,
+        copy,
+        copies,
+        ..pb::SinkInfo::default()
+    }
+}
+
+/// A cluster's sinks, the implicit host-local one first.
+pub fn sink_infos(cat: &crate::catalog::Catalog, cluster: &str) -> Vec<pb::SinkInfo> {
+    let sinks = cat.sinks.get(cluster).cloned().unwrap_or_default();
+    let count = |name: &str| -> u64 {
+        cat.backups
+            .values()
+            .filter(|b| b.cluster == cluster)
+            .map(|b| b.all_copies().iter().filter(|(s, _, _)| *s == name).count() as u64)
+            .sum()
+    };
+    let mut out = vec![pb::SinkInfo {
+        name: crate::catalog::HOST_LOCAL.into(),
+        kind: "host-local".into(),
+        place: "each agent's --sink-dir, on the host of the server it protects".into(),
+        primary: sinks.primary.is_none(),
+        copies: count(""),
+        ..pb::SinkInfo::default()
+    }];
+    for s in sinks.sinks.values() {
+        out.push(sink_info(
+            s,
+            sinks.primary.as_deref() == Some(&s.name),
+            sinks.copies.contains(&s.name),
+            count(&s.name),
+        ));
+    }
+    out
+}
+
+/// One server of a restore plan.
+pub fn planned_server(p: &crate::restore::Planned) -> pb::PlannedServer {
+    pb::PlannedServer {
+        server: p.server.clone(),
+        target: p.target.clone(),
+        sink: crate::sinks::shown(&p.sink).to_string(),
+        location: p.location.clone(),
+        agent: p.agent.clone(),
+        bytes: p.bytes,
+        estimated_ms: p.estimated_ms,
+        skipped: p.skipped.clone(),
     }
 }

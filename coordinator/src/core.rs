@@ -104,7 +104,22 @@ impl Core {
         // Every cluster is at FIRST_VERSION or above: such commands skip the
         // read (and its wait behind the raft task) on the backup's hot path.
         if needs > FIRST_VERSION {
-            let admits = self.raft.read_local(move |c| c.admits(needs)).await?;
+            let mut admits = self.raft.read_local(move |c| c.admits(needs)).await?;
+            if let Err(cluster) = admits {
+                // Every voter may support it already and the periodic
+                // raise not have run yet (a group just formed): raise now.
+                let voters = self.voter_versions().await;
+                if let Some(version) = crate::catalog::raise_to(cluster, voters.values().copied())
+                    .filter(|v| *v >= needs)
+                {
+                    let raise = Command::SetClusterVersion { version };
+                    match Box::pin(self.propose(&raise)).await {
+                        Ok(()) | Err(Error::Rejected(Rejected::VersionNotRaised { .. })) => {}
+                        Err(e) => return Err(e),
+                    }
+                    admits = self.raft.read_local(move |c| c.admits(needs)).await?;
+                }
+            }
             if let Err(cluster) = admits {
                 let op = serde_json::from_slice::<serde_json::Value>(&data)
                     .ok()
@@ -194,7 +209,10 @@ impl Core {
         let (c, n) = (cluster.to_string(), name.to_string());
         let known = self
             .raft
-            .read_local(move |cat| cat.clusters.get(&c).is_some_and(|s| s.contains_key(&n)))
+            .read_local(move |cat| {
+                cat.clusters.get(&c).is_some_and(|s| s.contains_key(&n))
+                    || cat.media.get(&c).is_some_and(|m| m.contains_key(&n))
+            })
             .await?;
         if !known {
             return Err(Error::UnknownServer {
@@ -343,5 +361,16 @@ fn describe(cmd: &Command) -> String {
         Command::SetClusterVersion { version } => {
             format!("raise the cluster's catalog version to {version}")
         }
+        Command::RegisterMedia(m) => format!("register media agent {}/{}", m.cluster, m.name),
+        Command::AddSink { cluster, sink } => format!("add sink {} to {cluster}", sink.name),
+        Command::RemoveSink { cluster, name } => format!("remove sink {name} from {cluster}"),
+        Command::SetSinkPolicy { cluster, .. } => format!("set the sink policy of {cluster}"),
+        Command::CopyStored {
+            id, server, sink, ..
+        } => format!("record the copy of server {server} of backup {id} in sink {sink}"),
+        Command::CopyVerified {
+            id, server, sink, ..
+        } => format!("record the check of server {server} of backup {id} in sink {sink:?}"),
+        Command::ImportBackup { backup } => format!("import backup {}", backup.id),
     }
 }

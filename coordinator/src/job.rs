@@ -188,24 +188,34 @@ impl Jobs {
 
     /// Starts a backup of every registered server of `cluster`: records it,
     /// then drives it in the background. Returns its id.
-    pub async fn start_backup(self: &Arc<Self>, cluster: &str) -> Result<String> {
+    pub async fn start_backup(
+        self: &Arc<Self>,
+        cluster: &str,
+        sink: Option<&str>,
+    ) -> Result<String> {
         let term = self.core.require_leader().await?;
-        let c = cluster.to_string();
-        let parts = self
+        let (c, requested) = (cluster.to_string(), sink.map(str::to_string));
+        let (parts, sink) = self
             .core
             .read(move |cat| {
-                cat.clusters.get(&c).map(|servers| {
-                    servers
-                        .values()
-                        .map(|s| Participant {
-                            name: s.name.clone(),
-                            addr: s.agent_addr.clone(),
-                        })
-                        .collect::<Vec<_>>()
-                })
+                let parts = cat
+                    .clusters
+                    .get(&c)
+                    .map(|servers| {
+                        servers
+                            .values()
+                            .map(|s| Participant {
+                                name: s.name.clone(),
+                                addr: s.agent_addr.clone(),
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default();
+                let sink = crate::sinks::primary_for(cat, &c, requested.as_deref());
+                (parts, sink)
             })
-            .await?
-            .unwrap_or_default();
+            .await?;
+        let sink = sink?;
         let id = uuid::Uuid::new_v4().to_string();
         // Claimed before it exists, so the leadership watcher never mistakes
         // it for an inherited backup.
@@ -217,6 +227,7 @@ impl Jobs {
                 cluster: cluster.to_string(),
                 servers: parts.iter().map(|p| p.name.clone()).collect(),
                 at_unix_ms: now_unix_ms(),
+                sink,
             })
             .await;
         // Fail point: the start was recorded, but this node acts as if the
@@ -282,6 +293,7 @@ impl Jobs {
         };
         let Err(reason) = outcome else {
             info!(elapsed = ?started.elapsed(), "backup complete");
+            crate::sinks::copy_by_policy(&self.core, id).await;
             return;
         };
         if !self.still_leads(term).await {
@@ -553,6 +565,8 @@ impl Jobs {
             let mut stream = client
                 .transfer(agent_pb::TransferRequest {
                     sink: None,
+                    cluster: String::new(),
+                    cut_servers: Vec::new(),
                     backup_id: id.to_string(),
                     zstd_level: 0,
                     term,
@@ -587,6 +601,8 @@ impl Jobs {
                             bytes: a.total_bytes,
                             files: a.files,
                             rows: a.rows,
+                            verified_at_unix_ms: None,
+                            verify_error: None,
                         },
                     })
                     .await
@@ -782,6 +798,9 @@ impl Jobs {
                         .map_err(|e| format!("mark the backup complete: {e}")),
                     Err(e) => Err(e),
                 };
+                if outcome.is_ok() {
+                    crate::sinks::copy_by_policy(&self.core, &b.id).await;
+                }
                 if let Err(e) = outcome {
                     if !self.still_leads(term).await {
                         warn!(error = %e, "interrupted: this node no longer leads; the next leader resolves the backup");

@@ -17,6 +17,8 @@
 //! - [`restore`]: the coordinated restore the leader runs while the caller
 //!   waits (every server's agent `Restore` in parallel); it reads the
 //!   catalog but changes nothing.
+//! - [`sinks`]: sinks as the leader uses them: the description agents
+//!   open, which agent reads a copy, copies, verification and scans.
 //! - [`version`]: the leader's task that raises the cluster's catalog
 //!   version once every voter supports a higher one (rolling upgrades; the
 //!   versions themselves live in [`catalog`]).
@@ -42,6 +44,7 @@ pub mod raft;
 pub mod restore;
 pub mod server;
 pub mod service;
+pub mod sinks;
 pub mod version;
 
 pub use error::{Error, Result};

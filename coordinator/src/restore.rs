@@ -1,29 +1,40 @@
 //! The coordinated restore, a leader job: every server of a COMPLETE backup
-//! is loaded at once, each by its own agent from the artifact that agent
-//! stored (`Restore` on `lockstep.agent.v1`).
+//! is loaded at once, each from the best copy any reachable agent can read.
 //!
 //! The request is checked against the catalog (the backup exists and is
 //! COMPLETE, every server has a target or the request says in-place, every
-//! target names one of its servers, no other restore of it runs) and
-//! recorded there (`StartRestore`, [`record`]) before any agent is called;
-//! [`run`] then loads every server, recording each outcome as it finishes
-//! and the end (`FinishRestore`). [`crate::job::Jobs::restore`] runs it as
-//! a task of its own, so a caller that goes away does not cut it short; a
-//! leader fails the restores no job of its own drives (see
-//! [`crate::job::Jobs::watch_leadership`]).
+//! target names one of its servers, no other restore of it runs). Then,
+//! before anything is recorded or loaded, every server gets a source: a
+//! copy and an agent that reaches it ([`choose`]). The copies are ranked:
+//! one on the server's own agent, then a media agent's pool, then another
+//! agent's disk, then object storage; each is read by the agent holding it,
+//! or (object storage) the server's own agent, a media agent, any agent.
+//! The agent checks the copy's manifest against the catalog. A server
+//! without a usable source fails the whole request: a fleet restore starts
+//! on every server or none. The restore is recorded (`StartRestore`,
+//! [`record`]); [`run`] then loads every server, moving on to the next
+//! source when a copy fails its checksums (before the target is touched),
+//! recording each outcome as it finishes and the end (`FinishRestore`).
+//! [`crate::job::Jobs::restore`] runs it as a task of its own, so a caller
+//! that goes away does not cut it short; a leader fails the restores no job
+//! of its own drives (see [`crate::job::Jobs::watch_leadership`]).
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use lockstep_proto::agent as agent_pb;
-use lockstep_proto::agent::node_agent_client::NodeAgentClient;
-use tonic::transport::Channel;
 use tracing::{Instrument as _, info, info_span, warn};
 
-use crate::catalog::{Command, Rejected, RestoredServer, Status};
+use crate::catalog::{Backup, Catalog, Command, Rejected, RestoredServer, SinkKind, Status};
 use crate::core::{Core, fail_pause, now_unix_ms};
 use crate::error::{Error, Result};
 use crate::job::{agent_client, status_text};
+use crate::sinks::{AgentRef, readers, shown, spec};
+
+/// How long a source check (manifest only) may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Assumed load rate when no restore of the cluster has been measured.
+const DEFAULT_ROWS_PER_SEC: u64 = 100_000;
 
 /// What to restore.
 #[derive(Debug, Clone, Default)]
@@ -39,6 +50,10 @@ pub struct RestoreRequest {
     pub in_place: bool,
     /// Let agents run RESET MASTER on MySQL 5.7 targets with GTIDs.
     pub allow_reset_master: bool,
+    /// Load only from copies in this sink.
+    pub from: Option<String>,
+    /// Server name → the agent that loads it.
+    pub agents: BTreeMap<String, String>,
 }
 
 /// A finished restore: its catalog id and every server's outcome, in the
@@ -49,19 +64,50 @@ pub struct Restored {
     pub servers: Vec<(String, RestoredServer)>,
 }
 
-/// A server of a backup as the catalog has it: name, agent address, and
-/// its artifact's location and manifest sha256 (if stored).
-type CatalogServer = (String, String, Option<(String, String)>);
+/// One way to load a server: a copy and the agent that reads it.
+#[derive(Debug, Clone)]
+struct Source {
+    /// Empty: host-local.
+    sink: String,
+    spec: Option<agent_pb::SinkSpec>,
+    location: String,
+    manifest_sha256: String,
+    bytes: u64,
+    rows: u64,
+    agent: AgentRef,
+}
 
-/// One server to restore: where its agent is and what it loads.
+impl Source {
+    fn describe(&self) -> String {
+        format!(
+            "copy in sink {} read by agent {}",
+            shown(&self.sink),
+            self.agent.name
+        )
+    }
+}
+
+/// One server to restore: its target and its sources, best first.
 #[derive(Debug, Clone)]
 struct Plan {
     server: String,
-    agent_addr: String,
-    location: Option<String>,
-    /// The artifact's manifest sha256, which the agent checks.
-    manifest_sha256: String,
     target_mysql: String,
+    sources: Vec<Source>,
+    /// Why sources were passed over (or none exist).
+    skipped: Vec<String>,
+}
+
+/// One server of a restore plan, as `restore plan` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    pub server: String,
+    pub target: String,
+    pub sink: String,
+    pub location: String,
+    pub agent: String,
+    pub bytes: u64,
+    pub estimated_ms: u64,
+    pub skipped: Vec<String>,
 }
 
 /// A restore checked and recorded, ready to [`run`].
@@ -74,53 +120,56 @@ pub struct Recorded {
     plans: Vec<Plan>,
 }
 
+/// Checks `req` against the catalog and picks every server's source; fails
+/// naming each server that has none.
+async fn prepare(core: &Core, req: &RestoreRequest) -> Result<(Vec<Plan>, u64)> {
+    core.require_leader().await?;
+    let id = req.backup_id.clone();
+    let r = req.clone();
+    let (plans, rate) = core
+        .read(move |cat| -> Result<(Vec<Plan>, u64)> {
+            let b = cat
+                .backups
+                .get(&r.backup_id)
+                .ok_or_else(|| Rejected::UnknownBackup(r.backup_id.clone()))?;
+            Ok((plan(cat, b, &r)?, measured_rate(cat, &b.cluster)))
+        })
+        .await??;
+    let plans = futures::future::join_all(plans.into_iter().map(|p| choose(&id, p))).await;
+    let failed: Vec<String> = plans
+        .iter()
+        .filter(|p| p.sources.is_empty())
+        .map(|p| {
+            format!(
+                "server {}: no reachable copy ({})",
+                p.server,
+                if p.skipped.is_empty() {
+                    "the backup has no copy of it".to_string()
+                } else {
+                    p.skipped.join("; ")
+                }
+            )
+        })
+        .collect();
+    if !failed.is_empty() {
+        return Err(Error::CannotLoad {
+            id,
+            reasons: failed.join("; "),
+        });
+    }
+    Ok((plans, rate))
+}
+
 /// Checks `req` against the catalog and records it as restore
 /// `restore_id`. Fails before anything is recorded if the backup is unknown
 /// or not COMPLETE, a server has no target (without in-place), a target
-/// names a server not in it, or another restore of it runs.
+/// names a server not in it, another restore of it runs, or a server has no
+/// copy an agent can reach.
 pub async fn record(core: &Core, restore_id: &str, req: RestoreRequest) -> Result<Recorded> {
-    core.require_leader().await?;
-    let id = req.backup_id.clone();
-    let wanted = id.clone();
-    let found = core
-        .read(move |cat| {
-            cat.backups.get(&wanted).map(|b| {
-                let agents = cat.clusters.get(&b.cluster);
-                let servers: Vec<CatalogServer> = b
-                    .servers
-                    .iter()
-                    .map(|name| {
-                        (
-                            name.clone(),
-                            agents
-                                .and_then(|s| s.get(name))
-                                .map(|s| s.agent_addr.clone())
-                                .unwrap_or_default(),
-                            b.artifacts
-                                .get(name)
-                                .map(|a| (a.location.clone(), a.manifest_sha256.clone())),
-                        )
-                    })
-                    .collect();
-                (b.status, servers)
-            })
-        })
-        .await?;
-    let (status, servers) = found.ok_or_else(|| Rejected::UnknownBackup(id.clone()))?;
-    let plans = plan(&id, status, servers, &req.targets, req.in_place)?;
-    // Every server must have an artifact and a reachable loading agent
-    // before any is loaded: a fleet restore starts on every server or none.
-    let reached = futures::future::join_all(plans.iter().map(Plan::loader)).await;
-    let unreachable: Vec<String> = reached.into_iter().filter_map(|r| r.err()).collect();
-    if !unreachable.is_empty() {
-        return Err(Error::CannotLoad {
-            id: id.clone(),
-            reasons: unreachable.join("; "),
-        });
-    }
+    let (plans, _) = prepare(core, &req).await?;
     core.propose(&Command::StartRestore {
         id: restore_id.to_string(),
-        backup_id: id.clone(),
+        backup_id: req.backup_id.clone(),
         targets: plans
             .iter()
             .map(|p| (p.server.clone(), p.shown_target()))
@@ -131,11 +180,100 @@ pub async fn record(core: &Core, restore_id: &str, req: RestoreRequest) -> Resul
     .await?;
     Ok(Recorded {
         restore_id: restore_id.to_string(),
-        backup_id: id,
+        backup_id: req.backup_id,
         force: req.force,
         allow_reset_master: req.allow_reset_master,
         plans,
     })
+}
+
+/// What a restore would do: every server's copy and agent, the bytes and
+/// an estimated time (at the cluster's last measured restore rate). Loads
+/// nothing and records nothing.
+pub async fn plan_only(core: &Core, req: RestoreRequest) -> Result<Vec<Planned>> {
+    let (plans, rate) = prepare(core, &req).await?;
+    Ok(plans
+        .into_iter()
+        .map(|p| {
+            let s = &p.sources[0];
+            Planned {
+                target: p.shown_target(),
+                server: p.server,
+                sink: s.sink.clone(),
+                location: s.location.clone(),
+                agent: s.agent.name.clone(),
+                bytes: s.bytes,
+                estimated_ms: s.rows.saturating_mul(1000) / rate.max(1),
+                skipped: p.skipped,
+            }
+        })
+        .collect())
+}
+
+/// Rows per second of the cluster's finished restores, or a default.
+fn measured_rate(cat: &Catalog, cluster: &str) -> u64 {
+    let (rows, ms) = cat
+        .restores
+        .values()
+        .filter(|r| {
+            cat.backups
+                .get(&r.backup_id)
+                .is_some_and(|b| b.cluster == cluster)
+        })
+        .flat_map(|r| r.servers.values())
+        .filter(|s| s.error.is_none() && s.duration_ms > 0)
+        .fold((0u64, 0u64), |(r, d), s| (r + s.rows, d + s.duration_ms));
+    if ms == 0 {
+        DEFAULT_ROWS_PER_SEC
+    } else {
+        (rows * 1000 / ms).max(1)
+    }
+}
+
+/// Keeps the first source whose agent confirms the copy (its manifest is
+/// there and is the catalog's); the others stay as fallbacks. Sources that
+/// fail are moved to `skipped` with why.
+async fn choose(id: &str, mut p: Plan) -> Plan {
+    let mut kept = Vec::new();
+    let mut found = false;
+    for s in std::mem::take(&mut p.sources) {
+        if found {
+            kept.push(s);
+            continue;
+        }
+        match check(id, &s).await {
+            Ok(()) => {
+                found = true;
+                kept.push(s);
+            }
+            Err(e) => p.skipped.push(format!("{}: {e}", s.describe())),
+        }
+    }
+    p.sources = kept;
+    p
+}
+
+/// Asks a source's agent whether it can read the copy.
+async fn check(id: &str, s: &Source) -> std::result::Result<(), String> {
+    let a = crate::catalog::Artifact {
+        location: s.location.clone(),
+        manifest_sha256: s.manifest_sha256.clone(),
+        bytes: s.bytes,
+        files: 0,
+        rows: s.rows,
+        verified_at_unix_ms: None,
+        verify_error: None,
+    };
+    match tokio::time::timeout(
+        CHECK_TIMEOUT,
+        crate::sinks::verify_one(id, &a, s.spec.clone(), &s.agent, true),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((_, e))) => Err(e),
+        Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
+    }
 }
 
 /// Restores every server of a recorded restore in parallel; returns one
@@ -158,7 +296,12 @@ pub async fn run(core: &Core, rec: Recorded) -> Restored {
         let bid = &id;
         let runs = plans.into_iter().map(|p| async move {
             let started = Instant::now();
-            let outcome = match tokio::time::timeout(timeout, restore_one(&p, bid, force, allow_reset_master)).await {
+            let outcome = match tokio::time::timeout(
+                timeout,
+                restore_server(core, &p, bid, force, allow_reset_master),
+            )
+            .await
+            {
                 Ok(r) => r,
                 Err(_) => Err(format!(
                     "server {}: restore not finished within {timeout:?}",
@@ -166,14 +309,11 @@ pub async fn run(core: &Core, rec: Recorded) -> Restored {
                 )),
             };
             match &outcome {
-                Ok((_, l)) => info!(server = %p.server, rows = l.rows, elapsed = ?started.elapsed(), "server restored"),
+                Ok(l) => info!(server = %p.server, rows = l.rows, sink = %shown(&l.sink), agent = %l.agent, elapsed = ?started.elapsed(), "server restored"),
                 Err(e) => warn!(server = %p.server, error = %e, "server restore failed"),
             }
             let mut done = match outcome {
-                Ok((reported, loaded)) => RestoredServer {
-                    target: reported,
-                    ..loaded
-                },
+                Ok(loaded) => loaded,
                 Err(e) => RestoredServer {
                     error: Some(e),
                     ..RestoredServer::default()
@@ -182,7 +322,6 @@ pub async fn run(core: &Core, rec: Recorded) -> Restored {
             if done.target.is_empty() {
                 done.target = p.shown_target();
             }
-            done.location = p.location.clone().unwrap_or_default();
             let record = Command::RestoreServerDone {
                 id: rid.clone(),
                 server: p.server.clone(),
@@ -211,39 +350,81 @@ pub async fn run(core: &Core, rec: Recorded) -> Restored {
     .await
 }
 
-/// Checks the request against the backup and pairs each server with its
-/// target.
-fn plan(
-    id: &str,
-    status: Status,
-    servers: Vec<CatalogServer>,
-    targets: &BTreeMap<String, String>,
-    in_place: bool,
-) -> Result<Vec<Plan>> {
-    if status != Status::Complete {
+/// Loads one server from its sources in order: a copy that fails its
+/// checksums (found before the target is touched) is recorded as bad and
+/// the next source is tried.
+async fn restore_server(
+    core: &Core,
+    p: &Plan,
+    backup_id: &str,
+    force: bool,
+    allow_reset_master: bool,
+) -> std::result::Result<RestoredServer, String> {
+    let mut errors = Vec::new();
+    for (i, s) in p.sources.iter().enumerate() {
+        if i > 0
+            && let Err(e) = check(backup_id, s).await
+        {
+            errors.push(format!("{}: {e}", s.describe()));
+            continue;
+        }
+        match restore_one(p, s, backup_id, force, allow_reset_master).await {
+            Ok((target, loaded)) => {
+                return Ok(RestoredServer {
+                    target,
+                    location: s.location.clone(),
+                    sink: shown(&s.sink).to_string(),
+                    agent: s.agent.name.clone(),
+                    ..loaded
+                });
+            }
+            Err((true, e)) => {
+                warn!(server = %p.server, source = %s.describe(), error = %e, "copy failed its checksums; trying the next copy");
+                let record = Command::CopyVerified {
+                    id: backup_id.to_string(),
+                    server: p.server.clone(),
+                    sink: s.sink.clone(),
+                    at_unix_ms: now_unix_ms(),
+                    error: Some(e.clone()),
+                };
+                if let Err(re) = core.propose(&record).await {
+                    warn!(error = %re, "could not record the bad copy");
+                }
+                errors.push(format!("{}: {e}", s.describe()));
+            }
+            Err((false, e)) => {
+                errors.push(e);
+                break;
+            }
+        }
+    }
+    Err(errors.join("; "))
+}
+
+/// Checks the request against the backup and gives each server its
+/// target and sources, best first.
+fn plan(cat: &Catalog, b: &Backup, req: &RestoreRequest) -> Result<Vec<Plan>> {
+    let id = &b.id;
+    if b.status != Status::Complete {
         return Err(Error::NotRestorable {
             id: id.to_string(),
-            status: crate::convert::status_name(status).to_uppercase(),
+            status: crate::convert::status_name(b.status).to_uppercase(),
         });
     }
-    if let Some(unknown) = targets
-        .keys()
-        .find(|t| !servers.iter().any(|(name, _, _)| name == *t))
-    {
-        return Err(Error::UnknownTarget {
-            id: id.to_string(),
-            server: unknown.clone(),
-            servers: servers
-                .iter()
-                .map(|(n, _, _)| n.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-        });
+    let names = || b.servers.join(", ");
+    for unknown in req.targets.keys().chain(req.agents.keys()) {
+        if !b.servers.contains(unknown) {
+            return Err(Error::UnknownTarget {
+                id: id.to_string(),
+                server: unknown.clone(),
+                servers: names(),
+            });
+        }
     }
     // Checked here, before anything is recorded or any agent called: a
     // typo must not leave the fleet partly restored.
     let mut seen: BTreeMap<String, &str> = BTreeMap::new();
-    for (server, url) in targets {
+    for (server, url) in &req.targets {
         let bad = |reason: String| Error::BadTarget {
             id: id.to_string(),
             server: server.clone(),
@@ -257,53 +438,133 @@ fn plan(
             )));
         }
     }
-    let untargeted: Vec<&str> = servers
+    let untargeted: Vec<&str> = b
+        .servers
         .iter()
-        .map(|(name, _, _)| name.as_str())
-        .filter(|name| !targets.contains_key(*name))
+        .map(String::as_str)
+        .filter(|name| !req.targets.contains_key(*name))
         .collect();
-    if !in_place && !untargeted.is_empty() {
+    if !req.in_place && !untargeted.is_empty() {
         return Err(Error::MissingTarget {
             id: id.to_string(),
             servers: untargeted.join(", "),
         });
     }
-    Ok(servers
-        .into_iter()
-        .map(|(server, agent_addr, artifact)| {
-            let (location, manifest_sha256) = match artifact {
-                Some((l, sha)) => (Some(l), sha),
-                None => (None, String::new()),
-            };
+    if let Some(from) = &req.from
+        && from != crate::catalog::HOST_LOCAL
+        && cat.sink(&b.cluster, from).is_none()
+    {
+        return Err(Error::Config(format!(
+            "--from {from}: cluster {} has no such sink",
+            b.cluster
+        )));
+    }
+    for (server, agent) in &req.agents {
+        if crate::sinks::agent(cat, &b.cluster, agent).is_none() {
+            return Err(Error::BadTarget {
+                id: id.to_string(),
+                server: server.clone(),
+                reason: format!("--agent {agent}: no such agent in cluster {}", b.cluster),
+            });
+        }
+    }
+    Ok(b.servers
+        .iter()
+        .map(|server| {
+            let target_mysql = req.targets.get(server).cloned().unwrap_or_default();
+            let (sources, skipped) = sources(cat, b, server, req, target_mysql.is_empty());
             Plan {
-                target_mysql: targets.get(&server).cloned().unwrap_or_default(),
-                server,
-                agent_addr,
-                location,
-                manifest_sha256,
+                server: server.clone(),
+                target_mysql,
+                sources,
+                skipped,
             }
         })
         .collect())
 }
 
-impl Plan {
-    /// The artifact's location and a connection to the agent that loads
-    /// it, or why there is none (naming the server).
-    async fn loader(&self) -> std::result::Result<(String, NodeAgentClient<Channel>), String> {
-        let name = &self.server;
-        let location = self
-            .location
-            .clone()
-            .ok_or_else(|| format!("server {name}: the backup has no artifact for it"))?;
-        if self.agent_addr.is_empty() {
-            return Err(format!("server {name}: no agent is registered for it"));
+/// A server's sources, best first, and the copies left out with why.
+fn sources(
+    cat: &Catalog,
+    b: &Backup,
+    server: &str,
+    req: &RestoreRequest,
+    in_place: bool,
+) -> (Vec<Source>, Vec<String>) {
+    let from = req.from.as_deref().map(|f| {
+        if f == crate::catalog::HOST_LOCAL {
+            ""
+        } else {
+            f
         }
-        let client = agent_client(&self.agent_addr)
-            .await
-            .map_err(|e| format!("server {name}: {e}"))?;
-        Ok((location, client))
+    });
+    let mut skipped = Vec::new();
+    let mut copies: Vec<(u8, &str, &crate::catalog::Artifact)> = Vec::new();
+    for (sink, a) in b.copies_of(server) {
+        if from.is_some_and(|f| f != sink) {
+            continue;
+        }
+        let rank = match (sink, cat.sink(&b.cluster, sink).map(|s| &s.kind)) {
+            ("", _) => 0,
+            (_, Some(SinkKind::Disk { agent, .. })) if agent == server => 0,
+            (_, Some(SinkKind::Disk { agent, .. }))
+                if crate::sinks::agent(cat, &b.cluster, agent).is_some_and(|a| a.media) =>
+            {
+                1
+            }
+            (_, Some(SinkKind::Disk { .. })) => 2,
+            (_, Some(SinkKind::S3 { .. })) => 3,
+            (_, None) => {
+                skipped.push(format!(
+                    "copy in sink {sink}: the sink was removed from the catalog"
+                ));
+                continue;
+            }
+        };
+        // A copy known to be bad goes last.
+        let rank = rank + if a.verify_error.is_some() { 10 } else { 0 };
+        copies.push((rank, sink, a));
     }
+    copies.sort_by_key(|(rank, _, _)| *rank);
+    let mut out = Vec::new();
+    for (_, sink, a) in copies {
+        let spec = match spec(cat, &b.cluster, sink) {
+            Ok(s) => s,
+            Err(e) => {
+                skipped.push(format!("copy in sink {}: {e}", shown(sink)));
+                continue;
+            }
+        };
+        let mut agents = readers(cat, &b.cluster, sink, server);
+        if let Some(forced) = req.agents.get(server) {
+            agents.retain(|a| &a.name == forced);
+            if agents.is_empty() {
+                skipped.push(format!(
+                    "copy in sink {}: agent {forced} cannot read it (it is on another agent's own disk)",
+                    shown(sink)
+                ));
+            }
+        }
+        if in_place {
+            // Its own server is only the server's own agent's.
+            agents.retain(|a| a.name == server);
+        }
+        for agent in agents {
+            out.push(Source {
+                sink: sink.to_string(),
+                spec: spec.clone(),
+                location: a.location.clone(),
+                manifest_sha256: a.manifest_sha256.clone(),
+                bytes: a.bytes,
+                rows: a.rows,
+                agent,
+            });
+        }
+    }
+    (out, skipped)
+}
 
+impl Plan {
     /// The target as the catalog and the caller see it: `host:port` (never
     /// the credentials) or "own server".
     fn shown_target(&self) -> String {
@@ -315,43 +576,52 @@ impl Plan {
     }
 }
 
-/// One agent's `Restore`, to the end of its stream; returns the target the
-/// agent reported and its report.
+/// One agent's `Restore` from one source, to the end of its stream;
+/// returns the target the agent reported and its report. `Err((true, _))`
+/// when the copy failed its checksums (nothing was touched).
 async fn restore_one(
     p: &Plan,
+    s: &Source,
     backup_id: &str,
     force: bool,
     allow_reset_master: bool,
-) -> std::result::Result<(String, RestoredServer), String> {
+) -> std::result::Result<(String, RestoredServer), (bool, String)> {
     let name = &p.server;
-    let (location, mut client) = p.loader().await?;
+    let mut client = agent_client(&s.agent.addr)
+        .await
+        .map_err(|e| (false, format!("server {name}: {e}")))?;
+    let failed = |st: tonic::Status| (st.code() == tonic::Code::DataLoss, restore_error(name, &st));
     let mut stream = client
         .restore(agent_pb::RestoreRequest {
-            location,
+            location: s.location.clone(),
             target_mysql: p.target_mysql.clone(),
             force,
             threads: 0,
             binlog: false,
             backup_id: backup_id.to_string(),
-            manifest_sha256: p.manifest_sha256.clone(),
+            manifest_sha256: s.manifest_sha256.clone(),
             allow_reset_master,
-            sink: None,
+            sink: s.spec.clone(),
         })
         .await
-        .map_err(|s| restore_error(name, &s))?
+        .map_err(failed)?
         .into_inner();
     loop {
-        let msg = stream
-            .message()
-            .await
-            .map_err(|s| restore_error(name, &s))?
-            .ok_or_else(|| format!("server {name}: the restore ended without a report"))?;
+        let msg = stream.message().await.map_err(failed)?.ok_or_else(|| {
+            (
+                false,
+                format!("server {name}: the restore ended without a report"),
+            )
+        })?;
         if !msg.done {
             continue;
         }
-        let r = msg
-            .report
-            .ok_or_else(|| format!("server {name}: the restore finished without a report"))?;
+        let r = msg.report.ok_or_else(|| {
+            (
+                false,
+                format!("server {name}: the restore finished without a report"),
+            )
+        })?;
         return Ok((
             r.server,
             RestoredServer {
@@ -416,28 +686,183 @@ fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::{Artifact, MediaAgent, Server, Sink};
 
-    fn servers() -> Vec<CatalogServer> {
-        ["s1", "s2"]
-            .iter()
-            .map(|n| {
-                (
-                    n.to_string(),
-                    format!("http://{n}"),
-                    Some((format!("/b/{n}"), "sha".to_string())),
-                )
+    fn artifact(location: &str) -> Artifact {
+        Artifact {
+            location: location.into(),
+            manifest_sha256: "sha".into(),
+            bytes: 10,
+            files: 1,
+            rows: 5,
+            verified_at_unix_ms: None,
+            verify_error: None,
+        }
+    }
+
+    /// Cluster c1: servers s1, s2, media agent m1 with sink `pool`, and
+    /// sink `bucket` (s3). Backup b1: host-local copies, plus copies in
+    /// both sinks.
+    fn catalog() -> Catalog {
+        let mut cat = Catalog::default();
+        for n in ["s1", "s2"] {
+            cat.apply(Command::RegisterServer(Server {
+                cluster: "c1".into(),
+                name: n.into(),
+                agent_addr: format!("http://{n}"),
+                flavour: "mariadb".into(),
+                version: "10.11".into(),
+                server_id: 1,
+                server_uuid: String::new(),
+                registered_at_unix_ms: 0,
+            }))
+            .expect("register");
+        }
+        cat.apply(Command::RegisterMedia(MediaAgent {
+            cluster: "c1".into(),
+            name: "m1".into(),
+            agent_addr: "http://m1".into(),
+            registered_at_unix_ms: 0,
+        }))
+        .expect("media");
+        for (name, kind) in [
+            (
+                "pool",
+                SinkKind::Disk {
+                    agent: "m1".into(),
+                    path: "/pool".into(),
+                },
+            ),
+            (
+                "bucket",
+                SinkKind::S3 {
+                    bucket: "b".into(),
+                    prefix: String::new(),
+                    endpoint: String::new(),
+                    region: String::new(),
+                },
+            ),
+        ] {
+            cat.apply(Command::AddSink {
+                cluster: "c1".into(),
+                sink: Sink {
+                    name: name.into(),
+                    kind,
+                    encrypt: false,
+                    added_at_unix_ms: 0,
+                },
             })
+            .expect("sink");
+        }
+        let servers = vec!["s1".to_string(), "s2".to_string()];
+        let mut b = Backup {
+            id: "b1".into(),
+            cluster: "c1".into(),
+            status: Status::Complete,
+            servers: servers.clone(),
+            started_at_unix_ms: 0,
+            finished_at_unix_ms: Some(1),
+            cut: BTreeMap::new(),
+            cut_committed_at_unix_ms: Some(0),
+            artifacts: BTreeMap::new(),
+            reason: None,
+            sink: String::new(),
+            copies: BTreeMap::new(),
+        };
+        for s in &servers {
+            b.artifacts.insert(s.clone(), artifact(&format!("b1/{s}")));
+            for sink in ["pool", "bucket"] {
+                b.copies
+                    .entry(sink.to_string())
+                    .or_default()
+                    .insert(s.clone(), artifact(&format!("b1/{s}")));
+            }
+        }
+        cat.backups.insert("b1".into(), b);
+        cat
+    }
+
+    fn req(targets: &[(&str, &str)], in_place: bool) -> RestoreRequest {
+        RestoreRequest {
+            backup_id: "b1".into(),
+            targets: targets
+                .iter()
+                .map(|(s, t)| (s.to_string(), t.to_string()))
+                .collect(),
+            in_place,
+            ..RestoreRequest::default()
+        }
+    }
+
+    fn order(p: &Plan) -> Vec<String> {
+        p.sources
+            .iter()
+            .map(|s| format!("{}@{}", shown(&s.sink), s.agent.name))
             .collect()
+    }
+
+    const BOTH: &[(&str, &str)] = &[("s1", "mysql://root@h:1"), ("s2", "mysql://root@h:2")];
+
+    #[test]
+    fn sources_rank_own_agent_then_media_pool_then_object_storage() {
+        let cat = catalog();
+        let b = &cat.backups["b1"];
+        let plans = plan(&cat, b, &req(BOTH, false)).expect("plan");
+        assert_eq!(
+            order(&plans[0]),
+            [
+                "host-local@s1",
+                // Other agents read the pool through its holder.
+                "pool@m1",
+                "pool@s1",
+                "pool@s2",
+                "bucket@s1",
+                "bucket@m1",
+                "bucket@s2"
+            ]
+        );
+        let mut r = req(BOTH, false);
+        r.from = Some("bucket".into());
+        let plans = plan(&cat, b, &r).expect("plan");
+        assert_eq!(order(&plans[1]), ["bucket@s2", "bucket@m1", "bucket@s1"]);
+        let mut r = req(BOTH, false);
+        r.agents = BTreeMap::from([("s1".to_string(), "m1".to_string())]);
+        let plans = plan(&cat, b, &r).expect("plan");
+        assert_eq!(order(&plans[0]), ["pool@m1", "bucket@m1"]);
+        assert!(
+            plans[0].skipped[0].contains("host-local") && plans[0].skipped[0].contains("m1"),
+            "{:?}",
+            plans[0].skipped
+        );
+        // In place: only the server's own agent loads its own server.
+        let plans = plan(&cat, b, &req(&[], true)).expect("plan");
+        assert_eq!(order(&plans[0]), ["host-local@s1", "pool@s1", "bucket@s1"]);
+        // A copy known bad goes last.
+        let mut cat = catalog();
+        cat.backups
+            .get_mut("b1")
+            .expect("b1")
+            .artifacts
+            .get_mut("s1")
+            .expect("s1")
+            .verify_error = Some("checksum mismatch".into());
+        let b = &cat.backups["b1"];
+        let plans = plan(&cat, b, &req(BOTH, false)).expect("plan");
+        assert_eq!(
+            order(&plans[0]).last().map(String::as_str),
+            Some("host-local@s1")
+        );
     }
 
     #[test]
     fn plan_maps_targets_and_refuses_bad_requests() {
-        let targets = BTreeMap::from([("s2".to_string(), "mysql://root@h:1".to_string())]);
-        let plans = plan("b1", Status::Complete, servers(), &targets, true).expect("plan");
+        let mut cat = catalog();
+        let b = cat.backups["b1"].clone();
+        let plans = plan(&cat, &b, &req(&[("s2", "mysql://root@h:1")], true)).expect("plan");
         assert_eq!(plans[0].target_mysql, "");
         assert_eq!(plans[1].target_mysql, "mysql://root@h:1");
 
-        let missing = plan("b1", Status::Complete, servers(), &targets, false)
+        let missing = plan(&cat, &b, &req(&[("s2", "mysql://root@h:1")], false))
             .expect_err("a server without a target is refused without in-place");
         let text = missing.to_string();
         assert!(
@@ -445,27 +870,38 @@ mod tests {
             "{text}"
         );
 
-        let failed = plan("b1", Status::Failed, servers(), &targets, true)
-            .expect_err("a FAILED backup is refused");
-        assert!(failed.to_string().contains("FAILED"), "{failed}");
-
-        let bad = BTreeMap::from([("s9".to_string(), "mysql://root@h:1".to_string())]);
-        let unknown = plan("b1", Status::Complete, servers(), &bad, true)
+        let unknown = plan(&cat, &b, &req(&[("s9", "mysql://root@h:1")], true))
             .expect_err("an unknown target is refused");
         let text = unknown.to_string();
         assert!(text.contains("s9") && text.contains("s1, s2"), "{text}");
+
+        let mut r = req(BOTH, false);
+        r.from = Some("tape".into());
+        let e = plan(&cat, &b, &r).expect_err("unknown sink").to_string();
+        assert!(e.contains("tape"), "{e}");
+        let mut r = req(BOTH, false);
+        r.agents = BTreeMap::from([("s1".to_string(), "ghost".to_string())]);
+        let e = plan(&cat, &b, &r).expect_err("unknown agent").to_string();
+        assert!(e.contains("ghost") && e.contains("server s1"), "{e}");
+
+        cat.backups.get_mut("b1").expect("b1").status = Status::Failed;
+        let b = cat.backups["b1"].clone();
+        let failed = plan(&cat, &b, &req(BOTH, true)).expect_err("a FAILED backup is refused");
+        assert!(failed.to_string().contains("FAILED"), "{failed}");
     }
 
     #[test]
     fn plan_refuses_bad_and_shared_targets_before_anything_runs() {
+        let cat = catalog();
+        let b = &cat.backups["b1"];
         let bad = |url: &str| {
-            let targets = BTreeMap::from([
-                ("s1".to_string(), url.to_string()),
-                ("s2".to_string(), "mysql://root@h:2".to_string()),
-            ]);
-            plan("b1", Status::Complete, servers(), &targets, false)
-                .expect_err("refused")
-                .to_string()
+            plan(
+                &cat,
+                b,
+                &req(&[("s1", url), ("s2", "mysql://root@h:2")], false),
+            )
+            .expect_err("refused")
+            .to_string()
         };
         for url in [
             "root@h:1",

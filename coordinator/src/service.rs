@@ -65,9 +65,9 @@ pub fn to_status(e: Error) -> Status {
             Rejected::BackupRunning { .. }
             | Rejected::DuplicateBackup(_)
             | Rejected::RestoreRunning { .. } => Status::already_exists(r.to_string()),
-            Rejected::BadTransition { .. } | Rejected::VersionNotRaised { .. } => {
-                Status::failed_precondition(r.to_string())
-            }
+            Rejected::BadTransition { .. }
+            | Rejected::VersionNotRaised { .. }
+            | Rejected::BadSink { .. } => Status::failed_precondition(r.to_string()),
         },
         Error::UnknownServer { .. } => Status::not_found(e.to_string()),
         Error::ProposalTimeout { .. } => Status::unavailable(e.to_string()),
@@ -104,6 +104,18 @@ impl Coordinator for CoordinatorService {
         require("server name", &r.name)?;
         require("agent address", &r.agent_addr)?;
         self.core.require_leader().await.map_err(to_status)?;
+        if r.media {
+            let cmd = crate::catalog::Command::RegisterMedia(crate::catalog::MediaAgent {
+                cluster: r.cluster.clone(),
+                name: r.name.clone(),
+                agent_addr: r.agent_addr,
+                registered_at_unix_ms: now_unix_ms(),
+            });
+            self.core.propose(&cmd).await.map_err(to_status)?;
+            self.core.touch(&r.cluster, &r.name);
+            tracing::info!(cluster = %r.cluster, agent = %r.name, "media agent registered");
+            return Ok(Response::new(pb::RegisterServerReply {}));
+        }
         let cmd = crate::catalog::Command::RegisterServer(Server {
             cluster: r.cluster.clone(),
             name: r.name.clone(),
@@ -166,7 +178,7 @@ impl Coordinator for CoordinatorService {
         require("cluster", &r.cluster)?;
         let backup_id = self
             .jobs
-            .start_backup(&r.cluster)
+            .start_backup(&r.cluster, opt(r.sink).as_deref())
             .await
             .map_err(to_status)?;
         // Fault injection: the backup is recorded and running, its caller
@@ -249,6 +261,215 @@ impl Coordinator for CoordinatorService {
             .map_err(to_status)?;
         restores.sort_by_key(|r| r.started_at_unix_ms);
         Ok(Response::new(pb::ListRestoresReply { restores }))
+    }
+
+    async fn add_sink(
+        &self,
+        request: Request<pb::AddSinkRequest>,
+    ) -> Result<Response<pb::SinkInfo>, Status> {
+        let r = request.into_inner();
+        require("cluster", &r.cluster)?;
+        let sink = convert::new_sink(&r, now_unix_ms()).map_err(Status::invalid_argument)?;
+        if let crate::catalog::SinkKind::Disk { agent, .. } = &sink.kind {
+            let (c, a) = (r.cluster.clone(), agent.clone());
+            let known = self
+                .core
+                .read(move |cat| crate::sinks::agent(cat, &c, &a).is_some())
+                .await
+                .map_err(to_status)?;
+            if !known {
+                return Err(Status::not_found(format!(
+                    "no agent {agent} is registered in cluster {}; start it (a media agent: lockstep-agent serve --name {agent} --pool DIR, without --mysql) first",
+                    r.cluster
+                )));
+            }
+        }
+        let info = convert::sink_info(&sink, false, false, 0);
+        self.core
+            .propose(&crate::catalog::Command::AddSink {
+                cluster: r.cluster,
+                sink,
+            })
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(info))
+    }
+
+    async fn remove_sink(
+        &self,
+        request: Request<pb::RemoveSinkRequest>,
+    ) -> Result<Response<pb::RemoveSinkReply>, Status> {
+        let r = request.into_inner();
+        require("cluster", &r.cluster)?;
+        require("sink name", &r.name)?;
+        self.core
+            .propose(&crate::catalog::Command::RemoveSink {
+                cluster: r.cluster,
+                name: r.name,
+            })
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::RemoveSinkReply {}))
+    }
+
+    async fn list_sinks(
+        &self,
+        request: Request<pb::ListSinksRequest>,
+    ) -> Result<Response<pb::ListSinksReply>, Status> {
+        let r = request.into_inner();
+        require("cluster", &r.cluster)?;
+        self.core.require_leader().await.map_err(to_status)?;
+        let c = r.cluster.clone();
+        let mut sinks = self
+            .core
+            .read(move |cat| convert::sink_infos(cat, &c))
+            .await
+            .map_err(to_status)?;
+        if r.usage {
+            let core = &self.core;
+            let cluster = &r.cluster;
+            let usages = futures::future::join_all(sinks.iter().map(|s| async move {
+                if s.kind == "host-local" {
+                    return None;
+                }
+                Some(crate::sinks::scan(core, cluster, &s.name, true).await)
+            }))
+            .await;
+            for (info, usage) in sinks.iter_mut().zip(usages) {
+                match usage {
+                    Some(Ok(scan)) => {
+                        info.objects = Some(scan.objects);
+                        info.bytes = Some(scan.bytes);
+                    }
+                    Some(Err(e)) => info.usage_error = e.to_string(),
+                    None => info.usage_error = "on each agent's own host".into(),
+                }
+            }
+        }
+        Ok(Response::new(pb::ListSinksReply { sinks }))
+    }
+
+    async fn set_sink_policy(
+        &self,
+        request: Request<pb::SetSinkPolicyRequest>,
+    ) -> Result<Response<pb::SetSinkPolicyReply>, Status> {
+        let r = request.into_inner();
+        require("cluster", &r.cluster)?;
+        let primary = opt(r.primary).filter(|p| p != crate::catalog::HOST_LOCAL);
+        self.core
+            .propose(&crate::catalog::Command::SetSinkPolicy {
+                cluster: r.cluster,
+                primary,
+                copies: r.copies,
+            })
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::SetSinkPolicyReply {}))
+    }
+
+    async fn copy_backup(
+        &self,
+        request: Request<pb::CopyBackupRequest>,
+    ) -> Result<Response<pb::SinkJobReply>, Status> {
+        let r = request.into_inner();
+        require("backup id", &r.backup_id)?;
+        require("sink", &r.to)?;
+        let outcomes = crate::sinks::copy_backup(&self.core, &r.backup_id, &r.to)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::SinkJobReply {
+            backup_id: r.backup_id,
+            outcomes: outcomes.iter().map(convert::sink_outcome).collect(),
+        }))
+    }
+
+    async fn verify_backup(
+        &self,
+        request: Request<pb::VerifyBackupRequest>,
+    ) -> Result<Response<pb::SinkJobReply>, Status> {
+        let r = request.into_inner();
+        require("backup id", &r.backup_id)?;
+        let only = opt(r.sink);
+        let outcomes = crate::sinks::verify_backup(&self.core, &r.backup_id, only.as_deref())
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::SinkJobReply {
+            backup_id: r.backup_id,
+            outcomes: outcomes.iter().map(convert::sink_outcome).collect(),
+        }))
+    }
+
+    async fn plan_restore(
+        &self,
+        request: Request<pb::RestoreBackupRequest>,
+    ) -> Result<Response<pb::RestorePlanReply>, Status> {
+        let r = request.into_inner();
+        require("backup id", &r.backup_id)?;
+        let req = convert::restore_request(r);
+        let backup_id = req.backup_id.clone();
+        let planned = crate::restore::plan_only(&self.core, req)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::RestorePlanReply {
+            backup_id,
+            servers: planned.iter().map(convert::planned_server).collect(),
+        }))
+    }
+
+    async fn scan_sink(
+        &self,
+        request: Request<pb::ScanSinkRequest>,
+    ) -> Result<Response<pb::ScanSinkReply>, Status> {
+        let r = request.into_inner();
+        require("cluster", &r.cluster)?;
+        require("sink", &r.sink)?;
+        self.core.require_leader().await.map_err(to_status)?;
+        let scan = crate::sinks::scan(&self.core, &r.cluster, &r.sink, false)
+            .await
+            .map_err(to_status)?;
+        let mut backups = Vec::new();
+        for b in &scan.backups {
+            let (id, sink) = (b.id.clone(), r.sink.clone());
+            let known = self
+                .core
+                .read(move |cat| {
+                    cat.backups
+                        .get(&id)
+                        .is_some_and(|have| have.all_copies().iter().any(|(s, _, _)| *s == sink))
+                })
+                .await
+                .map_err(to_status)?;
+            let mut imported = false;
+            if r.import && !known {
+                self.core
+                    .propose(&crate::catalog::Command::ImportBackup {
+                        backup: Box::new(b.clone()),
+                    })
+                    .await
+                    .map_err(to_status)?;
+                imported = true;
+                tracing::info!(backup = %b.id, sink = %r.sink, "backup imported from a sink scan");
+            }
+            backups.push(pb::ScannedBackup {
+                id: b.id.clone(),
+                servers: b.servers.clone(),
+                known: known || imported,
+                imported,
+            });
+        }
+        Ok(Response::new(pb::ScanSinkReply {
+            agent: scan.agent,
+            objects: scan.objects,
+            bytes: scan.bytes,
+            backups,
+            partial: scan
+                .partial
+                .iter()
+                .map(|(id, present)| format!("{id}: only {}", present.join(", ")))
+                .collect(),
+            incomplete: scan.incomplete,
+            unreadable: scan.unreadable,
+        }))
     }
 
     async fn coordinator_status(

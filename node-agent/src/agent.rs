@@ -585,6 +585,7 @@ impl Agent {
         backup_id: &str,
         zstd_level: Option<i32>,
         sink: Option<&lockstep_proto::agent::SinkSpec>,
+        cut_servers: Vec<String>,
         progress: Arc<Progress>,
     ) -> Result<DumpResult> {
         let store = crate::sink::open(sink, &self.local()).await?;
@@ -603,6 +604,8 @@ impl Agent {
                             position: c.position.clone(),
                             lock: session.lock_record.clone(),
                             started_at: session.started_at.clone(),
+                            cluster: self.cfg.cluster.clone(),
+                            cut_servers: cut_servers.clone(),
                         };
                         Some((c, origin))
                     }
@@ -738,6 +741,55 @@ impl Agent {
         crate::restore::load(&server, &from, opts, progress)
             .instrument(span)
             .await
+    }
+
+    /// Copies the artifact at `location` of `from` into `to` (at the same
+    /// location), after checking it is the one the catalog names.
+    pub async fn copy(
+        &self,
+        location: &str,
+        from: Option<&lockstep_proto::agent::SinkSpec>,
+        to: Option<&lockstep_proto::agent::SinkSpec>,
+        expect: &Expected,
+        progress: &Progress,
+    ) -> Result<DumpResult> {
+        let src = self.open_artifact(location, from).await?;
+        check_expected(&src, expect).await?;
+        let store = crate::sink::open(to, &self.local()).await?;
+        let prefix = if src.prefix().is_empty() {
+            self.artifact_prefix(&expect.backup_id)
+        } else {
+            src.prefix().to_string()
+        };
+        let dst = Artifact::new(store, prefix);
+        let span = tracing::info_span!("copy", from = %src.describe(), to = %dst.describe());
+        let (manifest, manifest_sha256) = src.copy_to(&dst, progress).instrument(span).await?;
+        Ok(DumpResult {
+            location: dst.prefix().to_string(),
+            sink: dst.store().describe(),
+            manifest,
+            manifest_sha256,
+        })
+    }
+
+    /// Checks the artifact at `location` of `sink`: its manifest is the
+    /// catalog's and (unless `manifest_only`) every file matches it.
+    /// Returns the files and bytes checked.
+    pub async fn verify(
+        &self,
+        location: &str,
+        sink: Option<&lockstep_proto::agent::SinkSpec>,
+        expect: &Expected,
+        manifest_only: bool,
+    ) -> Result<(u64, u64)> {
+        let from = self.open_artifact(location, sink).await?;
+        check_expected(&from, expect).await?;
+        if manifest_only {
+            return Ok((1, 0));
+        }
+        let threads = self.cfg.snapshot_connections.max(1);
+        let (m, _) = crate::restore::verify(&from, threads, Arc::new(Progress::default())).await?;
+        Ok((m.files.len() as u64, m.totals.bytes))
     }
 
     /// The artifact at `location` in `sink`. Without a sink, `location` is
@@ -896,6 +948,8 @@ pub async fn dump_once(
             locked_at_unix_us: committed.timings.locked_at_unix_us,
         },
         started_at,
+        cluster: String::new(),
+        cut_servers: Vec::new(),
     };
     dump::dump(
         origin,

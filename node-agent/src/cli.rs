@@ -660,6 +660,8 @@ async fn cut(a: CutArgs) -> anyhow::Result<()> {
         let mut t = client
             .transfer(pb::TransferRequest {
                 sink: None,
+                cluster: String::new(),
+                cut_servers: Vec::new(),
                 backup_id: id.clone(),
                 zstd_level: 0,
                 term: 0,

@@ -72,6 +72,10 @@ pub struct Origin {
     pub position: Position,
     pub lock: LockRecord,
     pub started_at: String,
+    /// The cluster and every server of the cut (empty outside a
+    /// coordinated backup).
+    pub cluster: String,
+    pub cut_servers: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -337,6 +341,8 @@ async fn dump_into(
         files,
         totals,
         warnings,
+        cluster: origin.cluster,
+        cut_servers: origin.cut_servers,
     };
     for w in &manifest.warnings {
         tracing::warn!(server = %addr, "{w}");

@@ -119,6 +119,8 @@ pub async fn transfer(
     let mut stream = client
         .transfer(pb::TransferRequest {
             sink: None,
+            cluster: String::new(),
+            cut_servers: Vec::new(),
             backup_id: backup_id.into(),
             zstd_level: 0,
             term: 0,

@@ -294,6 +294,8 @@ async fn deposed_coordinator_is_fenced_off() -> anyhow::Result<()> {
     let mut transfer = client
         .transfer(pb::TransferRequest {
             sink: None,
+            cluster: String::new(),
+            cut_servers: Vec::new(),
             backup_id: id.into(),
             zstd_level: 0,
             term: 8,

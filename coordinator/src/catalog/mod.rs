@@ -17,11 +17,13 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod sinks;
 mod store;
 #[cfg(test)]
 mod tests;
 mod version;
 
+pub use sinks::{ClusterSinks, HOST_LOCAL, MediaAgent, Sink, SinkKind, check_sink_name};
 use store::Dirty;
 pub use version::{CATALOG_VERSION, FIRST_VERSION, raise_to};
 
@@ -54,14 +56,22 @@ pub struct CutEntry {
     pub released_at_unix_us: Option<i64>,
 }
 
-/// Where one server's snapshot was stored.
+/// Where one server's snapshot was stored: one copy in one sink.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Artifact {
+    /// The key prefix in the sink (or, for host-local copies written by
+    /// older agents, the absolute directory).
     pub location: String,
     pub manifest_sha256: String,
     pub bytes: u64,
     pub files: u64,
     pub rows: u64,
+    /// When `lockstep verify` (or a restore's check) last read it whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_at_unix_ms: Option<i64>,
+    /// What that check found wrong; `None` when it passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,9 +103,16 @@ pub struct Backup {
     pub finished_at_unix_ms: Option<i64>,
     pub cut: BTreeMap<String, CutEntry>,
     pub cut_committed_at_unix_ms: Option<i64>,
+    /// The primary copy of each server's snapshot, in sink `sink`.
     pub artifacts: BTreeMap<String, Artifact>,
     /// Why it failed, naming the server where one is to blame.
     pub reason: Option<String>,
+    /// The sink TRANSFER wrote to; empty: each agent's host-local directory.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sink: String,
+    /// Further copies: sink → server → copy.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub copies: BTreeMap<String, BTreeMap<String, Artifact>>,
 }
 
 impl Backup {
@@ -133,6 +150,10 @@ pub enum Command {
         cluster: String,
         servers: Vec<String>,
         at_unix_ms: i64,
+        /// The primary sink; empty: host-local (and then not written, so
+        /// older builds still decode the command).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        sink: String,
     },
     /// Every server is prepared: the cut is decided, with every server's
     /// position and lock timings. One entry, so the decision costs a single
@@ -189,6 +210,38 @@ pub enum Command {
     /// Every voter supports catalog `version`: commands needing it may be
     /// proposed from now on. Only ever raises.
     SetClusterVersion { version: u32 },
+    /// A media agent registered (or re-registered with a new address).
+    RegisterMedia(MediaAgent),
+    /// An operator added a sink to a cluster.
+    AddSink { cluster: String, sink: Sink },
+    /// An operator removed a sink (refused while it holds the only copy of
+    /// a server of a COMPLETE backup or the policy names it).
+    RemoveSink { cluster: String, name: String },
+    /// The cluster's sink policy: primary sink and copies.
+    SetSinkPolicy {
+        cluster: String,
+        primary: Option<String>,
+        copies: Vec<String>,
+    },
+    /// One server's snapshot of a COMPLETE backup was copied to `sink`.
+    CopyStored {
+        id: String,
+        server: String,
+        sink: String,
+        artifact: Artifact,
+    },
+    /// A copy was read back whole; `error` says what was wrong, if anything.
+    CopyVerified {
+        id: String,
+        server: String,
+        /// Empty: host-local.
+        sink: String,
+        at_unix_ms: i64,
+        error: Option<String>,
+    },
+    /// A COMPLETE backup rebuilt from the manifests in a sink
+    /// (`lockstep sink scan --import`), or more copies of a known one.
+    ImportBackup { backup: Box<Backup> },
 }
 
 /// Where a coordinated restore stands.
@@ -215,6 +268,12 @@ pub struct RestoredServer {
     pub rows: u64,
     pub duration_ms: u64,
     pub gtid_slave_pos: String,
+    /// The sink of the copy loaded and the agent that loaded it (older
+    /// builds drop these two; they only inform).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sink: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub agent: String,
 }
 
 /// A coordinated restore of a backup, recorded as it runs.
@@ -242,6 +301,12 @@ pub struct Catalog {
     pub backups: BTreeMap<String, Backup>,
     #[serde(default)]
     pub restores: BTreeMap<String, Restore>,
+    /// cluster → its sinks and sink policy.
+    #[serde(default)]
+    pub sinks: BTreeMap<String, ClusterSinks>,
+    /// cluster → media agent name → media agent.
+    #[serde(default)]
+    pub media: BTreeMap<String, BTreeMap<String, MediaAgent>>,
     /// The catalog version every voter supports (see `version.rs`).
     #[serde(default = "first_version")]
     cluster_version: u32,
@@ -259,6 +324,8 @@ impl Default for Catalog {
             clusters: BTreeMap::new(),
             backups: BTreeMap::new(),
             restores: BTreeMap::new(),
+            sinks: BTreeMap::new(),
+            media: BTreeMap::new(),
             cluster_version: FIRST_VERSION,
             dirty: Dirty::default(),
         }
@@ -288,6 +355,8 @@ pub enum Rejected {
         "the cluster's catalog version is already {current}; {proposed} would not raise it (it is never lowered)"
     )]
     VersionNotRaised { current: u32, proposed: u32 },
+    #[error("sink {sink}: {reason}")]
+    BadSink { sink: String, reason: String },
 }
 
 impl Catalog {
@@ -333,6 +402,7 @@ impl Catalog {
                 cluster,
                 servers,
                 at_unix_ms,
+                sink,
             } => {
                 let registered = self
                     .clusters
@@ -347,6 +417,12 @@ impl Catalog {
                 }
                 if self.backups.contains_key(&id) {
                     return Err(Rejected::DuplicateBackup(id));
+                }
+                if !sink.is_empty() && self.sink(&cluster, &sink).is_none() {
+                    return Err(Rejected::BadSink {
+                        sink,
+                        reason: format!("cluster {cluster} has no such sink"),
+                    });
                 }
                 if servers.is_empty() || servers.iter().any(|s| !registered.contains_key(s)) {
                     return Err(Rejected::BadTransition {
@@ -369,6 +445,8 @@ impl Catalog {
                         cut_committed_at_unix_ms: None,
                         artifacts: BTreeMap::new(),
                         reason: None,
+                        sink,
+                        copies: BTreeMap::new(),
                     },
                 );
                 Ok(())
@@ -547,6 +625,31 @@ impl Catalog {
                 Ok(())
             }
             Command::SetClusterVersion { version } => self.set_cluster_version(version),
+            Command::RegisterMedia(m) => {
+                self.register_media(m);
+                Ok(())
+            }
+            Command::AddSink { cluster, sink } => self.add_sink(cluster, sink),
+            Command::RemoveSink { cluster, name } => self.remove_sink(&cluster, &name),
+            Command::SetSinkPolicy {
+                cluster,
+                primary,
+                copies,
+            } => self.set_policy(cluster, primary, copies),
+            Command::CopyStored {
+                id,
+                server,
+                sink,
+                artifact,
+            } => self.store_copy(&id, server, sink, artifact),
+            Command::CopyVerified {
+                id,
+                server,
+                sink,
+                at_unix_ms,
+                error,
+            } => self.verified(&id, &server, &sink, at_unix_ms, error),
+            Command::ImportBackup { backup } => self.import(*backup),
         }
     }
 

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Backup, Catalog, Command, Restore, Server, version};
+use super::{Backup, Catalog, ClusterSinks, Command, MediaAgent, Restore, Server, version};
 use crate::raft::{Change, KeyValue};
 
 /// Raft applies catalog commands as JSON; the reply is the JSON of
@@ -44,6 +44,12 @@ impl crate::raft::StateMachine for Catalog {
                     Key::Backup { id } => self.backups.get(id).map(serde_json::to_vec),
                     Key::Restore { id } => self.restores.get(id).map(serde_json::to_vec),
                     Key::ClusterVersion => Some(serde_json::to_vec(&self.cluster_version)),
+                    Key::Sinks { cluster } => self.sinks.get(cluster).map(serde_json::to_vec),
+                    Key::Media { cluster, name } => self
+                        .media
+                        .get(cluster)
+                        .and_then(|m| m.get(name))
+                        .map(serde_json::to_vec),
                 };
                 let value = value.map(|v| v.expect("a catalog record always serialises"));
                 (key.to_string(), value)
@@ -79,6 +85,16 @@ impl crate::raft::StateMachine for Catalog {
                     version::check_loaded(v)?;
                     c.cluster_version = v;
                 }
+                Key::Sinks { cluster } => {
+                    let s: ClusterSinks = serde_json::from_slice(&v)
+                        .map_err(|e| format!("catalog sinks of {cluster}: {e}"))?;
+                    c.sinks.insert(cluster, s);
+                }
+                Key::Media { cluster, name } => {
+                    let m: MediaAgent = serde_json::from_slice(&v)
+                        .map_err(|e| format!("catalog media agent {cluster}/{name}: {e}"))?;
+                    c.media.entry(cluster).or_default().insert(name, m);
+                }
             }
         }
         *self = c;
@@ -97,6 +113,8 @@ pub(super) enum Key {
     Backup { id: String },
     Restore { id: String },
     ClusterVersion,
+    Sinks { cluster: String },
+    Media { cluster: String, name: String },
 }
 
 impl std::fmt::Display for Key {
@@ -130,6 +148,17 @@ impl Command {
             | Command::RestoreServerDone { id, .. }
             | Command::FinishRestore { id, .. } => restore(id),
             Command::SetClusterVersion { .. } => Key::ClusterVersion,
+            Command::RegisterMedia(m) => Key::Media {
+                cluster: m.cluster.clone(),
+                name: m.name.clone(),
+            },
+            Command::AddSink { cluster, .. }
+            | Command::RemoveSink { cluster, .. }
+            | Command::SetSinkPolicy { cluster, .. } => Key::Sinks {
+                cluster: cluster.clone(),
+            },
+            Command::CopyStored { id, .. } | Command::CopyVerified { id, .. } => backup(id),
+            Command::ImportBackup { backup: b } => backup(&b.id),
         }
     }
 }

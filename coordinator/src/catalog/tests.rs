@@ -17,6 +17,7 @@ fn server(cluster: &str, name: &str) -> Command {
 
 fn start(id: &str) -> Command {
     Command::StartBackup {
+        sink: String::new(),
         id: id.into(),
         cluster: "c".into(),
         servers: vec!["a".into(), "b".into()],
@@ -46,6 +47,8 @@ fn commit_cut(id: &str, servers: &[(&str, i64)]) -> Command {
 
 fn artifact() -> Artifact {
     Artifact {
+        verified_at_unix_ms: None,
+        verify_error: None,
         location: "/b".into(),
         manifest_sha256: "00".into(),
         bytes: 1,
@@ -130,6 +133,7 @@ fn rejections_change_nothing() {
         Err(Rejected::UnknownBackup(_))
     ));
     let unknown = c.apply(Command::StartBackup {
+        sink: String::new(),
         id: "x".into(),
         cluster: "other".into(),
         servers: vec![],
@@ -265,6 +269,7 @@ fn a_removed_server_is_left_out_of_later_backups() {
     );
     assert!(c.backups["b1"].servers.contains(&"b".to_string()));
     let with_b = c.apply(Command::StartBackup {
+        sink: String::new(),
         id: "b2".into(),
         cluster: "c".into(),
         servers: vec!["a".into(), "b".into()],

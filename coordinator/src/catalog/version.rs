@@ -21,7 +21,10 @@
 use super::{Catalog, Command, Rejected};
 
 /// The catalog version this build supports.
-pub const CATALOG_VERSION: u32 = 1;
+pub const CATALOG_VERSION: u32 = 2;
+
+/// Version 2: sinks, media agents, copies and imports.
+pub const SINKS_VERSION: u32 = 2;
 
 /// The version of a new catalog and of builds that advertise none (they
 /// report 0 on the wire): the commands of the first release.
@@ -38,6 +41,14 @@ impl Command {
     /// or a new field (see the module doc).
     pub fn min_version(&self) -> u32 {
         match self {
+            Command::StartBackup { sink, .. } if !sink.is_empty() => SINKS_VERSION,
+            Command::RegisterMedia(_)
+            | Command::AddSink { .. }
+            | Command::RemoveSink { .. }
+            | Command::SetSinkPolicy { .. }
+            | Command::CopyStored { .. }
+            | Command::CopyVerified { .. }
+            | Command::ImportBackup { .. } => SINKS_VERSION,
             Command::RegisterServer(_)
             | Command::RemoveServer { .. }
             | Command::StartBackup { .. }

@@ -31,6 +31,7 @@ pub(super) async fn start(client: &mut Client, json: bool, a: &StartArgs) -> any
     let before = backup_ids(client, &a.cluster).await?;
     let req = pb::StartBackupRequest {
         cluster: a.cluster.clone(),
+        sink: a.sink.clone().unwrap_or_default(),
     };
     let mut lost = LostAnswers::new("start backup", client.patience());
     let id = loop {

@@ -7,9 +7,10 @@
 //! Modules: this one holds the clap structs and the dispatch; [`backup`]
 //! starts and follows backups and reads the catalog; [`restore`] runs and
 //! lists restores; [`server`] lists and removes servers and shows the
-//! coordinator group; [`output`] prints tables and JSON. A new command's
-//! arguments go here, its calls in the module of its concern, its printing
-//! in [`output`].
+//! coordinator group; [`sink`] manages sinks, copies, verification and
+//! scans (and prints them); [`output`] prints tables and JSON. A new
+//! command's arguments go here, its calls in the module of its concern, its
+//! printing in [`output`] (or beside the calls, for [`sink`]).
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,7 @@ mod backup;
 mod output;
 mod restore;
 mod server;
+mod sink;
 
 /// `lockstep`: cluster-wide consistent backups of MySQL/MariaDB.
 #[derive(Debug, Parser)]
@@ -76,6 +78,128 @@ pub enum Command {
     /// Restore backups.
     #[command(subcommand)]
     Restore(RestoreCmd),
+    /// Where backups are stored: disk pools on agents, S3 buckets.
+    #[command(subcommand)]
+    Sink(SinkCmd),
+    /// Copy a COMPLETE backup to another sink.
+    Copy(CopyArgs),
+    /// Re-read copies of a backup and check every checksum; the result is
+    /// recorded in the catalog (`catalog show` displays it).
+    Verify(VerifyArgs),
+}
+
+/// `lockstep sink ...`
+#[derive(Debug, Subcommand)]
+pub enum SinkCmd {
+    /// Add a sink: a disk pool held by an agent (`--kind disk --agent
+    /// AGENT --path DIR`) or S3 (`--kind s3 --url s3://BUCKET/PREFIX`).
+    Add(SinkAddArgs),
+    /// A cluster's sinks with the policy, copies and usage.
+    List(SinkListArgs),
+    /// Remove a sink from the catalog (its objects stay). Refused while it
+    /// holds the only copy of a backup or the policy names it.
+    Remove(SinkNameArgs),
+    /// Set the cluster's sink policy: the primary sink backups are written
+    /// to, and the sinks every COMPLETE backup is copied to.
+    Policy(SinkPolicyArgs),
+    /// What a sink holds; with --import, add its backups to the catalog
+    /// (rebuilding a lost catalog from the media).
+    Scan(SinkScanArgs),
+}
+
+/// `sink add` arguments.
+#[derive(Debug, Args)]
+pub struct SinkAddArgs {
+    /// The sink's name (letters, digits, '-', '_', '.').
+    pub name: String,
+    #[arg(long)]
+    pub cluster: String,
+    /// disk or s3.
+    #[arg(long)]
+    pub kind: String,
+    /// disk: the agent holding the pool (a media agent's --name).
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// disk: the pool directory on that agent's host (one of its --pool).
+    #[arg(long)]
+    pub path: Option<String>,
+    /// s3: s3://BUCKET[/PREFIX].
+    #[arg(long)]
+    pub url: Option<String>,
+    /// s3: the endpoint of an S3-compatible server, e.g. http://HOST:9000.
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// s3: the region [default: the agents' AWS_REGION].
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Encrypt at rest (the default for s3).
+    #[arg(long, conflicts_with = "no_encrypt")]
+    pub encrypt: bool,
+    /// Do not encrypt (the default for disk).
+    #[arg(long)]
+    pub no_encrypt: bool,
+}
+
+/// `sink list` arguments.
+#[derive(Debug, Args)]
+pub struct SinkListArgs {
+    #[arg(long)]
+    pub cluster: String,
+    /// Skip asking agents for each sink's usage.
+    #[arg(long)]
+    pub no_usage: bool,
+}
+
+/// `sink remove` arguments.
+#[derive(Debug, Args)]
+pub struct SinkNameArgs {
+    pub name: String,
+    #[arg(long)]
+    pub cluster: String,
+}
+
+/// `sink policy` arguments.
+#[derive(Debug, Args)]
+pub struct SinkPolicyArgs {
+    #[arg(long)]
+    pub cluster: String,
+    /// Where backups are written ("host-local": each agent's own directory).
+    #[arg(long)]
+    pub primary: String,
+    /// A sink every COMPLETE backup is copied to; repeat for several.
+    #[arg(long = "copy")]
+    pub copies: Vec<String>,
+}
+
+/// `sink scan` arguments.
+#[derive(Debug, Args)]
+pub struct SinkScanArgs {
+    pub name: String,
+    #[arg(long)]
+    pub cluster: String,
+    /// Add the backups found to the catalog.
+    #[arg(long)]
+    pub import: bool,
+}
+
+/// `copy` arguments.
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    #[arg(long)]
+    pub backup: String,
+    /// The sink to copy to.
+    #[arg(long)]
+    pub to: String,
+}
+
+/// `verify` arguments.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[arg(long)]
+    pub backup: String,
+    /// Only the copies in this sink ("host-local" for the agents' own).
+    #[arg(long)]
+    pub copy: Option<String>,
 }
 
 /// `lockstep restore ...`
@@ -83,6 +207,9 @@ pub enum Command {
 pub enum RestoreCmd {
     /// Restore every server of a COMPLETE backup at once; reports per server.
     Run(RestoreArgs),
+    /// Which copy and which agent a restore would use, the bytes and an
+    /// estimated time, without doing it.
+    Plan(RestoreArgs),
     /// Restores recorded in the catalog, oldest first.
     List(RestoreListArgs),
 }
@@ -121,6 +248,23 @@ pub struct RestoreArgs {
     /// while the command waits; accepted for symmetry with `backup start`).
     #[arg(long)]
     pub wait: bool,
+    /// Load only from copies in this sink ("host-local": the agents' own).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Have AGENT load SERVER (a server's agent or a media agent); repeat
+    /// per server.
+    #[arg(long = "agent", value_name = "SERVER=AGENT", value_parser = parse_agent)]
+    pub agents: Vec<(String, String)>,
+}
+
+/// Parses `SERVER=AGENT`.
+fn parse_agent(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((server, agent)) if !server.trim().is_empty() && !agent.trim().is_empty() => {
+            Ok((server.trim().to_string(), agent.trim().to_string()))
+        }
+        _ => Err(format!("expected SERVER=AGENT, got {s:?}")),
+    }
 }
 
 /// Parses `SERVER=URL`.
@@ -191,6 +335,10 @@ pub struct StartArgs {
     /// The cluster to back up.
     #[arg(long)]
     pub cluster: String,
+    /// Write to this sink instead of the cluster policy's primary
+    /// ("host-local": each agent's own directory).
+    #[arg(long)]
+    pub sink: Option<String>,
     /// Wait for the backup to finish, showing progress; exit 1 if it failed.
     #[arg(long)]
     pub wait: bool,
@@ -298,6 +446,14 @@ async fn execute(cli: &Cli) -> anyhow::Result<i32> {
         Command::Catalog(CatalogCmd::Show(a)) => backup::show(&mut client, json, a).await,
         Command::Restore(RestoreCmd::List(a)) => restore::list(&mut client, json, a).await,
         Command::Restore(RestoreCmd::Run(a)) => restore::run(client, json, a).await,
+        Command::Restore(RestoreCmd::Plan(a)) => restore::plan(&mut client, json, a).await,
+        Command::Sink(SinkCmd::Add(a)) => sink::add(&mut client, json, a).await,
+        Command::Sink(SinkCmd::List(a)) => sink::list(&mut client, json, a).await,
+        Command::Sink(SinkCmd::Remove(a)) => sink::remove(&mut client, json, a).await,
+        Command::Sink(SinkCmd::Policy(a)) => sink::policy(&mut client, json, a).await,
+        Command::Sink(SinkCmd::Scan(a)) => sink::scan(&mut client, json, a).await,
+        Command::Copy(a) => sink::copy(&mut client, json, a).await,
+        Command::Verify(a) => sink::verify(&mut client, json, a).await,
     }
 }
 

@@ -415,7 +415,7 @@ fn version(v: u32) -> Option<u32> {
 }
 
 /// Prints left-aligned columns separated by two spaces.
-fn print_table(headers: &[&str], rows: &[Vec<String>]) {
+pub(super) fn print_table(headers: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -36,6 +36,44 @@ pub(super) async fn list(
     Ok(0)
 }
 
+/// The request `restore run` and `restore plan` send.
+fn request(a: &RestoreArgs) -> anyhow::Result<pb::RestoreBackupRequest> {
+    let mut targets = HashMap::new();
+    for (name, url) in &a.targets {
+        if targets.insert(name.clone(), url.clone()).is_some() {
+            anyhow::bail!("--target names server {name} twice");
+        }
+    }
+    let mut agents = HashMap::new();
+    for (server, agent) in &a.agents {
+        if agents.insert(server.clone(), agent.clone()).is_some() {
+            anyhow::bail!("--agent names server {server} twice");
+        }
+    }
+    Ok(pb::RestoreBackupRequest {
+        backup_id: a.backup.clone(),
+        targets,
+        force: a.force,
+        in_place: a.in_place,
+        allow_reset_master: a.allow_reset_master,
+        from: a.from.clone().unwrap_or_default(),
+        agents,
+    })
+}
+
+/// `restore plan`: which copy and agent each server would be loaded from.
+pub(super) async fn plan(client: &mut Client, json: bool, a: &RestoreArgs) -> anyhow::Result<i32> {
+    let req = request(a)?;
+    let reply = client
+        .call("plan restore", |mut c| {
+            let req = req.clone();
+            async move { c.plan_restore(req).await }
+        })
+        .await?;
+    super::sink::print_plan(json, &reply);
+    Ok(0)
+}
+
 /// `restore run`: every server of the backup at once, while the command
 /// waits; exit 1 if any server failed.
 ///
@@ -47,19 +85,7 @@ pub(super) async fn list(
 /// refused (and named), so nothing is loaded twice over data; with
 /// `--force`, the user asked for the targets to be overwritten anyway.
 pub(super) async fn run(client: Client, json: bool, a: &RestoreArgs) -> anyhow::Result<i32> {
-    let mut targets = HashMap::new();
-    for (name, url) in &a.targets {
-        if targets.insert(name.clone(), url.clone()).is_some() {
-            anyhow::bail!("--target names server {name} twice");
-        }
-    }
-    let req = pb::RestoreBackupRequest {
-        backup_id: a.backup.clone(),
-        targets,
-        force: a.force,
-        in_place: a.in_place,
-        allow_reset_master: a.allow_reset_master,
-    };
+    let req = request(a)?;
     eprintln!("restoring every server of backup {} ...", a.backup);
     let mut client = client.with_call_timeout(RESTORE_TIMEOUT);
     let mut lost = LostAnswers::new("restore backup", client.patience());

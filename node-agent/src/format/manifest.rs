@@ -46,6 +46,13 @@ pub struct Manifest {
     /// Things the operator should know (skipped objects, non-transactional tables).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// The cluster the backup is of, and every server of its cut (so a
+    /// catalog can be rebuilt from the manifests in a sink alone). Empty in
+    /// manifests written outside a coordinated backup.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cluster: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cut_servers: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

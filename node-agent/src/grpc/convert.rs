@@ -225,8 +225,10 @@ pub fn to_status(e: &Error) -> Status {
         // The dump gave way to the application's DDL: the backup is
         // abandoned, and a new one may succeed once the DDL is done.
         Error::Busy { .. } | Error::DdlYield(_) => Code::Aborted,
-        Error::SnapshotMismatch { .. } | Error::RowCount { .. } => Code::DataLoss,
-        Error::Io { .. } | Error::BadBackup { .. } | Error::Checksum { .. } => Code::Internal,
+        Error::SnapshotMismatch { .. } | Error::RowCount { .. } | Error::Checksum { .. } => {
+            Code::DataLoss
+        }
+        Error::Io { .. } | Error::BadBackup { .. } => Code::Internal,
         Error::TargetNotEmpty { .. } => Code::AlreadyExists,
         Error::Sink { .. } => Code::Unavailable,
         Error::Cancelled(_) => Code::Cancelled,

@@ -41,6 +41,80 @@ impl NodeAgent for AgentService {
     type PrepareStream = BoxStream<pb::PrepareEvent>;
     type TransferStream = BoxStream<pb::TransferProgress>;
     type RestoreStream = BoxStream<pb::RestoreProgress>;
+    type CopyStream = BoxStream<pb::CopyProgress>;
+
+    async fn copy(
+        &self,
+        request: Request<pb::CopyRequest>,
+    ) -> Result<Response<Self::CopyStream>, Status> {
+        let r = request.into_inner();
+        let progress = Arc::new(Progress::default());
+        let (agent, p) = (self.agent.clone(), progress.clone());
+        let job = async move {
+            let expect = crate::agent::Expected {
+                backup_id: r.backup_id.clone(),
+                manifest_sha256: r.manifest_sha256.clone(),
+            };
+            agent
+                .copy(&r.location, r.from.as_ref(), r.to.as_ref(), &expect, &p)
+                .await
+        };
+        Ok(Response::new(stream_job(progress, job, |s, done| {
+            pb::CopyProgress {
+                bytes: s.bytes,
+                files_done: 0,
+                files_total: 0,
+                done: done.is_some(),
+                artifact: done.map(|d| convert::artifact(&d)),
+            }
+        })))
+    }
+
+    async fn verify(
+        &self,
+        request: Request<pb::VerifyRequest>,
+    ) -> Result<Response<pb::VerifyReply>, Status> {
+        let r = request.into_inner();
+        let expect = crate::agent::Expected {
+            backup_id: r.backup_id.clone(),
+            manifest_sha256: r.manifest_sha256.clone(),
+        };
+        let (files, bytes) = self
+            .agent
+            .verify(&r.location, r.sink.as_ref(), &expect, r.manifest_only)
+            .await
+            .map_err(|e| convert::to_status(&e))?;
+        Ok(Response::new(pb::VerifyReply { files, bytes }))
+    }
+
+    async fn scan(
+        &self,
+        request: Request<pb::ScanRequest>,
+    ) -> Result<Response<pb::ScanReply>, Status> {
+        let r = request.into_inner();
+        let store = crate::sink::open(r.sink.as_ref(), &self.agent.local())
+            .await
+            .map_err(|e| convert::to_status(&e))?;
+        let s = crate::sink::artifact::scan(&store, r.usage_only)
+            .await
+            .map_err(|e| convert::to_status(&e))?;
+        Ok(Response::new(pb::ScanReply {
+            artifacts: s
+                .artifacts
+                .into_iter()
+                .map(
+                    |(location, manifest_sha256, manifest)| pb::ScannedArtifact {
+                        location,
+                        manifest_sha256,
+                        manifest,
+                    },
+                )
+                .collect(),
+            objects: s.objects,
+            bytes: s.bytes,
+            incomplete: s.incomplete,
+        }))
+    }
 
     async fn prepare(
         &self,
@@ -149,7 +223,13 @@ impl NodeAgent for AgentService {
         let (agent, p) = (self.agent.clone(), progress.clone());
         let job = async move {
             agent
-                .transfer(&r.backup_id, level, r.sink.as_ref(), p)
+                .transfer(
+                    &r.backup_id,
+                    level,
+                    r.sink.as_ref(),
+                    r.cut_servers.clone(),
+                    p,
+                )
                 .await
         };
         Ok(Response::new(stream_job(progress, job, |s, done| {

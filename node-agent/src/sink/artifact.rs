@@ -248,3 +248,123 @@ impl std::io::Write for BlockingWriter {
         Ok(())
     }
 }
+
+impl Artifact {
+    /// Copies every file and then the manifest (byte for byte) into `to`,
+    /// which must hold nothing; each file's sha256 is checked on the way.
+    /// On any failure what was written to `to` is removed.
+    pub async fn copy_to(
+        &self,
+        to: &Artifact,
+        progress: &crate::progress::Progress,
+    ) -> Result<(Manifest, String)> {
+        let (manifest, sha256) = self.manifest().await?;
+        let raw = self.read_small(FILE_NAME).await?;
+        if sha256_hex(&raw) != sha256 {
+            return Err(self.bad("the manifest changed while it was being read".into()));
+        }
+        to.claim().await?;
+        let result = async {
+            for entry in &manifest.files {
+                self.copy_file(to, entry, progress).await?;
+            }
+            to.put(FILE_NAME, raw).await
+        }
+        .await;
+        if let Err(e) = result {
+            to.discard().await;
+            return Err(e);
+        }
+        Ok((manifest, sha256))
+    }
+
+    async fn copy_file(
+        &self,
+        to: &Artifact,
+        entry: &FileEntry,
+        progress: &crate::progress::Progress,
+    ) -> Result<()> {
+        let key = self.key(&entry.path)?;
+        let mut stream = self.read(&entry.path).await?;
+        let mut out = to.create(&entry.path).await?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let copied = async {
+            while let Some(piece) = stream.next().await {
+                let piece = piece.map_err(|e| Error::Sink {
+                    sink: self.store.describe(),
+                    key: key.clone(),
+                    action: "read",
+                    reason: e.to_string(),
+                })?;
+                hasher.update(&piece);
+                size += piece.len() as u64;
+                progress.add_bytes(piece.len() as u64);
+                out.write(piece).await?;
+            }
+            Ok::<_, Error>(())
+        }
+        .await;
+        if let Err(e) = copied {
+            out.abort().await;
+            return Err(e);
+        }
+        let actual = hex::encode(hasher.finalize());
+        if actual != entry.sha256 || size != entry.size {
+            out.abort().await;
+            return Err(Error::Checksum {
+                path: PathBuf::from(self.store.locate(&key)),
+                expected: entry.sha256.clone(),
+                actual,
+                expected_size: entry.size,
+                actual_size: size,
+            });
+        }
+        out.finish().await?;
+        Ok(())
+    }
+}
+
+/// What a sink holds, read from its keys and manifests.
+#[derive(Debug, Default)]
+pub struct Scanned {
+    /// (location, manifest sha256, manifest bytes) per artifact.
+    pub artifacts: Vec<(String, String, Vec<u8>)>,
+    /// Locations with objects but no manifest.
+    pub incomplete: Vec<String>,
+    pub objects: u64,
+    pub bytes: u64,
+}
+
+/// Lists a store: every artifact (a location holding `manifest.json`) with
+/// its manifest unless `usage_only`, and the totals. Artifacts sit at
+/// `<backup>/<server>/`.
+pub async fn scan(store: &SharedStore, usage_only: bool) -> Result<Scanned> {
+    let objects = store.list("").await?;
+    let mut out = Scanned {
+        objects: objects.len() as u64,
+        bytes: objects.iter().map(|o| o.size).sum(),
+        ..Scanned::default()
+    };
+    if usage_only {
+        return Ok(out);
+    }
+    let location_of =
+        |key: &str| -> String { key.splitn(3, '/').take(2).collect::<Vec<_>>().join("/") };
+    let mut with_manifest = std::collections::BTreeSet::new();
+    let mut all = std::collections::BTreeSet::new();
+    for o in &objects {
+        let loc = location_of(&o.key);
+        all.insert(loc.clone());
+        if o.key == join(&loc, FILE_NAME) {
+            with_manifest.insert(loc);
+        }
+    }
+    for loc in &with_manifest {
+        let a = Artifact::new(store.clone(), loc.as_str());
+        let bytes = a.read_small(FILE_NAME).await?;
+        out.artifacts.push((loc.clone(), sha256_hex(&bytes), bytes));
+    }
+    out.incomplete = all.difference(&with_manifest).cloned().collect();
+    Ok(out)
+}
