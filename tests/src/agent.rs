@@ -48,9 +48,21 @@ pub struct AgentOptions {
     /// `--advertise`: the URL the coordinators reach it at, when that is not
     /// its own address (e.g. a [`crate::proxy::Proxy`] in front of it).
     pub advertise: Option<String>,
+    /// `--pool` directories it holds for other agents. A media agent (no
+    /// `mysql_url`) started without any gets `pool/` in its temp dir.
+    pub pools: Vec<PathBuf>,
 }
 
 impl AgentOptions {
+    /// Options for a media agent named `name`: no database server, one disk
+    /// pool in its temp dir (see [`AgentProc::pool`]).
+    pub fn media(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            ..Self::default()
+        }
+    }
+
     /// Options for an agent named `name` managing the server at `mysql_url`,
     /// with its sink in its own temp dir.
     pub fn new(name: impl Into<String>, mysql_url: impl Into<String>) -> Self {
@@ -87,6 +99,12 @@ impl AgentProc {
             opts.sink_dir = dir.path().join("sink");
             std::fs::create_dir(&opts.sink_dir)
                 .with_context(|| format!("create sink dir {}", opts.sink_dir.display()))?;
+        }
+        if opts.mysql_url.is_empty() && opts.pools.is_empty() {
+            let pool = dir.path().join("pool");
+            std::fs::create_dir(&pool)
+                .with_context(|| format!("create pool dir {}", pool.display()))?;
+            opts.pools.push(pool);
         }
         let mut agent = AgentProc {
             opts,
@@ -146,11 +164,14 @@ impl AgentProc {
             cmd.arg("--advertise")
                 .arg(format!("http://127.0.0.1:{port}"));
         }
-        cmd.arg("--name")
-            .arg(&self.opts.name)
-            .arg("--mysql")
-            .arg(&self.opts.mysql_url)
-            .arg("--sink-dir")
+        cmd.arg("--name").arg(&self.opts.name);
+        if !self.opts.mysql_url.is_empty() {
+            cmd.arg("--mysql").arg(&self.opts.mysql_url);
+        }
+        for pool in &self.opts.pools {
+            cmd.arg("--pool").arg(pool);
+        }
+        cmd.arg("--sink-dir")
             .arg(&self.opts.sink_dir)
             .args(&self.opts.extra_args)
             .env("RUST_LOG", agent_log_filter())
@@ -204,6 +225,11 @@ impl AgentProc {
     /// The disk sink's root directory (`--sink-dir`).
     pub fn sink_dir(&self) -> &Path {
         &self.opts.sink_dir
+    }
+
+    /// Its first `--pool` directory (a media agent's pool).
+    pub fn pool(&self) -> Option<&Path> {
+        self.opts.pools.first().map(PathBuf::as_path)
     }
 
     /// The agent's name.

@@ -28,6 +28,20 @@ fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
 
+/// One copy of a server's snapshot.
+fn copy_json(a: &pb::Artifact) -> Value {
+    json!({
+        "sink": a.sink,
+        "location": a.location,
+        "manifest_sha256": a.manifest_sha256,
+        "bytes": a.bytes,
+        "files": a.files,
+        "rows": a.rows,
+        "verified_at_unix_ms": a.verified_at_unix_ms,
+        "verify_error": (!a.verify_error.is_empty()).then_some(&a.verify_error),
+    })
+}
+
 /// The JSON form of a backup (`catalog show --json`).
 pub(super) fn backup_json(b: &pb::Backup) -> Value {
     let artifacts: BTreeMap<&str, &pb::Artifact> =
@@ -50,13 +64,8 @@ pub(super) fn backup_json(b: &pb::Backup) -> Value {
                 "lock_ms": c.and_then(|c| c.held_us).map(ms),
                 "locked_at_unix_us": c.map(|c| c.locked_at_unix_us),
                 "released_at_unix_us": c.and_then(|c| c.released_at_unix_us),
-                "artifact": a.map(|a| json!({
-                    "location": a.location,
-                    "manifest_sha256": a.manifest_sha256,
-                    "bytes": a.bytes,
-                    "files": a.files,
-                    "rows": a.rows,
-                })),
+                "artifact": a.map(|a| copy_json(a)),
+                "copies": b.copies.iter().filter(|c| c.server == *name).map(copy_json).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -68,6 +77,7 @@ pub(super) fn backup_json(b: &pb::Backup) -> Value {
         "finished_at_unix_ms": b.finished_at_unix_ms,
         "cut_committed_at_unix_ms": b.cut_committed_at_unix_ms,
         "freeze_ms": b.freeze_us.map(ms),
+        "sink": b.sink,
         "servers": servers,
         "reason": (!b.reason.is_empty()).then_some(&b.reason),
     })
@@ -123,6 +133,43 @@ pub(super) fn print_backup(as_json: bool, b: &pb::Backup) {
         ],
         &rows,
     );
+    let copies: Vec<Vec<String>> = b
+        .artifacts
+        .iter()
+        .chain(&b.copies)
+        .map(|a| {
+            let verified = match (a.verified_at_unix_ms, a.verify_error.is_empty()) {
+                (None, _) => "never".to_string(),
+                (Some(t), true) => format!("ok at {}", crate::cli::output::unix_ms_text(t)),
+                (Some(t), false) => format!(
+                    "FAILED at {}: {}",
+                    crate::cli::output::unix_ms_text(t),
+                    a.verify_error
+                ),
+            };
+            vec![
+                a.sink.clone(),
+                a.server.clone(),
+                a.bytes.to_string(),
+                verified,
+            ]
+        })
+        .collect();
+    if !copies.is_empty() {
+        println!();
+        print_table(&["COPY IN SINK", "SERVER", "BYTES", "VERIFIED"], &copies);
+    }
+}
+
+/// A unix time in milliseconds as RFC 3339 (UTC, seconds).
+pub(super) fn unix_ms_text(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ms / 1000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
 }
 
 /// The JSON form of a restore (`restore run --json`).
@@ -149,6 +196,8 @@ fn servers_restore_json(servers: &[pb::ServerRestore]) -> Vec<Value> {
                 "duration_ms": s.duration_ms,
                 "gtid": s.gtid_slave_pos,
                 "location": s.location,
+                "sink": (!s.sink.is_empty()).then_some(&s.sink),
+                "agent": (!s.agent.is_empty()).then_some(&s.agent),
             })
         })
         .collect()

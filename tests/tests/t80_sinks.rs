@@ -1,0 +1,224 @@
+//! Sinks: backups leave the host. A media agent holds a disk pool; the
+//! cluster's policy sends every backup there; the catalog records each copy.
+//! When the hosts of the servers are lost (agents killed, servers stopped,
+//! their directories deleted), the media agent alone restores the fleet,
+//! and the causal chain across the restored servers has no gaps.
+
+use std::time::{Duration, Instant};
+
+use lockstep_tests::plain_cluster::{CLUSTER, Cluster, restore_args};
+use lockstep_tests::{
+    AgentOptions, AgentProc, CatalogCli, CausalWriter, MariaDb, Supervised, Target, check_chain,
+    step,
+};
+use serde_json::Value;
+
+/// Starts a media agent named `name` registered with the cluster's group.
+async fn media_agent(cluster: &Cluster, name: &str) -> anyhow::Result<AgentProc> {
+    let mut opts = AgentOptions::media(name);
+    opts.extra_args = vec![
+        "--cluster".into(),
+        CLUSTER.into(),
+        "--coordinators".into(),
+        cluster.group.urls(),
+    ];
+    AgentProc::start(opts).await
+}
+
+/// `lockstep sink add ARGS`, retried while the media agent's registration
+/// has not reached the catalog yet (it registers in the background).
+async fn add_sink(cluster: &Cluster, args: &[&str]) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut all = vec!["--json", "sink", "add"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--cluster", CLUSTER]);
+    loop {
+        let out = cluster.cli(&all).await?;
+        if out.status.success() {
+            return Ok(serde_json::from_str(out.stdout.trim())?);
+        }
+        anyhow::ensure!(
+            out.stderr.contains("is registered") && Instant::now() < deadline,
+            "sink add {args:?}: {}",
+            out.stderr
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The host-loss runbook, end to end: the primary sink is a media agent's
+/// pool; after the backup the three source hosts are lost (agents SIGKILLed,
+/// servers stopped, sink dirs and datadirs deleted); `restore plan` names
+/// the media agent for every server and `restore run` through it into three
+/// fresh servers gives a gap-free causal chain. Nothing of the backup was
+/// ever written to the source hosts.
+#[tokio::test]
+async fn a_lost_host_is_restored_through_the_media_agent() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start("hl").await?;
+    step!("a media agent with a disk pool joins the cluster");
+    let media = media_agent(&cluster, "vault").await?;
+    let pool = media
+        .pool()
+        .expect("a media agent has a pool")
+        .to_path_buf();
+    let pool_arg = pool.to_str().expect("utf-8").to_string();
+
+    step!("sink add: bad input is refused, naming what is wrong");
+    let bad = cluster
+        .cli(&[
+            "sink",
+            "add",
+            "x",
+            "--cluster",
+            CLUSTER,
+            "--kind",
+            "disk",
+            "--agent",
+            "nobody",
+            "--path",
+            "/srv/p",
+        ])
+        .await?;
+    assert!(
+        !bad.status.success() && bad.stderr.contains("nobody"),
+        "{}",
+        bad.stderr
+    );
+    let relative = cluster
+        .cli(&[
+            "sink",
+            "add",
+            "x",
+            "--cluster",
+            CLUSTER,
+            "--kind",
+            "disk",
+            "--agent",
+            "vault",
+            "--path",
+            "pool",
+        ])
+        .await?;
+    assert!(
+        !relative.status.success() && relative.stderr.contains("absolute"),
+        "{}",
+        relative.stderr
+    );
+
+    let added = add_sink(
+        &cluster,
+        &[
+            "pool", "--kind", "disk", "--agent", "vault", "--path", &pool_arg,
+        ],
+    )
+    .await?;
+    assert_eq!(added["kind"], "disk", "{added}");
+    cluster
+        .cli_json(&["sink", "policy", "--cluster", CLUSTER, "--primary", "pool"])
+        .await?;
+    let sinks = cluster
+        .cli_json(&["sink", "list", "--cluster", CLUSTER])
+        .await?;
+    let listed = sinks["sinks"].as_array().cloned().unwrap_or_default();
+    assert_eq!(listed.len(), 2, "{sinks}");
+    assert_eq!(listed[0]["name"], "host-local", "{sinks}");
+    assert_eq!(listed[1]["name"], "pool", "{sinks}");
+    assert_eq!(listed[1]["primary"], true, "{sinks}");
+
+    step!("back up under the causal writer: the artifacts go straight to the pool");
+    let writer = CausalWriter::start(cluster.chain()).await?;
+    writer.wait_committed(200, Duration::from_secs(60)).await?;
+    let out = cluster
+        .cli(&["--json", "backup", "start", "--cluster", CLUSTER, "--wait"])
+        .await?;
+    out.success()?;
+    let backup: Value = serde_json::from_str(out.stdout.trim())?;
+    let written = writer.stop().await;
+    assert_eq!(backup["status"], "COMPLETE", "{backup}\n{}", out.stderr);
+    let id = backup["id"].as_str().expect("id").to_string();
+    for s in backup["servers"].as_array().expect("servers") {
+        let location = s["artifact"]["location"].as_str().expect("location");
+        assert!(
+            pool.join(location).join("manifest.json").is_file(),
+            "{location} is in the pool"
+        );
+    }
+    for a in &cluster.agents {
+        let local = std::fs::read_dir(a.sink_dir())?.count();
+        assert_eq!(local, 0, "nothing staged in {}", a.sink_dir().display());
+    }
+
+    step!("the source hosts are lost: agents SIGKILLed, servers stopped, directories deleted");
+    for a in &mut cluster.agents {
+        let dir = a.sink_dir().to_path_buf();
+        a.kill()?;
+        std::fs::remove_dir_all(&dir)?;
+    }
+    for s in &mut cluster.servers {
+        let datadir = s.datadir();
+        s.kill()?;
+        std::fs::remove_dir_all(&datadir)?;
+    }
+
+    step!("restore plan: every server from the pool, loaded by the media agent");
+    let fresh = MariaDb::start_many(&["hr0", "hr1", "hr2"]).await?;
+    let mut plan_args = restore_args(&id, "hl", &fresh);
+    plan_args[2] = "plan".into();
+    plan_args.retain(|a| a != "--wait");
+    let argv: Vec<&str> = plan_args.iter().map(String::as_str).collect();
+    let plan: Value = {
+        let out = cluster.cli(&argv).await?;
+        out.success()?;
+        serde_json::from_str(out.stdout.trim())?
+    };
+    for s in plan["servers"].as_array().expect("servers") {
+        assert_eq!(s["sink"], "pool", "{plan}");
+        assert_eq!(s["agent"], "vault", "{plan}");
+        assert!(s["bytes"].as_u64().is_some_and(|b| b > 0), "{plan}");
+    }
+
+    step!("restore run through the media agent into 3 fresh servers");
+    let args = restore_args(&id, "hl", &fresh);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = cluster.cli(&argv).await?;
+    out.success()?;
+    let restore: Value = serde_json::from_str(out.stdout.trim())?;
+    assert_eq!(restore["ok"], true, "{restore}");
+    for s in restore["servers"].as_array().expect("servers") {
+        assert_eq!(s["agent"], "vault", "{restore}");
+        assert_eq!(s["sink"], "pool", "{restore}");
+    }
+    let m = check_chain(&Target::chain_on(&fresh)).await?;
+    step!("restored chain 1..{m} of {written} written");
+    assert!(m >= 200 && m <= written, "restored 1..{m} of {written}");
+
+    step!("the pool's only copy cannot be removed from the catalog");
+    let refused = cluster
+        .cli(&["sink", "remove", "pool", "--cluster", CLUSTER])
+        .await?;
+    assert!(
+        !refused.status.success() && refused.stderr.contains("policy"),
+        "{}",
+        refused.stderr
+    );
+    cluster
+        .cli_json(&[
+            "sink",
+            "policy",
+            "--cluster",
+            CLUSTER,
+            "--primary",
+            "host-local",
+        ])
+        .await?;
+    let refused = cluster
+        .cli(&["sink", "remove", "pool", "--cluster", CLUSTER])
+        .await?;
+    assert!(
+        !refused.status.success() && refused.stderr.contains("only copy"),
+        "{}",
+        refused.stderr
+    );
+    drop(media);
+    Ok(())
+}
