@@ -222,3 +222,125 @@ async fn a_lost_host_is_restored_through_the_media_agent() -> anyhow::Result<()>
     drop(media);
     Ok(())
 }
+
+/// The lost-coordinators runbook: every coordinator's data dir is wiped and
+/// a fresh group starts on the same addresses (the agents register again).
+/// `sink scan` lists the backup the media agent's pool holds, `--import`
+/// puts it back in the new catalog with its cut, and a restore from it
+/// passes the causal-chain check.
+#[tokio::test]
+async fn lost_coordinators_rebuild_the_catalog_from_the_pool() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start("lc").await?;
+    let media = media_agent(&cluster, "vault").await?;
+    let pool_arg = media
+        .pool()
+        .expect("pool")
+        .to_str()
+        .expect("utf-8")
+        .to_string();
+    let pool_sink = [
+        "pool", "--kind", "disk", "--agent", "vault", "--path", &pool_arg,
+    ];
+    add_sink(&cluster, &pool_sink).await?;
+
+    step!("a backup to the pool under the causal writer");
+    let writer = CausalWriter::start(cluster.chain()).await?;
+    writer.wait_committed(100, Duration::from_secs(60)).await?;
+    let out = cluster
+        .cli(&[
+            "--json",
+            "backup",
+            "start",
+            "--cluster",
+            CLUSTER,
+            "--sink",
+            "pool",
+            "--wait",
+        ])
+        .await?;
+    out.success()?;
+    let backup: Value = serde_json::from_str(out.stdout.trim())?;
+    let written = writer.stop().await;
+    assert_eq!(backup["status"], "COMPLETE", "{backup}");
+    let id = backup["id"].as_str().expect("id").to_string();
+
+    step!("every coordinator's data dir is wiped; a fresh group starts");
+    for m in &mut cluster.group.members {
+        m.stop()?;
+        for entry in std::fs::read_dir(m.data_dir())? {
+            let p = entry?.path();
+            if p.is_dir() {
+                std::fs::remove_dir_all(&p)?;
+            } else {
+                std::fs::remove_file(&p)?;
+            }
+        }
+    }
+    for m in &mut cluster.group.members {
+        m.restart().await?;
+    }
+    cluster.wait_healthy(Duration::from_secs(60)).await?;
+    let list = cluster
+        .cli_json(&["catalog", "list", "--cluster", CLUSTER])
+        .await?;
+    assert_eq!(
+        list.as_array().map(Vec::len),
+        Some(0),
+        "a new catalog: {list}"
+    );
+
+    step!("sink scan lists the backup; --import brings it back");
+    add_sink(&cluster, &pool_sink).await?;
+    let scan = cluster
+        .cli_json(&["sink", "scan", "pool", "--cluster", CLUSTER])
+        .await?;
+    let found = scan["backups"].as_array().cloned().unwrap_or_default();
+    assert_eq!(found.len(), 1, "{scan}");
+    assert_eq!(found[0]["id"], id.as_str(), "{scan}");
+    assert_eq!(found[0]["known"], false, "{scan}");
+    assert_eq!(
+        found[0]["servers"].as_array().map(Vec::len),
+        Some(3),
+        "{scan}"
+    );
+    let imported = cluster
+        .cli_json(&["sink", "scan", "pool", "--cluster", CLUSTER, "--import"])
+        .await?;
+    assert_eq!(imported["backups"][0]["imported"], true, "{imported}");
+    let shown = cluster.cli_json(&["catalog", "show", &id]).await?;
+    assert_eq!(shown["status"], "COMPLETE", "{shown}");
+    assert_eq!(shown["sink"], "pool", "{shown}");
+    for (s, before) in shown["servers"]
+        .as_array()
+        .expect("servers")
+        .iter()
+        .zip(backup["servers"].as_array().expect("servers"))
+    {
+        assert_eq!(s["binlog_file"], before["binlog_file"], "{shown}");
+        assert_eq!(s["binlog_pos"], before["binlog_pos"], "{shown}");
+        assert_eq!(s["gtid"], before["gtid"], "{shown}");
+        assert_eq!(
+            s["artifact"]["manifest_sha256"], before["artifact"]["manifest_sha256"],
+            "{shown}"
+        );
+    }
+    let again = cluster
+        .cli_json(&["sink", "scan", "pool", "--cluster", CLUSTER, "--import"])
+        .await?;
+    assert_eq!(
+        again["backups"][0]["imported"], false,
+        "imported once: {again}"
+    );
+
+    step!("a restore of the imported backup passes the chain check");
+    let fresh = MariaDb::start_many(&["lr0", "lr1", "lr2"]).await?;
+    let args = restore_args(&id, "lc", &fresh);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = cluster.cli(&argv).await?;
+    out.success()?;
+    let m = check_chain(&Target::chain_on(&fresh)).await?;
+    step!("restored chain 1..{m} of {written} written");
+    assert!(m >= 100 && m <= written, "restored 1..{m} of {written}");
+    drop(media);
+    Ok(())
+}
