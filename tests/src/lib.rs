@@ -31,6 +31,8 @@
 //! - [`proxy`]: [`Proxy`], a fault-injecting TCP proxy (delay, stall,
 //!   one-way, cut; for everyone or for one process's connections) to put
 //!   between roles.
+//! - [`s3`]: [`s3::S3Server`], a real S3-compatible server (moto) with a
+//!   bucket and enforced credentials, for the S3 sink tests.
 //! - [`logging`]: [`init_tracing`] and the [`step!`] macro.
 //!
 //! Where new code goes: anything about one kind of process belongs in that
@@ -59,6 +61,7 @@ pub mod ports;
 pub mod probe;
 pub mod process;
 pub mod proxy;
+pub mod s3;
 
 pub use agent::{AgentOptions, AgentProc, CliOutput, run_agent_cli};
 pub use catalog_cli::CatalogCli;
