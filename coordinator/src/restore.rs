@@ -135,7 +135,7 @@ async fn prepare(core: &Core, req: &RestoreRequest) -> Result<(Vec<Plan>, u64)> 
             Ok((plan(cat, b, &r)?, measured_rate(cat, &b.cluster)))
         })
         .await??;
-    let plans = futures::future::join_all(plans.into_iter().map(|p| choose(&id, p))).await;
+    let plans = futures::future::join_all(plans.into_iter().map(|p| choose(core, &id, p))).await;
     let failed: Vec<String> = plans
         .iter()
         .filter(|p| p.sources.is_empty())
@@ -232,8 +232,9 @@ fn measured_rate(cat: &Catalog, cluster: &str) -> u64 {
 
 /// Keeps the first source whose agent confirms the copy (its manifest is
 /// there and is the catalog's); the others stay as fallbacks. Sources that
-/// fail are moved to `skipped` with why.
-async fn choose(id: &str, mut p: Plan) -> Plan {
+/// fail are moved to `skipped` with why; a copy found bad (missing, not
+/// the catalog's) is recorded as such.
+async fn choose(core: &Core, id: &str, mut p: Plan) -> Plan {
     let mut kept = Vec::new();
     let mut found = false;
     for s in std::mem::take(&mut p.sources) {
@@ -246,15 +247,35 @@ async fn choose(id: &str, mut p: Plan) -> Plan {
                 found = true;
                 kept.push(s);
             }
-            Err(e) => p.skipped.push(format!("{}: {e}", s.describe())),
+            Err((bad, e)) => {
+                if bad {
+                    record_bad_copy(core, id, &p.server, &s.sink, &e).await;
+                }
+                p.skipped.push(format!("{}: {e}", s.describe()));
+            }
         }
     }
     p.sources = kept;
     p
 }
 
-/// Asks a source's agent whether it can read the copy.
-async fn check(id: &str, s: &Source) -> std::result::Result<(), String> {
+/// Records that a copy failed a check (the next `catalog show` says so).
+async fn record_bad_copy(core: &Core, id: &str, server: &str, sink: &str, error: &str) {
+    let record = Command::CopyVerified {
+        id: id.to_string(),
+        server: server.to_string(),
+        sink: sink.to_string(),
+        at_unix_ms: now_unix_ms(),
+        error: Some(error.to_string()),
+    };
+    if let Err(e) = core.propose(&record).await {
+        warn!(backup = id, server, error = %e, "could not record the bad copy");
+    }
+}
+
+/// Asks a source's agent whether it can read the copy; `Err((true, _))`
+/// when the copy itself is bad.
+async fn check(id: &str, s: &Source) -> std::result::Result<(), (bool, String)> {
     let a = crate::catalog::Artifact {
         location: s.location.clone(),
         manifest_sha256: s.manifest_sha256.clone(),
@@ -271,8 +292,8 @@ async fn check(id: &str, s: &Source) -> std::result::Result<(), String> {
     .await
     {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err((_, e))) => Err(e),
-        Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err((false, format!("no answer within {CHECK_TIMEOUT:?}"))),
     }
 }
 
@@ -363,8 +384,11 @@ async fn restore_server(
     let mut errors = Vec::new();
     for (i, s) in p.sources.iter().enumerate() {
         if i > 0
-            && let Err(e) = check(backup_id, s).await
+            && let Err((bad, e)) = check(backup_id, s).await
         {
+            if bad {
+                record_bad_copy(core, backup_id, &p.server, &s.sink, &e).await;
+            }
             errors.push(format!("{}: {e}", s.describe()));
             continue;
         }
@@ -380,16 +404,7 @@ async fn restore_server(
             }
             Err((true, e)) => {
                 warn!(server = %p.server, source = %s.describe(), error = %e, "copy failed its checksums; trying the next copy");
-                let record = Command::CopyVerified {
-                    id: backup_id.to_string(),
-                    server: p.server.clone(),
-                    sink: s.sink.clone(),
-                    at_unix_ms: now_unix_ms(),
-                    error: Some(e.clone()),
-                };
-                if let Err(re) = core.propose(&record).await {
-                    warn!(error = %re, "could not record the bad copy");
-                }
+                record_bad_copy(core, backup_id, &p.server, &s.sink, &e).await;
                 errors.push(format!("{}: {e}", s.describe()));
             }
             Err((false, e)) => {

@@ -51,6 +51,8 @@ pub struct AgentOptions {
     /// `--pool` directories it holds for other agents. A media agent (no
     /// `mysql_url`) started without any gets `pool/` in its temp dir.
     pub pools: Vec<PathBuf>,
+    /// Environment variables for the process (e.g. `AWS_*` for S3 sinks).
+    pub env: Vec<(String, String)>,
 }
 
 impl AgentOptions {
@@ -174,6 +176,7 @@ impl AgentProc {
         cmd.arg("--sink-dir")
             .arg(&self.opts.sink_dir)
             .args(&self.opts.extra_args)
+            .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", agent_log_filter())
             .env("LOCKSTEP_LOG", agent_log_filter());
         let mut child =

@@ -51,6 +51,17 @@ impl Cluster {
         agent_args: &[&str],
         coordinator_env: &[(&str, &str)],
     ) -> anyhow::Result<Cluster> {
+        Cluster::start_with_agent_env(prefix, agent_args, &[], coordinator_env).await
+    }
+
+    /// Like [`Cluster::start_with`], with `agent_env` in every agent's
+    /// environment.
+    pub async fn start_with_agent_env(
+        prefix: &str,
+        agent_args: &[&str],
+        agent_env: &[(String, String)],
+        coordinator_env: &[(&str, &str)],
+    ) -> anyhow::Result<Cluster> {
         let names: Vec<String> = (0..3).map(|i| format!("{prefix}{i}")).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         step!("start 3 MariaDB servers and 3 coordinators");
@@ -72,6 +83,7 @@ impl Cluster {
             ];
             opts.extra_args
                 .extend(agent_args.iter().map(|a| a.to_string()));
+            opts.env = agent_env.to_vec();
             AgentProc::start(opts)
         });
         let agents = futures::future::try_join_all(starts).await?;

@@ -253,6 +253,33 @@ for u in s3.list_multipart_uploads(Bucket=sys.argv[2]).get("Uploads", []):
             .collect())
     }
 
+    /// The bucket's objects as lockstep's own S3 store sees them.
+    pub fn store(&self) -> anyhow::Result<lockstep_node_agent::sink::s3::S3Store> {
+        Ok(lockstep_node_agent::sink::s3::S3Store::with_env(
+            &self.spec(""),
+            format!("test bucket {}", self.bucket),
+            lockstep_node_agent::sink::s3::S3Options::default(),
+            self.env(),
+        )?)
+    }
+
+    /// Every key under `prefix`, sorted.
+    pub async fn list_keys(&self, prefix: &str) -> anyhow::Result<Vec<String>> {
+        use lockstep_node_agent::sink::Store as _;
+        Ok(self
+            .store()?
+            .list(prefix)
+            .await?
+            .into_iter()
+            .map(|o| o.key)
+            .collect())
+    }
+
+    /// One object's bytes.
+    pub async fn get(&self, key: &str) -> anyhow::Result<Vec<u8>> {
+        Ok(lockstep_node_agent::sink::get(&self.store()?, key, 1 << 30).await?)
+    }
+
     /// Starts moto again on the same port after [`Supervised::kill`] or
     /// [`Supervised::stop`]: an empty server, set up again (same bucket
     /// name, a new key).

@@ -1,12 +1,14 @@
 //! Sinks: backups leave the host. A media agent holds a disk pool; the
-//! cluster's policy sends every backup there; the catalog records each copy.
-//! When the hosts of the servers are lost (agents killed, servers stopped,
-//! their directories deleted), the media agent alone restores the fleet,
-//! and the causal chain across the restored servers has no gaps.
+//! cluster's policy sends every backup there and copies it to S3 (a real
+//! moto server); the catalog records each copy. When the hosts of the
+//! servers are lost (agents killed, servers stopped, their directories
+//! deleted), the media agent alone restores the fleet, from its pool or from
+//! S3, and the causal chain across the restored servers has no gaps.
 
 use std::time::{Duration, Instant};
 
 use lockstep_tests::plain_cluster::{CLUSTER, Cluster, restore_args};
+use lockstep_tests::s3::S3Server;
 use lockstep_tests::{
     AgentOptions, AgentProc, CatalogCli, CausalWriter, MariaDb, Supervised, Target, check_chain,
     step,
@@ -15,6 +17,16 @@ use serde_json::Value;
 
 /// Starts a media agent named `name` registered with the cluster's group.
 async fn media_agent(cluster: &Cluster, name: &str) -> anyhow::Result<AgentProc> {
+    media_agent_with(cluster, name, Vec::new(), &[]).await
+}
+
+/// Like [`media_agent`], with `env` and `args`.
+async fn media_agent_with(
+    cluster: &Cluster,
+    name: &str,
+    env: Vec<(String, String)>,
+    args: &[String],
+) -> anyhow::Result<AgentProc> {
     let mut opts = AgentOptions::media(name);
     opts.extra_args = vec![
         "--cluster".into(),
@@ -22,7 +34,43 @@ async fn media_agent(cluster: &Cluster, name: &str) -> anyhow::Result<AgentProc>
         "--coordinators".into(),
         cluster.group.urls(),
     ];
+    opts.extra_args.extend_from_slice(args);
+    opts.env = env;
     AgentProc::start(opts).await
+}
+
+/// An operator key file (0600) in `dir`; returns its path.
+fn key_file(dir: &std::path::Path, hex_key: &str) -> anyhow::Result<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join("operator.key");
+    std::fs::write(&path, format!("{hex_key}\n"))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(path.to_str().expect("utf-8").to_string())
+}
+
+/// Polls `catalog show ID` until every server has a copy in `sink`.
+async fn wait_copies(cluster: &Cluster, id: &str, sink: &str) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let shown = cluster.cli_json(&["catalog", "show", id]).await?;
+        let servers = shown["servers"].as_array().cloned().unwrap_or_default();
+        let copied = servers
+            .iter()
+            .filter(|s| {
+                s["copies"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["sink"] == sink))
+            })
+            .count();
+        if copied == servers.len() && copied > 0 {
+            return Ok(shown);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "backup {id} not copied to {sink} in time: {shown}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// `lockstep sink add ARGS`, retried while the media agent's registration
@@ -47,16 +95,31 @@ async fn add_sink(cluster: &Cluster, args: &[&str]) -> anyhow::Result<Value> {
 }
 
 /// The host-loss runbook, end to end: the primary sink is a media agent's
-/// pool; after the backup the three source hosts are lost (agents SIGKILLed,
-/// servers stopped, sink dirs and datadirs deleted); `restore plan` names
-/// the media agent for every server and `restore run` through it into three
-/// fresh servers gives a gap-free causal chain. Nothing of the backup was
-/// ever written to the source hosts.
+/// pool and the policy copies every backup to S3 (encrypted). After the
+/// backup the three source hosts are lost (agents SIGKILLed, servers
+/// stopped, sink dirs and datadirs deleted); `restore plan` names the media
+/// agent for every server and `restore run` through it into three fresh
+/// servers gives a gap-free causal chain. Then the pool's copy is deleted
+/// too, and a restore from S3 alone gives the same chain. Nothing of the
+/// backup was ever written to the source hosts.
 #[tokio::test]
 async fn a_lost_host_is_restored_through_the_media_agent() -> anyhow::Result<()> {
-    let mut cluster = Cluster::start("hl").await?;
+    let s3 = S3Server::start().await?;
+    let keys = tempfile::tempdir()?;
+    let key = key_file(
+        keys.path(),
+        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+    )?;
+    let key_args = ["--key-file", key.as_str()];
+    let mut cluster = Cluster::start_with_agent_env("hl", &key_args, &s3.env(), &[]).await?;
     step!("a media agent with a disk pool joins the cluster");
-    let media = media_agent(&cluster, "vault").await?;
+    let media = media_agent_with(
+        &cluster,
+        "vault",
+        s3.env(),
+        &["--key-file".to_string(), key.clone()],
+    )
+    .await?;
     let pool = media
         .pool()
         .expect("a media agent has a pool")
@@ -113,17 +176,45 @@ async fn a_lost_host_is_restored_through_the_media_agent() -> anyhow::Result<()>
     )
     .await?;
     assert_eq!(added["kind"], "disk", "{added}");
+    let url = format!("s3://{}/prod", s3.bucket());
+    let endpoint = s3.endpoint();
+    let offsite = add_sink(
+        &cluster,
+        &[
+            "offsite",
+            "--kind",
+            "s3",
+            "--url",
+            &url,
+            "--endpoint",
+            &endpoint,
+        ],
+    )
+    .await?;
+    assert_eq!(
+        offsite["encrypt"], true,
+        "s3 sinks encrypt by default: {offsite}"
+    );
     cluster
-        .cli_json(&["sink", "policy", "--cluster", CLUSTER, "--primary", "pool"])
+        .cli_json(&[
+            "sink",
+            "policy",
+            "--cluster",
+            CLUSTER,
+            "--primary",
+            "pool",
+            "--copy",
+            "offsite",
+        ])
         .await?;
     let sinks = cluster
         .cli_json(&["sink", "list", "--cluster", CLUSTER])
         .await?;
     let listed = sinks["sinks"].as_array().cloned().unwrap_or_default();
-    assert_eq!(listed.len(), 2, "{sinks}");
-    assert_eq!(listed[0]["name"], "host-local", "{sinks}");
-    assert_eq!(listed[1]["name"], "pool", "{sinks}");
-    assert_eq!(listed[1]["primary"], true, "{sinks}");
+    let names: Vec<&str> = listed.iter().filter_map(|s| s["name"].as_str()).collect();
+    assert_eq!(names, ["host-local", "offsite", "pool"], "{sinks}");
+    assert_eq!(listed[2]["primary"], true, "{sinks}");
+    assert_eq!(listed[1]["copy"], true, "{sinks}");
 
     step!("back up under the causal writer: the artifacts go straight to the pool");
     let writer = CausalWriter::start(cluster.chain()).await?;
@@ -147,6 +238,24 @@ async fn a_lost_host_is_restored_through_the_media_agent() -> anyhow::Result<()>
         let local = std::fs::read_dir(a.sink_dir())?.count();
         assert_eq!(local, 0, "nothing staged in {}", a.sink_dir().display());
     }
+    step!("the policy copies it to S3; the copy is encrypted");
+    let shown = wait_copies(&cluster, &id, "offsite").await?;
+    let objects = s3.list_keys("prod/").await?;
+    let data_key = objects
+        .iter()
+        .find(|k| k.ends_with(".tsv.zst"))
+        .expect("a data file in the bucket")
+        .clone();
+    let stored = s3.get(&data_key).await?;
+    let local_copy = std::fs::read(pool.join(data_key.trim_start_matches("prod/")))?;
+    assert_ne!(
+        stored, local_copy,
+        "the S3 copy is not the plaintext: {shown}"
+    );
+    assert!(
+        objects.iter().any(|k| k.ends_with("encryption.json")),
+        "{objects:?}"
+    );
 
     step!("the source hosts are lost: agents SIGKILLed, servers stopped, directories deleted");
     for a in &mut cluster.agents {
@@ -191,6 +300,30 @@ async fn a_lost_host_is_restored_through_the_media_agent() -> anyhow::Result<()>
     let m = check_chain(&Target::chain_on(&fresh)).await?;
     step!("restored chain 1..{m} of {written} written");
     assert!(m >= 200 && m <= written, "restored 1..{m} of {written}");
+
+    step!("the pool's copy is deleted too: the restore comes from S3 alone");
+    std::fs::remove_dir_all(pool.join(&id))?;
+    let again = MariaDb::start_many(&["hs0", "hs1", "hs2"]).await?;
+    let args = restore_args(&id, "hl", &again);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = cluster.cli(&argv).await?;
+    out.success()?;
+    let restore: Value = serde_json::from_str(out.stdout.trim())?;
+    for s in restore["servers"].as_array().expect("servers") {
+        assert_eq!(s["sink"], "offsite", "{restore}");
+        assert_eq!(s["agent"], "vault", "{restore}");
+    }
+    let m3 = check_chain(&Target::chain_on(&again)).await?;
+    assert_eq!(m3, m, "the same cut from S3");
+
+    step!("removing the offsite sink is refused: it holds the only good copy");
+    cluster
+        .cli_json(&["sink", "policy", "--cluster", CLUSTER, "--primary", "pool"])
+        .await?;
+    let refused = cluster
+        .cli(&["sink", "remove", "offsite", "--cluster", CLUSTER])
+        .await?;
+    assert!(!refused.status.success(), "{}", refused.stdout);
 
     step!("the pool's only copy cannot be removed from the catalog");
     let refused = cluster

@@ -192,10 +192,17 @@ impl Catalog {
                 continue;
             }
             for server in &b.servers {
-                let copies = b.copies_of(server);
-                if !copies.is_empty() && copies.iter().all(|(sink, _)| *sink == name) {
+                // A copy known to be bad does not count.
+                let copies: Vec<_> = b
+                    .copies_of(server)
+                    .into_iter()
+                    .filter(|(_, a)| a.verify_error.is_none())
+                    .collect();
+                if copies.iter().any(|(sink, _)| *sink == name)
+                    && copies.iter().all(|(sink, _)| *sink == name)
+                {
                     return Err(bad(format!(
-                        "it holds the only copy of server {server} of backup {}; copy the backup elsewhere first (lockstep copy --backup {} --to SINK)",
+                        "it holds the only good copy of server {server} of backup {}; copy the backup elsewhere first (lockstep copy --backup {} --to SINK)",
                         b.id, b.id
                     )));
                 }
