@@ -38,6 +38,13 @@ pub async fn run(cfg: AgentConfig, listen: SocketAddr, shutdown: CancellationTok
             .unwrap_or_else(|| format!("http://{local}")),
         coordinators: cfg.coordinators.clone(),
     };
+    // The media service serves the sink directory as a disk pool to other
+    // agents (and the --pool directories, once there are any).
+    let pools = crate::sink::Local {
+        agent: cfg.name.clone(),
+        host_local: cfg.sink_dir.clone(),
+        pools: Vec::new(),
+    };
     let agent = Agent::new(cfg, shutdown.clone());
     // Registration runs beside the service and never blocks it.
     let registering = (!registration.coordinators.is_empty()).then(|| {
@@ -67,6 +74,7 @@ pub async fn run(cfg: AgentConfig, listen: SocketAddr, shutdown: CancellationTok
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(2)))
         .add_service(service)
+        .add_service(crate::grpc::media::media_service(pools))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned());
     let served = tokio::select! {
         r = served => r,
