@@ -317,6 +317,18 @@ impl MediaStore for MediaService {
         let pool = self.pool(&r.pool)?;
         pool.key(&r.key)?;
         let partial = pool.partial_path(&r.key)?;
+        if self
+            .writing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&partial)
+        {
+            // Its writer may have just gone; a retry finds the Put ended.
+            return Err(Status::aborted(format!(
+                "{}: {} is being written by a stream; try again when it has ended",
+                pool.label, r.key
+            )));
+        }
         let discarded = match tokio::fs::remove_file(&partial).await {
             Ok(()) => true,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,

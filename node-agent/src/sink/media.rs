@@ -9,7 +9,9 @@
 //! acknowledged offset and resends only the window. `finish` sends the size
 //! and SHA-256 of the whole object, which the media agent checks before it
 //! makes the object visible. Readers verify every chunk and reconnect at the
-//! offset they reached.
+//! offset they reached. `abort` has the media agent discard the partial
+//! file; a writer merely dropped leaves it (invisible, like a dropped
+//! [`super::disk::DiskWriter`]'s) until the key is written again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

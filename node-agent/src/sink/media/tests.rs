@@ -153,7 +153,7 @@ fn pool_of(dir: &tempfile::TempDir) -> PathBuf {
 
 /// A 50 MiB object written in odd-sized pieces comes back byte-identical;
 /// list, usage and delete see it; a second object under the same key is
-/// refused and the first is untouched.
+/// refused and the first is untouched; an aborted writer leaves nothing.
 #[tokio::test]
 async fn a_large_object_round_trips_and_is_never_replaced() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -208,6 +208,18 @@ async fn a_large_object_round_trips_and_is_never_replaced() {
     );
     assert_eq!(store.delete_prefix("b1/s1/").await.expect("delete"), 1);
     assert_eq!(store.list("").await.expect("list").len(), 1);
+    let mut w = store.create("b1/s3/aborted").await.expect("create");
+    w.write(Bytes::from(data(3 << 20, 9))).await.expect("write");
+    w.abort().await;
+    let st = store.stat("b1/s3/aborted").await.expect("stat");
+    assert_eq!(
+        st,
+        ObjectStat {
+            size: None,
+            partial: None
+        },
+        "abort drops the partial file"
+    );
     let err = store
         .delete_prefix("")
         .await

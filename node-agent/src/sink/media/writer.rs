@@ -322,15 +322,23 @@ impl MediaWriter {
         Ok(())
     }
 
-    /// Tells the media agent to drop the partial file (best effort).
+    /// Tells the media agent to drop the partial file (best effort, retried
+    /// while the Put this writer just dropped is still ending there).
     async fn discard(&mut self) {
         self.stream = None;
         let req = pb::DiscardRequest {
             pool: self.store.inner.pool.clone(),
             key: self.key.clone(),
         };
-        if let Err(s) = self.store.client().discard(req).await {
-            tracing::warn!(sink = %self.store.inner.label, key = %self.key, status = %s, "could not discard a partial object");
+        let discarded = self
+            .store
+            .call(&self.key, "discard", |mut c| {
+                let req = req.clone();
+                async move { c.discard(req).await }
+            })
+            .await;
+        if let Err(e) = discarded {
+            tracing::warn!(error = %e, "could not discard a partial object");
         }
     }
 }
