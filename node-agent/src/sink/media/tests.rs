@@ -162,6 +162,7 @@ async fn a_large_object_round_trips_and_is_never_replaced() {
     let store = connect(&server, &pool, MediaOptions::default()).await;
     let body = data(50 << 20, 1);
     let key = "b1/s1/db/t.00000.tsv.zst";
+    let started = std::time::Instant::now();
     let mut w = store.create(key).await.expect("create");
     for piece in body.chunks(300_007) {
         w.write(Bytes::copy_from_slice(piece)).await.expect("write");
@@ -172,7 +173,9 @@ async fn a_large_object_round_trips_and_is_never_replaced() {
         "invisible until finished"
     );
     assert_eq!(w.finish().await.expect("finish"), body.len() as u64);
+    let written = started.elapsed();
     let back = read_all(&store, key).await;
+    tracing::info!(?written, read = ?(started.elapsed() - written), "--- step: 50 MiB written and read back");
     assert_eq!(sha(&back), sha(&body));
     assert_eq!(store.resent_bytes(), 0);
 
@@ -461,7 +464,11 @@ async fn a_full_pool_is_resource_exhausted() {
     struct Unmount(PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
+            // Lazy: detaches even while a handler task still holds a file.
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
         }
     }
     let _unmount = Unmount(pool.clone());
