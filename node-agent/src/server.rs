@@ -39,7 +39,10 @@ pub async fn run(cfg: AgentConfig, listen: SocketAddr, shutdown: CancellationTok
             .unwrap_or_else(|| format!("http://{local}")),
         coordinators: cfg.coordinators.clone(),
     };
+    // The media service serves the sink directory as a disk pool to other
+    // agents (and the --pool directories, once there are any).
     let agent = Agent::new(cfg, shutdown.clone());
+    let pools = agent.local();
     // Registration runs beside the service and never blocks it.
     let registering = (!registration.coordinators.is_empty()).then(|| {
         tokio::spawn(crate::register::run(
@@ -68,6 +71,7 @@ pub async fn run(cfg: AgentConfig, listen: SocketAddr, shutdown: CancellationTok
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(2)))
         .add_service(service)
+        .add_service(crate::grpc::media::media_service(pools))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned());
     let served = tokio::select! {
         r = served => r,

@@ -7,6 +7,8 @@
 //!   messages as opaque bytes).
 //! - [`coordinator`]: `lockstep.coordinator.v1`, the coordinators' service for
 //!   agents and the CLI (registration, backups, catalog, group status).
+//! - [`media`]: `lockstep.media.v1`, a media agent's disk pools for other
+//!   agents (chunked, checksummed, resumable object streams).
 //!
 //! Nothing but generated code lives here; conversions to domain types belong to
 //! the crate that owns the domain type.
@@ -24,4 +26,9 @@ pub mod raft {
 #[allow(missing_debug_implementations, clippy::all)]
 pub mod coordinator {
     tonic::include_proto!("lockstep.coordinator.v1");
+}
+
+#[allow(missing_debug_implementations, clippy::all)]
+pub mod media {
+    tonic::include_proto!("lockstep.media.v1");
 }

@@ -44,7 +44,8 @@ impl DiskStore {
         Ok(self.root.join(key))
     }
 
-    fn partial_path(&self, key: &str) -> Result<PathBuf> {
+    /// The hidden file an unfinished object is written to.
+    pub(crate) fn partial_path(&self, key: &str) -> Result<PathBuf> {
         let path = self.path_of(key)?;
         let name = path
             .file_name()
