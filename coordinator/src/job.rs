@@ -558,18 +558,34 @@ impl Jobs {
         p: &Participant,
     ) -> std::result::Result<(), String> {
         let timeout = self.core.config.transfer_timeout;
+        let wanted = id.to_string();
+        let (sink, cluster, servers) = self
+            .core
+            .read(move |cat| {
+                cat.backups.get(&wanted).map(|b| {
+                    (
+                        crate::sinks::spec(cat, &b.cluster, &b.sink),
+                        b.cluster.clone(),
+                        b.servers.clone(),
+                    )
+                })
+            })
+            .await
+            .map_err(|e| format!("read backup {id}: {e}"))?
+            .ok_or_else(|| format!("backup {id} is not in the catalog"))?;
+        let sink = sink.map_err(|e| format!("server {}: {e}", p.name))?;
         let work = async {
             let mut client = agent_client(&p.addr)
                 .await
                 .map_err(|e| format!("server {}: {e}", p.name))?;
             let mut stream = client
                 .transfer(agent_pb::TransferRequest {
-                    sink: None,
-                    cluster: String::new(),
-                    cut_servers: Vec::new(),
                     backup_id: id.to_string(),
                     zstd_level: 0,
                     term,
+                    sink,
+                    cluster,
+                    cut_servers: servers,
                 })
                 .await
                 .map_err(|s| format!("server {}: transfer refused: {}", p.name, status_text(&s)))?
