@@ -26,7 +26,7 @@ impl ObjectWriter for MemWriter {
 
 fn random_bytes(n: usize) -> Vec<u8> {
     let mut v = vec![0u8; n];
-    OsRng.fill_bytes(&mut v);
+    aws_lc_rs::rand::fill(&mut v).expect("random");
     v
 }
 
@@ -213,6 +213,9 @@ async fn trailing_data_fails() {
         "8 bytes of trailing data after the last segment (0)",
     )
     .await;
+    ct.extend_from_slice(&vec![7u8; 3 << 20]);
+    let what = format!("{} bytes of trailing data", 8 + (3 << 20));
+    fails(&ct, &key, OBJ, &what).await;
     let mut ct = encrypt(&key, OBJ, b"short", 4096).await;
     ct.extend_from_slice(b"appended");
     fails(&ct, &key, OBJ, "segment 0 does not authenticate").await;
