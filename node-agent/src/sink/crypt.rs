@@ -7,7 +7,7 @@
 //!
 //! - The operator's key, [`KeyFile`]: 32 random bytes, hex, in a file only
 //!   its owner may read. Its key id (a hash) names it in errors.
-//! - A data key per backup, [`DataKey`]: random, stored in the catalog
+//! - A data key per backup, [`DataKey`]: random, recorded with the backup
 //!   wrapped by the operator's key ([`KeyFile::wrap`]; the wrapped form
 //!   carries the key id so a wrong key file is named in the error).
 //! - Objects: [`EncryptingWriter`] and [`decrypt_stream`] cut an object into
