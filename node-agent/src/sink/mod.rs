@@ -29,6 +29,7 @@ use lockstep_proto::agent as pb;
 use crate::error::{Error, Result};
 
 pub mod artifact;
+pub mod crypt;
 pub mod disk;
 pub mod media;
 pub mod s3;
