@@ -107,6 +107,7 @@ fn spec_of(
     Ok(agent_pb::SinkSpec {
         name: sink.name.clone(),
         kind: Some(kind),
+        encrypt: sink.encrypt,
     })
 }
 

@@ -63,6 +63,9 @@ pub struct AgentConfig {
     pub sink_dir: PathBuf,
     /// Directories this agent holds as disk pools for other agents.
     pub pools: Vec<PathBuf>,
+    /// The operator's key: encrypts copies in sinks that ask for it and
+    /// opens encrypted copies.
+    pub key: Option<Arc<crate::sink::crypt::KeyFile>>,
     pub lock_method: LockMethod,
     /// Budgets used when a request leaves them at zero.
     pub budgets: Budgets,
@@ -589,7 +592,11 @@ impl Agent {
         progress: Arc<Progress>,
     ) -> Result<DumpResult> {
         let store = crate::sink::open(sink, &self.local()).await?;
-        let out = Artifact::new(store, self.artifact_prefix(backup_id));
+        let out = self.sealed_if(
+            Artifact::new(store, self.artifact_prefix(backup_id)),
+            sink,
+            backup_id,
+        )?;
         let started = {
             let mut slot = self.session.lock().await;
             match slot.as_mut().filter(|s| s.backup_id == backup_id) {
@@ -639,6 +646,8 @@ impl Agent {
         };
         let Some((committed, origin)) = started else {
             // Finished earlier (or by the dump we attached to).
+            let mut out = out;
+            out.unlock(self.cfg.key.as_deref()).await?;
             return match out.manifest().await {
                 Ok((manifest, manifest_sha256)) if manifest.backup_id == backup_id => {
                     Ok(DumpResult {
@@ -659,7 +668,7 @@ impl Agent {
             origin,
             committed.snapshots,
             self.own_server()?,
-            &out,
+            out,
             &opts,
             progress,
             self.shutdown.child_token(),
@@ -761,15 +770,35 @@ impl Agent {
         } else {
             src.prefix().to_string()
         };
-        let dst = Artifact::new(store, prefix);
+        let dst = self.sealed_if(Artifact::new(store, prefix), to, &expect.backup_id)?;
+        let (location, sink) = (dst.prefix().to_string(), dst.store().describe());
         let span = tracing::info_span!("copy", from = %src.describe(), to = %dst.describe());
-        let (manifest, manifest_sha256) = src.copy_to(&dst, progress).instrument(span).await?;
+        let (manifest, manifest_sha256) = src.copy_to(dst, progress).instrument(span).await?;
         Ok(DumpResult {
-            location: dst.prefix().to_string(),
-            sink: dst.store().describe(),
+            location,
+            sink,
             manifest,
             manifest_sha256,
         })
+    }
+
+    /// `out`, to be sealed when `sink` encrypts (refused without a key file).
+    fn sealed_if(
+        &self,
+        out: Artifact,
+        sink: Option<&lockstep_proto::agent::SinkSpec>,
+        backup_id: &str,
+    ) -> Result<Artifact> {
+        let Some(spec) = sink.filter(|s| s.encrypt) else {
+            return Ok(out);
+        };
+        let key = self.cfg.key.clone().ok_or_else(|| {
+            Error::Config(format!(
+                "sink {} encrypts at rest, but agent {} has no --key-file (the operator key; lockstep-agent keygen FILE makes one)",
+                spec.name, self.cfg.name
+            ))
+        })?;
+        Ok(out.sealed_with(key, backup_id))
     }
 
     /// Checks the artifact at `location` of `sink`: its manifest is the
@@ -820,14 +849,17 @@ impl Agent {
                 });
             }
             let label = format!("backup directory {}", resolved.display());
-            return Ok(Artifact::new(
+            let mut out = Artifact::new(
                 Arc::new(crate::sink::disk::DiskStore::new(resolved, label)),
                 "",
-            ));
+            );
+            out.unlock(self.cfg.key.as_deref()).await?;
+            return Ok(out);
         }
         let store = crate::sink::open(sink, &self.local()).await?;
-        let out = Artifact::new(store, location);
+        let mut out = Artifact::new(store, location);
         out.key("manifest.json")?;
+        out.unlock(self.cfg.key.as_deref()).await?;
         Ok(out)
     }
 
@@ -915,7 +947,7 @@ async fn check_expected(from: &Artifact, expect: &Expected) -> Result<()> {
 pub async fn dump_once(
     server: &Server,
     name: &str,
-    out: &Artifact,
+    out: Artifact,
     prepare: PrepareOptions,
     opts: &DumpOptions,
     progress: Arc<Progress>,

@@ -37,6 +37,9 @@ pub struct ServeConfig {
     /// Directories this agent holds as disk pools for other agents
     /// (`lockstep sink add NAME --kind disk --agent THIS --path DIR`).
     pub pools: Vec<PathBuf>,
+    /// The operator's key file (64 hex digits, mode 0600): needed to write
+    /// to sinks that encrypt and to read encrypted copies.
+    pub key_file: Option<PathBuf>,
     /// Cluster this server belongs to (used when registering with coordinators).
     pub cluster: String,
     /// Coordinator URLs to register with (none: standalone agent).
@@ -73,6 +76,7 @@ impl Default for ServeConfig {
             mysql: String::new(),
             sink_dir: PathBuf::from("/var/lib/lockstep/backups"),
             pools: Vec::new(),
+            key_file: None,
             cluster: "default".into(),
             coordinators: Vec::new(),
             lock_method: LockMethod::Auto,
@@ -178,6 +182,12 @@ impl ServeConfig {
             server,
             sink_dir: self.sink_dir.clone(),
             pools: self.pools.clone(),
+            key: match &self.key_file {
+                Some(path) => Some(std::sync::Arc::new(crate::sink::crypt::KeyFile::load(
+                    path,
+                )?)),
+                None => None,
+            },
             lock_method: self.lock_method,
             budgets: self.budgets,
             max_lease: self.max_lease,

@@ -88,17 +88,19 @@ pub struct DumpResult {
     pub manifest_sha256: String,
 }
 
-/// Dumps the snapshots of `server` into `out`, which must hold nothing yet.
+/// Dumps the snapshots of `server` into `out`, which must hold nothing yet
+/// (sealed first if it is to be encrypted).
 pub async fn dump(
     origin: Origin,
     snapshots: Snapshots,
     server: &Server,
-    out: &Artifact,
+    mut out: Artifact,
     opts: &DumpOptions,
     progress: Arc<Progress>,
     cancel: CancellationToken,
 ) -> Result<DumpResult> {
     out.claim().await?;
+    let out = &out;
     let result = guarded(origin, snapshots, server, out, opts, progress, cancel).await;
     if result.is_err() {
         out.discard().await;

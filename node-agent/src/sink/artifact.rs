@@ -9,6 +9,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
+use super::crypt::{DataKey, EncryptingWriter, KeyFile, decrypt_stream};
 use super::{ByteStream, ObjectWriter, SharedStore, check_key, join};
 use crate::error::{Error, Result};
 use crate::format::files::sha256_hex;
@@ -17,11 +18,30 @@ use crate::format::manifest::{FILE_NAME, FileEntry, Manifest};
 /// Manifests and schema files are read whole; anything larger is not ours.
 const SMALL_FILE_LIMIT: u64 = 1 << 30;
 
-/// The objects of one server's snapshot in a store.
+/// Beside the manifest in an encrypted copy: the scheme and the copy's data
+/// key, wrapped by the operator's key (docs/format.md).
+pub const ENCRYPTION_FILE: &str = "encryption.json";
+const SCHEME: &str = "lockstep-chacha20poly1305-v1";
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct EncryptionRecord {
+    scheme: String,
+    backup_id: String,
+    key_id: String,
+    wrapped_key: String,
+}
+
+/// The objects of one server's snapshot in a store. Every file the manifest
+/// lists is encrypted when the copy is (`manifest.json` and
+/// `encryption.json` never are).
 #[derive(Debug, Clone)]
 pub struct Artifact {
     store: SharedStore,
     prefix: String,
+    /// The copy's data key, once sealed or unlocked.
+    key: Option<DataKey>,
+    /// Seal the copy when it is claimed: the operator's key and the backup.
+    seal: Option<(std::sync::Arc<KeyFile>, String)>,
 }
 
 impl Artifact {
@@ -31,7 +51,56 @@ impl Artifact {
         Artifact {
             store,
             prefix: prefix.into().trim_matches('/').to_string(),
+            key: None,
+            seal: None,
         }
+    }
+
+    /// The same artifact, to be written encrypted: [`Artifact::claim`]
+    /// makes a data key for it and stores it wrapped by `key_file`.
+    pub fn sealed_with(mut self, key_file: std::sync::Arc<KeyFile>, backup_id: &str) -> Artifact {
+        self.seal = Some((key_file, backup_id.to_string()));
+        self
+    }
+
+    /// Whether the files are encrypted (once sealed or unlocked).
+    pub fn encrypted(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// Reads the copy's `encryption.json`, if it has one, and unwraps its
+    /// data key with `key_file`. A copy that is encrypted and no key file,
+    /// or the wrong one, is refused naming the key ids: before anything is
+    /// read or loaded.
+    pub async fn unlock(&mut self, key_file: Option<&KeyFile>) -> Result<()> {
+        let at = self.key(ENCRYPTION_FILE)?;
+        if self.store.size(&at).await?.is_none() {
+            return Ok(());
+        }
+        let raw = super::get(self.store.as_ref(), &at, 1 << 20).await?;
+        let rec: EncryptionRecord = serde_json::from_slice(&raw)
+            .map_err(|e| self.bad(format!("{ENCRYPTION_FILE} is malformed: {e}")))?;
+        if rec.scheme != SCHEME {
+            return Err(self.bad(format!(
+                "is encrypted with scheme {:?}, which this lockstep does not know",
+                rec.scheme
+            )));
+        }
+        let Some(key_file) = key_file else {
+            return Err(self.bad(format!(
+                "is encrypted (key id {}); this agent has no --key-file to open it",
+                rec.key_id
+            )));
+        };
+        self.key = Some(key_file.unwrap(&rec.wrapped_key, &rec.backup_id)?);
+        Ok(())
+    }
+
+    /// Whether `rel` is stored encrypted in an encrypted copy.
+    fn sealed_file(&self, rel: &str) -> Option<&DataKey> {
+        self.key
+            .as_ref()
+            .filter(|_| rel != FILE_NAME && rel != ENCRYPTION_FILE)
     }
 
     pub fn store(&self) -> &SharedStore {
@@ -73,8 +142,9 @@ impl Artifact {
         }
     }
 
-    /// Refuses to write into a location that already holds objects.
-    pub async fn claim(&self) -> Result<()> {
+    /// Refuses to write into a location that already holds objects; for a
+    /// copy to be sealed, stores its wrapped data key first.
+    pub async fn claim(&mut self) -> Result<()> {
         let existing = self.store.list(&self.list_prefix()).await?;
         if let Some(first) = existing.first() {
             return Err(self.bad(format!(
@@ -82,6 +152,23 @@ impl Artifact {
                 existing.len(),
                 first.key
             )));
+        }
+        if let Some((key_file, backup_id)) = self.seal.take() {
+            let key = DataKey::generate();
+            let rec = EncryptionRecord {
+                scheme: SCHEME.into(),
+                backup_id: backup_id.clone(),
+                key_id: key_file.id().to_string(),
+                wrapped_key: key_file.wrap(&key, &backup_id),
+            };
+            let bytes = serde_json::to_vec_pretty(&rec).expect("a record always serialises");
+            super::put(
+                self.store.as_ref(),
+                &self.key(ENCRYPTION_FILE)?,
+                Bytes::from(bytes),
+            )
+            .await?;
+            self.key = Some(key);
         }
         Ok(())
     }
@@ -93,9 +180,13 @@ impl Artifact {
         }
     }
 
-    /// Starts writing a file of the artifact.
+    /// Starts writing a file of the artifact (encrypted in a sealed copy).
     pub async fn create(&self, rel: &str) -> Result<Box<dyn ObjectWriter>> {
-        self.store.create(&self.key(rel)?).await
+        let inner = self.store.create(&self.key(rel)?).await?;
+        Ok(match self.sealed_file(rel) {
+            Some(key) => Box::new(EncryptingWriter::new(inner, key, rel)),
+            None => inner,
+        })
     }
 
     /// Writes a whole small file; returns its manifest entry.
@@ -105,18 +196,44 @@ impl Artifact {
             size: bytes.len() as u64,
             sha256: sha256_hex(&bytes),
         };
-        super::put(self.store.as_ref(), &self.key(rel)?, Bytes::from(bytes)).await?;
+        let mut w = self.create(rel).await?;
+        if let Err(e) = w.write(Bytes::from(bytes)).await {
+            w.abort().await;
+            return Err(e);
+        }
+        w.finish().await?;
         Ok(entry)
     }
 
-    /// Reads a file of the artifact.
+    /// Reads a file of the artifact (decrypted in an encrypted copy).
     pub async fn read(&self, rel: &str) -> Result<ByteStream> {
-        self.store.read(&self.key(rel)?, 0).await
+        let stream = self.store.read(&self.key(rel)?, 0).await?;
+        Ok(match self.sealed_file(rel) {
+            Some(key) => decrypt_stream(stream, key.clone(), rel.to_string()),
+            None => stream,
+        })
     }
 
-    /// Reads a whole small file (schema files).
+    /// Reads a whole small file (schema files, the manifest).
     pub async fn read_small(&self, rel: &str) -> Result<Vec<u8>> {
-        super::get(self.store.as_ref(), &self.key(rel)?, SMALL_FILE_LIMIT).await
+        let key = self.key(rel)?;
+        let mut stream = self.read(rel).await?;
+        let mut out = Vec::new();
+        while let Some(piece) = stream.next().await {
+            let piece = piece.map_err(|e| Error::Sink {
+                sink: self.store.describe(),
+                key: key.clone(),
+                action: "read",
+                reason: e.to_string(),
+            })?;
+            out.extend_from_slice(&piece);
+            if out.len() as u64 > SMALL_FILE_LIMIT {
+                return Err(self.bad(format!(
+                    "file {rel} is larger than {SMALL_FILE_LIMIT} bytes; not a file lockstep wrote"
+                )));
+            }
+        }
+        Ok(out)
     }
 
     /// Reads and checks the manifest; returns it with its sha256. A missing
@@ -255,7 +372,7 @@ impl Artifact {
     /// On any failure what was written to `to` is removed.
     pub async fn copy_to(
         &self,
-        to: &Artifact,
+        mut to: Artifact,
         progress: &crate::progress::Progress,
     ) -> Result<(Manifest, String)> {
         let (manifest, sha256) = self.manifest().await?;
@@ -264,6 +381,7 @@ impl Artifact {
             return Err(self.bad("the manifest changed while it was being read".into()));
         }
         to.claim().await?;
+        let to = &to;
         let result = async {
             for entry in &manifest.files {
                 self.copy_file(to, entry, progress).await?;

@@ -8,12 +8,9 @@
 //! time, an agent busy with another backup).
 
 use std::io::Write;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::{Args, Parser, Subcommand};
 use lockstep_proto::agent as pb;
 use lockstep_proto::agent::node_agent_client::NodeAgentClient;
 use serde_json::json;
@@ -21,280 +18,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeConfig;
 use crate::cut::{Budgets, PrepareOptions};
-use crate::ddl_guard::{DdlOptions, DdlPolicy};
+use crate::ddl_guard::DdlOptions;
 use crate::dump::DumpOptions;
 use crate::error::Error;
-use crate::flavour::LockMethod;
 use crate::mysql::Server;
 use crate::progress::{self, Progress};
 use crate::restore::{self, LoadOptions};
 
-/// Exit code of a refusal worth retrying (EX_TEMPFAIL).
-pub const EXIT_RETRY: i32 = 75;
+mod args;
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "lockstep-agent",
-    version,
-    about = "lockstep node agent: lock a MySQL/MariaDB server for milliseconds, capture its binlog position, dump and restore it"
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Command,
-    /// Log filter (tracing syntax, e.g. "info" or "lockstep_node_agent=debug").
-    #[arg(long, global = true, env = "LOCKSTEP_LOG", default_value = "info")]
-    pub log: String,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the agent daemon (gRPC service for coordinators).
-    Serve(ServeArgs),
-    /// Take a consistent snapshot of one server into a directory.
-    Dump(DumpArgs),
-    /// Restore a snapshot directory into a server.
-    Load(LoadArgs),
-    /// Check every file of a snapshot directory against its manifest.
-    Verify(VerifyArgs),
-    /// Drive one cut on a running agent: prepare, hold, commit or abort.
-    Cut(CutArgs),
-    /// Show a running agent's state.
-    Status(StatusArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct ServeArgs {
-    /// TOML configuration file (see deploy/agent.toml); flags override it.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// gRPC listen address [default: 127.0.0.1:7400].
-    #[arg(long)]
-    pub listen: Option<SocketAddr>,
-    /// URL the coordinators reach this agent at [default: http://LISTEN];
-    /// needed when listening on 0.0.0.0.
-    #[arg(long)]
-    pub advertise: Option<String>,
-    /// This server's name in the catalog; required with --coordinators
-    /// (unique per cluster) [default: the MySQL host:port].
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Local server, mysql://USER[:PASSWORD]@HOST:PORT. Without it the
-    /// agent is a media agent: it holds disk pools (--pool) and loads
-    /// backups into any target, but takes no part in cuts.
-    #[arg(long, env = "LOCKSTEP_MYSQL", hide_env_values = true)]
-    pub mysql: Option<String>,
-    /// Root directory of the host-local sink (used when no sink is named).
-    #[arg(long)]
-    pub sink_dir: Option<PathBuf>,
-    /// A directory this agent holds as a disk pool for other agents;
-    /// repeat for several.
-    #[arg(long = "pool")]
-    pub pools: Vec<PathBuf>,
-    /// Cluster name used when registering with coordinators.
-    #[arg(long)]
-    pub cluster: Option<String>,
-    /// Coordinator URLs, comma-separated.
-    #[arg(long, value_delimiter = ',')]
-    pub coordinators: Option<Vec<String>>,
-    /// Lock primitive: auto, backup-stage (MariaDB ≥ 10.4) or ftwrl.
-    #[arg(long, value_enum)]
-    pub lock_method: Option<LockMethod>,
-    /// Longest lease a caller may ask for, e.g. "10s".
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub max_lease: Option<Duration>,
-    /// Pre-flight budget: refuse if a write or DDL has run longer, e.g. "1s".
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub preflight_budget: Option<Duration>,
-    /// Lock-wait budget: cancel the lock if not granted within, e.g. "500ms".
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub lock_wait_budget: Option<Duration>,
-    /// When DDL waits for a table a running dump holds: yield (fail the
-    /// transfer at once) or wait (up to --ddl-wait, then yield) [default: yield].
-    #[arg(long, value_enum)]
-    pub ddl_policy: Option<DdlPolicy>,
-    /// With --ddl-policy wait: how long DDL may wait for the dump, e.g. "30s".
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub ddl_wait: Option<Duration>,
-}
-
-impl ServeArgs {
-    /// The file's settings (or defaults) with the flags applied.
-    pub fn config(&self) -> Result<ServeConfig, Error> {
-        let mut c = match &self.config {
-            Some(p) => ServeConfig::from_file(p)?,
-            None => ServeConfig::default(),
-        };
-        if let Some(v) = self.listen {
-            c.listen = v;
-        }
-        if let Some(v) = &self.advertise {
-            c.advertise = v.clone();
-        }
-        if let Some(v) = &self.name {
-            c.name = v.clone();
-        }
-        if let Some(v) = &self.mysql {
-            c.mysql = v.clone();
-        }
-        if let Some(v) = &self.sink_dir {
-            c.sink_dir = v.clone();
-        }
-        if !self.pools.is_empty() {
-            c.pools = self.pools.clone();
-        }
-        if let Some(v) = &self.cluster {
-            c.cluster = v.clone();
-        }
-        if let Some(v) = &self.coordinators {
-            c.coordinators = v.clone();
-        }
-        if let Some(v) = self.lock_method {
-            c.lock_method = v;
-        }
-        if let Some(v) = self.max_lease {
-            c.max_lease = v;
-        }
-        if let Some(v) = self.preflight_budget {
-            c.budgets.preflight = v;
-        }
-        if let Some(v) = self.lock_wait_budget {
-            c.budgets.lock_wait = v;
-        }
-        if let Some(v) = self.ddl_policy {
-            c.ddl_policy = v;
-        }
-        if let Some(v) = self.ddl_wait {
-            c.ddl_wait = v;
-        }
-        Ok(c)
-    }
-}
-
-#[derive(Debug, Args)]
-pub struct DumpArgs {
-    /// Server to dump, mysql://USER[:PASSWORD]@HOST:PORT.
-    #[arg(long, env = "LOCKSTEP_MYSQL", hide_env_values = true)]
-    pub mysql: String,
-    /// Output directory; must not exist or be empty.
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Snapshot connections dumping in parallel.
-    #[arg(long, default_value_t = 4)]
-    pub threads: usize,
-    /// Name recorded for the server in the manifest [default: host:port].
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Lock primitive: auto, backup-stage (MariaDB ≥ 10.4) or ftwrl.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub lock_method: LockMethod,
-    /// Refuse if a write or DDL has run longer than this.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-    pub preflight_budget: Duration,
-    /// Cancel the lock if it is not granted within this time.
-    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
-    pub lock_wait_budget: Duration,
-    /// Skip FLUSH NO_WRITE_TO_BINLOG TABLES before locking.
-    #[arg(long)]
-    pub no_preflush: bool,
-    /// zstd level of the data files (1 fast … 19 small).
-    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
-    pub zstd_level: i32,
-    /// Rows per data file for tables with an integer primary key.
-    #[arg(long, default_value_t = 250_000)]
-    pub chunk_rows: u64,
-    /// When DDL waits for a table the dump holds: yield (fail the dump at
-    /// once, exit 75) or wait (up to --ddl-wait, then yield).
-    #[arg(long, value_enum, default_value = "yield")]
-    pub ddl_policy: DdlPolicy,
-    /// With --ddl-policy wait: how long DDL may wait for the dump.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    pub ddl_wait: Duration,
-    /// Print the result as JSON.
-    #[arg(long)]
-    pub json: bool,
-    /// No progress lines on stderr.
-    #[arg(long, short)]
-    pub quiet: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct LoadArgs {
-    /// Target server, mysql://USER[:PASSWORD]@HOST:PORT.
-    #[arg(long, env = "LOCKSTEP_MYSQL", hide_env_values = true)]
-    pub mysql: String,
-    /// Snapshot directory (the one holding manifest.json).
-    #[arg(long)]
-    pub from: PathBuf,
-    /// Connections loading in parallel.
-    #[arg(long, default_value_t = 4)]
-    pub threads: usize,
-    /// Load into a server that has user databases; the backup's databases
-    /// are dropped and recreated there.
-    #[arg(long)]
-    pub force: bool,
-    /// Write the loaded data to the target's binlog.
-    #[arg(long)]
-    pub binlog: bool,
-    /// On a MySQL 5.7 target with GTIDs, run RESET MASTER to set its
-    /// gtid_purged (erases the target's binary logs; refused without it).
-    #[arg(long)]
-    pub allow_reset_master: bool,
-    /// Print the result as JSON.
-    #[arg(long)]
-    pub json: bool,
-    /// No progress lines on stderr.
-    #[arg(long, short)]
-    pub quiet: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct VerifyArgs {
-    /// Snapshot directory (the one holding manifest.json).
-    #[arg(long)]
-    pub from: PathBuf,
-    /// Files checked in parallel.
-    #[arg(long, default_value_t = 4)]
-    pub threads: usize,
-    /// Print the result as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct CutArgs {
-    /// Agent gRPC address, e.g. http://127.0.0.1:7400.
-    #[arg(long)]
-    pub agent: String,
-    /// Backup id [default: a new UUID].
-    #[arg(long)]
-    pub backup_id: Option<String>,
-    /// Lease: the agent releases the lock by itself after this long.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    pub lease: Duration,
-    /// How long to hold the lock before committing (0: commit at once).
-    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
-    pub hold: Duration,
-    /// Abort instead of committing.
-    #[arg(long)]
-    pub abort: bool,
-    /// After committing, transfer the snapshot to the agent's sink (without
-    /// it, the snapshots are dropped at once).
-    #[arg(long)]
-    pub transfer: bool,
-    /// Print results as JSON (one object per step, one per line).
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct StatusArgs {
-    /// Agent gRPC address, e.g. http://127.0.0.1:7400.
-    #[arg(long)]
-    pub agent: String,
-    /// Print the result as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
+pub use args::*;
 
 /// Runs a command; returns the process exit code.
 pub async fn run(cli: Cli, shutdown: CancellationToken) -> i32 {
@@ -305,6 +38,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> i32 {
         Command::Verify(a) => verify(a).await,
         Command::Cut(a) => cut(a).await,
         Command::Status(a) => status(a).await,
+        Command::Keygen(a) => keygen(a),
     };
     match result {
         Ok(()) => 0,
@@ -396,7 +130,7 @@ async fn dump(a: DumpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let result = crate::agent::dump_once(
         &server,
         &name,
-        &dir_artifact(&a.out),
+        dir_artifact(&a.out),
         PrepareOptions {
             budgets: Budgets {
                 preflight: a.preflight_budget,
@@ -524,6 +258,17 @@ async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
             progress::mib(m.totals.bytes)
         );
     }
+    Ok(())
+}
+
+/// `keygen FILE`.
+fn keygen(a: KeygenArgs) -> anyhow::Result<()> {
+    let key = crate::sink::crypt::KeyFile::generate(&a.file)?;
+    println!(
+        "wrote operator key {} (key id {}); keep a copy off the backup hosts: without it encrypted copies cannot be read",
+        a.file.display(),
+        key.id()
+    );
     Ok(())
 }
 
@@ -747,7 +492,8 @@ fn lock_line(held: bool, held_for_us: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
+    use crate::ddl_guard::DdlPolicy;
+    use clap::{CommandFactory, Parser};
 
     #[test]
     fn cli_is_well_formed() {
