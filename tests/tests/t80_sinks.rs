@@ -316,24 +316,14 @@ async fn a_lost_host_is_restored_through_the_media_agent() -> anyhow::Result<()>
     let m3 = check_chain(&Target::chain_on(&again)).await?;
     assert_eq!(m3, m, "the same cut from S3");
 
-    step!("removing the offsite sink is refused: it holds the only good copy");
-    cluster
-        .cli_json(&["sink", "policy", "--cluster", CLUSTER, "--primary", "pool"])
-        .await?;
-    let refused = cluster
-        .cli(&["sink", "remove", "offsite", "--cluster", CLUSTER])
-        .await?;
-    assert!(!refused.status.success(), "{}", refused.stdout);
+    step!("catalog show records the pool's copies as bad (found missing by the restore)");
+    let shown = cluster.cli_json(&["catalog", "show", &id]).await?;
+    for s in shown["servers"].as_array().expect("servers") {
+        let error = s["artifact"]["verify_error"].as_str().unwrap_or_default();
+        assert!(error.contains("holds nothing"), "{shown}");
+    }
 
-    step!("the pool's only copy cannot be removed from the catalog");
-    let refused = cluster
-        .cli(&["sink", "remove", "pool", "--cluster", CLUSTER])
-        .await?;
-    assert!(
-        !refused.status.success() && refused.stderr.contains("policy"),
-        "{}",
-        refused.stderr
-    );
+    step!("sink remove: refused for the only good copy, allowed for copies known bad");
     cluster
         .cli_json(&[
             "sink",
@@ -345,12 +335,23 @@ async fn a_lost_host_is_restored_through_the_media_agent() -> anyhow::Result<()>
         ])
         .await?;
     let refused = cluster
-        .cli(&["sink", "remove", "pool", "--cluster", CLUSTER])
+        .cli(&["sink", "remove", "offsite", "--cluster", CLUSTER])
         .await?;
     assert!(
-        !refused.status.success() && refused.stderr.contains("only copy"),
+        !refused.status.success() && refused.stderr.contains("only good copy"),
         "{}",
         refused.stderr
+    );
+    cluster
+        .cli_json(&["sink", "remove", "pool", "--cluster", CLUSTER])
+        .await?;
+    let listed = cluster
+        .cli_json(&["sink", "list", "--cluster", CLUSTER, "--no-usage"])
+        .await?;
+    assert_eq!(
+        listed["sinks"].as_array().map(Vec::len),
+        Some(2),
+        "{listed}"
     );
     drop(media);
     Ok(())
