@@ -598,3 +598,263 @@ async fn a_media_agent_killed_mid_transfer_resumes_the_stream() -> anyhow::Resul
     assert!(m >= 100 && m <= written, "restored 1..{m} of {written}");
     Ok(())
 }
+
+/// Flips one byte in the middle of the first data file under `dir`;
+/// returns its path relative to `dir`.
+fn damage_a_data_file(dir: &std::path::Path) -> anyhow::Result<String> {
+    fn find(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        entries.sort();
+        entries.into_iter().find_map(|p| {
+            if p.is_dir() {
+                find(&p)
+            } else {
+                p.to_string_lossy().ends_with(".tsv.zst").then_some(p)
+            }
+        })
+    }
+    let file = find(dir).ok_or_else(|| anyhow::anyhow!("no data file under {}", dir.display()))?;
+    let mut bytes = std::fs::read(&file)?;
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5a;
+    std::fs::write(&file, bytes)?;
+    Ok(file.strip_prefix(dir)?.to_string_lossy().into_owned())
+}
+
+/// Damaged copies, wrong keys and unreachable sinks. A data file of one
+/// server's pool copy is damaged: the restore finds it failing its checksum
+/// before that target is touched, loads that server from the S3 copy
+/// instead, records the bad copy, and the chain has no gaps; `lockstep
+/// verify` reports the same file. An agent with another operator key cannot
+/// open the encrypted copy (refused naming both key ids, nothing touched).
+/// A backup whose sink cannot be reached (media agent stopped, bucket
+/// missing) FAILs naming the sink.
+#[tokio::test]
+async fn damaged_copies_wrong_keys_and_unreachable_sinks_fail_clearly() -> anyhow::Result<()> {
+    let s3 = S3Server::start().await?;
+    let keys = tempfile::tempdir()?;
+    let key = key_file(
+        keys.path(),
+        "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100",
+    )?;
+    let key_args = ["--key-file", key.as_str()];
+    let cluster = Cluster::start_with_agent_env("dc", &key_args, &s3.env(), &[]).await?;
+    let mut media = media_agent_with(
+        &cluster,
+        "vault",
+        s3.env(),
+        &["--key-file".to_string(), key.clone()],
+    )
+    .await?;
+    let pool = media.pool().expect("pool").to_path_buf();
+    let pool_arg = pool.to_str().expect("utf-8").to_string();
+    add_sink(
+        &cluster,
+        &[
+            "pool", "--kind", "disk", "--agent", "vault", "--path", &pool_arg,
+        ],
+    )
+    .await?;
+    let url = format!("s3://{}/dc", s3.bucket());
+    let endpoint = s3.endpoint();
+    add_sink(
+        &cluster,
+        &[
+            "offsite",
+            "--kind",
+            "s3",
+            "--url",
+            &url,
+            "--endpoint",
+            &endpoint,
+        ],
+    )
+    .await?;
+    cluster
+        .cli_json(&[
+            "sink",
+            "policy",
+            "--cluster",
+            CLUSTER,
+            "--primary",
+            "pool",
+            "--copy",
+            "offsite",
+        ])
+        .await?;
+
+    step!("a backup under the causal writer, copied to S3");
+    let writer = CausalWriter::start(cluster.chain()).await?;
+    writer.wait_committed(100, Duration::from_secs(60)).await?;
+    let out = cluster
+        .cli(&["--json", "backup", "start", "--cluster", CLUSTER, "--wait"])
+        .await?;
+    out.success()?;
+    let backup: Value = serde_json::from_str(out.stdout.trim())?;
+    let written = writer.stop().await;
+    assert_eq!(backup["status"], "COMPLETE", "{backup}");
+    let id = backup["id"].as_str().expect("id").to_string();
+    wait_copies(&cluster, &id, "offsite").await?;
+
+    step!("one data file of server dc1's pool copy is damaged");
+    let damaged = damage_a_data_file(&pool.join(&id).join("dc1"))?;
+
+    step!("the restore skips the damaged copy for the S3 copy");
+    let fresh = MariaDb::start_many(&["dr0", "dr1", "dr2"]).await?;
+    let args = restore_args(&id, "dc", &fresh);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = cluster.cli(&argv).await?;
+    out.success()?;
+    let restore: Value = serde_json::from_str(out.stdout.trim())?;
+    let sinks: Vec<&str> = restore["servers"]
+        .as_array()
+        .expect("servers")
+        .iter()
+        .filter_map(|s| s["sink"].as_str())
+        .collect();
+    assert_eq!(sinks, ["pool", "offsite", "pool"], "{restore}");
+    let m = check_chain(&Target::chain_on(&fresh)).await?;
+    assert!(m >= 100 && m <= written, "restored 1..{m} of {written}");
+    let shown = cluster.cli_json(&["catalog", "show", &id]).await?;
+    let bad = shown["servers"][1]["artifact"]["verify_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        bad.contains("checksum mismatch") && bad.contains(&damaged),
+        "{shown}"
+    );
+
+    step!("lockstep verify reports the same file, and the good copies");
+    let verify = cluster
+        .cli(&["--json", "verify", "--backup", &id, "--copy", "pool"])
+        .await?;
+    assert_eq!(verify.status.code(), Some(1), "{}", verify.stdout);
+    let report: Value = serde_json::from_str(verify.stdout.trim())?;
+    let outcomes = report["outcomes"].as_array().cloned().unwrap_or_default();
+    assert_eq!(outcomes.len(), 3, "{report}");
+    for o in &outcomes {
+        let error = o["error"].as_str().unwrap_or_default();
+        if o["server"] == "dc1" {
+            assert!(error.contains(&damaged), "{report}");
+        } else {
+            assert_eq!(o["ok"], true, "{report}");
+        }
+    }
+    let offsite = cluster
+        .cli_json(&["verify", "--backup", &id, "--copy", "offsite"])
+        .await?;
+    assert!(
+        offsite["outcomes"]
+            .as_array()
+            .is_some_and(|o| o.len() == 3 && o.iter().all(|o| o["ok"] == true)),
+        "{offsite}"
+    );
+
+    step!("an agent with another operator key cannot open the encrypted copy");
+    let other_keys = tempfile::tempdir()?;
+    let other = key_file(
+        other_keys.path(),
+        "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+    )?;
+    let stranger = media_agent_with(
+        &cluster,
+        "stranger",
+        s3.env(),
+        &["--key-file".to_string(), other],
+    )
+    .await?;
+    let target = MariaDb::start(lockstep_tests::MariaDbOptions::named("dk0")).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        let out = cluster
+            .cli(&[
+                "restore",
+                "plan",
+                "--backup",
+                &id,
+                "--from",
+                "offsite",
+                "--target",
+                &format!("dc0={}", target.url()),
+                "--target",
+                &format!("dc1={}", fresh[1].url()),
+                "--target",
+                &format!("dc2={}", fresh[2].url()),
+                "--agent",
+                "dc0=stranger",
+            ])
+            .await?;
+        if !out.stderr.contains("no such agent") || Instant::now() > deadline {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        !refused.status.success()
+            && refused.stderr.contains("server dc0")
+            && refused.stderr.contains("does not open"),
+        "{}",
+        refused.stderr
+    );
+    drop(stranger);
+
+    step!("a backup to a sink that cannot be reached FAILs naming it");
+    media.stop()?;
+    let out = cluster
+        .cli(&[
+            "--json",
+            "backup",
+            "start",
+            "--cluster",
+            CLUSTER,
+            "--sink",
+            "pool",
+            "--wait",
+        ])
+        .await?;
+    let failed: Value = serde_json::from_str(out.stdout.trim())?;
+    assert_eq!(failed["status"], "FAILED", "{failed}");
+    let reason = failed["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("pool") && reason.contains("vault"),
+        "{reason}"
+    );
+    add_sink(
+        &cluster,
+        &[
+            "nobucket",
+            "--kind",
+            "s3",
+            "--url",
+            "s3://no-such-bucket/x",
+            "--endpoint",
+            &endpoint,
+        ],
+    )
+    .await?;
+    let out = cluster
+        .cli(&[
+            "--json",
+            "backup",
+            "start",
+            "--cluster",
+            CLUSTER,
+            "--sink",
+            "nobucket",
+            "--wait",
+        ])
+        .await?;
+    let failed: Value = serde_json::from_str(out.stdout.trim())?;
+    assert_eq!(failed["status"], "FAILED", "{failed}");
+    let reason = failed["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("no-such-bucket"), "{reason}");
+    assert!(
+        s3.list_keys("x/").await?.is_empty(),
+        "nothing stored for the failed backup"
+    );
+    Ok(())
+}
