@@ -225,8 +225,9 @@ pub fn new_sink(r: &pb::AddSinkRequest, at_unix_ms: i64) -> Result<Sink, String>
             if bucket.is_empty() {
                 return Err(format!("{:?} names no bucket", r.url));
             }
-            if !r.endpoint.is_empty()
-                && !(r.endpoint.starts_with("http://") || r.endpoint.starts_with("https://"))
+            if !(r.endpoint.is_empty()
+                || r.endpoint.starts_with("http://")
+                || r.endpoint.starts_with("https://"))
             {
                 return Err(format!(
                     "--endpoint must be an http:// or https:// URL (got {:?})",

@@ -223,11 +223,9 @@ fn measured_rate(cat: &Catalog, cluster: &str) -> u64 {
         .flat_map(|r| r.servers.values())
         .filter(|s| s.error.is_none() && s.duration_ms > 0)
         .fold((0u64, 0u64), |(r, d), s| (r + s.rows, d + s.duration_ms));
-    if ms == 0 {
-        DEFAULT_ROWS_PER_SEC
-    } else {
-        (rows * 1000 / ms).max(1)
-    }
+    (rows * 1000)
+        .checked_div(ms)
+        .map_or(DEFAULT_ROWS_PER_SEC, |rate| rate.max(1))
 }
 
 /// Keeps the first source whose agent confirms the copy (its manifest is
