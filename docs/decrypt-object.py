@@ -4,9 +4,10 @@
 usage: decrypt-object.py KEY_FILE WRAPPED_DATA_KEY BACKUP_ID OBJECT_KEY FILE > plaintext
 
   KEY_FILE          the operator's key file (64 hex digits)
-  WRAPPED_DATA_KEY  the backup's wrapped data key, lockstep-dk1:<key id>:<hex>
-  BACKUP_ID         the backup's id, exactly as the data key was wrapped for
-  OBJECT_KEY        the key the object was stored under, e.g. <backup>/<server>/db/t.00000.tsv.zst
+  WRAPPED_DATA_KEY  the copy's wrapped data key, lockstep-dk1:<key id>:<hex>
+                    ("wrapped_key" in the copy's encryption.json)
+  BACKUP_ID         the backup's id ("backup_id" in encryption.json)
+  OBJECT_KEY        the file's path in the copy, as the manifest lists it, e.g. db/t.00000.tsv.zst
   FILE              the object's bytes (a file of a disk sink, or downloaded)
 
 Writes the plaintext to stdout, one authenticated segment at a time. Exit

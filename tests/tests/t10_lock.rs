@@ -314,7 +314,9 @@ async fn deposed_coordinator_is_fenced_off() -> anyhow::Result<()> {
     }
     let artifact = artifact.expect("the transfer finished with an artifact");
     assert!(
-        std::path::Path::new(&artifact.location)
+        agent
+            .sink_dir()
+            .join(&artifact.location)
             .join("manifest.json")
             .exists(),
         "{artifact:?}"

@@ -9,49 +9,60 @@ use lockstep_tests::{CoordinatorGroup, Supervised, run_lockstep, step};
 use serde_json::Value;
 
 /// The catalog version this build of the coordinator supports.
-const CATALOG_VERSION: u64 = 1;
+const CATALOG_VERSION: u64 = 2;
 
-/// A group of 3 coordinators of one build: `coordinator status --json`
-/// shows cluster version 1, and every member supports and has applied
-/// version 1; the human output says the cluster version. With one member
-/// SIGKILLed, its versions are unknown (null, "-") and the cluster version
-/// stays where it was.
+/// A group of 3 coordinators of one build starts at cluster version 1 and
+/// the leader raises it to the version every member supports:
+/// `coordinator status --json` then shows cluster version 2, and every
+/// member supports and has applied it; the human output says the cluster
+/// version. With one member SIGKILLed, its versions are unknown (null, "-")
+/// and the cluster version stays where it was.
 #[tokio::test]
 async fn status_shows_every_members_catalog_and_cluster_version() -> anyhow::Result<()> {
     step!("start 3 coordinators");
     let mut group = CoordinatorGroup::start(3).await?;
     let leader = group.wait_leader(Duration::from_secs(30)).await?;
 
-    step!("coordinator status --json: cluster version 1 everywhere");
-    let out = run_lockstep(&group.urls(), &["--json", "coordinator", "status"]).await?;
-    out.success()?;
-    let status: Value = serde_json::from_str(out.stdout.trim())?;
-    assert_eq!(status["cluster_version"], 1, "{status}");
+    step!("coordinator status --json: the leader raises the cluster version to 2 everywhere");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status: Value = loop {
+        let out = run_lockstep(&group.urls(), &["--json", "coordinator", "status"]).await?;
+        out.success()?;
+        let status: Value = serde_json::from_str(out.stdout.trim())?;
+        let raised = status["members"]
+            .as_array()
+            .is_some_and(|ms| ms.iter().all(|m| m["cluster_version"] == CATALOG_VERSION));
+        if raised || Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status["cluster_version"], CATALOG_VERSION, "{status}");
     let members = status["members"].as_array().cloned().unwrap_or_default();
     assert_eq!(members.len(), 3, "{status}");
     for m in &members {
         assert_eq!(m["healthy"], true, "{m}");
         assert_eq!(m["catalog_version"], CATALOG_VERSION, "{m}");
-        assert_eq!(m["cluster_version"], 1, "{m}");
+        assert_eq!(m["cluster_version"], CATALOG_VERSION, "{m}");
     }
 
     step!("coordinator status (human): the cluster version and the columns");
     let out = run_lockstep(&group.urls(), &["coordinator", "status"]).await?;
     out.success()?;
-    assert!(out.stdout.contains("cluster version: 1"), "{}", out.stdout);
+    assert!(out.stdout.contains("cluster version: 2"), "{}", out.stdout);
     assert!(
         out.stdout.contains("SUPPORTS") && out.stdout.contains("CLUSTER-V"),
         "{}",
         out.stdout
     );
 
-    step!("SIGKILL a follower: its versions are unknown, the cluster's stays 1");
+    step!("SIGKILL a follower: its versions are unknown, the cluster's stays 2");
     let follower = (0..3).find(|&i| i != leader).expect("a follower");
     group.members[follower].kill()?;
     let out = run_lockstep(&group.urls(), &["--json", "coordinator", "status"]).await?;
     assert!(!out.status.success(), "a member is down: {}", out.stdout);
     let status: Value = serde_json::from_str(out.stdout.trim())?;
-    assert_eq!(status["cluster_version"], 1, "{status}");
+    assert_eq!(status["cluster_version"], CATALOG_VERSION, "{status}");
     let dead_id = group.members[follower].id();
     let dead = status["members"]
         .as_array()

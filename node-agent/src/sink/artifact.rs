@@ -134,6 +134,31 @@ impl Artifact {
         }
     }
 
+    fn read_failed(&self, key: &str, e: std::io::Error) -> Error {
+        Error::Sink {
+            sink: self.store.describe(),
+            key: key.to_string(),
+            action: "read",
+            reason: e.to_string(),
+        }
+    }
+
+    /// `Ok` if what was read of `key` (hashed into `hasher`, `size` bytes)
+    /// is the file `entry` lists.
+    fn matches(&self, entry: &FileEntry, key: &str, hasher: Sha256, size: u64) -> Result<()> {
+        let actual = hex::encode(hasher.finalize());
+        if actual != entry.sha256 || size != entry.size {
+            return Err(Error::Checksum {
+                path: PathBuf::from(self.store.locate(key)),
+                expected: entry.sha256.clone(),
+                actual,
+                expected_size: entry.size,
+                actual_size: size,
+            });
+        }
+        Ok(())
+    }
+
     fn list_prefix(&self) -> String {
         if self.prefix.is_empty() {
             String::new()
@@ -145,7 +170,24 @@ impl Artifact {
     /// Refuses to write into a location that already holds objects; for a
     /// copy to be sealed, stores its wrapped data key first.
     pub async fn claim(&mut self) -> Result<()> {
-        let existing = self.store.list(&self.list_prefix()).await?;
+        self.claim_inner(false).await
+    }
+
+    /// Like [`Artifact::claim`], but what an interrupted earlier attempt
+    /// left (objects and no manifest: never a backup) is removed first.
+    pub async fn claim_replacing_incomplete(&mut self) -> Result<()> {
+        self.claim_inner(true).await
+    }
+
+    async fn claim_inner(&mut self, replace_incomplete: bool) -> Result<()> {
+        let mut existing = self.store.list(&self.list_prefix()).await?;
+        let manifest = self.key(FILE_NAME)?;
+        if replace_incomplete && !existing.is_empty() && !existing.iter().any(|o| o.key == manifest)
+        {
+            tracing::warn!(artifact = %self.describe(), objects = existing.len(), "removing what an interrupted copy left (no manifest) before copying again");
+            self.store.delete_prefix(&self.list_prefix()).await?;
+            existing = self.store.list(&self.list_prefix()).await?;
+        }
         if let Some(first) = existing.first() {
             return Err(self.bad(format!(
                 "is not empty: it holds {} object(s) (e.g. {}); refusing to write a backup into it",
@@ -220,12 +262,7 @@ impl Artifact {
         let mut stream = self.read(rel).await?;
         let mut out = Vec::new();
         while let Some(piece) = stream.next().await {
-            let piece = piece.map_err(|e| Error::Sink {
-                sink: self.store.describe(),
-                key: key.clone(),
-                action: "read",
-                reason: e.to_string(),
-            })?;
+            let piece = piece.map_err(|e| self.read_failed(&key, e))?;
             out.extend_from_slice(&piece);
             if out.len() as u64 > SMALL_FILE_LIMIT {
                 return Err(self.bad(format!(
@@ -275,26 +312,11 @@ impl Artifact {
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         while let Some(piece) = stream.next().await {
-            let piece = piece.map_err(|e| Error::Sink {
-                sink: self.store.describe(),
-                key: key.clone(),
-                action: "read",
-                reason: e.to_string(),
-            })?;
+            let piece = piece.map_err(|e| self.read_failed(&key, e))?;
             hasher.update(&piece);
             size += piece.len() as u64;
         }
-        let actual = hex::encode(hasher.finalize());
-        if actual != entry.sha256 || size != entry.size {
-            return Err(Error::Checksum {
-                path: PathBuf::from(self.store.locate(&key)),
-                expected: entry.sha256.clone(),
-                actual,
-                expected_size: entry.size,
-                actual_size: size,
-            });
-        }
-        Ok(())
+        self.matches(entry, &key, hasher, size)
     }
 }
 
@@ -380,7 +402,7 @@ impl Artifact {
         if sha256_hex(&raw) != sha256 {
             return Err(self.bad("the manifest changed while it was being read".into()));
         }
-        to.claim().await?;
+        to.claim_replacing_incomplete().await?;
         let to = &to;
         let result = async {
             for entry in &manifest.files {
@@ -409,12 +431,7 @@ impl Artifact {
         let mut size = 0u64;
         let copied = async {
             while let Some(piece) = stream.next().await {
-                let piece = piece.map_err(|e| Error::Sink {
-                    sink: self.store.describe(),
-                    key: key.clone(),
-                    action: "read",
-                    reason: e.to_string(),
-                })?;
+                let piece = piece.map_err(|e| self.read_failed(&key, e))?;
                 hasher.update(&piece);
                 size += piece.len() as u64;
                 progress.add_bytes(piece.len() as u64);
@@ -427,16 +444,9 @@ impl Artifact {
             out.abort().await;
             return Err(e);
         }
-        let actual = hex::encode(hasher.finalize());
-        if actual != entry.sha256 || size != entry.size {
+        if let Err(e) = self.matches(entry, &key, hasher, size) {
             out.abort().await;
-            return Err(Error::Checksum {
-                path: PathBuf::from(self.store.locate(&key)),
-                expected: entry.sha256.clone(),
-                actual,
-                expected_size: entry.size,
-                actual_size: size,
-            });
+            return Err(e);
         }
         out.finish().await?;
         Ok(())

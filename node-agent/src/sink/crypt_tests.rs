@@ -467,6 +467,24 @@ async fn disk_store_round_trip() {
     assert!(err.contains(OBJ) && err.contains("segment 3"), "{err}");
 }
 
+/// The Python to run the recipe with: `$LOCKSTEP_PYTHON`, else the venv
+/// scripts/setup-debian.sh makes for moto (it has `cryptography`), else
+/// `python3`.
+fn python() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("LOCKSTEP_PYTHON") {
+        return p.into();
+    }
+    let venv = std::env::var_os("LOCKSTEP_MOTO_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/opt/lockstep-moto".into())
+        .join("bin/python3");
+    if venv.exists() {
+        venv
+    } else {
+        "python3".into()
+    }
+}
+
 /// Runs `docs/decrypt-object.py`, or with `snippet` the Python block of
 /// "Encrypted objects" in `docs/format.md`; its stdout, or its stderr on
 /// failure.
@@ -479,7 +497,7 @@ fn python_recipe(
     file: &Path,
 ) -> std::result::Result<Vec<u8>, String> {
     let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
-    let mut cmd = std::process::Command::new("python3");
+    let mut cmd = std::process::Command::new(python());
     if snippet {
         let md = std::fs::read_to_string(docs.join("format.md")).expect("read docs/format.md");
         let section = &md[md.find("## Encrypted objects").expect("the section")..];
@@ -513,12 +531,12 @@ fn python_recipe(
 
 /// The Python recipe in the docs decrypts what the Rust code wrote, and
 /// refuses a damaged, truncated or extended object and a wrong key file.
-/// Needs python3 with the `cryptography` package (Debian:
-/// python3-cryptography; or `pip install cryptography`); set
+/// Needs python3 with the `cryptography` package (the moto venv of
+/// scripts/setup-debian.sh has it; or python3-cryptography); set
 /// LOCKSTEP_SKIP_PYTHON_RECIPE=1 to skip on a machine without it.
 #[tokio::test]
 async fn python_recipe_decrypts_what_rust_wrote() {
-    let have = std::process::Command::new("python3")
+    let have = std::process::Command::new(python())
         .args(["-c", "import cryptography.hazmat.primitives.ciphers.aead"])
         .status()
         .is_ok_and(|s| s.success());
