@@ -14,9 +14,9 @@
 //! - [`job`]: the backup job the leader drives (PREPARE, barrier, CommitCut,
 //!   COMMIT, TRANSFER) and the resolution of jobs inherited from a previous
 //!   leader.
-//! - [`restore`]: the coordinated restore the leader runs while the caller
-//!   waits (every server's agent `Restore` in parallel); it reads the
-//!   catalog but changes nothing.
+//! - [`restore`]: the coordinated restore, a leader job: each server's
+//!   copy and loading agent chosen and confirmed before any is loaded, then
+//!   every agent's `Restore` in parallel, recorded in the catalog.
 //! - [`sinks`]: sinks as the leader uses them: the description agents
 //!   open, which agent reads a copy, copies, verification and scans.
 //! - [`version`]: the leader's task that raises the cluster's catalog

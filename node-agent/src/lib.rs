@@ -15,13 +15,16 @@
 //!   snapshots hold and decides when the dump gives way (`ddl_policy`).
 //! - [`restore`]: verify a snapshot and load it into a server.
 //! - [`progress`]: counters for long jobs.
-//! - [`agent`]: the agent's state machine (one backup at a time, leases).
-//! - [`grpc`]: the `lockstep.agent.v1` service over [`agent`].
+//! - [`agent`]: the agent's state machine (one backup at a time, leases),
+//!   and its restores, copies and checks of artifacts in sinks.
+//! - [`grpc`]: the `lockstep.agent.v1` service over [`agent`], and
+//!   `lockstep.media.v1` (the disk pools it serves to other agents).
 //! - [`config`], [`server`], [`cli`]: the daemon's configuration, its run
 //!   loop, and the `lockstep-agent` commands.
 //! - [`register`]: registration and heartbeats with the coordinators.
 //! - [`sink`]: where artifacts are stored (local disk, a media agent's
-//!   disk pool, S3), behind one trait.
+//!   disk pool, S3), behind one trait; an artifact in a store; encryption
+//!   at rest.
 //!
 //! Where new code goes: SQL that depends on the server kind goes to
 //! [`flavour`]; anything that decides bytes on disk goes to [`format`];

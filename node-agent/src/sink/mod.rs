@@ -3,11 +3,13 @@
 //!
 //! - [`disk`]: a directory on this host (the host-local default, and the
 //!   disk pools a media agent holds for others).
-//! - `media`: a disk pool on another agent, reached over gRPC (chunked,
+//! - [`media`]: a disk pool on another agent, reached over gRPC (chunked,
 //!   checksummed, resumable).
-//! - `s3`: S3-compatible object storage through `object_store`.
+//! - [`s3`]: S3-compatible object storage through `object_store`.
 //!
-//! [`open`] turns a catalog's sink description ([`SinkSpec`]) into a store.
+//! [`artifact`] is one server's snapshot in a store (what dumps write and
+//! restores read); [`crypt`] encrypts its files for sinks that ask for it.
+//! [`open`] turns a catalog's sink description (`SinkSpec`) into a store.
 //! An object written through [`ObjectWriter`] is visible under its key only
 //! once [`ObjectWriter::finish`] returned: the sink has it durably then (the
 //! disk store fsyncs file and directory, the media agent fsyncs before it

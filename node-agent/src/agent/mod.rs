@@ -33,6 +33,10 @@ use crate::mysql::Server;
 use crate::progress::Progress;
 use crate::sink::artifact::Artifact;
 
+mod artifacts;
+
+pub use artifacts::Expected;
+
 /// The release reason when the Prepare caller went away.
 const CALLER_GONE: &str = "caller-gone";
 /// The release reason of a Commit that found the lock held.
@@ -148,52 +152,6 @@ pub struct Agent {
     /// `host:port` of every server a restore is loading right now.
     restoring: std::sync::Mutex<std::collections::HashSet<String>>,
     shutdown: CancellationToken,
-}
-
-/// What the catalog says a restore location holds (empty fields are not
-/// checked).
-#[derive(Debug, Clone, Default)]
-pub struct Expected {
-    pub backup_id: String,
-    pub manifest_sha256: String,
-}
-
-/// One running restore into a server (by `host:port`); dropping it ends
-/// the claim.
-struct RestoreClaim<'a> {
-    running: &'a std::sync::Mutex<std::collections::HashSet<String>>,
-    address: String,
-}
-
-impl<'a> RestoreClaim<'a> {
-    fn take(
-        running: &'a std::sync::Mutex<std::collections::HashSet<String>>,
-        address: &str,
-    ) -> Result<Self> {
-        let fresh = running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(address.to_string());
-        if !fresh {
-            return Err(Error::Busy {
-                current: format!("a restore into {address}"),
-                requested: format!("another restore into {address}"),
-            });
-        }
-        Ok(RestoreClaim {
-            running,
-            address: address.to_string(),
-        })
-    }
-}
-
-impl Drop for RestoreClaim<'_> {
-    fn drop(&mut self) {
-        self.running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.address);
-    }
 }
 
 /// Parameters of one prepare request.
@@ -710,159 +668,6 @@ impl Agent {
         }
     }
 
-    /// Loads the snapshot at `location` of `sink` into `target` (a
-    /// mysql:// URL), or into this agent's own server. Refused before the
-    /// target is touched when `location` is outside the sink, its manifest
-    /// is not the one `expect` names, the own server has a backup in
-    /// progress, or another restore into the same server runs.
-    pub async fn restore(
-        &self,
-        location: &str,
-        sink: Option<&lockstep_proto::agent::SinkSpec>,
-        target: Option<&str>,
-        expect: &Expected,
-        opts: &crate::restore::LoadOptions,
-        progress: Arc<Progress>,
-    ) -> Result<crate::restore::LoadReport> {
-        let server = match target {
-            Some(url) => Server::parse(url)?,
-            None => self.own_server()?.clone(),
-        };
-        let from = self.open_artifact(location, sink).await?;
-        check_expected(&from, expect).await?;
-        // Claimed before the backup check: a Prepare checks the claims while
-        // it holds the session, so one of the two always sees the other.
-        let _exclusive = RestoreClaim::take(&self.restoring, server.address())?;
-        if self
-            .cfg
-            .server
-            .as_ref()
-            .is_some_and(|own| own.address() == server.address())
-            && let Some(s) = self.session.lock().await.as_ref()
-        {
-            return Err(Error::Busy {
-                current: s.backup_id.clone(),
-                requested: format!("restore of {}", from.describe()),
-            });
-        }
-        let span =
-            tracing::info_span!("restore", from = %from.describe(), target = %server.address());
-        crate::restore::load(&server, &from, opts, progress)
-            .instrument(span)
-            .await
-    }
-
-    /// Copies the artifact at `location` of `from` into `to` (at the same
-    /// location), after checking it is the one the catalog names.
-    pub async fn copy(
-        &self,
-        location: &str,
-        from: Option<&lockstep_proto::agent::SinkSpec>,
-        to: Option<&lockstep_proto::agent::SinkSpec>,
-        expect: &Expected,
-        progress: &Progress,
-    ) -> Result<DumpResult> {
-        let src = self.open_artifact(location, from).await?;
-        check_expected(&src, expect).await?;
-        let store = crate::sink::open(to, &self.local()).await?;
-        let prefix = if src.prefix().is_empty() {
-            self.artifact_prefix(&expect.backup_id)
-        } else {
-            src.prefix().to_string()
-        };
-        let dst = self.sealed_if(Artifact::new(store, prefix), to, &expect.backup_id)?;
-        let (location, sink) = (dst.prefix().to_string(), dst.store().describe());
-        let span = tracing::info_span!("copy", from = %src.describe(), to = %dst.describe());
-        let (manifest, manifest_sha256) = src.copy_to(dst, progress).instrument(span).await?;
-        Ok(DumpResult {
-            location,
-            sink,
-            manifest,
-            manifest_sha256,
-        })
-    }
-
-    /// `out`, to be sealed when `sink` encrypts (refused without a key file).
-    fn sealed_if(
-        &self,
-        out: Artifact,
-        sink: Option<&lockstep_proto::agent::SinkSpec>,
-        backup_id: &str,
-    ) -> Result<Artifact> {
-        let Some(spec) = sink.filter(|s| s.encrypt) else {
-            return Ok(out);
-        };
-        let key = self.cfg.key.clone().ok_or_else(|| {
-            Error::Config(format!(
-                "sink {} encrypts at rest, but agent {} has no --key-file (the operator key; lockstep-agent keygen FILE makes one)",
-                spec.name, self.cfg.name
-            ))
-        })?;
-        Ok(out.sealed_with(key, backup_id))
-    }
-
-    /// Checks the artifact at `location` of `sink`: its manifest is the
-    /// catalog's and (unless `manifest_only`) every file matches it.
-    /// Returns the files and bytes checked.
-    pub async fn verify(
-        &self,
-        location: &str,
-        sink: Option<&lockstep_proto::agent::SinkSpec>,
-        expect: &Expected,
-        manifest_only: bool,
-    ) -> Result<(u64, u64)> {
-        let from = self.open_artifact(location, sink).await?;
-        check_expected(&from, expect).await?;
-        if manifest_only {
-            return Ok((1, 0));
-        }
-        let threads = self.cfg.snapshot_connections.max(1);
-        let (m, _) = crate::restore::verify(&from, threads, Arc::new(Progress::default())).await?;
-        Ok((m.files.len() as u64, m.totals.bytes))
-    }
-
-    /// The artifact at `location` in `sink`. Without a sink, `location` is
-    /// a key prefix in the host-local directory, or (as older catalogs
-    /// recorded it) an absolute directory inside it.
-    async fn open_artifact(
-        &self,
-        location: &str,
-        sink: Option<&lockstep_proto::agent::SinkSpec>,
-    ) -> Result<Artifact> {
-        if sink.is_none() && location.starts_with('/') {
-            let dir = std::path::Path::new(location);
-            let resolved = std::fs::canonicalize(dir).map_err(|e| Error::BadBackup {
-                path: dir.into(),
-                reason: format!("cannot open the backup location: {e}"),
-            })?;
-            let root = std::fs::canonicalize(&self.cfg.sink_dir).map_err(|e| Error::BadBackup {
-                path: self.cfg.sink_dir.clone(),
-                reason: format!("cannot open the sink directory: {e}"),
-            })?;
-            if !resolved.starts_with(&root) {
-                return Err(Error::BadBackup {
-                    path: dir.into(),
-                    reason: format!(
-                        "outside this agent's sink directory {}; refusing to restore from it",
-                        root.display()
-                    ),
-                });
-            }
-            let label = format!("backup directory {}", resolved.display());
-            let mut out = Artifact::new(
-                Arc::new(crate::sink::disk::DiskStore::new(resolved, label)),
-                "",
-            );
-            out.unlock(self.cfg.key.as_deref()).await?;
-            return Ok(out);
-        }
-        let store = crate::sink::open(sink, &self.local()).await?;
-        let mut out = Artifact::new(store, location);
-        out.key("manifest.json")?;
-        out.unlock(self.cfg.key.as_deref()).await?;
-        Ok(out)
-    }
-
     pub async fn status(&self) -> AgentStatus {
         // A prepare holds the session while it arms and locks; status does
         // not wait for it.
@@ -915,31 +720,6 @@ impl Agent {
             self.abort(&id, "agent shutting down").await;
         }
     }
-}
-
-/// Checks that an artifact holds the manifest the catalog names.
-async fn check_expected(from: &Artifact, expect: &Expected) -> Result<()> {
-    if expect.backup_id.is_empty() && expect.manifest_sha256.is_empty() {
-        return Ok(());
-    }
-    let (manifest, stored) = from.manifest().await?;
-    let bad = |reason: String| Error::BadBackup {
-        path: from.describe().into(),
-        reason,
-    };
-    if !expect.backup_id.is_empty() && manifest.backup_id != expect.backup_id {
-        return Err(bad(format!(
-            "holds backup {}, but the catalog says backup {}",
-            manifest.backup_id, expect.backup_id
-        )));
-    }
-    if !expect.manifest_sha256.is_empty() && stored != expect.manifest_sha256 {
-        return Err(bad(format!(
-            "manifest sha256 is {stored}, but the catalog recorded {}",
-            expect.manifest_sha256
-        )));
-    }
-    Ok(())
 }
 
 /// Runs a whole local cut without a coordinator: prepare, commit at once,
