@@ -111,6 +111,7 @@ pub fn server(s: &Server, heartbeat_age_ms: Option<u64>, healthy: bool) -> pb::S
         registered_at_unix_ms: s.registered_at_unix_ms,
         last_heartbeat_age_ms: heartbeat_age_ms,
         healthy,
+        media: false,
     }
 }
 

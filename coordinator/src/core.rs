@@ -240,28 +240,53 @@ impl Core {
             .clear();
     }
 
-    /// Registered servers (of one cluster, or all) with their health.
+    /// Registered servers (of one cluster, or all) with their health, then
+    /// the media agents (`media` set).
     pub async fn list_servers(&self, cluster: Option<String>) -> Result<Vec<pb::Server>> {
-        let servers = self
+        let (servers, media) = self
             .read(move |cat| {
-                cat.clusters
+                let wanted = |c: &String| cluster.as_ref().is_none_or(|want| want == c);
+                let servers: Vec<_> = cat
+                    .clusters
                     .iter()
-                    .filter(|(c, _)| cluster.as_ref().is_none_or(|want| want == *c))
+                    .filter(|(c, _)| wanted(c))
                     .flat_map(|(_, s)| s.values().cloned())
-                    .collect::<Vec<_>>()
+                    .collect();
+                let media: Vec<_> = cat
+                    .media
+                    .iter()
+                    .filter(|(c, _)| wanted(c))
+                    .flat_map(|(_, m)| m.values().cloned())
+                    .collect();
+                (servers, media)
             })
             .await?;
         let health = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(servers
-            .iter()
-            .map(|s| {
-                let age = health
-                    .get(&(s.cluster.clone(), s.name.clone()))
-                    .map(Instant::elapsed);
-                let healthy = age.is_some_and(|a| a < self.config.health_window);
-                convert::server(s, age.map(|a| a.as_millis() as u64), healthy)
-            })
-            .collect())
+        let seen = |cluster: &str, name: &str| {
+            let age = health
+                .get(&(cluster.to_string(), name.to_string()))
+                .map(Instant::elapsed);
+            let healthy = age.is_some_and(|a| a < self.config.health_window);
+            (age.map(|a| a.as_millis() as u64), healthy)
+        };
+        let servers = servers.iter().map(|s| {
+            let (age, healthy) = seen(&s.cluster, &s.name);
+            convert::server(s, age, healthy)
+        });
+        let media = media.iter().map(|m| {
+            let (age, healthy) = seen(&m.cluster, &m.name);
+            pb::Server {
+                cluster: m.cluster.clone(),
+                name: m.name.clone(),
+                agent_addr: m.agent_addr.clone(),
+                registered_at_unix_ms: m.registered_at_unix_ms,
+                last_heartbeat_age_ms: age,
+                healthy,
+                media: true,
+                ..pb::Server::default()
+            }
+        });
+        Ok(servers.chain(media).collect())
     }
 
     /// Every member's raft state; unreachable peers are reported unhealthy.

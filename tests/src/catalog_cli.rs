@@ -43,9 +43,11 @@ pub trait CatalogCli {
             let out = self.cli(&["--json", "server", "list"]).await?;
             if out.status.success() {
                 let list: Value = serde_json::from_str(out.stdout.trim())?;
-                let healthy = list
-                    .as_array()
-                    .map_or(0, |l| l.iter().filter(|s| s["healthy"] == true).count());
+                let healthy = list.as_array().map_or(0, |l| {
+                    l.iter()
+                        .filter(|s| s["healthy"] == true && s["media"] != true)
+                        .count()
+                });
                 if healthy == self.server_count() {
                     return Ok(());
                 }

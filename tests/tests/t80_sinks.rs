@@ -156,6 +156,13 @@ async fn a_lost_host_is_restored_through_the_media_agent() -> anyhow::Result<()>
     )
     .await?;
     assert_eq!(added["kind"], "disk", "{added}");
+    let listed = cluster.cli_json(&["server", "list"]).await?;
+    assert!(
+        listed
+            .as_array()
+            .is_some_and(|l| l.iter().any(|s| s["name"] == "vault" && s["media"] == true)),
+        "server list shows the media agent: {listed}"
+    );
     let url = format!("s3://{}/prod", s3.bucket());
     let endpoint = s3.endpoint();
     let offsite = add_sink(

@@ -338,6 +338,7 @@ pub(super) fn print_servers(as_json: bool, servers: &[pb::Server]) {
                     "server_uuid": s.server_uuid,
                     "healthy": s.healthy,
                     "last_heartbeat_age_ms": s.last_heartbeat_age_ms,
+                    "media": s.media,
                 })
             })
             .collect();
@@ -351,7 +352,11 @@ pub(super) fn print_servers(as_json: bool, servers: &[pb::Server]) {
                 s.cluster.clone(),
                 s.name.clone(),
                 s.agent_addr.clone(),
-                format!("{} {}", s.flavour, s.version),
+                if s.media {
+                    "media agent".to_string()
+                } else {
+                    format!("{} {}", s.flavour, s.version)
+                },
                 if s.healthy { "healthy" } else { "unhealthy" }.into(),
                 s.last_heartbeat_age_ms
                     .map(|a| format!("{a} ms ago"))
