@@ -4,8 +4,8 @@
 //! - [`tsv`]: the `LOAD DATA` text encoding of data files.
 //! - [`sqlfile`]: schema files: statements separated by delimiter lines
 //!   (`;;`, or one no statement of the file contains).
-//! - [`files`]: writing files with sizes and checksums, atomically where it
-//!   matters, and verifying them.
+//! - [`files`]: hashing files as they are written (size and sha256 for the
+//!   manifest), `SHA256SUMS`, fsyncing directories.
 //!
 //! Anything that decides how bytes are laid out on disk lives here, so a
 //! format change is one place and one version bump.

@@ -77,7 +77,9 @@ pub trait ObjectWriter: Send + Debug {
     async fn write(&mut self, data: Bytes) -> Result<()>;
     /// Makes the object durable and visible under its key; returns its size.
     async fn finish(self: Box<Self>) -> Result<u64>;
-    /// Drops what was written (best effort; also what dropping does).
+    /// Drops what was written (best effort). Dropping an unfinished writer
+    /// also leaves nothing under the key, but a disk or media sink keeps
+    /// its partial file (a later write of the key replaces it).
     async fn abort(self: Box<Self>);
 }
 
