@@ -3,12 +3,14 @@
 #
 #   - 3 MariaDB servers (db1..db3), each a shard of a `shop` database;
 #   - 3 coordinators (a raft group) and 3 agents, one beside each server,
-#     registered as cluster "demo";
+#     registered as cluster "demo", and a media agent holding a disk pool,
+#     the cluster's primary sink (the backup leaves the servers' hosts);
 #   - a writer that keeps inserting a causal chain across the servers
 #     (record k goes to server k mod 3, each insert only after the previous
 #     one committed) while the backup runs;
 #   - one cluster-wide backup (`lockstep backup start --cluster demo --wait`),
-#     the catalog, a restore of every server's artifact into 3 fresh servers,
+#     the catalog, a restore of every server's artifact from the pool into
+#     3 fresh servers (loaded by the media agent),
 #     and the checks: the chain on the restored servers is exactly 1..m (no
 #     gaps: one consistent cut), and every other table's CHECKSUM equals the
 #     source's.
@@ -127,6 +129,13 @@ for i in 1 2 3; do
   PIDS+=($!)
   echo "    agent db$i: pid $! on 127.0.0.1:$port"
 done
+echo "--- starting a media agent (no database server) holding a disk pool"
+port=$(free_port)
+mkdir -p "$WORK/pool"
+"$BIN/lockstep-agent" serve --listen "127.0.0.1:$port" --name vault --cluster demo \
+  --coordinators "$COORDS" --pool "$WORK/pool" --sink-dir "$WORK/vault-local" >"$WORK/vault.log" 2>&1 &
+PIDS+=($!)
+echo "    media agent vault: pid $! on 127.0.0.1:$port, pool $WORK/pool"
 for _ in $(seq 1 300); do
   "$LS" --json server list >"$WORK/servers.json" 2>/dev/null || true
   [ "$(python3 -c '
@@ -137,7 +146,7 @@ except Exception:
     print(0); sys.exit()
 rows = j if isinstance(j, list) else j.get("servers", [])
 print(sum(1 for s in rows if s.get("cluster", "demo") == "demo" and s.get("healthy", True)))
-' "$WORK/servers.json")" = 3 ] && break
+' "$WORK/servers.json")" = 4 ] && break
   sleep 0.1
 done
 
@@ -145,6 +154,11 @@ echo "--- coordinator status"
 "$LS" coordinator status
 echo "--- server list"
 "$LS" server list
+
+echo "--- the backups leave the hosts: the media agent's pool is the primary sink"
+"$LS" sink add pool --cluster demo --kind disk --agent vault --path "$WORK/pool"
+"$LS" sink policy --cluster demo --primary pool
+"$LS" sink list --cluster demo
 
 echo "--- writing data: a sharded shop (customers, orders, a view and a trigger per server)"
 for i in 1 2 3; do
@@ -206,22 +220,15 @@ FREEZE=$(json_get "$WORK/backup.json" 'j["freeze_ms"]')
 
 echo "--- restoring every server's artifact into 3 fresh servers"
 for i in 1 2 3; do start_server "new$i" "$((10 + i))"; done
-if "$LS" --help | grep -qE '^ +restore '; then
-  # The coordinated restore: every server at once, each by its own agent,
-  # into the mapped target; checksums and row counts verified per server.
-  TARGETS=()
-  for i in 1 2 3; do p="PORT_new$i"; TARGETS+=(--target "db$i=mysql://root@127.0.0.1:${!p}"); done
-  echo "--- lockstep restore run --backup $ID ${TARGETS[*]} --wait"
-  "$LS" restore run --backup "$ID" "${TARGETS[@]}" --wait
-else
-  # Without `lockstep restore run`: load each artifact with the agent binary.
-  for i in 1 2 3; do
-    LOC=$(json_get "$WORK/backup.json" "[s for s in j['servers'] if s['name'] == 'db$i'][0]['artifact']['location']")
-    p="PORT_new$i"
-    echo "    db$i → new$i from $LOC"
-    "$BIN/lockstep-agent" load --quiet --mysql "mysql://root@127.0.0.1:${!p}" --from "$LOC"
-  done
-fi
+# The coordinated restore: every server at once from the pool, loaded by the
+# media agent (the source agents are not needed), into the mapped target;
+# checksums and row counts verified per server.
+TARGETS=()
+for i in 1 2 3; do p="PORT_new$i"; TARGETS+=(--target "db$i=mysql://root@127.0.0.1:${!p}"); done
+echo "--- lockstep restore plan --backup $ID ${TARGETS[*]}"
+"$LS" restore plan --backup "$ID" "${TARGETS[@]}"
+echo "--- lockstep restore run --backup $ID ${TARGETS[*]} --wait"
+"$LS" restore run --backup "$ID" "${TARGETS[@]}" --wait
 
 echo "--- compare"
 # The chain across the restored servers must be exactly 1..m, each record on its server.

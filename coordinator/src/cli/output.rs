@@ -266,6 +266,7 @@ pub(super) fn print_restore(as_json: bool, r: &pb::RestoreBackupReply) {
             vec![
                 s.server.clone(),
                 s.target.clone(),
+                dash(format!("{} by {}", s.sink, s.agent)),
                 dash(s.tables.to_string()),
                 dash(s.rows.to_string()),
                 dash(s.duration_ms.to_string()),
@@ -286,6 +287,7 @@ pub(super) fn print_restore(as_json: bool, r: &pb::RestoreBackupReply) {
         &[
             "SERVER",
             "TARGET",
+            "FROM",
             "TABLES",
             "ROWS",
             "DURATION_MS",
