@@ -9,7 +9,8 @@
 #
 # Environment: ROWS [4000000] rows of the one table; ROUNDS [7] rounds of
 # (host-local, pool, mariadb-dump), the sink order alternating per round,
-# after one warm-up backup to each sink.
+# after one warm-up backup to each sink. POOL_ONLY=1: backups to the pool
+# only (a long series for the source agent's memory: POOL_ONLY=1 ROUNDS=25).
 #
 # Builds the release binaries (nice'd) and runs the ignored bench test
 # against them; the harness starts and stops (by PID) the server, the

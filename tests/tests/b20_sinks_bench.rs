@@ -307,6 +307,9 @@ fn mib(bytes: u64) -> f64 {
 async fn transfer_to_media_agent_against_host_local() -> anyhow::Result<()> {
     let rows = env_usize("ROWS", 4_000_000);
     let rounds = env_usize("ROUNDS", 7);
+    // POOL_ONLY=1: only backups to the pool (a long series for the source
+    // agent's memory), no host-local backups and no mariadb-dump.
+    let pool_only = std::env::var("POOL_ONLY").is_ok_and(|v| v == "1");
     step!("one server (1 GiB buffer pool), one coordinator");
     let mut opts = MariaDbOptions::named("src");
     opts.extra_args = vec![
@@ -421,12 +424,14 @@ async fn transfer_to_media_agent_against_host_local() -> anyhow::Result<()> {
     for round in 1..=rounds {
         // Alternate which sink goes first, so a trend in the machine's load
         // does not favour one.
-        let order: [&'static str; 2] = if round % 2 == 1 {
-            ["host-local", "pool"]
+        let order: &[&'static str] = if pool_only {
+            &["pool"]
+        } else if round % 2 == 1 {
+            &["host-local", "pool"]
         } else {
-            ["pool", "host-local"]
+            &["pool", "host-local"]
         };
-        for sink in order {
+        for &sink in order {
             step!("round {round}/{rounds}: backup to {sink}");
             let r = rig.backup(sink).await?;
             step!(
@@ -444,6 +449,9 @@ async fn transfer_to_media_agent_against_host_local() -> anyhow::Result<()> {
                 r.server_cpu
             );
             runs.push(r);
+        }
+        if pool_only {
+            continue;
         }
         step!("round {round}/{rounds}: mariadb-dump");
         let r = rig.mariadb_dump(scratch.path()).await?;
@@ -476,6 +484,9 @@ async fn transfer_to_media_agent_against_host_local() -> anyhow::Result<()> {
     let mut medians = std::collections::BTreeMap::new();
     for what in ["host-local", "pool", "mariadb-dump"] {
         let rs = of(what);
+        if rs.is_empty() {
+            continue;
+        }
         let secs: Vec<f64> = rs.iter().map(|r| r.seconds).collect();
         let rates: Vec<f64> = rs.iter().map(|r| mib(r.bytes) / r.seconds).collect();
         let (smin, smax) = min_max(&secs);
@@ -509,16 +520,19 @@ async fn transfer_to_media_agent_against_host_local() -> anyhow::Result<()> {
         ));
     }
     out(String::new());
-    let (local_s, local_r) = medians["host-local"];
-    let (pool_s, pool_r) = medians["pool"];
-    let (dump_s, _) = medians["mariadb-dump"];
-    out(format!(
-        "Pool rate / host-local rate (medians): **{:.0}%** (target ≥ 80%); \
-         pool transfer / mariadb-dump time: {:.2}; host-local / mariadb-dump: {:.2}.",
-        100.0 * pool_r / local_r,
-        pool_s / dump_s,
-        local_s / dump_s
-    ));
+    if let (Some((local_s, local_r)), Some((pool_s, pool_r)), Some((dump_s, _))) = (
+        medians.get("host-local"),
+        medians.get("pool"),
+        medians.get("mariadb-dump"),
+    ) {
+        out(format!(
+            "Pool rate / host-local rate (medians): **{:.0}%** (target ≥ 80%); \
+             pool transfer / mariadb-dump time: {:.2}; host-local / mariadb-dump: {:.2}.",
+            100.0 * pool_r / local_r,
+            pool_s / dump_s,
+            local_s / dump_s
+        ));
+    }
     let per_run = |what: &str| {
         of(what)
             .iter()
@@ -532,6 +546,19 @@ async fn transfer_to_media_agent_against_host_local() -> anyhow::Result<()> {
         per_run("host-local"),
         per_run("pool"),
         per_run("mariadb-dump")
+    ));
+    let rss_per_run = |what: &str| {
+        of(what)
+            .iter()
+            .map(|r| (r.src_hwm / 1024).to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    out(String::new());
+    out(format!(
+        "Source agent peak RSS per backup, MiB, in order: host-local {}; pool {}.",
+        rss_per_run("host-local"),
+        rss_per_run("pool")
     ));
     Ok(())
 }
