@@ -46,7 +46,7 @@ pub struct MediaOptions {
 impl Default for MediaOptions {
     fn default() -> Self {
         MediaOptions {
-            window: 32 << 20,
+            window: 16 << 20,
             chunk: 1 << 20,
             retry_for: Duration::from_secs(60),
         }
