@@ -62,6 +62,7 @@ pub mod probe;
 pub mod process;
 pub mod proxy;
 pub mod s3;
+pub mod sinks;
 
 pub use agent::{AgentOptions, AgentProc, CliOutput, run_agent_cli};
 pub use catalog_cli::CatalogCli;
