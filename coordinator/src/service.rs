@@ -284,6 +284,17 @@ impl Coordinator for CoordinatorService {
                 )));
             }
         }
+        if !r.no_check {
+            match crate::sinks::probe(&self.core, &r.cluster, &sink).await {
+                Ok(_) => {}
+                Err(Error::Config(e)) => {
+                    return Err(Status::failed_precondition(format!(
+                        "{e}; nothing was added (fix it, or add the sink anyway with --no-check)"
+                    )));
+                }
+                Err(e) => return Err(to_status(e)),
+            }
+        }
         let info = convert::sink_info(&sink, false, false, 0);
         self.core
             .propose(&crate::catalog::Command::AddSink {

@@ -512,14 +512,28 @@ pub struct Scan {
 /// agent for object storage). With `usage_only`, only the totals.
 pub async fn scan(core: &Core, cluster: &str, name: &str, usage_only: bool) -> Result<Scan> {
     let (c, n) = (cluster.to_string(), name.to_string());
+    let sink = core
+        .read(move |cat| cat.sink(&c, &n).cloned())
+        .await?
+        .ok_or_else(|| Error::Config(format!("cluster {cluster} has no sink {name}")))?;
+    scan_sink(core, cluster, &sink, usage_only).await
+}
+
+/// Whether an agent can reach `sink` (not yet in the catalog): the pool's
+/// agent for a disk pool, else the first agent that can (media agents
+/// first). Returns that agent's name.
+pub async fn probe(core: &Core, cluster: &str, sink: &Sink) -> Result<String> {
+    Ok(scan_sink(core, cluster, sink, true).await?.agent)
+}
+
+async fn scan_sink(core: &Core, cluster: &str, sink: &Sink, usage_only: bool) -> Result<Scan> {
+    let (c, owned) = (cluster.to_string(), sink.clone());
     let (spec, readers) = core
         .read(move |cat| {
-            let spec = spec(cat, &c, &n);
-            let readers = match cat.sink(&c, &n).map(|s| &s.kind) {
-                Some(SinkKind::Disk { agent: owner, .. }) => {
-                    agent(cat, &c, owner).into_iter().collect()
-                }
-                _ => {
+            let spec = spec_of(cat, &c, &owned);
+            let readers = match &owned.kind {
+                SinkKind::Disk { agent: owner, .. } => agent(cat, &c, owner).into_iter().collect(),
+                SinkKind::S3 { .. } => {
                     let mut all = agents(cat, &c);
                     all.sort_by_key(|a| !a.media);
                     all
@@ -528,7 +542,8 @@ pub async fn scan(core: &Core, cluster: &str, name: &str, usage_only: bool) -> R
             (spec, readers)
         })
         .await?;
-    let spec = spec.map_err(Error::Config)?;
+    let name = &sink.name;
+    let spec = Some(spec.map_err(Error::Config)?);
     let mut errors = Vec::new();
     for r in readers {
         let reply = async {

@@ -37,6 +37,11 @@ async fn a_lost_host_is_restored_through_the_media_agent() -> anyhow::Result<()>
         (["--agent", "nobody", "--path", "/srv/p"], "disk", "nobody"),
         (["--agent", "vault", "--path", "pool"], "disk", "absolute"),
         (
+            ["--agent", "vault", "--path", "/srv/not-a-pool"],
+            "disk",
+            "holds no disk pool",
+        ),
+        (
             ["--url", "http://bucket/x", "--region", "eu"],
             "s3",
             "s3://BUCKET",

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use lockstep_tests::plain_cluster::{CLUSTER, Cluster, restore_args};
 use lockstep_tests::sinks::{
-    Keyed, add_pool, add_sink, damage_a_data_file, fill_bulk, key_file, media_agent,
-    media_agent_with, partial_files, wait_copies,
+    Keyed, add_pool, damage_a_data_file, fill_bulk, key_file, media_agent, media_agent_with,
+    partial_files, wait_copies,
 };
 use lockstep_tests::{CatalogCli, CausalWriter, MariaDb, Supervised, Target, check_chain, step};
 use serde_json::Value;
@@ -269,19 +269,31 @@ async fn damaged_copies_wrong_keys_and_unreachable_sinks_fail_clearly() -> anyho
         reason.contains("pool") && reason.contains("vault"),
         "{reason}"
     );
-    add_sink(
-        &cluster,
-        &[
-            "nobucket",
-            "--kind",
-            "s3",
-            "--url",
-            "s3://no-such-bucket/x",
-            "--endpoint",
-            &s3.endpoint(),
-        ],
-    )
-    .await?;
+    let endpoint = s3.endpoint();
+    let nobucket = [
+        "sink",
+        "add",
+        "nobucket",
+        "--cluster",
+        CLUSTER,
+        "--kind",
+        "s3",
+        "--url",
+        "s3://no-such-bucket/x",
+        "--endpoint",
+        &endpoint,
+    ];
+    let refused = cluster.cli(&nobucket).await?;
+    assert!(
+        !refused.status.success()
+            && refused.stderr.contains("no-such-bucket")
+            && refused.stderr.contains("nothing was added"),
+        "sink add checks the sink first: {}",
+        refused.stderr
+    );
+    let mut unchecked = nobucket.to_vec();
+    unchecked.push("--no-check");
+    cluster.cli(&unchecked).await?.success()?;
     let out = cluster
         .cli(&[
             "--json",

@@ -93,6 +93,8 @@ pub enum Command {
 pub enum SinkCmd {
     /// Add a sink: a disk pool held by an agent (`--kind disk --agent
     /// AGENT --path DIR`) or S3 (`--kind s3 --url s3://BUCKET/PREFIX`).
+    /// An agent must reach it first (the pool's agent; for S3, any agent
+    /// with the credentials), unless --no-check.
     Add(SinkAddArgs),
     /// A cluster's sinks with the policy, copies and usage.
     List(SinkListArgs),
@@ -138,6 +140,9 @@ pub struct SinkAddArgs {
     /// Do not encrypt (the default for disk).
     #[arg(long)]
     pub no_encrypt: bool,
+    /// Add it without first having an agent reach it.
+    #[arg(long)]
+    pub no_check: bool,
 }
 
 /// `sink list` arguments.

@@ -32,6 +32,7 @@ pub(super) async fn add(client: &mut Client, json: bool, a: &SinkAddArgs) -> any
         endpoint: a.endpoint.clone().unwrap_or_default(),
         region: a.region.clone().unwrap_or_default(),
         encrypt,
+        no_check: a.no_check,
     };
     let info = client
         .call("add sink", |mut c| {
