@@ -71,6 +71,49 @@ pub trait CatalogCli {
         Ok(started["id"].as_str().context("backup id")?.to_string())
     }
 
+    /// `lockstep restore run` of backup `id` with server `{prefix}{i}` going
+    /// to `fresh[i]` (see [`restore_args`]), which must succeed; its JSON.
+    async fn restore_into(
+        &self,
+        id: &str,
+        prefix: &str,
+        fresh: &[MariaDb],
+    ) -> anyhow::Result<Value> {
+        let args = restore_args(id, prefix, fresh);
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.cli(&argv).await?;
+        out.success()?;
+        serde_json::from_str(out.stdout.trim())
+            .with_context(|| format!("parse the output of lockstep {}", argv.join(" ")))
+    }
+
+    /// `lockstep --json backup start --cluster` [`CLUSTER`] `[--sink SINK]
+    /// --wait`: the backup as it ended. The exit code must match its end
+    /// (0 for COMPLETE, 1 for FAILED).
+    async fn backup_and_wait(&self, sink: Option<&str>) -> anyhow::Result<Value> {
+        let mut argv = vec!["--json", "backup", "start", "--cluster", CLUSTER];
+        if let Some(sink) = sink {
+            argv.extend(["--sink", sink]);
+        }
+        argv.push("--wait");
+        let out = self.cli(&argv).await?;
+        let backup: Value = serde_json::from_str(out.stdout.trim()).with_context(|| {
+            format!(
+                "parse the output of lockstep {}: {}",
+                argv.join(" "),
+                out.stderr
+            )
+        })?;
+        anyhow::ensure!(
+            out.status.success() == (backup["status"] == "COMPLETE"),
+            "exit {} for a {} backup: {}",
+            out.status,
+            backup["status"],
+            out.stderr
+        );
+        Ok(backup)
+    }
+
     /// Polls `lockstep catalog show ID` until `done(status)` holds, for at
     /// most `timeout`; returns the backup. A failed call (no leader yet
     /// after a kill or a partition) is polled again.

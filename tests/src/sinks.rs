@@ -131,6 +131,17 @@ pub async fn fill_bulk(db: &MariaDb, rows: u64) -> anyhow::Result<()> {
     .await
 }
 
+/// `lockstep sink policy`: backups go to `primary`, then are copied to
+/// `copies`.
+pub async fn sink_policy(cluster: &Cluster, primary: &str, copies: &[&str]) -> anyhow::Result<()> {
+    let mut argv = vec!["sink", "policy", "--cluster", CLUSTER, "--primary", primary];
+    for c in copies {
+        argv.extend(["--copy", c]);
+    }
+    cluster.cli_json(&argv).await?;
+    Ok(())
+}
+
 /// Polls `catalog show ID` until every server has a copy in `sink`.
 pub async fn wait_copies(cluster: &Cluster, id: &str, sink: &str) -> anyhow::Result<Value> {
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -92,9 +92,7 @@ async fn backup_of_three_servers_is_a_consistent_cut() -> anyhow::Result<()> {
     let fresh = MariaDb::start_many(&["cr0", "cr1", "cr2"]).await?;
     let args = restore_args(&id, "cc", &fresh);
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = cluster.cli(&argv).await?;
-    out.success()?;
-    let restore: Value = serde_json::from_str(out.stdout.trim())?;
+    let restore = cluster.restore_into(&id, "cc", &fresh).await?;
     assert_eq!(restore["ok"], true, "{restore}");
     let restored_servers = restore["servers"].as_array().cloned().unwrap_or_default();
     assert_eq!(restored_servers.len(), 3, "{restore}");
@@ -340,9 +338,7 @@ async fn leader_killed_during_a_restore_fails_it_in_the_catalog() -> anyhow::Res
     let retried = run.await??;
     if !retried.status.success() {
         // The CLI's retry met the old restore still RUNNING: run it again.
-        let args = restore_args(&id, "kr", &fresh);
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        cluster.cli(&argv).await?.success()?;
+        cluster.restore_into(&id, "kr", &fresh).await?;
     }
     let list = cluster
         .cli_json(&["restore", "list", "--backup", &id])
@@ -523,9 +519,7 @@ async fn leader_killed_before_the_cut_is_recorded_fails_the_backup() -> anyhow::
     let written = writer.stop().await;
     let fresh = MariaDb::start_many(&["kbr0", "kbr1", "kbr2"]).await?;
     let next_id = next["id"].as_str().context("id")?;
-    let args = restore_args(next_id, "kb", &fresh);
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    cluster.cli(&argv).await?.success()?;
+    cluster.restore_into(next_id, "kb", &fresh).await?;
     let m = check_chain(&Target::chain_on(&fresh)).await?;
     assert!(m >= 50 && m <= written, "restored 1..{m} of {written}");
     Ok(())
@@ -587,9 +581,7 @@ async fn leader_killed_right_after_the_cut_completes_the_backup() -> anyhow::Res
 
     step!("restore it into 3 fresh servers: the chain has no gaps");
     let fresh = MariaDb::start_many(&["kr0", "kr1", "kr2"]).await?;
-    let args = restore_args(&id, "kc", &fresh);
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    cluster.cli(&argv).await?.success()?;
+    cluster.restore_into(&id, "kc", &fresh).await?;
     let restored = Target::chain_on(&fresh);
     let m = check_chain(&restored).await?;
     assert!(m >= 100 && m <= written, "restored 1..{m} of {written}");

@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use lockstep_proto::coordinator::RegisterServerRequest;
 use lockstep_proto::coordinator::coordinator_client::CoordinatorClient;
 use lockstep_tests::plain_cluster::{
-    CLUSTER, Cluster, SLOW_LOCK_ARGS, hold_backup_stage, restore_args, writes_resume,
+    CLUSTER, Cluster, SLOW_LOCK_ARGS, hold_backup_stage, writes_resume,
 };
 use lockstep_tests::{
     CatalogCli, CausalWriter, CoordinatorGroup, MariaDb, Supervised, Target, check_chain,
@@ -58,9 +58,7 @@ async fn backup_started_right_after_the_leader_is_killed_completes() -> anyhow::
 
     step!("restore it into 3 fresh servers: the chain has no gaps");
     let fresh = MariaDb::start_many(&["er0", "er1", "er2"]).await?;
-    let args = restore_args(&id, "ea", &fresh);
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    cluster.cli(&argv).await?.success()?;
+    cluster.restore_into(&id, "ea", &fresh).await?;
     let m = check_chain(&Target::chain_on(&fresh)).await?;
     step!("restored chain 1..{m} of {written} written");
     assert!(m >= 100 && m <= written, "restored 1..{m} of {written}");

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use lockstep_tests::plain_cluster::{CLUSTER, Cluster, restore_args};
-use lockstep_tests::sinks::{Keyed, add_pool, media_agent, wait_copies};
+use lockstep_tests::sinks::{Keyed, add_pool, media_agent, sink_policy, wait_copies};
 use lockstep_tests::{CatalogCli, CausalWriter, MariaDb, Supervised, Target, check_chain, step};
 use serde_json::Value;
 
@@ -73,18 +73,7 @@ async fn a_lost_host_is_restored_through_the_media_agent() -> anyhow::Result<()>
         offsite["encrypt"], true,
         "s3 sinks encrypt by default: {offsite}"
     );
-    cluster
-        .cli_json(&[
-            "sink",
-            "policy",
-            "--cluster",
-            CLUSTER,
-            "--primary",
-            "pool",
-            "--copy",
-            "offsite",
-        ])
-        .await?;
+    sink_policy(&cluster, "pool", &["offsite"]).await?;
     let sinks = cluster
         .cli_json(&["sink", "list", "--cluster", CLUSTER])
         .await?;
@@ -97,13 +86,9 @@ async fn a_lost_host_is_restored_through_the_media_agent() -> anyhow::Result<()>
     step!("back up under the causal writer: the artifacts go straight to the pool");
     let writer = CausalWriter::start(cluster.chain()).await?;
     writer.wait_committed(200, Duration::from_secs(60)).await?;
-    let out = cluster
-        .cli(&["--json", "backup", "start", "--cluster", CLUSTER, "--wait"])
-        .await?;
-    out.success()?;
-    let backup: Value = serde_json::from_str(out.stdout.trim())?;
+    let backup = cluster.backup_and_wait(None).await?;
     let written = writer.stop().await;
-    assert_eq!(backup["status"], "COMPLETE", "{backup}\n{}", out.stderr);
+    assert_eq!(backup["status"], "COMPLETE", "{backup}");
     let id = backup["id"].as_str().expect("id").to_string();
     for s in backup["servers"].as_array().expect("servers") {
         let location = s["artifact"]["location"].as_str().expect("location");
@@ -165,11 +150,7 @@ async fn a_lost_host_is_restored_through_the_media_agent() -> anyhow::Result<()>
     }
 
     step!("restore run through the media agent into 3 fresh servers");
-    let args = restore_args(&id, "hl", &fresh);
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = cluster.cli(&argv).await?;
-    out.success()?;
-    let restore: Value = serde_json::from_str(out.stdout.trim())?;
+    let restore = cluster.restore_into(&id, "hl", &fresh).await?;
     assert_eq!(restore["ok"], true, "{restore}");
     for s in restore["servers"].as_array().expect("servers") {
         assert_eq!(s["agent"], "vault", "{restore}");
@@ -182,11 +163,7 @@ async fn a_lost_host_is_restored_through_the_media_agent() -> anyhow::Result<()>
     step!("the pool's copy is deleted too: the restore comes from S3 alone");
     std::fs::remove_dir_all(pool.join(&id))?;
     let again = MariaDb::start_many(&["hs0", "hs1", "hs2"]).await?;
-    let args = restore_args(&id, "hl", &again);
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = cluster.cli(&argv).await?;
-    out.success()?;
-    let restore: Value = serde_json::from_str(out.stdout.trim())?;
+    let restore = cluster.restore_into(&id, "hl", &again).await?;
     for s in restore["servers"].as_array().expect("servers") {
         assert_eq!(s["sink"], "offsite", "{restore}");
         assert_eq!(s["agent"], "vault", "{restore}");
@@ -202,16 +179,7 @@ async fn a_lost_host_is_restored_through_the_media_agent() -> anyhow::Result<()>
     }
 
     step!("sink remove: refused for the only good copy, allowed for copies known bad");
-    cluster
-        .cli_json(&[
-            "sink",
-            "policy",
-            "--cluster",
-            CLUSTER,
-            "--primary",
-            "host-local",
-        ])
-        .await?;
+    sink_policy(&cluster, "host-local", &[]).await?;
     let refused = cluster
         .cli(&["sink", "remove", "offsite", "--cluster", CLUSTER])
         .await?;
@@ -249,20 +217,7 @@ async fn lost_coordinators_rebuild_the_catalog_from_the_pool() -> anyhow::Result
     step!("a backup to the pool under the causal writer");
     let writer = CausalWriter::start(cluster.chain()).await?;
     writer.wait_committed(100, Duration::from_secs(60)).await?;
-    let out = cluster
-        .cli(&[
-            "--json",
-            "backup",
-            "start",
-            "--cluster",
-            CLUSTER,
-            "--sink",
-            "pool",
-            "--wait",
-        ])
-        .await?;
-    out.success()?;
-    let backup: Value = serde_json::from_str(out.stdout.trim())?;
+    let backup = cluster.backup_and_wait(Some("pool")).await?;
     let written = writer.stop().await;
     assert_eq!(backup["status"], "COMPLETE", "{backup}");
     let id = backup["id"].as_str().expect("id").to_string();
@@ -337,10 +292,7 @@ async fn lost_coordinators_rebuild_the_catalog_from_the_pool() -> anyhow::Result
 
     step!("a restore of the imported backup passes the chain check");
     let fresh = MariaDb::start_many(&["lr0", "lr1", "lr2"]).await?;
-    let args = restore_args(&id, "lc", &fresh);
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = cluster.cli(&argv).await?;
-    out.success()?;
+    cluster.restore_into(&id, "lc", &fresh).await?;
     let m = check_chain(&Target::chain_on(&fresh)).await?;
     step!("restored chain 1..{m} of {written} written");
     assert!(m >= 100 && m <= written, "restored 1..{m} of {written}");

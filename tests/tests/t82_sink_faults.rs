@@ -4,10 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use lockstep_tests::plain_cluster::{CLUSTER, Cluster, restore_args};
+use lockstep_tests::plain_cluster::{CLUSTER, Cluster};
 use lockstep_tests::sinks::{
     Keyed, add_pool, damage_a_data_file, fill_bulk, key_file, media_agent, media_agent_with,
-    partial_files, wait_copies,
+    partial_files, sink_policy, wait_copies,
 };
 use lockstep_tests::{CatalogCli, CausalWriter, MariaDb, Supervised, Target, check_chain, step};
 use serde_json::Value;
@@ -21,9 +21,7 @@ async fn a_media_agent_killed_mid_transfer_resumes_the_stream() -> anyhow::Resul
     let cluster = Cluster::start("mr").await?;
     let mut media = media_agent(&cluster, "vault").await?;
     let (pool, _) = add_pool(&cluster, &media).await?;
-    cluster
-        .cli_json(&["sink", "policy", "--cluster", CLUSTER, "--primary", "pool"])
-        .await?;
+    sink_policy(&cluster, "pool", &[]).await?;
 
     step!("one server holds ~150 MB of barely compressible rows");
     let big = &cluster.servers[0];
@@ -32,12 +30,7 @@ async fn a_media_agent_killed_mid_transfer_resumes_the_stream() -> anyhow::Resul
     writer.wait_committed(100, Duration::from_secs(60)).await?;
 
     step!("start the backup; SIGKILL the media agent once a stream is under way");
-    let id = cluster
-        .cli_json(&["backup", "start", "--cluster", CLUSTER])
-        .await?["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let id = cluster.start_backup().await?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if partial_files(&pool).iter().any(|(_, size)| *size > 4 << 20) {
@@ -93,9 +86,7 @@ async fn a_media_agent_killed_mid_transfer_resumes_the_stream() -> anyhow::Resul
 
     step!("the backup restores with a gap-free chain");
     let fresh = MariaDb::start_many(&["mrr0", "mrr1", "mrr2"]).await?;
-    let args = restore_args(&id, "mr", &fresh);
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    cluster.cli(&argv).await?.success()?;
+    cluster.restore_into(&id, "mr", &fresh).await?;
     let m = check_chain(&Target::chain_on(&fresh)).await?;
     assert!(m >= 100 && m <= written, "restored 1..{m} of {written}");
     Ok(())
@@ -120,27 +111,12 @@ async fn damaged_copies_wrong_keys_and_unreachable_sinks_fail_clearly() -> anyho
     let mut media = keyed.media(&cluster, "vault").await?;
     let (pool, _) = add_pool(&cluster, &media).await?;
     keyed.add_s3(&cluster, "offsite", "dc").await?;
-    cluster
-        .cli_json(&[
-            "sink",
-            "policy",
-            "--cluster",
-            CLUSTER,
-            "--primary",
-            "pool",
-            "--copy",
-            "offsite",
-        ])
-        .await?;
+    sink_policy(&cluster, "pool", &["offsite"]).await?;
 
     step!("a backup under the causal writer, copied to S3");
     let writer = CausalWriter::start(cluster.chain()).await?;
     writer.wait_committed(100, Duration::from_secs(60)).await?;
-    let out = cluster
-        .cli(&["--json", "backup", "start", "--cluster", CLUSTER, "--wait"])
-        .await?;
-    out.success()?;
-    let backup: Value = serde_json::from_str(out.stdout.trim())?;
+    let backup = cluster.backup_and_wait(None).await?;
     let written = writer.stop().await;
     assert_eq!(backup["status"], "COMPLETE", "{backup}");
     let id = backup["id"].as_str().expect("id").to_string();
@@ -151,11 +127,7 @@ async fn damaged_copies_wrong_keys_and_unreachable_sinks_fail_clearly() -> anyho
 
     step!("the restore skips the damaged copy for the S3 copy");
     let fresh = MariaDb::start_many(&["dr0", "dr1", "dr2"]).await?;
-    let args = restore_args(&id, "dc", &fresh);
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = cluster.cli(&argv).await?;
-    out.success()?;
-    let restore: Value = serde_json::from_str(out.stdout.trim())?;
+    let restore = cluster.restore_into(&id, "dc", &fresh).await?;
     let sinks: Vec<&str> = restore["servers"]
         .as_array()
         .expect("servers")
@@ -250,19 +222,7 @@ async fn damaged_copies_wrong_keys_and_unreachable_sinks_fail_clearly() -> anyho
 
     step!("a backup to a sink that cannot be reached FAILs naming it");
     media.stop()?;
-    let out = cluster
-        .cli(&[
-            "--json",
-            "backup",
-            "start",
-            "--cluster",
-            CLUSTER,
-            "--sink",
-            "pool",
-            "--wait",
-        ])
-        .await?;
-    let failed: Value = serde_json::from_str(out.stdout.trim())?;
+    let failed = cluster.backup_and_wait(Some("pool")).await?;
     assert_eq!(failed["status"], "FAILED", "{failed}");
     let reason = failed["reason"].as_str().unwrap_or_default();
     assert!(
@@ -294,19 +254,7 @@ async fn damaged_copies_wrong_keys_and_unreachable_sinks_fail_clearly() -> anyho
     let mut unchecked = nobucket.to_vec();
     unchecked.push("--no-check");
     cluster.cli(&unchecked).await?.success()?;
-    let out = cluster
-        .cli(&[
-            "--json",
-            "backup",
-            "start",
-            "--cluster",
-            CLUSTER,
-            "--sink",
-            "nobucket",
-            "--wait",
-        ])
-        .await?;
-    let failed: Value = serde_json::from_str(out.stdout.trim())?;
+    let failed = cluster.backup_and_wait(Some("nobucket")).await?;
     assert_eq!(failed["status"], "FAILED", "{failed}");
     let reason = failed["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("no-such-bucket"), "{reason}");
@@ -366,9 +314,7 @@ async fn a_stalled_s3_server_is_ridden_out_by_retries() -> anyhow::Result<()> {
 
     step!("the backup restores from S3 with a gap-free chain");
     let fresh = MariaDb::start_many(&["ssr0", "ssr1", "ssr2"]).await?;
-    let args = restore_args(&id, "ss", &fresh);
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    cluster.cli(&argv).await?.success()?;
+    cluster.restore_into(&id, "ss", &fresh).await?;
     let m = check_chain(&Target::chain_on(&fresh)).await?;
     assert!(m >= 100 && m <= written, "restored 1..{m} of {written}");
     Ok(())
