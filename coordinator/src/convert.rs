@@ -71,6 +71,20 @@ pub fn backup(b: &Backup) -> pb::Backup {
     }
 }
 
+/// An artifact an agent reports stored (Transfer, Copy), as the catalog
+/// records it: not verified yet.
+pub fn stored_artifact(a: lockstep_proto::agent::Artifact) -> crate::catalog::Artifact {
+    crate::catalog::Artifact {
+        location: a.location,
+        manifest_sha256: a.manifest_sha256,
+        bytes: a.total_bytes,
+        files: a.files,
+        rows: a.rows,
+        verified_at_unix_ms: None,
+        verify_error: None,
+    }
+}
+
 /// One copy of one server's snapshot.
 pub fn artifact(server: &str, sink: &str, a: &crate::catalog::Artifact) -> pb::Artifact {
     pb::Artifact {

@@ -333,15 +333,7 @@ async fn copy_one(
                 a.manifest_sha256, from.manifest_sha256
             ));
         }
-        return Ok(Artifact {
-            location: a.location,
-            manifest_sha256: a.manifest_sha256,
-            bytes: a.total_bytes,
-            files: a.files,
-            rows: a.rows,
-            verified_at_unix_ms: None,
-            verify_error: None,
-        });
+        return Ok(crate::convert::stored_artifact(a));
     }
 }
 

@@ -51,7 +51,7 @@ use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{Instrument as _, info, info_span, warn};
 
-use crate::catalog::{Artifact, Command, CutEntry};
+use crate::catalog::{Command, CutEntry};
 use crate::client::error_chain;
 use crate::core::{Core, fail_hit, fail_pause, now_unix_ms};
 use crate::error::Result;
@@ -626,15 +626,7 @@ impl Jobs {
                     .propose(&Command::ArtifactStored {
                         id: id.to_string(),
                         server: p.name.clone(),
-                        artifact: Artifact {
-                            location: a.location,
-                            manifest_sha256: a.manifest_sha256,
-                            bytes: a.total_bytes,
-                            files: a.files,
-                            rows: a.rows,
-                            verified_at_unix_ms: None,
-                            verify_error: None,
-                        },
+                        artifact: crate::convert::stored_artifact(a),
                     })
                     .await
                     .map_err(|e| format!("server {}: record the artifact: {e}", p.name));

@@ -159,10 +159,10 @@ pub async fn plan_only(core: &Core, req: RestoreRequest) -> Result<Vec<Planned>>
                 target: p.shown_target(),
                 server: p.server,
                 sink: s.sink.clone(),
-                location: s.location.clone(),
+                location: s.copy.location.clone(),
                 agent: s.agent.name.clone(),
-                bytes: s.bytes,
-                estimated_ms: s.rows.saturating_mul(1000) / rate.max(1),
+                bytes: s.copy.bytes,
+                estimated_ms: s.copy.rows.saturating_mul(1000) / rate.max(1),
                 skipped: p.skipped,
             }
         })
@@ -215,18 +215,9 @@ async fn record_bad_copy(core: &Core, id: &str, server: &str, sink: &str, error:
 /// Asks a source's agent whether it can read the copy; `Err((true, _))`
 /// when the copy itself is bad.
 async fn check(id: &str, s: &Source) -> std::result::Result<(), (bool, String)> {
-    let a = crate::catalog::Artifact {
-        location: s.location.clone(),
-        manifest_sha256: s.manifest_sha256.clone(),
-        bytes: s.bytes,
-        files: 0,
-        rows: s.rows,
-        verified_at_unix_ms: None,
-        verify_error: None,
-    };
     match tokio::time::timeout(
         CHECK_TIMEOUT,
-        crate::sinks::verify_one(id, &a, s.spec.clone(), &s.agent, true),
+        crate::sinks::verify_one(id, &s.copy, s.spec.clone(), &s.agent, true),
     )
     .await
     {
@@ -335,7 +326,7 @@ async fn restore_server(
             Ok((target, loaded)) => {
                 return Ok(RestoredServer {
                     target,
-                    location: s.location.clone(),
+                    location: s.copy.location.clone(),
                     sink: shown(&s.sink).to_string(),
                     agent: s.agent.name.clone(),
                     ..loaded
@@ -372,13 +363,13 @@ async fn restore_one(
     let failed = |st: tonic::Status| (st.code() == tonic::Code::DataLoss, restore_error(name, &st));
     let mut stream = client
         .restore(agent_pb::RestoreRequest {
-            location: s.location.clone(),
+            location: s.copy.location.clone(),
             target_mysql: p.target_mysql.clone(),
             force,
             threads: 0,
             binlog: false,
             backup_id: backup_id.to_string(),
-            manifest_sha256: s.manifest_sha256.clone(),
+            manifest_sha256: s.copy.manifest_sha256.clone(),
             allow_reset_master,
             sink: s.spec.clone(),
         })

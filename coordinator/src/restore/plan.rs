@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use lockstep_proto::agent as agent_pb;
 
 use super::RestoreRequest;
-use crate::catalog::{Backup, Catalog, SinkKind, Status};
+use crate::catalog::{Artifact, Backup, Catalog, SinkKind, Status};
 use crate::error::{Error, Result};
 use crate::sinks::{AgentRef, readers, shown, spec};
 
@@ -20,10 +20,8 @@ pub(super) struct Source {
     /// Empty: host-local.
     pub(super) sink: String,
     pub(super) spec: Option<agent_pb::SinkSpec>,
-    pub(super) location: String,
-    pub(super) manifest_sha256: String,
-    pub(super) bytes: u64,
-    pub(super) rows: u64,
+    /// The copy's catalog record.
+    pub(super) copy: Artifact,
     pub(super) agent: AgentRef,
 }
 
@@ -176,7 +174,7 @@ fn sources(
         }
     });
     let mut skipped = Vec::new();
-    let mut copies: Vec<(u8, &str, &crate::catalog::Artifact)> = Vec::new();
+    let mut copies: Vec<(u8, &str, &Artifact)> = Vec::new();
     for (sink, a) in b.copies_of(server) {
         if from.is_some_and(|f| f != sink) {
             continue;
@@ -230,10 +228,7 @@ fn sources(
             out.push(Source {
                 sink: sink.to_string(),
                 spec: spec.clone(),
-                location: a.location.clone(),
-                manifest_sha256: a.manifest_sha256.clone(),
-                bytes: a.bytes,
-                rows: a.rows,
+                copy: a.clone(),
                 agent,
             });
         }
