@@ -179,7 +179,7 @@ impl Agent {
         location: &str,
         sink: Option<&lockstep_proto::agent::SinkSpec>,
     ) -> Result<Artifact> {
-        if sink.is_none() && location.starts_with('/') {
+        let mut out = if sink.is_none() && location.starts_with('/') {
             let dir = std::path::Path::new(location);
             let resolved = std::fs::canonicalize(dir).map_err(|e| Error::BadBackup {
                 path: dir.into(),
@@ -198,17 +198,13 @@ impl Agent {
                     ),
                 });
             }
-            let label = format!("backup directory {}", resolved.display());
-            let mut out = Artifact::new(
-                Arc::new(crate::sink::disk::DiskStore::new(resolved, label)),
-                "",
-            );
-            out.unlock(self.cfg.key.as_deref()).await?;
-            return Ok(out);
-        }
-        let store = crate::sink::open(sink, &self.local()).await?;
-        let mut out = Artifact::new(store, location);
-        out.key("manifest.json")?;
+            Artifact::in_directory(&resolved)
+        } else {
+            let store = crate::sink::open(sink, &self.local()).await?;
+            let out = Artifact::new(store, location);
+            out.key("manifest.json")?;
+            out
+        };
         out.unlock(self.cfg.key.as_deref()).await?;
         Ok(out)
     }

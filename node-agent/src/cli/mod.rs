@@ -130,7 +130,7 @@ async fn dump(a: DumpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let result = crate::agent::dump_once(
         &server,
         &name,
-        dir_artifact(&a.out),
+        crate::sink::artifact::Artifact::in_directory(&a.out),
         PrepareOptions {
             budgets: Budgets {
                 preflight: a.preflight_budget,
@@ -208,7 +208,7 @@ async fn load(a: LoadArgs) -> anyhow::Result<()> {
     let ticker = Ticker::start("load", progress.clone(), a.quiet);
     let report = restore::load(
         &server,
-        &dir_artifact(&a.from),
+        &crate::sink::artifact::Artifact::in_directory(&a.from),
         &LoadOptions {
             threads: a.threads,
             force: a.force,
@@ -242,7 +242,12 @@ async fn load(a: LoadArgs) -> anyhow::Result<()> {
 
 async fn verify(a: VerifyArgs) -> anyhow::Result<()> {
     let progress = Arc::new(Progress::default());
-    let (m, _) = restore::verify(&dir_artifact(&a.from), a.threads, progress).await?;
+    let (m, _) = restore::verify(
+        &crate::sink::artifact::Artifact::in_directory(&a.from),
+        a.threads,
+        progress,
+    )
+    .await?;
     if a.json {
         println!(
             "{}",
@@ -270,12 +275,6 @@ fn keygen(a: KeygenArgs) -> anyhow::Result<()> {
         key.id()
     );
     Ok(())
-}
-
-/// A snapshot directory given on the command line, as an artifact.
-fn dir_artifact(dir: &std::path::Path) -> crate::sink::artifact::Artifact {
-    let store = crate::sink::disk::DiskStore::new(dir, format!("directory {}", dir.display()));
-    crate::sink::artifact::Artifact::new(Arc::new(store), "")
 }
 
 async fn connect(addr: &str) -> anyhow::Result<NodeAgentClient<tonic::transport::Channel>> {

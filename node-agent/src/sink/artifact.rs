@@ -56,6 +56,17 @@ impl Artifact {
         }
     }
 
+    /// The snapshot directory `dir` itself (a copy given by path: the
+    /// standalone commands, or a host-local location older catalogs
+    /// recorded as a directory).
+    pub fn in_directory(dir: &std::path::Path) -> Artifact {
+        let label = format!("directory {}", dir.display());
+        Artifact::new(
+            std::sync::Arc::new(super::disk::DiskStore::new(dir, label)),
+            "",
+        )
+    }
+
     /// The same artifact, to be written encrypted: [`Artifact::claim`]
     /// makes a data key for it and stores it wrapped by `key_file`.
     pub fn sealed_with(mut self, key_file: std::sync::Arc<KeyFile>, backup_id: &str) -> Artifact {
@@ -259,18 +270,17 @@ impl Artifact {
     /// Reads a whole small file (schema files, the manifest).
     pub async fn read_small(&self, rel: &str) -> Result<Vec<u8>> {
         let key = self.key(rel)?;
-        let mut stream = self.read(rel).await?;
-        let mut out = Vec::new();
-        while let Some(piece) = stream.next().await {
-            let piece = piece.map_err(|e| self.read_failed(&key, e))?;
-            out.extend_from_slice(&piece);
-            if out.len() as u64 > SMALL_FILE_LIMIT {
-                return Err(self.bad(format!(
+        super::collect(
+            self.read(rel).await?,
+            SMALL_FILE_LIMIT,
+            |e| self.read_failed(&key, e),
+            || {
+                self.bad(format!(
                     "file {rel} is larger than {SMALL_FILE_LIMIT} bytes; not a file lockstep wrote"
-                )));
-            }
-        }
-        Ok(out)
+                ))
+            },
+        )
+        .await
     }
 
     /// Reads and checks the manifest; returns it with its sha256. A missing

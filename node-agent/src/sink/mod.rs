@@ -96,23 +96,38 @@ pub async fn put(store: &dyn Store, key: &str, bytes: Bytes) -> Result<u64> {
 /// Reads a whole object into memory (manifests, schema files); refuses one
 /// larger than `limit` bytes.
 pub async fn get(store: &dyn Store, key: &str, limit: u64) -> Result<Vec<u8>> {
-    let mut stream = store.read(key, 0).await?;
+    let failed = |reason: String| Error::Sink {
+        sink: store.describe(),
+        key: key.to_string(),
+        action: "read",
+        reason,
+    };
+    collect(
+        store.read(key, 0).await?,
+        limit,
+        |e| failed(e.to_string()),
+        || {
+            failed(format!(
+                "larger than {limit} bytes; not a file lockstep wrote"
+            ))
+        },
+    )
+    .await
+}
+
+/// Reads a stream whole, up to `limit` bytes: `read_failed` names a read
+/// error, `too_large` one past the limit.
+pub async fn collect(
+    mut stream: ByteStream,
+    limit: u64,
+    read_failed: impl Fn(std::io::Error) -> Error,
+    too_large: impl Fn() -> Error,
+) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     while let Some(piece) = stream.next().await {
-        let piece = piece.map_err(|e| Error::Sink {
-            sink: store.describe(),
-            key: key.to_string(),
-            action: "read",
-            reason: e.to_string(),
-        })?;
-        out.extend_from_slice(&piece);
+        out.extend_from_slice(&piece.map_err(&read_failed)?);
         if out.len() as u64 > limit {
-            return Err(Error::Sink {
-                sink: store.describe(),
-                key: key.to_string(),
-                action: "read",
-                reason: format!("larger than {limit} bytes; not a file lockstep wrote"),
-            });
+            return Err(too_large());
         }
     }
     Ok(out)
