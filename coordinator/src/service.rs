@@ -438,18 +438,30 @@ impl Coordinator for CoordinatorService {
         let scan = crate::sinks::scan(&self.core, &r.cluster, &r.sink, false)
             .await
             .map_err(to_status)?;
+        // The scanned backups the catalog has with a copy in this sink.
+        let (ids, sink) = (
+            scan.backups
+                .iter()
+                .map(|b| b.id.clone())
+                .collect::<Vec<_>>(),
+            r.sink.clone(),
+        );
+        let known_here: std::collections::HashSet<String> = self
+            .core
+            .read(move |cat| {
+                ids.into_iter()
+                    .filter(|id| {
+                        cat.backups.get(id).is_some_and(|have| {
+                            have.all_copies().iter().any(|(s, _, _)| *s == sink)
+                        })
+                    })
+                    .collect()
+            })
+            .await
+            .map_err(to_status)?;
         let mut backups = Vec::new();
         for b in &scan.backups {
-            let (id, sink) = (b.id.clone(), r.sink.clone());
-            let known = self
-                .core
-                .read(move |cat| {
-                    cat.backups
-                        .get(&id)
-                        .is_some_and(|have| have.all_copies().iter().any(|(s, _, _)| *s == sink))
-                })
-                .await
-                .map_err(to_status)?;
+            let known = known_here.contains(&b.id);
             let mut imported = false;
             if r.import && !known {
                 self.core

@@ -282,37 +282,15 @@ impl Store for DiskStore {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
-        let root = self.root.clone();
-        let prefix = prefix.to_string();
-        tokio::task::spawn_blocking(move || {
-            // Walk only the directory the prefix names (or its parent).
-            let start = match prefix.rfind('/') {
-                Some(i) => root.join(&prefix[..i]),
-                None => root.clone(),
-            };
-            let mut out = Vec::new();
-            walk(&root, &start, &prefix, false, &mut out)?;
-            out.sort_by(|a, b| a.key.cmp(&b.key));
-            Ok(out)
-        })
-        .await
-        .map_err(|e| Error::Cancelled(format!("list {}: {e}", self.root.display())))?
+        let mut out = self.files(prefix, false).await?;
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
-        let listed = self.list(prefix).await?;
-        let (root, owned) = (self.root.clone(), prefix.to_string());
         // Partial files too: what an interrupted writer left.
-        let all = tokio::task::spawn_blocking(move || {
-            let start = match owned.rfind('/') {
-                Some(i) => root.join(&owned[..i]),
-                None => root.clone(),
-            };
-            let mut out = Vec::new();
-            walk(&root, &start, &owned, true, &mut out).map(|()| out)
-        })
-        .await
-        .map_err(|e| Error::Cancelled(format!("list {}: {e}", self.root.display())))??;
+        let all = self.files(prefix, true).await?;
+        let objects = all.iter().filter(|o| !is_hidden(&o.key)).count();
         for o in &all {
             let p = self.root.join(&o.key);
             tokio::fs::remove_file(&p).await.on_file(&p, "remove")?;
@@ -333,8 +311,33 @@ impl Store for DiskStore {
                 cur = cur.parent().unwrap_or(&self.root);
             }
         }
-        Ok(listed.len() as u64)
+        Ok(objects as u64)
     }
+}
+
+impl DiskStore {
+    /// The files whose key starts with `prefix` (with `hidden`, partial
+    /// files too), walking only the directory the prefix names.
+    async fn files(&self, prefix: &str, hidden: bool) -> Result<Vec<ObjectInfo>> {
+        let (root, prefix) = (self.root.clone(), prefix.to_string());
+        tokio::task::spawn_blocking(move || {
+            let start = match prefix.rfind('/') {
+                Some(i) => root.join(&prefix[..i]),
+                None => root.clone(),
+            };
+            let mut out = Vec::new();
+            walk(&root, &start, &prefix, hidden, &mut out).map(|()| out)
+        })
+        .await
+        .map_err(|e| Error::Cancelled(format!("list {}: {e}", self.root.display())))?
+    }
+}
+
+/// Whether a key names a hidden file (a partial object).
+fn is_hidden(key: &str) -> bool {
+    key.rsplit('/')
+        .next()
+        .is_some_and(|name| name.starts_with('.'))
 }
 
 /// Collects the files below `dir` whose key starts with `prefix`; hidden
