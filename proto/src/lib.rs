@@ -10,8 +10,11 @@
 //! - [`media`]: `lockstep.media.v1`, a media agent's disk pools for other
 //!   agents (chunked, checksummed, resumable object streams).
 //!
-//! Nothing but generated code lives here; conversions to domain types belong to
-//! the crate that owns the domain type.
+//! - [`tls`]: how the messages travel: mutual TLS on every connection (or
+//!   plaintext where allowed), and who the caller of a request is.
+//!
+//! Besides [`tls`], nothing but generated code lives here; conversions to
+//! domain types belong to the crate that owns the domain type.
 
 #[allow(missing_debug_implementations, clippy::all)]
 pub mod agent {
@@ -29,6 +32,8 @@ pub mod coordinator {
 }
 
 #[allow(missing_debug_implementations, clippy::all)]
+pub mod tls;
+
 pub mod media {
     tonic::include_proto!("lockstep.media.v1");
 }
