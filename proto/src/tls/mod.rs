@@ -3,7 +3,53 @@
 //!
 //! - [`caller`]: the identity of a request's caller ([`Caller`]) and the
 //!   `agent-*` patterns roles are written in.
+//! - [`config`]: certificates and keys from PEM files, the rustls server and
+//!   client configurations built from them ([`Tls`]), reloaded in place.
+//! - [`certs`]: a CA and certificates for demos and tests.
+//! - [`transport`]: [`Transport`], what daemons and clients hold: the accept
+//!   loop of a server (TLS handshakes off the accept path, the caller's
+//!   identity attached to the connection) and the connector of a client.
+//!
+//! Every connection is mutual: a server asks for a client certificate and
+//! refuses a connection without one that chains to the configured CA; a
+//! client checks the server's certificate against the same CA and the host
+//! it dialled. An identity is the certificate's subject common name (or its
+//! first DNS name when it has no common name).
 
 pub mod caller;
+pub mod certs;
+pub mod config;
+pub mod transport;
+
+#[cfg(test)]
+mod tests;
 
 pub use caller::{Caller, PeerInfo, matches};
+pub use config::{Tls, TlsFiles};
+pub use transport::{Conn, Transport};
+
+use std::path::PathBuf;
+
+/// Why TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A certificate, key or CA file could not be read or parsed.
+    #[error("TLS {what} file {path}: {reason}")]
+    File {
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    /// A private key file others can read.
+    #[error(
+        "TLS key file {path} is readable by group or others (mode {mode:04o}); \
+         it must be accessible by its owner only (chmod 600 {path})"
+    )]
+    KeyPermissions { path: PathBuf, mode: u32 },
+    /// rustls refused the certificates or key.
+    #[error("TLS configuration from {cert}: {reason}")]
+    Config { cert: PathBuf, reason: String },
+    /// The configuration is incomplete.
+    #[error("{0}")]
+    Incomplete(String),
+}
