@@ -16,6 +16,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use lockstep_proto::coordinator::coordinator_client::CoordinatorClient;
+use lockstep_proto::tls::Transport;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{Error, Result};
@@ -79,6 +80,8 @@ pub struct Client {
     /// Whether an attempt is cut short when the patience runs out (not for
     /// calls that run while the caller waits, like a restore).
     bounded: bool,
+    /// Mutual TLS or plaintext.
+    transport: Transport,
 }
 
 impl Client {
@@ -101,7 +104,14 @@ impl Client {
             patience,
             call_timeout: CALL_TIMEOUT,
             bounded: true,
+            transport: Transport::Plaintext,
         })
+    }
+
+    /// The same client connecting through `transport` (mutual TLS).
+    pub fn with_transport(mut self, transport: Transport) -> Client {
+        self.transport = transport;
+        self
     }
 
     /// The same client with a longer (or shorter) limit per attempt, for
@@ -180,7 +190,7 @@ impl Client {
                 } else {
                     self.call_timeout
                 };
-                match attempt(&url, limit, &mut f).await {
+                match attempt(&self.transport, &url, limit, &mut f).await {
                     Attempt::Answer(t) => {
                         self.leader = Some(url);
                         return Ok(Once::Done(t));
@@ -232,14 +242,19 @@ impl Client {
 }
 
 /// One attempt of `f` at `url`, within `limit`.
-async fn attempt<T, F, Fut>(url: &str, limit: Duration, f: &mut F) -> Attempt<T>
+async fn attempt<T, F, Fut>(
+    transport: &Transport,
+    url: &str,
+    limit: Duration,
+    f: &mut F,
+) -> Attempt<T>
 where
     F: FnMut(CoordinatorClient<Channel>) -> Fut,
     Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
 {
     // Bounded as a whole: a frozen coordinator accepts the TCP connection
     // but never completes the HTTP/2 handshake.
-    let connected = tokio::time::timeout(CONNECT_TIMEOUT, connect(url))
+    let connected = tokio::time::timeout(CONNECT_TIMEOUT, connect(transport, url))
         .await
         .unwrap_or_else(|_| Err(format!("cannot connect within {CONNECT_TIMEOUT:?}")));
     let client = match connected {
@@ -308,13 +323,16 @@ fn classify<T>(status: tonic::Status) -> Attempt<T> {
     }
 }
 
-async fn connect(url: &str) -> std::result::Result<CoordinatorClient<Channel>, String> {
+async fn connect(
+    transport: &Transport,
+    url: &str,
+) -> std::result::Result<CoordinatorClient<Channel>, String> {
     let endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| format!("bad coordinator URL: {e}"))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true);
-    let channel = endpoint
-        .connect()
+    let channel = transport
+        .connect(endpoint)
         .await
         .map_err(|e| format!("cannot connect: {}", error_chain(&e)))?;
     Ok(CoordinatorClient::new(channel))

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
+use lockstep_proto::tls::TlsOptions;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -44,6 +45,13 @@ pub struct Args {
     /// from a leader, e.g. "4GiB" [default: 4GiB].
     #[arg(long, value_parser = parse_size)]
     pub max_snapshot_size: Option<u64>,
+    /// Mutual TLS for every connection (CLI, agents, the other coordinators).
+    #[command(flatten)]
+    pub tls: TlsOptions,
+    /// Serve without TLS on a non-loopback address: every call is then
+    /// unauthenticated. Refused without this flag.
+    #[arg(long)]
+    pub insecure_plaintext: bool,
     /// Log filter (tracing syntax).
     #[arg(long, env = "LOCKSTEP_LOG", default_value = "info")]
     pub log: String,
@@ -77,6 +85,8 @@ impl Args {
         if let Some(v) = self.max_snapshot_size {
             c.max_snapshot_size = v;
         }
+        c.tls = c.tls.overridden_by(&self.tls);
+        c.insecure_plaintext |= self.insecure_plaintext;
         Ok(c)
     }
 }
@@ -113,6 +123,10 @@ pub struct Config {
     /// behind the compacted log catches up only if the catalog fits.
     #[serde(with = "size_serde")]
     pub max_snapshot_size: u64,
+    /// Mutual TLS (`[tls]`: `cert`, `key`, `ca`); none: plaintext.
+    pub tls: TlsOptions,
+    /// Allow plaintext on a non-loopback `listen` address.
+    pub insecure_plaintext: bool,
 }
 
 impl Default for Config {
@@ -128,6 +142,8 @@ impl Default for Config {
             transfer_timeout: Duration::from_secs(6 * 3600),
             health_window: Duration::from_secs(3),
             max_snapshot_size: crate::raft::DEFAULT_MAX_SNAPSHOT_SIZE,
+            tls: TlsOptions::default(),
+            insecure_plaintext: false,
         }
     }
 }

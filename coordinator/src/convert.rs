@@ -146,6 +146,7 @@ pub fn member(st: &NodeStatus, url: &str, cluster_version: u32) -> pb::Member {
         error: String::new(),
         catalog_version: CATALOG_VERSION,
         cluster_version,
+        transport: String::new(),
     }
 }
 

@@ -7,8 +7,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use lockstep_proto::agent::node_agent_client::NodeAgentClient;
 use lockstep_proto::coordinator as pb;
 use lockstep_proto::coordinator::coordinator_client::CoordinatorClient;
+use lockstep_proto::tls::Transport;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::catalog::{CATALOG_VERSION, Catalog, Command, FIRST_VERSION, Rejected};
 use crate::config::Config;
@@ -20,6 +23,8 @@ use crate::raft::{self, RaftHandle, Role};
 pub const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a peer has to answer `NodeStatus` for `CoordinatorStatus`.
 const PEER_STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long connecting to an agent may take.
+const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Shared state of one coordinator.
 #[derive(Debug)]
@@ -32,6 +37,9 @@ pub struct Core {
     pub peers: BTreeMap<u64, String>,
     /// Timings of the backup job.
     pub config: Config,
+    /// How this coordinator reaches agents and peers (mutual TLS or
+    /// plaintext).
+    pub transport: Transport,
     /// (cluster, server) → last heartbeat, on the leader.
     health: Mutex<HashMap<(String, String), Instant>>,
 }
@@ -79,14 +87,41 @@ pub fn now_unix_us() -> i64 {
 
 impl Core {
     /// A core for node `config.id`.
-    pub fn new(raft: RaftHandle<Catalog>, peers: BTreeMap<u64, String>, config: Config) -> Core {
+    pub fn new(
+        raft: RaftHandle<Catalog>,
+        peers: BTreeMap<u64, String>,
+        config: Config,
+        transport: Transport,
+    ) -> Core {
         Core {
             id: config.id,
             raft,
             peers,
             config,
+            transport,
             health: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Connects to an agent (bounded), without Nagle: COMMIT is on the
+    /// lock's critical path.
+    pub(crate) async fn agent_client(
+        &self,
+        addr: &str,
+    ) -> std::result::Result<NodeAgentClient<Channel>, String> {
+        let endpoint = Endpoint::from_shared(addr.to_string())
+            .map_err(|e| format!("bad agent address {addr:?}: {e}"))?
+            .connect_timeout(AGENT_CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(2));
+        let channel = self.transport.connect(endpoint).await.map_err(|e| {
+            format!(
+                "cannot reach agent at {addr}: {}",
+                crate::client::error_chain(&e)
+            )
+        })?;
+        Ok(NodeAgentClient::new(channel))
     }
 
     /// Replicates `cmd`; `Ok` once applied and accepted by the catalog.
@@ -159,7 +194,7 @@ impl Core {
             if id == self.id {
                 return (id, Some(CATALOG_VERSION));
             }
-            let v = tokio::time::timeout(PEER_STATUS_TIMEOUT, peer_status(url))
+            let v = tokio::time::timeout(PEER_STATUS_TIMEOUT, peer_status(&self.transport, url))
                 .await
                 .ok()
                 .and_then(|r| r.ok())
@@ -289,6 +324,20 @@ impl Core {
         Ok(servers.chain(media).collect())
     }
 
+    /// This member's status as `CoordinatorStatus` and `NodeStatus` report
+    /// it.
+    pub fn own_member(&self, st: &raft::NodeStatus, url: &str, cluster_version: u32) -> pb::Member {
+        let transport = match self.transport.identity() {
+            Some(identity) => format!("mutual TLS as {identity}"),
+            None if self.config.listen.ip().is_loopback() => "plaintext (loopback only)".into(),
+            None => "INSECURE PLAINTEXT (--insecure-plaintext)".into(),
+        };
+        pb::Member {
+            transport,
+            ..convert::member(st, url, cluster_version)
+        }
+    }
+
     /// Every member's raft state; unreachable peers are reported unhealthy.
     pub async fn group_status(&self) -> Result<pb::CoordinatorStatusReply> {
         let own = self.raft.status().await?;
@@ -297,9 +346,11 @@ impl Core {
             let own = own.clone();
             async move {
                 if id == own.id {
-                    return convert::member(&own, url, cluster_version);
+                    return self.own_member(&own, url, cluster_version);
                 }
-                match tokio::time::timeout(PEER_STATUS_TIMEOUT, peer_status(url)).await {
+                match tokio::time::timeout(PEER_STATUS_TIMEOUT, peer_status(&self.transport, url))
+                    .await
+                {
                     Ok(Ok(mut m)) => {
                         m.url = url.clone();
                         // A build that predates catalog versions: version 1.
@@ -350,10 +401,13 @@ fn unreachable_member(id: u64, url: &str, error: String) -> pb::Member {
     }
 }
 
-async fn peer_status(url: &str) -> std::result::Result<pb::Member, String> {
-    let mut client = CoordinatorClient::connect(url.to_string())
+async fn peer_status(transport: &Transport, url: &str) -> std::result::Result<pb::Member, String> {
+    let endpoint = Endpoint::from_shared(url.to_string()).map_err(|e| format!("bad URL: {e}"))?;
+    let channel = transport
+        .connect(endpoint)
         .await
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(|e| format!("connect: {}", crate::client::error_chain(&e)))?;
+    let mut client = CoordinatorClient::new(channel);
     client
         .node_status(pb::NodeStatusRequest {})
         .await

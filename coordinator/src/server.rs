@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use lockstep_proto::coordinator::coordinator_server::CoordinatorServer;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 
 use crate::catalog::Catalog;
 use crate::config::Config;
@@ -33,9 +32,35 @@ const STEP_DEADLINE: Duration = Duration::from_secs(5);
 /// Runs the coordinator described by `config` until `shutdown` is cancelled
 /// (or its raft node fails: then the raft node's error is returned).
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
-    let raft_config = config.validate()?;
+    let mut raft_config = config.validate()?;
     let id = config.id;
     let listen = config.listen;
+    let transport = config
+        .tls
+        .transport()
+        .map_err(|e| Error::Config(e.to_string()))?;
+    transport
+        .check_listen("the coordinator", listen, config.insecure_plaintext)
+        .map_err(|e| Error::Config(e.to_string()))?;
+    if let Some(identity) = transport.identity()
+        && identity != crate::raft::peer_identity(id)
+    {
+        return Err(Error::Config(format!(
+            "coordinator {id}'s certificate {} names identity '{identity}'; the other \
+             coordinators accept raft messages from node {id} only as '{}'",
+            config
+                .tls
+                .cert
+                .as_deref()
+                .unwrap_or(std::path::Path::new(""))
+                .display(),
+            crate::raft::peer_identity(id)
+        )));
+    }
+    transport
+        .reload_on_hangup()
+        .map_err(|e| Error::Config(format!("cannot watch SIGHUP: {e}")))?;
+    raft_config.transport = transport.clone();
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| Error::Serve {
@@ -44,8 +69,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         })?;
     let peers = raft_config.peers.clone();
     let node = RaftNode::start(raft_config, Catalog::default(), &shutdown)?;
-    tracing::info!(id, %listen, peers = ?peers, data_dir = %config.data_dir.display(), "lockstep coordinator serving");
-    let core = Arc::new(Core::new(node.handle(), peers, config));
+    tracing::info!(
+        id, %listen, peers = ?peers, data_dir = %config.data_dir.display(),
+        tls = transport.is_tls(), identity = transport.identity().unwrap_or_default(),
+        "lockstep coordinator serving"
+    );
+    let core = Arc::new(Core::new(node.handle(), peers, config, transport.clone()));
     let jobs = Jobs::new(core.clone(), shutdown.child_token());
     let watcher = tokio::spawn(jobs.clone().watch_leadership(shutdown.clone()));
     let versioner = tokio::spawn(crate::version::raise_cluster_version(
@@ -54,7 +83,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     ));
 
     let service = CoordinatorServer::new(CoordinatorService::new(core, jobs.clone()));
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = transport.incoming(listener);
     let transport = node.transport_service();
     // Ends when the raft task ends: on shutdown, or on its own (a failure).
     let mut raft_task = tokio::spawn(node.wait());

@@ -515,7 +515,11 @@ impl Coordinator for CoordinatorService {
             .map_err(|e| to_status(e.into()))?;
         let cluster_version = self.core.cluster_version().await.map_err(to_status)?;
         let url = self.core.peers.get(&st.id).cloned().unwrap_or_default();
-        Ok(Response::new(convert::member(&st, &url, cluster_version)))
+        Ok(Response::new(self.core.own_member(
+            &st,
+            &url,
+            cluster_version,
+        )))
     }
 }
 

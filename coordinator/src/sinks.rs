@@ -18,7 +18,7 @@ use crate::catalog::{
 };
 use crate::core::{Core, now_unix_ms};
 use crate::error::{Error, Result};
-use crate::job::{agent_client, status_text};
+use crate::job::status_text;
 
 /// An agent of a cluster: a database server's or a media agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -246,7 +246,15 @@ pub async fn copy_backup(core: &Core, id: &str, to: &str) -> Result<Vec<Outcome>
                     }
                 };
                 for reader in readers {
-                    match copy_one(id, &artifact, from_spec.clone(), to_spec.clone(), &reader).await
+                    match copy_one(
+                        core,
+                        id,
+                        &artifact,
+                        from_spec.clone(),
+                        to_spec.clone(),
+                        &reader,
+                    )
+                    .await
                     {
                         Ok(a) => {
                             let bytes = a.bytes;
@@ -299,13 +307,14 @@ pub async fn copy_backup(core: &Core, id: &str, to: &str) -> Result<Vec<Outcome>
 }
 
 async fn copy_one(
+    core: &Core,
     id: &str,
     from: &Artifact,
     from_spec: Option<agent_pb::SinkSpec>,
     to_spec: Option<agent_pb::SinkSpec>,
     reader: &AgentRef,
 ) -> std::result::Result<Artifact, String> {
-    let mut client = agent_client(&reader.addr).await?;
+    let mut client = core.agent_client(&reader.addr).await?;
     let mut stream = client
         .copy(agent_pb::CopyRequest {
             from: from_spec,
@@ -402,7 +411,7 @@ pub async fn verify_backup(core: &Core, id: &str, only: Option<&str>) -> Result<
             Ok(spec) => {
                 let mut outcome = None;
                 for r in readers {
-                    match verify_one(id, &a, spec.clone(), &r, false).await {
+                    match verify_one(core, id, &a, spec.clone(), &r, false).await {
                         Ok(b) => {
                             by = r.name;
                             bytes = b;
@@ -458,13 +467,17 @@ pub async fn verify_backup(core: &Core, id: &str, only: Option<&str>) -> Result<
 /// (missing, other manifest, checksum), `Err((false, _))` when the agent
 /// or the sink could not be reached.
 pub async fn verify_one(
+    core: &Core,
     id: &str,
     a: &Artifact,
     spec: Option<agent_pb::SinkSpec>,
     reader: &AgentRef,
     manifest_only: bool,
 ) -> std::result::Result<u64, (bool, String)> {
-    let mut client = agent_client(&reader.addr).await.map_err(|e| (false, e))?;
+    let mut client = core
+        .agent_client(&reader.addr)
+        .await
+        .map_err(|e| (false, e))?;
     let reply = client
         .verify(agent_pb::VerifyRequest {
             sink: spec,
@@ -539,7 +552,7 @@ async fn scan_sink(core: &Core, cluster: &str, sink: &Sink, usage_only: bool) ->
     let mut errors = Vec::new();
     for r in readers {
         let reply = async {
-            let mut client = agent_client(&r.addr).await?;
+            let mut client = core.agent_client(&r.addr).await?;
             client
                 .scan(agent_pb::ScanRequest {
                     sink: spec.clone(),

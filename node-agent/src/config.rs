@@ -13,7 +13,9 @@ use crate::ddl_guard::{DdlOptions, DdlPolicy};
 use crate::dump::DumpOptions;
 use crate::error::{Error, IoContext, Result};
 use crate::flavour::LockMethod;
+use crate::grpc::access::Access;
 use crate::mysql::Server;
+use lockstep_proto::tls::TlsOptions;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -64,6 +66,13 @@ pub struct ServeConfig {
     #[serde(with = "humantime_serde")]
     pub ddl_wait: Duration,
     pub budgets: Budgets,
+    /// Mutual TLS (`[tls]`: `cert`, `key`, `ca`); none: plaintext.
+    pub tls: TlsOptions,
+    /// Allow plaintext on a non-loopback `listen` address.
+    pub insecure_plaintext: bool,
+    /// Which identities may call what (`[access]`: `coordinators`,
+    /// `agents`), with TLS.
+    pub access: Access,
 }
 
 impl Default for ServeConfig {
@@ -88,6 +97,9 @@ impl Default for ServeConfig {
             ddl_policy: dump.ddl.policy,
             ddl_wait: dump.ddl.wait,
             budgets: Budgets::default(),
+            tls: TlsOptions::default(),
+            insecure_plaintext: false,
+            access: Access::default(),
         }
     }
 }
@@ -201,6 +213,11 @@ impl ServeConfig {
             cluster: self.cluster.clone(),
             coordinators: self.coordinators.clone(),
             advertise: (!self.advertise.is_empty()).then(|| self.advertise.clone()),
+            transport: self
+                .tls
+                .transport()
+                .map_err(|e| Error::Config(e.to_string()))?,
+            access: self.access.clone(),
         })
     }
 }

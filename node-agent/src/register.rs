@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use lockstep_proto::coordinator as pb;
 use lockstep_proto::coordinator::coordinator_client::CoordinatorClient;
+use lockstep_proto::tls::Transport;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
@@ -34,6 +35,8 @@ pub struct Registration {
     /// The agent's gRPC URL as coordinators reach it.
     pub agent_addr: String,
     pub coordinators: Vec<String>,
+    /// Mutual TLS (the agent's certificate) or plaintext.
+    pub transport: Transport,
 }
 
 /// What one call's failure means for the loop.
@@ -62,7 +65,7 @@ pub async fn run(agent: Arc<Agent>, reg: Registration, shutdown: CancellationTok
         let url = redirect
             .clone()
             .unwrap_or_else(|| reg.coordinators[target % reg.coordinators.len()].clone());
-        let result = match connect(&mut client, &url).await {
+        let result = match connect(&mut client, &reg.transport, &url).await {
             Err(e) => Err(Failure::Other(e)),
             Ok(c) if registered => heartbeat(c, &reg).await,
             Ok(c) => register(c, &agent, &reg).await,
@@ -109,16 +112,20 @@ pub async fn run(agent: Arc<Agent>, reg: Registration, shutdown: CancellationTok
 
 async fn connect<'a>(
     cached: &'a mut Option<(String, CoordinatorClient<Channel>)>,
+    transport: &Transport,
     url: &str,
 ) -> Result<&'a mut CoordinatorClient<Channel>, String> {
     if cached.as_ref().is_none_or(|(u, _)| u != url) {
-        let channel = Endpoint::from_shared(url.to_string())
+        let endpoint = Endpoint::from_shared(url.to_string())
             .map_err(|e| format!("bad coordinator URL {url:?}: {e}"))?
             .connect_timeout(CALL_TIMEOUT)
-            .timeout(CALL_TIMEOUT)
-            .connect()
-            .await
-            .map_err(|e| format!("connect to coordinator {url}: {e}"))?;
+            .timeout(CALL_TIMEOUT);
+        let channel = transport.connect(endpoint).await.map_err(|e| {
+            format!(
+                "connect to coordinator {url}: {e}{}",
+                std::error::Error::source(&e).map_or(String::new(), |s| format!(": {s}"))
+            )
+        })?;
         *cached = Some((url.to_string(), CoordinatorClient::new(channel)));
     }
     Ok(&mut cached.as_mut().expect("set just above").1)

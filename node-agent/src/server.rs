@@ -10,12 +10,26 @@ use tokio_util::sync::CancellationToken;
 use crate::agent::{Agent, AgentConfig};
 use crate::error::{Error, Result};
 use crate::grpc::AgentService;
+use crate::grpc::access::AccessPolicy;
+use lockstep_proto::tls::Guard;
 
 /// How long open gRPC streams may keep the process alive after shutdown.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Serves the agent on `listen` until `shutdown` is cancelled.
-pub async fn run(cfg: AgentConfig, listen: SocketAddr, shutdown: CancellationToken) -> Result<()> {
+pub async fn run(
+    cfg: AgentConfig,
+    listen: SocketAddr,
+    insecure_plaintext: bool,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let transport = cfg.transport.clone();
+    transport
+        .check_listen("the agent", listen, insecure_plaintext)
+        .map_err(|e| Error::Config(e.to_string()))?;
+    transport
+        .reload_on_hangup()
+        .map_err(|e| Error::Config(format!("cannot watch SIGHUP: {e}")))?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| Error::Config(format!("cannot listen on {listen}: {e}")))?;
@@ -28,6 +42,8 @@ pub async fn run(cfg: AgentConfig, listen: SocketAddr, shutdown: CancellationTok
         mysql = %cfg.server.as_ref().map_or("none (media agent)", |s| s.address()),
         sink = %cfg.sink_dir.display(),
         pools = ?cfg.pools,
+        tls = transport.is_tls(),
+        identity = transport.identity().unwrap_or_default(),
         "lockstep agent serving"
     );
     let registration = crate::register::Registration {
@@ -38,7 +54,9 @@ pub async fn run(cfg: AgentConfig, listen: SocketAddr, shutdown: CancellationTok
             .clone()
             .unwrap_or_else(|| format!("http://{local}")),
         coordinators: cfg.coordinators.clone(),
+        transport: transport.clone(),
     };
+    let (policy, _refusals) = AccessPolicy::new(cfg.access.clone(), cfg.name.clone());
     // The media service serves the sink directory as a disk pool to other
     // agents (and the --pool directories, once there are any).
     let agent = Agent::new(cfg, shutdown.clone());
@@ -54,7 +72,7 @@ pub async fn run(cfg: AgentConfig, listen: SocketAddr, shutdown: CancellationTok
     let service = NodeAgentServer::new(AgentService::new(agent.clone()));
     // No Nagle: PREPARED and COMMIT are tiny messages on the lock's critical
     // path, and delayed ACKs would add ~40 ms to the hold time.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = transport.incoming(listener);
     // After the shutdown signal, open streams get a short grace period; the
     // agent's locks are already released by then (the prepare watchers see
     // the same signal).
@@ -70,6 +88,8 @@ pub async fn run(cfg: AgentConfig, listen: SocketAddr, shutdown: CancellationTok
         // caller is gone must drop well before its lease.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(1)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(2)))
+        // Who may call what, before any handler runs.
+        .layer(Guard::new(Arc::new(policy)))
         .add_service(service)
         .add_service(crate::grpc::media::media_service(pools))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned());

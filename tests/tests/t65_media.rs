@@ -44,6 +44,7 @@ async fn a_writer_resumes_after_the_media_agent_is_killed() -> anyhow::Result<()
         window: 8 << 20,
         chunk: 1 << 20,
         retry_for: Duration::from_secs(60),
+        ..MediaOptions::default()
     };
     let store = MediaStore::connect_with(
         &agent.addr(),
@@ -73,8 +74,13 @@ async fn a_writer_resumes_after_the_media_agent_is_killed() -> anyhow::Result<()
         kept >= 8 << 20,
         "the partial file has {kept} bytes; the window of 8 MiB forces at least 16 MiB acknowledged"
     );
-    let down =
-        MediaStore::connect(&agent.addr(), &pool.display().to_string(), "probe".into()).await;
+    let down = MediaStore::connect(
+        &agent.addr(),
+        &pool.display().to_string(),
+        "probe".into(),
+        Default::default(),
+    )
+    .await;
     anyhow::ensure!(down.is_err(), "nothing answers while it is down");
 
     step!("restart it on the same port while the writer goes on");

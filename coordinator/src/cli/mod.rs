@@ -20,6 +20,7 @@ use crate::client::Client;
 use crate::error::Error;
 
 mod backup;
+mod certs;
 mod output;
 mod restore;
 mod server;
@@ -56,6 +57,10 @@ pub struct Cli {
     /// Log filter (tracing syntax) for diagnostics on stderr.
     #[arg(long, global = true, env = "LOCKSTEP_LOG", default_value = "warn")]
     pub log: String,
+    /// Mutual TLS to the coordinators: this operator's certificate (its
+    /// identity decides what it may do), key and the CA.
+    #[command(flatten)]
+    pub tls: lockstep_proto::tls::TlsOptions,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -86,6 +91,17 @@ pub enum Command {
     /// Re-read copies of a backup and check every checksum; the result is
     /// recorded in the catalog (`catalog show` displays it).
     Verify(VerifyArgs),
+    /// Certificates for mutual TLS (demos and tests).
+    #[command(subcommand)]
+    Certs(CertsCmd),
+}
+
+/// `lockstep certs ...`
+#[derive(Debug, Subcommand)]
+pub enum CertsCmd {
+    /// Create a CA and certificates for coordinators, agents, an operator
+    /// and a viewer (or issue more with the CA already in DIR).
+    Init(certs::CertsInitArgs),
 }
 
 /// `lockstep sink ...`
@@ -440,9 +456,14 @@ impl LostAnswers {
 }
 
 async fn execute(cli: &Cli) -> anyhow::Result<i32> {
-    let mut client = Client::new(cli.coordinators.clone(), cli.patience)?;
     let json = cli.json;
+    if let Command::Certs(CertsCmd::Init(a)) = &cli.command {
+        return certs::init(json, a);
+    }
+    let mut client =
+        Client::new(cli.coordinators.clone(), cli.patience)?.with_transport(cli.tls.transport()?);
     match &cli.command {
+        Command::Certs(CertsCmd::Init(a)) => certs::init(json, a),
         Command::Server(ServerCmd::Remove(a)) => server::remove(&mut client, json, a).await,
         Command::Server(ServerCmd::List(f)) => server::list(&mut client, json, f).await,
         Command::Coordinator(CoordinatorCmd::Status) => server::status(&mut client, json).await,

@@ -398,6 +398,7 @@ pub(super) fn print_status(as_json: bool, s: &pb::CoordinatorStatusReply) {
                     "error": (!m.error.is_empty()).then_some(&m.error),
                     "catalog_version": version(m.catalog_version),
                     "cluster_version": version(m.cluster_version),
+                    "transport": (!m.transport.is_empty()).then_some(&m.transport),
                 })
             })
             .collect();
@@ -440,6 +441,11 @@ pub(super) fn print_status(as_json: bool, s: &pb::CoordinatorStatusReply) {
                 m.applied.to_string(),
                 version(m.catalog_version).map_or("-".into(), |v| v.to_string()),
                 version(m.cluster_version).map_or("-".into(), |v| v.to_string()),
+                if m.transport.is_empty() {
+                    "-".into()
+                } else {
+                    m.transport.clone()
+                },
                 if m.healthy {
                     "healthy".into()
                 } else {
@@ -458,10 +464,22 @@ pub(super) fn print_status(as_json: bool, s: &pb::CoordinatorStatusReply) {
             "APPLIED",
             "SUPPORTS",
             "CLUSTER-V",
+            "TRANSPORT",
             "HEALTH",
         ],
         &rows,
     );
+    for m in s
+        .members
+        .iter()
+        .filter(|m| m.transport.starts_with("INSECURE"))
+    {
+        eprintln!(
+            "warning: coordinator {} serves in PLAINTEXT on a network address: every call to it \
+             is unauthenticated and unencrypted",
+            m.id
+        );
+    }
 }
 
 /// A member's catalog or cluster version: `None` when it did not answer

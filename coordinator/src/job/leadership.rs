@@ -8,7 +8,7 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, info, info_span, warn};
 
-use super::{Jobs, LEADERSHIP_POLL, Participant, RECONCILE_EVERY, abort_all, agent_client};
+use super::{Jobs, LEADERSHIP_POLL, Participant, RECONCILE_EVERY, abort_all};
 use crate::catalog::{Backup, Command, RestoreStatus, Status};
 use crate::core::now_unix_ms;
 use crate::error::Result;
@@ -156,7 +156,7 @@ impl Jobs {
             Status::Preparing => {
                 let reason = "no coordinator job drove it (the coordinator changed, or its start was never confirmed) before the cut was recorded; aborted on every server";
                 warn!(reason, "failing an inherited backup");
-                abort_all(&b.id, term, parts, reason).await;
+                abort_all(&self.core, &b.id, term, parts, reason).await;
                 self.fail(&b.id, reason).await;
             }
             Status::Transferring => {
@@ -171,14 +171,14 @@ impl Jobs {
                         .is_none_or(|c| c.released_at_unix_us.is_none())
                 });
                 for p in unproven {
-                    let proof = match agent_client(&p.addr).await {
+                    let proof = match self.core.agent_client(&p.addr).await {
                         Ok(client) => self.commit_one(&b.id, term, &p.name, client).await,
                         Err(e) => Err(format!("server {}: {e}", p.name)),
                     };
                     if let Err(e) = proof {
                         let reason = format!("coordinator changed after the cut was recorded: {e}");
                         warn!(%reason, "failing an inherited backup");
-                        abort_all(&b.id, term, parts, &reason).await;
+                        abort_all(&self.core, &b.id, term, parts, &reason).await;
                         self.fail(&b.id, &reason).await;
                         return;
                     }
@@ -211,7 +211,7 @@ impl Jobs {
                         "coordinator changed after the cut was recorded and the transfer could not be finished: {e}"
                     );
                     warn!(%reason, "failing an inherited backup");
-                    abort_all(&b.id, term, parts, &reason).await;
+                    abort_all(&self.core, &b.id, term, parts, &reason).await;
                     self.fail(&b.id, &reason).await;
                 }
             }

@@ -48,7 +48,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 use tonic::Streaming;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::{Instrument as _, info, info_span, warn};
 
 use crate::catalog::{Command, CutEntry};
@@ -59,8 +59,6 @@ use crate::restore::{self, RestoreRequest};
 
 mod leadership;
 
-/// How long connecting to an agent may take.
-const AGENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one ABORT call may take.
 const ABORT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the leadership watcher polls the raft status.
@@ -308,7 +306,7 @@ impl Jobs {
             return;
         }
         warn!(%reason, "backup failed; aborting on every server");
-        abort_all(id, term, &parts, &reason).await;
+        abort_all(&self.core, id, term, &parts, &reason).await;
         self.fail(id, &reason).await;
     }
 
@@ -429,7 +427,9 @@ impl Jobs {
     ) -> std::result::Result<Armed, String> {
         let cfg = &self.core.config;
         let work = async {
-            let mut client = agent_client(&p.addr)
+            let mut client = self
+                .core
+                .agent_client(&p.addr)
                 .await
                 .map_err(|e| format!("server {}: {e}", p.name))?;
             let mut stream = client
@@ -590,7 +590,9 @@ impl Jobs {
             .ok_or_else(|| format!("backup {id} is not in the catalog"))?;
         let sink = sink.map_err(|e| format!("server {}: {e}", p.name))?;
         let work = async {
-            let mut client = agent_client(&p.addr)
+            let mut client = self
+                .core
+                .agent_client(&p.addr)
                 .await
                 .map_err(|e| format!("server {}: {e}", p.name))?;
             let mut stream = client
@@ -638,24 +640,6 @@ impl Jobs {
     }
 }
 
-/// Connects to an agent (bounded), without Nagle: COMMIT is on the lock's
-/// critical path.
-pub(crate) async fn agent_client(
-    addr: &str,
-) -> std::result::Result<NodeAgentClient<Channel>, String> {
-    let endpoint = Endpoint::from_shared(addr.to_string())
-        .map_err(|e| format!("bad agent address {addr:?}: {e}"))?
-        .connect_timeout(AGENT_CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(1))
-        .keep_alive_timeout(Duration::from_secs(2));
-    let channel = endpoint
-        .connect()
-        .await
-        .map_err(|e| format!("cannot reach agent at {addr}: {}", error_chain(&e)))?;
-    Ok(NodeAgentClient::new(channel))
-}
-
 /// An agent's error status for a failure reason: its message, or for
 /// transport failures (the agent vanished or stopped answering) the cause.
 pub(crate) fn status_text(s: &tonic::Status) -> String {
@@ -673,10 +657,10 @@ pub(crate) fn status_text(s: &tonic::Status) -> String {
 
 /// ABORT on every participant, in parallel, best effort (each agent's lease
 /// is the backstop).
-async fn abort_all(id: &str, term: u64, parts: &[Participant], reason: &str) {
+async fn abort_all(core: &Core, id: &str, term: u64, parts: &[Participant], reason: &str) {
     let aborts = parts.iter().map(|p| async move {
         let call = async {
-            let mut client = agent_client(&p.addr).await?;
+            let mut client = core.agent_client(&p.addr).await?;
             client
                 .abort(agent_pb::AbortRequest {
                     backup_id: id.to_string(),

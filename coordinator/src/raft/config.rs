@@ -1,5 +1,6 @@
 //! Configuration of one raft node.
 
+use lockstep_proto::tls::Transport;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use super::error::{Error, Result};
 
 /// Configuration of one coordinator's raft node.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct RaftConfig {
     /// This node's raft id (non-zero, a key of `peers`).
     pub id: u64,
@@ -43,6 +44,9 @@ pub struct RaftConfig {
     /// its message around it ([`RaftConfig::max_entry_size`]). Not a
     /// coordinator setting: tests make it small.
     pub max_message_size: usize,
+    /// How peers are dialled and who may speak for them: with mutual TLS a
+    /// message from node N is accepted only from identity `coordinator-N`.
+    pub transport: Transport,
 }
 
 /// Default [`RaftConfig::max_snapshot_size`]: 4 GiB.
@@ -72,6 +76,7 @@ impl RaftConfig {
             max_snapshot_size: DEFAULT_MAX_SNAPSHOT_SIZE,
             snapshot_chunk_size: 1 << 20,
             max_message_size: 64 << 20,
+            transport: Transport::Plaintext,
         }
     }
 

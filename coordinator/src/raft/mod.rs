@@ -47,4 +47,4 @@ pub use error::{Error, Result};
 pub use handle::{NodeStatus, RaftHandle, Role};
 pub use node::RaftNode;
 pub use state_machine::{Change, KeyValue, StateMachine};
-pub use transport::TransportService;
+pub use transport::{TransportService, peer_identity};

@@ -6,14 +6,16 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, Snapshot};
+use raft::eraftpb::{
+    ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType, Snapshot,
+};
 use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, error, info, info_span};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use lockstep_proto::raft::raft_transport_server::RaftTransportServer;
 
@@ -120,8 +122,7 @@ impl<S: StateMachine> RaftNode<S> {
         let max_entry = config.max_entry_size();
         let stats = Arc::new(TransportStats::default());
         let peers = Peers::spawn(
-            id,
-            &config.peers,
+            &config,
             limits,
             stats.clone(),
             inbound_tx.clone(),
@@ -314,6 +315,20 @@ impl<S: StateMachine> RaftTask<S> {
     fn on_inbound(&mut self, item: Inbound) {
         match item {
             Inbound::Message(m) => {
+                // raft-rs treats a heartbeat committing past the log as a
+                // fatal invariant violation (it panics). No leader sends
+                // one; refuse it rather than let a forged or corrupt
+                // message stop this coordinator.
+                let last = self.raw.raft.raft_log.last_index();
+                if m.get_msg_type() == MessageType::MsgHeartbeat && m.commit > last {
+                    warn!(
+                        from = m.from,
+                        commit = m.commit,
+                        last_index = last,
+                        "refused a raft heartbeat committing past this node's log"
+                    );
+                    return;
+                }
                 if let Err(e) = self.raw.step(*m) {
                     debug!(error = %e, "step raft message");
                 }

@@ -3,6 +3,7 @@
 //! emptied); the receiver checks the header, bounds the size, reassembles,
 //! and only a complete snapshot message reaches the raft task.
 
+use lockstep_proto::tls::{Caller, Transport};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -34,11 +35,15 @@ const INITIAL_BUFFER: u64 = 64 << 20;
 /// A client for snapshot streams: its own connection, no overall request
 /// timeout (each request sets one by size), HTTP/2 keepalive to notice a
 /// dead peer mid-stream.
-pub(crate) fn client(endpoint: Endpoint, max_message: usize) -> RaftTransportClient<Channel> {
+pub(crate) fn client(
+    transport: &Transport,
+    endpoint: Endpoint,
+    max_message: usize,
+) -> RaftTransportClient<Channel> {
     let endpoint = endpoint
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(10));
-    RaftTransportClient::new(endpoint.connect_lazy())
+    RaftTransportClient::new(transport.connect_lazy(endpoint))
         .max_encoding_message_size(max_message)
         .max_decoding_message_size(max_message)
 }
@@ -200,6 +205,7 @@ async fn next_chunk(
 /// Receive one snapshot stream: the complete MsgSnapshot, or why not.
 pub(crate) async fn receive(
     service: &TransportService,
+    caller: &Caller,
     mut stream: Streaming<SnapshotChunk>,
 ) -> Result<Message, Status> {
     let Some(first) = next_chunk(service, None, &mut stream).await? else {
@@ -213,7 +219,7 @@ pub(crate) async fn receive(
         ));
     };
     let from = header.from;
-    service.check_sender("raft snapshot", from, header.to, &header.voters)?;
+    service.check_sender(caller, "raft snapshot", from, header.to, &header.voters)?;
     let mut msg = Message::parse_from_bytes(&header.message)
         .map_err(|e| invalid(service, Some(from), format!("decode the raft message: {e}")))?;
     if msg.get_msg_type() != MessageType::MsgSnapshot {

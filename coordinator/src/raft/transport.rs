@@ -16,6 +16,7 @@ use std::time::Duration;
 use lockstep_proto::raft::raft_transport_client::RaftTransportClient;
 use lockstep_proto::raft::raft_transport_server::{RaftTransport, RaftTransportServer};
 use lockstep_proto::raft::{RaftAck, RaftBatch, SnapshotChunk};
+use lockstep_proto::tls::Caller;
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use tokio::sync::mpsc;
@@ -51,6 +52,11 @@ pub(crate) struct Limits {
     pub(crate) max_snapshot: u64,
     /// Capacity of each per-peer outgoing queue.
     pub(crate) peer_queue: usize,
+}
+
+/// The certificate identity of raft node `id`: `coordinator-ID`.
+pub fn peer_identity(id: u64) -> String {
+    format!("coordinator-{id}")
 }
 
 /// Counters of a node's transport service (read by tests).
@@ -92,26 +98,27 @@ pub(crate) enum Sent {
 }
 
 impl Peers {
-    /// Start one sender task per peer other than `id`, on `tracker`.
+    /// Start one sender task per peer other than `config.id`, on `tracker`.
     pub(crate) fn spawn(
-        id: u64,
-        peers: &BTreeMap<u64, String>,
+        config: &super::RaftConfig,
         limits: Limits,
         stats: Arc<TransportStats>,
         inbound: mpsc::Sender<Inbound>,
         tracker: &TaskTracker,
         shutdown: &CancellationToken,
     ) -> Result<Self> {
+        let (id, peers, transport) = (config.id, &config.peers, &config.transport);
         let mut queues = BTreeMap::new();
         let voters: Vec<u64> = peers.keys().copied().collect();
         for (&to, url) in peers.iter().filter(|(to, _)| **to != id) {
             let endpoint = Endpoint::from_shared(url.clone())
                 .map_err(|e| Error::Config(format!("peer {to} URL {url:?}: {e}")))?
                 .connect_timeout(Duration::from_secs(2));
-            let client =
-                RaftTransportClient::new(endpoint.clone().timeout(RPC_TIMEOUT).connect_lazy())
-                    .max_encoding_message_size(limits.max_message)
-                    .max_decoding_message_size(limits.max_message);
+            let client = RaftTransportClient::new(
+                transport.connect_lazy(endpoint.clone().timeout(RPC_TIMEOUT)),
+            )
+            .max_encoding_message_size(limits.max_message)
+            .max_decoding_message_size(limits.max_message);
             let (tx, rx) = mpsc::channel(limits.peer_queue);
             queues.insert(to, tx);
             let snapshots = SnapshotSender {
@@ -120,7 +127,7 @@ impl Peers {
                 voters: voters.clone(),
                 url: url.clone(),
                 chunk: limits.chunk,
-                client: snapshot_stream::client(endpoint, limits.max_message),
+                client: snapshot_stream::client(transport, endpoint, limits.max_message),
                 inbound: inbound.clone(),
                 failures: Arc::new(AtomicU32::new(0)),
             };
@@ -392,11 +399,26 @@ impl TransportService {
     /// (`what` names it in the errors).
     pub(crate) fn check_sender(
         &self,
+        caller: &Caller,
         what: &str,
         from: u64,
         to: u64,
         voters: &[u64],
     ) -> Result<(), Status> {
+        // With mutual TLS only node N's own certificate speaks for node N:
+        // another coordinator (or anything else our CA signed) cannot forge
+        // its votes, heartbeats or entries.
+        if let Some(identity) = caller.identity()
+            && identity != peer_identity(from)
+        {
+            let msg = format!(
+                "{what} claiming to be from node {from} was sent by identity '{identity}'; \
+                 only '{}' may speak for node {from}",
+                peer_identity(from)
+            );
+            warn!(from, identity, "refused: {msg}");
+            return Err(Status::permission_denied(msg));
+        }
         if to != self.id {
             return Err(Status::failed_precondition(format!(
                 "{what} from node {from} for node {to} reached node {}",
@@ -435,8 +457,9 @@ impl TransportService {
 #[tonic::async_trait]
 impl RaftTransport for TransportService {
     async fn send(&self, request: Request<RaftBatch>) -> Result<Response<RaftAck>, Status> {
+        let caller = Caller::of(&request);
         let batch = request.into_inner();
-        self.check_sender("raft batch", batch.from, batch.to, &batch.voters)?;
+        self.check_sender(&caller, "raft batch", batch.from, batch.to, &batch.voters)?;
         // Decode and check the whole batch before any of it reaches raft.
         let mut messages = Vec::with_capacity(batch.messages.len());
         for bytes in &batch.messages {
@@ -473,7 +496,8 @@ impl RaftTransport for TransportService {
         &self,
         request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<RaftAck>, Status> {
-        let msg = snapshot_stream::receive(self, request.into_inner()).await?;
+        let caller = Caller::of(&request);
+        let msg = snapshot_stream::receive(self, &caller, request.into_inner()).await?;
         self.deliver(msg).await?;
         Ok(Response::new(RaftAck {}))
     }

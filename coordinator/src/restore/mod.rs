@@ -28,7 +28,7 @@ use tracing::{Instrument as _, info, info_span, warn};
 use crate::catalog::{Command, Rejected, RestoredServer};
 use crate::core::{Core, fail_pause, now_unix_ms};
 use crate::error::{Error, Result};
-use crate::job::{agent_client, status_text};
+use crate::job::status_text;
 use crate::sinks::shown;
 
 mod plan;
@@ -181,7 +181,7 @@ async fn choose(core: &Core, id: &str, mut p: Plan) -> Plan {
             kept.push(s);
             continue;
         }
-        match check(id, &s).await {
+        match check(core, id, &s).await {
             Ok(()) => {
                 found = true;
                 kept.push(s);
@@ -214,10 +214,10 @@ async fn record_bad_copy(core: &Core, id: &str, server: &str, sink: &str, error:
 
 /// Asks a source's agent whether it can read the copy; `Err((true, _))`
 /// when the copy itself is bad.
-async fn check(id: &str, s: &Source) -> std::result::Result<(), (bool, String)> {
+async fn check(core: &Core, id: &str, s: &Source) -> std::result::Result<(), (bool, String)> {
     match tokio::time::timeout(
         CHECK_TIMEOUT,
-        crate::sinks::verify_one(id, &s.copy, s.spec.clone(), &s.agent, true),
+        crate::sinks::verify_one(core, id, &s.copy, s.spec.clone(), &s.agent, true),
     )
     .await
     {
@@ -314,7 +314,7 @@ async fn restore_server(
     let mut errors = Vec::new();
     for (i, s) in p.sources.iter().enumerate() {
         if i > 0
-            && let Err((bad, e)) = check(backup_id, s).await
+            && let Err((bad, e)) = check(core, backup_id, s).await
         {
             if bad {
                 record_bad_copy(core, backup_id, &p.server, &s.sink, &e).await;
@@ -322,7 +322,7 @@ async fn restore_server(
             errors.push(format!("{}: {e}", s.describe()));
             continue;
         }
-        match restore_one(p, s, backup_id, force, allow_reset_master).await {
+        match restore_one(core, p, s, backup_id, force, allow_reset_master).await {
             Ok((target, loaded)) => {
                 return Ok(RestoredServer {
                     target,
@@ -350,6 +350,7 @@ async fn restore_server(
 /// returns the target the agent reported and its report. `Err((true, _))`
 /// when the copy failed its checksums (nothing was touched).
 async fn restore_one(
+    core: &Core,
     p: &Plan,
     s: &Source,
     backup_id: &str,
@@ -357,7 +358,14 @@ async fn restore_one(
     allow_reset_master: bool,
 ) -> std::result::Result<(String, RestoredServer), (bool, String)> {
     let name = &p.server;
-    let mut client = agent_client(&s.agent.addr)
+    // Fencing: the agent refuses a Restore from a term older than the
+    // newest leader it has heard from.
+    let term = core
+        .require_leader()
+        .await
+        .map_err(|e| (false, format!("server {name}: {e}")))?;
+    let mut client = core
+        .agent_client(&s.agent.addr)
         .await
         .map_err(|e| (false, format!("server {name}: {e}")))?;
     let failed = |st: tonic::Status| (st.code() == tonic::Code::DataLoss, restore_error(name, &st));
@@ -372,6 +380,7 @@ async fn restore_one(
             manifest_sha256: s.copy.manifest_sha256.clone(),
             allow_reset_master,
             sink: s.spec.clone(),
+            term,
         })
         .await
         .map_err(failed)?

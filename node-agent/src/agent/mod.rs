@@ -85,6 +85,11 @@ pub struct AgentConfig {
     pub coordinators: Vec<String>,
     /// URL registered with the coordinators; `None`: `http://<listen>`.
     pub advertise: Option<String>,
+    /// Mutual TLS for every connection (coordinators, media agents), or
+    /// plaintext.
+    pub transport: lockstep_proto::tls::Transport,
+    /// Who may call what on this agent (with mutual TLS).
+    pub access: crate::grpc::access::Access,
 }
 
 /// What a successful prepare reports.
@@ -665,6 +670,7 @@ impl Agent {
             agent: self.cfg.name.clone(),
             host_local: self.cfg.sink_dir.clone(),
             pools: self.cfg.pools.clone(),
+            transport: self.cfg.transport.clone(),
         }
     }
 

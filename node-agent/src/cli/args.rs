@@ -32,7 +32,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent daemon (gRPC service for coordinators).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Take a consistent snapshot of one server into a directory.
     Dump(DumpArgs),
     /// Restore a snapshot directory into a server.
@@ -106,6 +106,13 @@ pub struct ServeArgs {
     /// With --ddl-policy wait: how long DDL may wait for the dump, e.g. "30s".
     #[arg(long, value_parser = humantime::parse_duration)]
     pub ddl_wait: Option<Duration>,
+    /// Mutual TLS for every connection (coordinators, media agents).
+    #[command(flatten)]
+    pub tls: lockstep_proto::tls::TlsOptions,
+    /// Serve without TLS on a non-loopback address: every call is then
+    /// unauthenticated. Refused without this flag.
+    #[arg(long)]
+    pub insecure_plaintext: bool,
 }
 
 impl ServeArgs {
@@ -160,6 +167,8 @@ impl ServeArgs {
         if let Some(v) = self.ddl_wait {
             c.ddl_wait = v;
         }
+        c.tls = c.tls.overridden_by(&self.tls);
+        c.insecure_plaintext |= self.insecure_plaintext;
         Ok(c)
     }
 }
@@ -259,6 +268,10 @@ pub struct CutArgs {
     /// Agent gRPC address, e.g. http://127.0.0.1:7400.
     #[arg(long)]
     pub agent: String,
+    /// Mutual TLS to the agent (with TLS, only coordinator identities may
+    /// drive a cut).
+    #[command(flatten)]
+    pub tls: lockstep_proto::tls::TlsOptions,
     /// Backup id [default: a new UUID].
     #[arg(long)]
     pub backup_id: Option<String>,
@@ -285,6 +298,9 @@ pub struct StatusArgs {
     /// Agent gRPC address, e.g. http://127.0.0.1:7400.
     #[arg(long)]
     pub agent: String,
+    /// Mutual TLS to the agent.
+    #[command(flatten)]
+    pub tls: lockstep_proto::tls::TlsOptions,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,

@@ -32,7 +32,7 @@ pub use args::*;
 /// Runs a command; returns the process exit code.
 pub async fn run(cli: Cli, shutdown: CancellationToken) -> i32 {
     let result = match cli.command {
-        Command::Serve(a) => serve(a, shutdown).await,
+        Command::Serve(a) => serve(*a, shutdown).await,
         Command::Dump(a) => dump(a, shutdown).await,
         Command::Load(a) => load(a).await,
         Command::Verify(a) => verify(a).await,
@@ -78,7 +78,7 @@ fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
 async fn serve(a: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let cfg = a.config()?;
     let agent = cfg.validate()?;
-    crate::server::run(agent, cfg.listen, shutdown).await?;
+    crate::server::run(agent, cfg.listen, cfg.insecure_plaintext, shutdown).await?;
     Ok(())
 }
 
@@ -277,13 +277,17 @@ fn keygen(a: KeygenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect(addr: &str) -> anyhow::Result<NodeAgentClient<tonic::transport::Channel>> {
+async fn connect(
+    addr: &str,
+    tls: &lockstep_proto::tls::TlsOptions,
+) -> anyhow::Result<NodeAgentClient<tonic::transport::Channel>> {
     let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string())
         .map_err(|e| anyhow::anyhow!("invalid agent address {addr:?}: {e}"))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
-    let channel = endpoint
-        .connect()
+    let channel = tls
+        .transport()?
+        .connect(endpoint)
         .await
         .map_err(|e| anyhow::anyhow!("cannot reach agent at {addr}: {e}"))?;
     Ok(NodeAgentClient::new(channel))
@@ -303,7 +307,7 @@ fn emit(json_mode: bool, value: serde_json::Value, human: String) {
 }
 
 async fn cut(a: CutArgs) -> anyhow::Result<()> {
-    let mut client = connect(&a.agent).await?;
+    let mut client = connect(&a.agent, &a.tls).await?;
     let id = a
         .backup_id
         .clone()
@@ -439,7 +443,7 @@ async fn cut(a: CutArgs) -> anyhow::Result<()> {
 }
 
 async fn status(a: StatusArgs) -> anyhow::Result<()> {
-    let mut client = connect(&a.agent).await?;
+    let mut client = connect(&a.agent, &a.tls).await?;
     let s = client
         .status(pb::StatusRequest {})
         .await

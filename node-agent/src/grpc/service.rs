@@ -249,6 +249,7 @@ impl NodeAgent for AgentService {
         request: Request<pb::RestoreRequest>,
     ) -> Result<Response<Self::RestoreStream>, Status> {
         let r = request.into_inner();
+        self.fence(r.term)?;
         let opts = LoadOptions {
             threads: convert::restore_threads(r.threads, self.agent.config())
                 .map_err(|e| convert::to_status(&e))?,

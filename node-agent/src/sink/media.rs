@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use lockstep_proto::media as pb;
 use lockstep_proto::media::media_store_client::MediaStoreClient;
+use lockstep_proto::tls::Transport;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
@@ -41,6 +42,8 @@ pub struct MediaOptions {
     pub chunk: usize,
     /// How long a broken stream or call is retried before the write fails.
     pub retry_for: Duration,
+    /// Mutual TLS (the agent's own certificate) or plaintext.
+    pub transport: Transport,
 }
 
 impl Default for MediaOptions {
@@ -49,6 +52,7 @@ impl Default for MediaOptions {
             window: 16 << 20,
             chunk: 1 << 20,
             retry_for: Duration::from_secs(60),
+            transport: Transport::Plaintext,
         }
     }
 }
@@ -109,8 +113,17 @@ fn transient(status: &Status) -> bool {
 impl MediaStore {
     /// Connects to the agent at `addr` holding the pool at `path`, and
     /// checks that it serves that pool.
-    pub async fn connect(addr: &str, path: &str, label: String) -> Result<MediaStore> {
-        MediaStore::connect_with(addr, path, label, MediaOptions::default()).await
+    pub async fn connect(
+        addr: &str,
+        path: &str,
+        label: String,
+        transport: Transport,
+    ) -> Result<MediaStore> {
+        let opts = MediaOptions {
+            transport,
+            ..MediaOptions::default()
+        };
+        MediaStore::connect_with(addr, path, label, opts).await
     }
 
     /// [`MediaStore::connect`] with explicit options.
@@ -126,14 +139,14 @@ impl MediaStore {
                 opts.chunk, opts.window
             )));
         }
-        let channel = Endpoint::from_shared(addr.to_string())
+        let endpoint = Endpoint::from_shared(addr.to_string())
             .map_err(|e| Error::Config(format!("{label}: bad media agent address {addr:?}: {e}")))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true)
-            .connect_lazy();
+            .keep_alive_while_idle(true);
+        let channel = opts.transport.connect_lazy(endpoint);
         let store = MediaStore {
             inner: Arc::new(Inner {
                 channel,

@@ -180,6 +180,8 @@ pub struct Local {
     pub host_local: std::path::PathBuf,
     /// The disk pools this agent holds for others (`--pool`).
     pub pools: Vec<std::path::PathBuf>,
+    /// How this agent reaches media agents (mutual TLS or plaintext).
+    pub transport: lockstep_proto::tls::Transport,
 }
 
 impl Local {
@@ -226,7 +228,13 @@ pub async fn open(spec: Option<&pb::SinkSpec>, local: &Local) -> Result<SharedSt
                 Ok(Arc::new(disk::DiskStore::new(dir, label)))
             } else {
                 Ok(Arc::new(
-                    media::MediaStore::connect(&d.agent_addr, &d.path, label).await?,
+                    media::MediaStore::connect(
+                        &d.agent_addr,
+                        &d.path,
+                        label,
+                        local.transport.clone(),
+                    )
+                    .await?,
                 ))
             }
         }

@@ -29,12 +29,17 @@ pub enum Caller {
 impl Caller {
     /// The caller of `request`.
     pub fn of<T>(request: &tonic::Request<T>) -> Caller {
-        match request.extensions().get::<PeerInfo>() {
+        Caller::from_peer(request.extensions().get::<PeerInfo>())
+    }
+
+    /// The caller of a connection described by `peer` (none: plaintext).
+    pub fn from_peer(peer: Option<&PeerInfo>) -> Caller {
+        match peer {
             Some(PeerInfo {
                 identity: Some(id), ..
             }) => Caller::Identity(id.clone()),
             Some(PeerInfo { remote, .. }) => Caller::Plaintext(*remote),
-            None => Caller::Plaintext(request.remote_addr()),
+            None => Caller::Plaintext(None),
         }
     }
 

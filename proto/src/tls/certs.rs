@@ -105,7 +105,9 @@ pub fn issue(
     for id in identities {
         let p = paths(dir, id);
         let mut params = CertificateParams::new(hosts.to_vec()).map_err(rc(&p.cert))?;
-        params.distinguished_name.push(DnType::CommonName, id.as_str());
+        params
+            .distinguished_name
+            .push(DnType::CommonName, id.as_str());
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,

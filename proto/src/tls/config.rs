@@ -107,7 +107,10 @@ impl Tls {
     }
 
     fn current(&self) -> Arc<Loaded> {
-        self.loaded.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.loaded
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -115,7 +118,11 @@ fn load(files: &TlsFiles) -> Result<Loaded, Error> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let chain = certs(&files.cert, "certificate")?;
     let Some(leaf) = chain.first() else {
-        return Err(file_error("certificate", &files.cert, "no certificate in it"));
+        return Err(file_error(
+            "certificate",
+            &files.cert,
+            "no certificate in it",
+        ));
     };
     let identity = identity_of(leaf).ok_or_else(|| {
         file_error(
@@ -219,4 +226,62 @@ pub fn identity_of(cert: &CertificateDer<'_>) -> Option<String> {
             _ => None,
         })
     })
+}
+
+/// The TLS settings of a process, as flags (`--tls-cert`, `--tls-key`,
+/// `--tls-ca`, or `LOCKSTEP_TLS_*` in the environment) or as the `[tls]`
+/// table of a TOML file (`cert`, `key`, `ca`).
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, clap::Args, serde::Serialize, serde::Deserialize,
+)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsOptions {
+    /// This process's certificate (PEM) for mutual TLS; its subject common
+    /// name is the identity.
+    #[arg(
+        long = "tls-cert",
+        env = "LOCKSTEP_TLS_CERT",
+        value_name = "PEM",
+        global = true
+    )]
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM, mode 0600).
+    #[arg(
+        long = "tls-key",
+        env = "LOCKSTEP_TLS_KEY",
+        value_name = "PEM",
+        global = true
+    )]
+    pub key: Option<PathBuf>,
+    /// The CA certificate(s) (PEM) every peer must chain to.
+    #[arg(
+        long = "tls-ca",
+        env = "LOCKSTEP_TLS_CA",
+        value_name = "PEM",
+        global = true
+    )]
+    pub ca: Option<PathBuf>,
+}
+
+impl TlsOptions {
+    /// These settings with every one `over` gives replaced (flags over a
+    /// file's keys).
+    pub fn overridden_by(&self, over: &TlsOptions) -> TlsOptions {
+        TlsOptions {
+            cert: over.cert.clone().or_else(|| self.cert.clone()),
+            key: over.key.clone().or_else(|| self.key.clone()),
+            ca: over.ca.clone().or_else(|| self.ca.clone()),
+        }
+    }
+
+    /// The files, when TLS is configured.
+    pub fn files(&self) -> Result<Option<TlsFiles>, Error> {
+        TlsFiles::from_parts(self.cert.clone(), self.key.clone(), self.ca.clone())
+    }
+
+    /// The transport these settings describe: TLS with the files read and
+    /// checked now, or plaintext.
+    pub fn transport(&self) -> Result<super::Transport, Error> {
+        super::Transport::from_files(self.files()?)
+    }
 }

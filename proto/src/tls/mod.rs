@@ -6,6 +6,8 @@
 //! - [`config`]: certificates and keys from PEM files, the rustls server and
 //!   client configurations built from them ([`Tls`]), reloaded in place.
 //! - [`certs`]: a CA and certificates for demos and tests.
+//! - [`guard`]: a server layer that asks a [`guard::Policy`] about every
+//!   call (by its gRPC path and caller) before any handler runs.
 //! - [`transport`]: [`Transport`], what daemons and clients hold: the accept
 //!   loop of a server (TLS handshakes off the accept path, the caller's
 //!   identity attached to the connection) and the connector of a client.
@@ -19,13 +21,15 @@
 pub mod caller;
 pub mod certs;
 pub mod config;
+pub mod guard;
 pub mod transport;
 
 #[cfg(test)]
 mod tests;
 
 pub use caller::{Caller, PeerInfo, matches};
-pub use config::{Tls, TlsFiles};
+pub use config::{Tls, TlsFiles, TlsOptions};
+pub use guard::{Guard, Policy};
 pub use transport::{Conn, Transport};
 
 use std::path::PathBuf;

@@ -57,7 +57,13 @@ async fn mutual_tls_admits_only_certificates_of_our_ca() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ours = dir.path().join("ours");
     let theirs = dir.path().join("theirs");
-    certs::issue(&ours, &ids(&["coordinator-1", "agent-db1"]), &hosts(), false).expect("issue");
+    certs::issue(
+        &ours,
+        &ids(&["coordinator-1", "agent-db1"]),
+        &hosts(),
+        false,
+    )
+    .expect("issue");
     certs::issue(&theirs, &ids(&["agent-db1"]), &hosts(), false).expect("issue");
 
     let server = Transport::from_files(Some(files(&ours, "coordinator-1"))).expect("server tls");
@@ -96,12 +102,18 @@ async fn mutual_tls_admits_only_certificates_of_our_ca() {
             "a certificate of another CA must not be served"
         );
     }
-    assert!(next_conn(&mut incoming).await.is_none(), "stranger admitted");
+    assert!(
+        next_conn(&mut incoming).await.is_none(),
+        "stranger admitted"
+    );
 
     // Plaintext: refused.
     let mut plain = transport::dial(uri.clone(), None).await.expect("tcp");
     let _ = plain.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
-    assert!(next_conn(&mut incoming).await.is_none(), "plaintext admitted");
+    assert!(
+        next_conn(&mut incoming).await.is_none(),
+        "plaintext admitted"
+    );
 
     // A client that trusts another CA refuses our server.
     let wrong_ca = TlsFiles {
@@ -114,7 +126,10 @@ async fn mutual_tls_admits_only_certificates_of_our_ca() {
     let err = transport::dial(uri, Some(wtls))
         .await
         .expect_err("server of another CA accepted");
-    assert!(err.to_string().contains("TLS handshake with 127.0.0.1"), "{err}");
+    assert!(
+        err.to_string().contains("TLS handshake with 127.0.0.1"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -127,7 +142,10 @@ fn keys_others_can_read_are_refused_and_reload_keeps_the_old_on_error() {
 
     std::fs::set_permissions(&a.key, std::fs::Permissions::from_mode(0o640)).expect("chmod");
     let err = Tls::load(a.clone()).expect_err("group-readable key accepted");
-    assert!(matches!(err, Error::KeyPermissions { mode: 0o640, .. }), "{err}");
+    assert!(
+        matches!(err, Error::KeyPermissions { mode: 0o640, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("agent-a.key"), "{err}");
     std::fs::set_permissions(&a.key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
 

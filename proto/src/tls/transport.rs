@@ -26,9 +26,9 @@ use tokio_util::either::Either;
 use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use super::Error;
 use super::caller::PeerInfo;
 use super::config::{Tls, TlsFiles, identity_of};
-use super::Error;
 
 /// How long a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,9 +36,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKLOG: usize = 64;
 
 /// Mutual TLS with the given files, or plaintext.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub enum Transport {
     /// No encryption, no authentication.
+    #[default]
     Plaintext,
     /// Mutual TLS.
     Tls(Arc<Tls>),
@@ -100,8 +101,7 @@ impl Transport {
         let Transport::Tls(tls) = self else {
             return Ok(());
         };
-        let mut hangups =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let tls = tls.clone();
         tokio::spawn(async move {
             while hangups.recv().await.is_some() {

@@ -47,6 +47,7 @@ impl TestServer {
             agent: AGENT.into(),
             host_local: pool.to_path_buf(),
             pools: Vec::new(),
+            transport: Default::default(),
         };
         let mut s = TestServer {
             service: MediaService::new(local),
@@ -238,7 +239,7 @@ async fn a_foreign_pool_and_a_bad_key_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pool = pool_of(&dir);
     let server = TestServer::start(&pool).await;
-    let err = MediaStore::connect(&server.url(), "/etc", "sink m".into())
+    let err = MediaStore::connect(&server.url(), "/etc", "sink m".into(), Default::default())
         .await
         .expect_err("foreign pool")
         .to_string();
@@ -398,6 +399,7 @@ async fn a_write_and_a_read_survive_a_media_agent_restart() {
         window: 8 << 20,
         chunk: 1 << 20,
         retry_for: Duration::from_secs(30),
+        ..MediaOptions::default()
     };
     let store = connect(&server, &pool, opts).await;
     let body = data(40 << 20, 2);
