@@ -1,6 +1,11 @@
 //! The real `lockstep-agent` binary as a test process: `serve` on a free
 //! port with a gRPC client for it, and one-shot CLI runs.
 
+use std::sync::Arc;
+
+use lockstep_proto::tls::Transport;
+
+use crate::tls::Pki;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
@@ -53,6 +58,9 @@ pub struct AgentOptions {
     pub pools: Vec<PathBuf>,
     /// Environment variables for the process (e.g. `AWS_*` for S3 sinks).
     pub env: Vec<(String, String)>,
+    /// Mutual TLS: the agent serves as `agent-NAME` of this PKI, and the
+    /// harness's own calls to it go as `coordinator-1`.
+    pub tls: Option<Arc<Pki>>,
 }
 
 impl AgentOptions {
@@ -157,6 +165,10 @@ impl AgentProc {
         cmd.arg("serve");
         if self.opts.all_interfaces {
             cmd.arg("--listen").arg(format!("0.0.0.0:{port}"));
+            if self.opts.tls.is_none() {
+                // Plaintext off loopback is refused without it.
+                cmd.arg("--insecure-plaintext");
+            }
         } else {
             cmd.arg("--listen").arg(format!("127.0.0.1:{port}"));
         }
@@ -172,6 +184,9 @@ impl AgentProc {
         }
         for pool in &self.opts.pools {
             cmd.arg("--pool").arg(pool);
+        }
+        if let Some(pki) = &self.opts.tls {
+            cmd.args(pki.args(&format!("agent-{}", self.opts.name))?);
         }
         cmd.arg("--sink-dir")
             .arg(&self.opts.sink_dir)
@@ -203,7 +218,9 @@ impl AgentProc {
                     child.log_tail(LOG_TAIL_LINES)
                 );
             }
-            let last_error = match tokio::time::timeout(PROBE_TIMEOUT, probe_status(&addr)).await {
+            let transport = crate::tls::transport_as(self.opts.tls.as_ref(), "coordinator-1")?;
+            let probe = probe_status(&transport, &addr);
+            let last_error = match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
                 Ok(Ok(())) => return Ok(Some(child)),
                 Ok(Err(e)) => format!("{e:#}"),
                 Err(_) => format!("Status did not answer within {PROBE_TIMEOUT:?}"),
@@ -251,10 +268,19 @@ impl AgentProc {
     }
 
     /// A new gRPC client.
+    /// With TLS the harness calls as `coordinator-1`.
     pub async fn client(&self) -> anyhow::Result<NodeAgentClient<Channel>> {
-        NodeAgentClient::connect(self.addr())
+        self.client_as("coordinator-1").await
+    }
+
+    /// A new gRPC client calling as `identity` (with TLS; plaintext
+    /// otherwise).
+    pub async fn client_as(&self, identity: &str) -> anyhow::Result<NodeAgentClient<Channel>> {
+        let transport = crate::tls::transport_as(self.opts.tls.as_ref(), identity)?;
+        let channel = crate::tls::channel(&transport, &self.addr())
             .await
-            .with_context(|| format!("connect to agent {} at {}", self.opts.name, self.addr()))
+            .with_context(|| format!("connect to agent {} at {}", self.opts.name, self.addr()))?;
+        Ok(NodeAgentClient::new(channel))
     }
 
     /// Polls the agent's `Status` until `done` holds, for at most `timeout`,
@@ -334,10 +360,8 @@ impl Drop for AgentProc {
 
 /// One readiness probe: connect and call `Status`. Any answer from the
 /// service counts, except `Unavailable` (the transport's "not there yet").
-async fn probe_status(addr: &str) -> anyhow::Result<()> {
-    let mut client = NodeAgentClient::connect(addr.to_string())
-        .await
-        .context("connect")?;
+async fn probe_status(transport: &Transport, addr: &str) -> anyhow::Result<()> {
+    let mut client = NodeAgentClient::new(crate::tls::channel(transport, addr).await?);
     match client.status(StatusRequest {}).await {
         Ok(_) => Ok(()),
         Err(status) if status.code() == tonic::Code::Unavailable => Err(status).context("Status"),
@@ -390,8 +414,19 @@ pub async fn run_agent_cli(args: &[&str]) -> anyhow::Result<CliOutput> {
 /// `LOCKSTEP_AGENT_LOG` (default `info`), killed after `timeout`, and captures
 /// its output.
 pub async fn run_cli(bin: &Path, args: &[&str], timeout: Duration) -> anyhow::Result<CliOutput> {
+    run_cli_env(bin, args, &[], timeout).await
+}
+
+/// [`run_cli`] with extra environment variables.
+pub async fn run_cli_env(
+    bin: &Path,
+    args: &[&str],
+    env: &[(String, String)],
+    timeout: Duration,
+) -> anyhow::Result<CliOutput> {
     let mut cmd = tokio::process::Command::new(bin);
     cmd.args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("RUST_LOG", agent_log_filter())
         .env("LOCKSTEP_LOG", agent_log_filter())
         .stdin(std::process::Stdio::null())

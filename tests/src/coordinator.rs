@@ -3,6 +3,9 @@
 //! free ports with their raft stores in temp dirs (kept across restarts),
 //! and [`run_lockstep`] for runs of the `lockstep` CLI against a group.
 
+use std::sync::Arc;
+
+use crate::tls::Pki;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
@@ -11,7 +14,7 @@ use anyhow::{Context as _, bail};
 use lockstep_proto::coordinator::coordinator_client::CoordinatorClient;
 use lockstep_proto::coordinator::{Member, NodeStatusRequest};
 
-use crate::agent::{CliOutput, run_cli};
+use crate::agent::CliOutput;
 use crate::ports;
 use crate::process::{ChildProcess, Supervised, bin_path, short_temp_dir};
 
@@ -38,6 +41,9 @@ pub struct CoordinatorOptions {
     pub env: Vec<(String, String)>,
     /// Extra arguments, appended after ours, e.g. `--lease 4s`.
     pub args: Vec<String>,
+    /// Mutual TLS: member N serves as `coordinator-N` of this PKI, and the
+    /// harness's own calls go as `operator`.
+    pub tls: Option<Arc<Pki>>,
 }
 
 impl CoordinatorOptions {
@@ -49,6 +55,7 @@ impl CoordinatorOptions {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             args: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -64,6 +71,7 @@ pub struct CoordinatorProc {
     env: Vec<(String, String)>,
     /// Extra arguments, after ours.
     args: Vec<String>,
+    tls: Option<Arc<Pki>>,
     /// Declared before `dir`: the process dies before its files go.
     child: Option<ChildProcess>,
     dir: Option<tempfile::TempDir>,
@@ -105,6 +113,7 @@ impl CoordinatorProc {
             peers: peers.to_string(),
             env: opts.env.clone(),
             args: opts.args.clone(),
+            tls: opts.tls.clone(),
             data_dir: dir.path().join("data"),
             log_path: dir.path().join("coordinator.log"),
             child: None,
@@ -132,6 +141,10 @@ impl CoordinatorProc {
             .arg(&self.peers)
             .arg("--data-dir")
             .arg(&self.data_dir)
+            .args(match &self.tls {
+                Some(pki) => pki.args(&format!("coordinator-{}", self.id))?,
+                None => Vec::new(),
+            })
             .args(&self.args)
             .env("LOCKSTEP_LOG", log_filter())
             .envs(self.env.iter().map(|(k, v)| (k, v)));
@@ -148,7 +161,7 @@ impl CoordinatorProc {
                     child.log_tail(LOG_TAIL_LINES)
                 );
             }
-            if let Ok(Ok(_)) = tokio::time::timeout(PROBE_TIMEOUT, node_status(&self.url())).await {
+            if let Ok(Ok(_)) = tokio::time::timeout(PROBE_TIMEOUT, self.node_status()).await {
                 break;
             }
             if started.elapsed() > READY_TIMEOUT {
@@ -199,7 +212,7 @@ impl CoordinatorProc {
 
     /// Its raft state as `NodeStatus` reports it.
     pub async fn status(&self) -> anyhow::Result<Member> {
-        tokio::time::timeout(PROBE_TIMEOUT, node_status(&self.url()))
+        tokio::time::timeout(PROBE_TIMEOUT, self.node_status())
             .await
             .with_context(|| format!("coordinator {} NodeStatus timed out", self.id))?
     }
@@ -283,10 +296,24 @@ impl Drop for CoordinatorProc {
     }
 }
 
-async fn node_status(url: &str) -> anyhow::Result<Member> {
-    let mut client = CoordinatorClient::connect(url.to_string())
-        .await
-        .with_context(|| format!("connect to coordinator {url}"))?;
+impl CoordinatorProc {
+    /// The TLS setup it runs with, if any.
+    pub fn tls(&self) -> Option<&Arc<Pki>> {
+        self.tls.as_ref()
+    }
+
+    async fn node_status(&self) -> anyhow::Result<Member> {
+        let url = self.url();
+        let transport = crate::tls::transport_as(self.tls.as_ref(), "operator")?;
+        let channel = crate::tls::channel(&transport, &url).await?;
+        node_status(CoordinatorClient::new(channel), &url).await
+    }
+}
+
+async fn node_status(
+    mut client: CoordinatorClient<tonic::transport::Channel>,
+    url: &str,
+) -> anyhow::Result<Member> {
     Ok(client
         .node_status(NodeStatusRequest {})
         .await
@@ -315,6 +342,14 @@ impl CoordinatorGroup {
         n: usize,
         env: &[(&str, &str)],
     ) -> anyhow::Result<CoordinatorGroup> {
+        CoordinatorGroup::start_with_options(n, &CoordinatorOptions::with_env(env)).await
+    }
+
+    /// Like [`CoordinatorGroup::start`], with `opts` for every member.
+    pub async fn start_with_options(
+        n: usize,
+        opts: &CoordinatorOptions,
+    ) -> anyhow::Result<CoordinatorGroup> {
         let ports = (0..n)
             .map(|_| ports::free_port())
             .collect::<anyhow::Result<Vec<u16>>>()?;
@@ -324,8 +359,7 @@ impl CoordinatorGroup {
             .map(|(i, p)| format!("{}=http://127.0.0.1:{p}", i + 1))
             .collect::<Vec<_>>()
             .join(",");
-        let opts = CoordinatorOptions::with_env(env);
-        CoordinatorGroup::start_on(&ports, &peers, &opts).await
+        CoordinatorGroup::start_on(&ports, &peers, opts).await
     }
 
     /// Starts member i (raft id i + 1) on `ports[i]`, every member with
@@ -394,9 +428,18 @@ impl CoordinatorGroup {
 
 /// Runs `lockstep --coordinators COORDS ARGS...` to completion.
 pub async fn run_lockstep(coordinators: &str, args: &[&str]) -> anyhow::Result<CliOutput> {
+    run_lockstep_with(coordinators, &[], args).await
+}
+
+/// [`run_lockstep`] with `env` (e.g. [`Pki::env`] of an identity).
+pub async fn run_lockstep_with(
+    coordinators: &str,
+    env: &[(String, String)],
+    args: &[&str],
+) -> anyhow::Result<CliOutput> {
     let mut all = vec!["--coordinators", coordinators];
     all.extend_from_slice(args);
-    run_cli(&bin_path(CLI_BIN)?, &all, LOCKSTEP_CLI_TIMEOUT).await
+    crate::agent::run_cli_env(&bin_path(CLI_BIN)?, &all, env, LOCKSTEP_CLI_TIMEOUT).await
 }
 
 /// The log filter for the coordinators: `$LOCKSTEP_COORDINATOR_LOG` or `info`.

@@ -63,6 +63,7 @@ pub mod process;
 pub mod proxy;
 pub mod s3;
 pub mod sinks;
+pub mod tls;
 
 pub use agent::{AgentOptions, AgentProc, CliOutput, run_agent_cli};
 pub use catalog_cli::CatalogCli;
@@ -74,3 +75,4 @@ pub use logging::init_tracing;
 pub use mariadb::{MariaDb, MariaDbOptions};
 pub use process::{ChildProcess, Signal, Supervised, bin_path};
 pub use proxy::{Direction, Fault, Proxy, ProxyHandle};
+pub use tls::Pki;

@@ -7,6 +7,7 @@
 //! Dropping a [`Cluster`] stops every process it started and removes their
 //! temp dirs (each process's own harness type does that).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -16,9 +17,10 @@ use serde_json::Value;
 use crate::agent::{AgentOptions, AgentProc, CliOutput};
 use crate::catalog_cli::CatalogCli;
 use crate::causal::{CausalWriter, Target};
-use crate::coordinator::{CoordinatorGroup, run_lockstep};
+use crate::coordinator::{CoordinatorGroup, CoordinatorOptions, run_lockstep_with};
 use crate::mariadb::MariaDb;
 use crate::step;
+use crate::tls::Pki;
 
 pub use crate::catalog_cli::{CLUSTER, restore_args};
 
@@ -35,6 +37,9 @@ pub struct Cluster {
     pub agents: Vec<AgentProc>,
     /// The coordinators.
     pub group: CoordinatorGroup,
+    /// With mutual TLS: the PKI every process uses; the CLI runs as
+    /// `operator`.
+    pub tls: Option<Arc<Pki>>,
 }
 
 impl Cluster {
@@ -62,12 +67,39 @@ impl Cluster {
         agent_env: &[(String, String)],
         coordinator_env: &[(&str, &str)],
     ) -> anyhow::Result<Cluster> {
+        Cluster::start_all(prefix, agent_args, agent_env, coordinator_env, None).await
+    }
+
+    /// Like [`Cluster::start`], with mutual TLS on every connection: a new
+    /// CA, `coordinator-N` for member N, `agent-NAME` for each agent, and
+    /// the CLI as `operator`.
+    pub async fn start_tls(prefix: &str) -> anyhow::Result<Cluster> {
         let names: Vec<String> = (0..3).map(|i| format!("{prefix}{i}")).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        step!("start 3 MariaDB servers and 3 coordinators");
+        let pki = Pki::new(&refs)?;
+        Cluster::start_all(prefix, &[], &[], &[], Some(pki)).await
+    }
+
+    async fn start_all(
+        prefix: &str,
+        agent_args: &[&str],
+        agent_env: &[(String, String)],
+        coordinator_env: &[(&str, &str)],
+        tls: Option<Arc<Pki>>,
+    ) -> anyhow::Result<Cluster> {
+        let names: Vec<String> = (0..3).map(|i| format!("{prefix}{i}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        step!(
+            "start 3 MariaDB servers and 3 coordinators (TLS: {})",
+            tls.is_some()
+        );
+        let coordinator = CoordinatorOptions {
+            tls: tls.clone(),
+            ..CoordinatorOptions::with_env(coordinator_env)
+        };
         let (servers, group) = tokio::try_join!(
             MariaDb::start_many(&refs),
-            CoordinatorGroup::start_with_env(3, coordinator_env)
+            CoordinatorGroup::start_with_options(3, &coordinator)
         )?;
         step!("start 3 agents registering with the coordinators");
         let urls = group.urls();
@@ -84,6 +116,7 @@ impl Cluster {
             opts.extra_args
                 .extend(agent_args.iter().map(|a| a.to_string()));
             opts.env = agent_env.to_vec();
+            opts.tls = tls.clone();
             AgentProc::start(opts)
         });
         let agents = futures::future::try_join_all(starts).await?;
@@ -91,6 +124,7 @@ impl Cluster {
             servers,
             agents,
             group,
+            tls,
         };
         cluster.wait_healthy(Duration::from_secs(30)).await?;
         Ok(cluster)
@@ -148,9 +182,10 @@ impl Cluster {
     ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<CliOutput>>> {
         let args = restore_args(id, prefix, targets);
         let urls = self.group.urls();
+        let env = self.cli_env()?;
         let run = tokio::spawn(async move {
             let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-            run_lockstep(&urls, &argv).await
+            run_lockstep_with(&urls, &env, &argv).await
         });
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -195,6 +230,23 @@ impl Cluster {
     pub fn chain(&self) -> Vec<Target> {
         Target::chain_on(&self.servers)
     }
+
+    /// The environment of a CLI run as `identity` (with TLS; none without).
+    pub fn cli_env_as(&self, identity: &str) -> anyhow::Result<Vec<(String, String)>> {
+        match &self.tls {
+            Some(pki) => pki.env(identity),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn cli_env(&self) -> anyhow::Result<Vec<(String, String)>> {
+        self.cli_env_as("operator")
+    }
+
+    /// `lockstep ARGS` as `identity` (with TLS).
+    pub async fn cli_as(&self, identity: &str, args: &[&str]) -> anyhow::Result<CliOutput> {
+        run_lockstep_with(&self.group.urls(), &self.cli_env_as(identity)?, args).await
+    }
 }
 
 /// Holds `BACKUP STAGE START` on `db` from an idle connection: pre-flight
@@ -220,7 +272,7 @@ pub async fn writes_resume(writer: &CausalWriter) -> anyhow::Result<()> {
 impl CatalogCli for Cluster {
     /// `lockstep --coordinators <every member> ARGS`.
     async fn cli(&self, args: &[&str]) -> anyhow::Result<CliOutput> {
-        run_lockstep(&self.group.urls(), args).await
+        run_lockstep_with(&self.group.urls(), &self.cli_env()?, args).await
     }
 
     fn server_count(&self) -> usize {

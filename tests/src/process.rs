@@ -35,6 +35,8 @@ pub enum Signal {
     Stop,
     /// `SIGCONT`: thaw a stopped process.
     Cont,
+    /// `SIGHUP`: reload (certificates).
+    Hup,
 }
 
 impl Signal {
@@ -42,6 +44,7 @@ impl Signal {
         match self {
             Signal::Term => libc::SIGTERM,
             Signal::Kill => libc::SIGKILL,
+            Signal::Hup => libc::SIGHUP,
             Signal::Stop => libc::SIGSTOP,
             Signal::Cont => libc::SIGCONT,
         }
@@ -55,6 +58,7 @@ impl fmt::Display for Signal {
             Signal::Kill => "SIGKILL",
             Signal::Stop => "SIGSTOP",
             Signal::Cont => "SIGCONT",
+            Signal::Hup => "SIGHUP",
         })
     }
 }

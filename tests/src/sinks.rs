@@ -33,6 +33,7 @@ pub async fn media_agent_with(
     ];
     opts.extra_args.extend_from_slice(args);
     opts.env = env;
+    opts.tls = cluster.tls.clone();
     AgentProc::start(opts).await
 }
 

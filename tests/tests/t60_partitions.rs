@@ -124,6 +124,7 @@ fn options() -> ClusterOptions {
             "--prepare-timeout".into(),
             "3s".into(),
         ],
+        tls: None,
     };
     opts.agent_args = vec!["--lock-wait-budget".into(), "2s".into()];
     opts
