@@ -86,6 +86,10 @@ pub struct MediaAgent {
     pub name: String,
     pub agent_addr: String,
     pub registered_at_unix_ms: i64,
+    /// The certificate identity that first registered it (see
+    /// [`super::Server::registered_by`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registered_by: Option<String>,
 }
 
 /// The name of the implicit sink: each agent's own `--sink-dir`.
