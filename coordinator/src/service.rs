@@ -19,6 +19,8 @@ use crate::error::Error;
 use crate::job::Jobs;
 use crate::raft;
 
+#[cfg(test)]
+mod access_tests;
 mod guard;
 mod roles;
 
@@ -118,18 +120,6 @@ impl CoordinatorService {
         require("cluster", &r.cluster)?;
         require("server name", &r.name)?;
         require("agent address", &r.agent_addr)?;
-        // Until every coordinator supports the binding (catalog version 3),
-        // a registration binds nobody.
-        let by = match by {
-            Some(id) if self.core.cluster_version().await.map_err(to_status)? >= ACCESS_VERSION => {
-                Some(id)
-            }
-            Some(id) => {
-                tracing::warn!(server = %r.name, identity = %id, "the cluster is below catalog version {ACCESS_VERSION}: the registration is not bound to its identity");
-                None
-            }
-            None => None,
-        };
         if r.media {
             let cmd = crate::catalog::Command::RegisterMedia(crate::catalog::MediaAgent {
                 cluster: r.cluster.clone(),
@@ -138,7 +128,7 @@ impl CoordinatorService {
                 registered_at_unix_ms: now_unix_ms(),
                 registered_by: by,
             });
-            self.core.propose(&cmd).await.map_err(to_status)?;
+            self.propose_registration(cmd).await?;
             self.core.touch(&r.cluster, &r.name);
             tracing::info!(cluster = %r.cluster, agent = %r.name, "media agent registered");
             return Ok(Response::new(pb::RegisterServerReply {}));
@@ -154,10 +144,32 @@ impl CoordinatorService {
             registered_at_unix_ms: now_unix_ms(),
             registered_by: by,
         });
-        self.core.propose(&cmd).await.map_err(to_status)?;
+        self.propose_registration(cmd).await?;
         self.core.touch(&r.cluster, &r.name);
         tracing::info!(cluster = %r.cluster, server = %r.name, "server registered");
         Ok(Response::new(pb::RegisterServerReply {}))
+    }
+
+    /// Proposes a registration. One that binds an identity needs catalog
+    /// version 3: until every coordinator supports it, the registration is
+    /// proposed without the binding (a rolling upgrade), and logged.
+    async fn propose_registration(&self, mut cmd: crate::catalog::Command) -> Result<(), Status> {
+        match self.core.propose(&cmd).await {
+            Err(Error::VersionTooLow { .. }) => {
+                let (name, by) = match &mut cmd {
+                    crate::catalog::Command::RegisterServer(s) => {
+                        (s.name.clone(), s.registered_by.take())
+                    }
+                    crate::catalog::Command::RegisterMedia(m) => {
+                        (m.name.clone(), m.registered_by.take())
+                    }
+                    _ => return Err(Status::internal("not a registration")),
+                };
+                tracing::warn!(server = %name, identity = ?by, "the cluster is below catalog version {ACCESS_VERSION}: the registration is not bound to its identity");
+                self.core.propose(&cmd).await.map_err(to_status)
+            }
+            r => r.map_err(to_status),
+        }
     }
 
     /// Removes a server, or a media agent of that name (and so its

@@ -125,21 +125,17 @@ impl CoordinatorService {
         self.propose_audit(record).await;
     }
 
-    /// Proposes `record` (see [`Self::record`]).
+    /// Proposes `record` (see [`Self::record`]). Below catalog version 3
+    /// the proposal raises the cluster version first if every voter
+    /// supports it; otherwise the record is not kept (a rolling upgrade).
     pub(crate) async fn propose_audit(&self, record: AuditRecord) {
-        let version = self.core.cluster_version().await.unwrap_or_default();
-        if version < crate::catalog::ACCESS_VERSION {
-            tracing::warn!(
-                call = %record.call,
-                outcome = record.outcome.name(),
-                "audit record not kept: the cluster is at catalog version {version}, the audit trail needs {}",
-                crate::catalog::ACCESS_VERSION
-            );
-            return;
-        }
-        let call = record.call.clone();
-        if let Err(e) = self.core.propose(&Command::Audit { record }).await {
-            tracing::error!(%call, error = %e, "audit record not kept");
+        let (call, outcome) = (record.call.clone(), record.outcome.name());
+        match self.core.propose(&Command::Audit { record }).await {
+            Ok(()) => {}
+            Err(e @ crate::error::Error::VersionTooLow { .. }) => {
+                tracing::warn!(%call, outcome, "audit record not kept: {e}");
+            }
+            Err(e) => tracing::error!(%call, outcome, error = %e, "audit record not kept"),
         }
     }
 }
