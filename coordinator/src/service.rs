@@ -1,8 +1,9 @@
 //! The `lockstep.coordinator.v1` gRPC handlers: admit the call (leader,
 //! then the caller's role: `guard.rs`), convert the request, call [`Core`]
 //! or [`Jobs`], map the error (with the leader redirect), and record a
-//! mutating call's outcome in the audit trail. `roles.rs` holds the
-//! handlers of roles, the audit trail and agents' refusal reports.
+//! mutating call's outcome in the audit trail. `servers.rs` holds the
+//! handlers of registration and removal; `roles.rs` those of roles, the
+//! audit trail and agents' refusal reports.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use lockstep_proto::coordinator::coordinator_server::Coordinator;
 use tonic::{Request, Response, Status};
 
 use crate::access::Call;
-use crate::catalog::{ACCESS_VERSION, Rejected, Role, Server};
+use crate::catalog::{Rejected, Role};
 use crate::convert;
 use crate::core::{Core, fail_pause, now_unix_ms};
 use crate::error::Error;
@@ -23,6 +24,7 @@ use crate::raft;
 mod access_tests;
 mod guard;
 mod roles;
+mod servers;
 
 pub use guard::{AuditArgs, redact};
 
@@ -112,94 +114,6 @@ fn opt(s: String) -> Option<String> {
 }
 
 impl CoordinatorService {
-    async fn do_register_server(
-        &self,
-        r: pb::RegisterServerRequest,
-        by: Option<String>,
-    ) -> Result<Response<pb::RegisterServerReply>, Status> {
-        require("cluster", &r.cluster)?;
-        require("server name", &r.name)?;
-        require("agent address", &r.agent_addr)?;
-        if r.media {
-            let cmd = crate::catalog::Command::RegisterMedia(crate::catalog::MediaAgent {
-                cluster: r.cluster.clone(),
-                name: r.name.clone(),
-                agent_addr: r.agent_addr,
-                registered_at_unix_ms: now_unix_ms(),
-                registered_by: by,
-            });
-            self.propose_registration(cmd).await?;
-            self.core.touch(&r.cluster, &r.name);
-            tracing::info!(cluster = %r.cluster, agent = %r.name, "media agent registered");
-            return Ok(Response::new(pb::RegisterServerReply {}));
-        }
-        let cmd = crate::catalog::Command::RegisterServer(Server {
-            cluster: r.cluster.clone(),
-            name: r.name.clone(),
-            agent_addr: r.agent_addr,
-            flavour: r.flavour,
-            version: r.version,
-            server_id: r.server_id,
-            server_uuid: r.server_uuid,
-            registered_at_unix_ms: now_unix_ms(),
-            registered_by: by,
-        });
-        self.propose_registration(cmd).await?;
-        self.core.touch(&r.cluster, &r.name);
-        tracing::info!(cluster = %r.cluster, server = %r.name, "server registered");
-        Ok(Response::new(pb::RegisterServerReply {}))
-    }
-
-    /// Proposes a registration. One that binds an identity needs catalog
-    /// version 3: until every coordinator supports it, the registration is
-    /// proposed without the binding (a rolling upgrade), and logged.
-    async fn propose_registration(&self, mut cmd: crate::catalog::Command) -> Result<(), Status> {
-        match self.core.propose(&cmd).await {
-            Err(Error::VersionTooLow { .. }) => {
-                let (name, by) = match &mut cmd {
-                    crate::catalog::Command::RegisterServer(s) => {
-                        (s.name.clone(), s.registered_by.take())
-                    }
-                    crate::catalog::Command::RegisterMedia(m) => {
-                        (m.name.clone(), m.registered_by.take())
-                    }
-                    _ => return Err(Status::internal("not a registration")),
-                };
-                tracing::warn!(server = %name, identity = ?by, "the cluster is below catalog version {ACCESS_VERSION}: the registration is not bound to its identity");
-                self.core.propose(&cmd).await.map_err(to_status)
-            }
-            r => r.map_err(to_status),
-        }
-    }
-
-    /// Removes a server, or a media agent of that name (and so its
-    /// identity binding).
-    async fn do_remove_server(
-        &self,
-        r: pb::RemoveServerRequest,
-    ) -> Result<Response<pb::RemoveServerReply>, Status> {
-        require("cluster", &r.cluster)?;
-        require("server name", &r.name)?;
-        let (c, n) = (r.cluster.clone(), r.name.clone());
-        let media = self
-            .core
-            .read(move |cat| {
-                !cat.clusters.get(&c).is_some_and(|s| s.contains_key(&n))
-                    && cat.media.get(&c).is_some_and(|m| m.contains_key(&n))
-            })
-            .await
-            .map_err(to_status)?;
-        let (cluster, name) = (r.cluster.clone(), r.name.clone());
-        let cmd = if media {
-            crate::catalog::Command::RemoveMedia { cluster, name }
-        } else {
-            crate::catalog::Command::RemoveServer { cluster, name }
-        };
-        self.core.propose(&cmd).await.map_err(to_status)?;
-        tracing::info!(cluster = %r.cluster, server = %r.name, media, "server removed");
-        Ok(Response::new(pb::RemoveServerReply {}))
-    }
-
     async fn do_start_backup(
         &self,
         request: Request<pb::StartBackupRequest>,

@@ -191,3 +191,26 @@ impl Catalog {
         }
     }
 }
+
+/// The identity a (re-)registration leaves a server bound to: the first
+/// identity that registered it stays bound; another identity is refused; a
+/// plaintext registration (`caller` `None`) changes no binding.
+pub(super) fn bind(
+    what: &str,
+    cluster: &str,
+    name: &str,
+    bound: Option<&str>,
+    caller: Option<String>,
+) -> Result<Option<String>, Rejected> {
+    match (bound, caller) {
+        (Some(b), Some(c)) if b != c => Err(Rejected::RegisteredByOther {
+            what: what.into(),
+            cluster: cluster.into(),
+            name: name.into(),
+            bound: b.into(),
+            caller: c,
+        }),
+        (Some(b), _) => Ok(Some(b.to_string())),
+        (None, c) => Ok(c),
+    }
+}

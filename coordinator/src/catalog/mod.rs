@@ -26,6 +26,7 @@ mod store;
 mod tests;
 mod version;
 
+use access::bind;
 pub use access::{AUDIT_LIMIT, AuditOutcome, AuditRecord, Role, RoleGrant, check_pattern};
 pub use sinks::{ClusterSinks, HOST_LOCAL, MediaAgent, Sink, SinkKind, check_sink_name};
 use store::Dirty;
@@ -719,19 +720,7 @@ impl Catalog {
                 at_unix_ms,
             } => self.set_role(pattern, role, at_unix_ms),
             Command::RemoveRole { pattern } => self.remove_role(&pattern),
-            Command::RemoveMedia { cluster, name } => {
-                let agents = self
-                    .media
-                    .get_mut(&cluster)
-                    .ok_or_else(|| Rejected::UnknownCluster(cluster.clone()))?;
-                if agents.remove(&name).is_none() {
-                    return Err(Rejected::UnknownServer { cluster, name });
-                }
-                if agents.is_empty() {
-                    self.media.remove(&cluster);
-                }
-                Ok(())
-            }
+            Command::RemoveMedia { cluster, name } => self.remove_media(cluster, name),
             Command::Audit { record } => {
                 self.append_audit(record);
                 Ok(())
@@ -765,29 +754,6 @@ impl Catalog {
             });
         }
         Ok(b)
-    }
-}
-
-/// The identity a (re-)registration leaves a server bound to: the first
-/// identity that registered it stays bound; another identity is refused; a
-/// plaintext registration (`caller` `None`) changes no binding.
-fn bind(
-    what: &str,
-    cluster: &str,
-    name: &str,
-    bound: Option<&str>,
-    caller: Option<String>,
-) -> Result<Option<String>, Rejected> {
-    match (bound, caller) {
-        (Some(b), Some(c)) if b != c => Err(Rejected::RegisteredByOther {
-            what: what.into(),
-            cluster: cluster.into(),
-            name: name.into(),
-            bound: b.into(),
-            caller: c,
-        }),
-        (Some(b), _) => Ok(Some(b.to_string())),
-        (None, c) => Ok(c),
     }
 }
 

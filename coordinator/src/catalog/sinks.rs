@@ -369,6 +369,20 @@ impl Catalog {
         Ok(())
     }
 
+    pub(super) fn remove_media(&mut self, cluster: String, name: String) -> Result<(), Rejected> {
+        let agents = self
+            .media
+            .get_mut(&cluster)
+            .ok_or_else(|| Rejected::UnknownCluster(cluster.clone()))?;
+        if agents.remove(&name).is_none() {
+            return Err(Rejected::UnknownServer { cluster, name });
+        }
+        if agents.is_empty() {
+            self.media.remove(&cluster);
+        }
+        Ok(())
+    }
+
     pub(super) fn register_media(&mut self, m: MediaAgent) {
         self.media
             .entry(m.cluster.clone())
