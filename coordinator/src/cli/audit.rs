@@ -70,6 +70,11 @@ pub(super) async fn run(client: &mut Client, json: bool, cmd: &AuditCmd) -> anyh
         })
         .await?;
     print_audit(json, &reply.records);
+    if reply.truncated {
+        eprintln!(
+            "the oldest matching records did not fit in one answer; narrow the list with --since or --limit"
+        );
+    }
     Ok(0)
 }
 

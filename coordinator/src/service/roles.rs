@@ -2,6 +2,8 @@
 //! (`SetRole`, `RemoveRole`, `ListRoles`, `ListAudit`, `ReportRefusal`),
 //! after [`CoordinatorService::gate`] admitted them, and their wire types.
 
+use std::collections::BTreeMap;
+
 use lockstep_proto::coordinator as pb;
 use lockstep_proto::tls::Caller;
 use tonic::Status;
@@ -13,6 +15,10 @@ use crate::core::now_unix_ms;
 
 /// Records `ListAudit` returns when asked for no particular number.
 const DEFAULT_AUDIT_LIMIT: usize = 1000;
+/// About how many bytes of records one `ListAudit` reply carries (well
+/// below the 4 MiB a gRPC client accepts by default); measured as the
+/// records' JSON, which is longer than their protobuf.
+const AUDIT_REPLY_BYTES: usize = 3 << 20;
 
 impl CoordinatorService {
     pub(super) async fn do_set_role(&self, r: pb::SetRoleRequest) -> Result<pb::RoleEntry, Status> {
@@ -91,21 +97,12 @@ impl CoordinatorService {
             n => n.min(AUDIT_LIMIT),
         };
         let since = r.since_unix_ms;
-        let mut records = self
+        let (records, truncated) = self
             .core
-            .read(move |cat| {
-                cat.audit
-                    .iter()
-                    .rev()
-                    .filter(|(_, a)| a.at_unix_ms >= since)
-                    .take(limit)
-                    .map(|(seq, a)| audit_record(*seq, a))
-                    .collect::<Vec<_>>()
-            })
+            .read(move |cat| newest(&cat.audit, since, limit, AUDIT_REPLY_BYTES))
             .await
             .map_err(to_status)?;
-        records.reverse();
-        Ok(pb::ListAuditReply { records })
+        Ok(pb::ListAuditReply { records, truncated })
     }
 
     /// Puts an agent's refusal into the audit trail, as the agent saw it.
@@ -151,6 +148,29 @@ impl CoordinatorService {
     }
 }
 
+/// The newest `limit` records at or after `since`, oldest first, as many
+/// as fit in about `max_bytes` (at least one); and whether some were left
+/// out for size.
+fn newest(
+    audit: &BTreeMap<u64, AuditRecord>,
+    since: i64,
+    limit: usize,
+    max_bytes: usize,
+) -> (Vec<pb::AuditRecord>, bool) {
+    let (mut records, mut bytes, mut truncated) = (Vec::new(), 0, false);
+    let matching = audit.iter().rev().filter(|(_, a)| a.at_unix_ms >= since);
+    for (seq, a) in matching.take(limit) {
+        bytes += serde_json::to_vec(a).map_or(0, |v| v.len());
+        if bytes > max_bytes && !records.is_empty() {
+            truncated = true;
+            break;
+        }
+        records.push(audit_record(*seq, a));
+    }
+    records.reverse();
+    (records, truncated)
+}
+
 /// One audit record on the wire.
 fn audit_record(seq: u64, a: &AuditRecord) -> pb::AuditRecord {
     pb::AuditRecord {
@@ -163,5 +183,52 @@ fn audit_record(seq: u64, a: &AuditRecord) -> pb::AuditRecord {
         outcome: a.outcome.name().to_string(),
         detail: a.detail.clone(),
         recorded_by: a.recorded_by.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The newest records at or after `since`, oldest first, at most
+    /// `limit`, and no more than fit in the byte budget (saying so).
+    #[test]
+    fn the_newest_records_that_fit() {
+        let audit: BTreeMap<u64, AuditRecord> = (1..=10)
+            .map(|i| {
+                let r = AuditRecord {
+                    at_unix_ms: i * 100,
+                    identity: None,
+                    address: String::new(),
+                    call: "StartBackup".into(),
+                    args: BTreeMap::new(),
+                    outcome: AuditOutcome::Ok,
+                    detail: "x".repeat(100),
+                    recorded_by: "coordinator 1".into(),
+                };
+                (i as u64, r)
+            })
+            .collect();
+        let one = serde_json::to_vec(&audit[&1]).expect("encode").len();
+        let seqs = |(rs, t): (Vec<pb::AuditRecord>, bool)| {
+            (rs.iter().map(|r| r.seq).collect::<Vec<_>>(), t)
+        };
+        assert_eq!(
+            seqs(newest(&audit, 0, 3, usize::MAX)),
+            (vec![8, 9, 10], false)
+        );
+        assert_eq!(
+            seqs(newest(&audit, 900, 100, usize::MAX)),
+            (vec![9, 10], false)
+        );
+        assert_eq!(
+            seqs(newest(&audit, 0, 100, 3 * one + 1)),
+            (vec![8, 9, 10], true)
+        );
+        assert_eq!(
+            seqs(newest(&audit, 0, 100, 1)),
+            (vec![10], true),
+            "at least one"
+        );
     }
 }
