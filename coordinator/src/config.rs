@@ -10,6 +10,7 @@ use clap::Parser;
 use lockstep_proto::tls::TlsOptions;
 use serde::{Deserialize, Serialize};
 
+use crate::catalog::{Role, check_pattern};
 use crate::error::{Error, Result};
 use crate::raft::RaftConfig;
 
@@ -55,6 +56,32 @@ pub struct Args {
     /// Log filter (tracing syntax).
     #[arg(long, env = "LOCKSTEP_LOG", default_value = "info")]
     pub log: String,
+    #[command(flatten)]
+    pub roles: RoleArgs,
+}
+
+/// Bootstrap roles: who may call what before (and besides) the roles set in
+/// the catalog with `lockstep role set`.
+#[derive(Debug, Default, clap::Args)]
+pub struct RoleArgs {
+    /// Give the identities matching PATTERN (a client certificate's name,
+    /// or a prefix ending in `*`) ROLE: coordinator, agent, operator,
+    /// viewer or none. Repeatable; adds to (and for the same pattern
+    /// replaces) the TOML `[roles]`. With no roles configured at all:
+    /// coordinator-*=coordinator, agent-*=agent, operator=operator,
+    /// viewer=viewer.
+    #[arg(long = "role", value_name = "PATTERN=ROLE", value_parser = parse_role)]
+    pub role: Vec<(String, Role)>,
+}
+
+/// Parses `PATTERN=ROLE`.
+fn parse_role(s: &str) -> std::result::Result<(String, Role), String> {
+    let (pattern, role) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected PATTERN=ROLE, got {s:?}"))?;
+    let pattern = pattern.trim();
+    check_pattern(pattern)?;
+    Ok((pattern.to_string(), role.parse()?))
 }
 
 impl Args {
@@ -87,6 +114,7 @@ impl Args {
         }
         c.tls = c.tls.overridden_by(&self.tls);
         c.insecure_plaintext |= self.insecure_plaintext;
+        c.roles.extend(self.roles.role.iter().cloned());
         Ok(c)
     }
 }
@@ -127,6 +155,10 @@ pub struct Config {
     pub tls: TlsOptions,
     /// Allow plaintext on a non-loopback `listen` address.
     pub insecure_plaintext: bool,
+    /// Identity or pattern → role (the `[roles]` table); empty: the
+    /// defaults (see [`Config::roles`]). The catalog's roles win for the
+    /// same pattern.
+    pub roles: BTreeMap<String, Role>,
 }
 
 impl Default for Config {
@@ -144,6 +176,7 @@ impl Default for Config {
             max_snapshot_size: crate::raft::DEFAULT_MAX_SNAPSHOT_SIZE,
             tls: TlsOptions::default(),
             insecure_plaintext: false,
+            roles: BTreeMap::new(),
         }
     }
 }
@@ -154,6 +187,16 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("read {}: {e}", path.display())))?;
         toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// The configured roles in force: `roles`, or the defaults when none
+    /// are configured.
+    pub fn roles(&self) -> BTreeMap<String, Role> {
+        if self.roles.is_empty() {
+            crate::access::default_roles()
+        } else {
+            self.roles.clone()
+        }
     }
 
     /// The voters: `peers` parsed, or this node alone.
@@ -192,6 +235,9 @@ impl Config {
             return Err(Error::Config(
                 "commit_timeout, transfer_timeout and health_window must be positive".into(),
             ));
+        }
+        if let Some(e) = self.roles.keys().find_map(|p| check_pattern(p).err()) {
+            return Err(Error::Config(format!("[roles]: {e}")));
         }
         if self.max_snapshot_size < MIN_SNAPSHOT_SIZE {
             return Err(Error::Config(format!(
@@ -359,6 +405,40 @@ mod tests {
         .expect_err("tiny snapshot bound")
         .to_string();
         assert!(err.contains("max_snapshot_size"), "{err}");
+    }
+
+    /// Roles come from `[roles]` and `--role` (flags win for a pattern);
+    /// with none, the defaults; bad patterns and roles are refused.
+    #[test]
+    fn roles_from_toml_and_flags() {
+        assert_eq!(
+            Config::default().roles()["agent-*"],
+            Role::Agent,
+            "defaults"
+        );
+        let c: Config = toml::from_str("[roles]\n\"ops-*\" = \"operator\"\nalice = \"viewer\"\n")
+            .expect("toml");
+        assert_eq!(c.roles()["ops-*"], Role::Operator);
+        assert!(
+            !c.roles().contains_key("agent-*"),
+            "configured roles replace the defaults"
+        );
+        assert!(toml::from_str::<Config>("[roles]\nbob = \"admin\"").is_err());
+        let bad: Config = toml::from_str("[roles]\n\"a*b\" = \"viewer\"").expect("toml");
+        assert!(bad.validate().is_err(), "'*' only at the end");
+        let args = Args::try_parse_from([
+            "lockstep-coordinator",
+            "--role",
+            "alice=operator",
+            "--role",
+            "agent-*=agent",
+        ])
+        .expect("parse");
+        let roles = args.config().expect("config").roles();
+        assert_eq!(roles.len(), 2);
+        assert_eq!(roles["alice"], Role::Operator);
+        assert!(Args::try_parse_from(["lockstep-coordinator", "--role", "alice"]).is_err());
+        assert!(Args::try_parse_from(["lockstep-coordinator", "--role", "alice=root"]).is_err());
     }
 
     #[test]

@@ -451,5 +451,9 @@ fn describe(cmd: &Command) -> String {
             id, server, sink, ..
         } => format!("record the check of server {server} of backup {id} in sink {sink:?}"),
         Command::ImportBackup { backup } => format!("import backup {}", backup.id),
+        Command::RemoveMedia { cluster, name } => format!("remove media agent {cluster}/{name}"),
+        Command::SetRole { pattern, role, .. } => format!("give {pattern:?} role {role}"),
+        Command::RemoveRole { pattern } => format!("remove the role of {pattern:?}"),
+        Command::Audit { record } => format!("record the audit of a {} call", record.call),
     }
 }

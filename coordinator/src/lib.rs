@@ -22,6 +22,8 @@
 //! - [`version`]: the leader's task that raises the cluster's catalog
 //!   version once every voter supports a higher one (rolling upgrades; the
 //!   versions themselves live in [`catalog`]).
+//! - [`access`]: who may call what: the RPCs, roles and their resolution
+//!   from the configured and the catalog's roles, [`access::authorize`].
 //! - [`service`]: thin `lockstep.coordinator.v1` gRPC handlers and the error
 //!   mapping with the leader redirect; [`convert`]: wire ↔ catalog types.
 //! - [`config`], [`server`]: the daemon's flags/TOML and its run loop.
@@ -32,6 +34,7 @@
 //! proposed in [`job`] before it is acted on; wire types never leave
 //! [`service`], [`convert`] and [`cli`].
 
+pub mod access;
 pub mod catalog;
 pub mod cli;
 pub mod client;

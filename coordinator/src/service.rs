@@ -1,18 +1,32 @@
-//! The `lockstep.coordinator.v1` gRPC handlers: convert the request, call
-//! [`Core`] or [`Jobs`], map the error (with the leader redirect).
+//! The `lockstep.coordinator.v1` gRPC handlers: admit the call (leader,
+//! then the caller's role: `guard.rs`), convert the request, call [`Core`]
+//! or [`Jobs`], map the error (with the leader redirect), and record a
+//! mutating call's outcome in the audit trail. `servers.rs` holds the
+//! handlers of registration and removal; `roles.rs` those of roles, the
+//! audit trail and agents' refusal reports.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use lockstep_proto::coordinator as pb;
 use lockstep_proto::coordinator::coordinator_server::Coordinator;
 use tonic::{Request, Response, Status};
 
-use crate::catalog::{Rejected, Server};
+use crate::access::Call;
+use crate::catalog::{Rejected, Role};
 use crate::convert;
 use crate::core::{Core, fail_pause, now_unix_ms};
 use crate::error::Error;
 use crate::job::Jobs;
 use crate::raft;
+
+#[cfg(test)]
+mod access_tests;
+mod guard;
+mod roles;
+mod servers;
+
+pub use guard::{AuditArgs, redact};
 
 /// Metadata key carrying the leader's URL on a not-leader error.
 pub const LEADER_METADATA: &str = "lockstep-leader";
@@ -22,12 +36,15 @@ pub const LEADER_METADATA: &str = "lockstep-leader";
 pub struct CoordinatorService {
     core: Arc<Core>,
     jobs: Arc<Jobs>,
+    /// The configured roles in force (`[roles]`, `--role`, or the defaults).
+    roles: Arc<BTreeMap<String, Role>>,
 }
 
 impl CoordinatorService {
     /// A service over `core` and `jobs`.
     pub fn new(core: Arc<Core>, jobs: Arc<Jobs>) -> Self {
-        Self { core, jobs }
+        let roles = Arc::new(core.config.roles());
+        Self { core, jobs, roles }
     }
 }
 
@@ -68,6 +85,9 @@ pub fn to_status(e: Error) -> Status {
             Rejected::BadTransition { .. }
             | Rejected::VersionNotRaised { .. }
             | Rejected::BadSink { .. } => Status::failed_precondition(r.to_string()),
+            Rejected::UnknownRole(_) => Status::not_found(r.to_string()),
+            Rejected::BadRole { .. } => Status::invalid_argument(r.to_string()),
+            Rejected::RegisteredByOther { .. } => Status::permission_denied(r.to_string()),
         },
         Error::UnknownServer { .. } => Status::not_found(e.to_string()),
         Error::ProposalTimeout { .. } => Status::unavailable(e.to_string()),
@@ -93,84 +113,8 @@ fn opt(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
-#[tonic::async_trait]
-impl Coordinator for CoordinatorService {
-    async fn register_server(
-        &self,
-        request: Request<pb::RegisterServerRequest>,
-    ) -> Result<Response<pb::RegisterServerReply>, Status> {
-        let r = request.into_inner();
-        require("cluster", &r.cluster)?;
-        require("server name", &r.name)?;
-        require("agent address", &r.agent_addr)?;
-        self.core.require_leader().await.map_err(to_status)?;
-        if r.media {
-            let cmd = crate::catalog::Command::RegisterMedia(crate::catalog::MediaAgent {
-                cluster: r.cluster.clone(),
-                name: r.name.clone(),
-                agent_addr: r.agent_addr,
-                registered_at_unix_ms: now_unix_ms(),
-            });
-            self.core.propose(&cmd).await.map_err(to_status)?;
-            self.core.touch(&r.cluster, &r.name);
-            tracing::info!(cluster = %r.cluster, agent = %r.name, "media agent registered");
-            return Ok(Response::new(pb::RegisterServerReply {}));
-        }
-        let cmd = crate::catalog::Command::RegisterServer(Server {
-            cluster: r.cluster.clone(),
-            name: r.name.clone(),
-            agent_addr: r.agent_addr,
-            flavour: r.flavour,
-            version: r.version,
-            server_id: r.server_id,
-            server_uuid: r.server_uuid,
-            registered_at_unix_ms: now_unix_ms(),
-        });
-        self.core.propose(&cmd).await.map_err(to_status)?;
-        self.core.touch(&r.cluster, &r.name);
-        tracing::info!(cluster = %r.cluster, server = %r.name, "server registered");
-        Ok(Response::new(pb::RegisterServerReply {}))
-    }
-
-    async fn heartbeat(
-        &self,
-        request: Request<pb::HeartbeatRequest>,
-    ) -> Result<Response<pb::HeartbeatReply>, Status> {
-        let r = request.into_inner();
-        self.core
-            .heartbeat(&r.cluster, &r.name)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::HeartbeatReply {}))
-    }
-
-    async fn remove_server(
-        &self,
-        request: Request<pb::RemoveServerRequest>,
-    ) -> Result<Response<pb::RemoveServerReply>, Status> {
-        let r = request.into_inner();
-        require("cluster", &r.cluster)?;
-        require("server name", &r.name)?;
-        self.core.require_leader().await.map_err(to_status)?;
-        let cmd = crate::catalog::Command::RemoveServer {
-            cluster: r.cluster.clone(),
-            name: r.name.clone(),
-        };
-        self.core.propose(&cmd).await.map_err(to_status)?;
-        tracing::info!(cluster = %r.cluster, server = %r.name, "server removed");
-        Ok(Response::new(pb::RemoveServerReply {}))
-    }
-
-    async fn list_servers(
-        &self,
-        request: Request<pb::ListServersRequest>,
-    ) -> Result<Response<pb::ListServersReply>, Status> {
-        let cluster = opt(request.into_inner().cluster);
-        let servers = self.core.list_servers(cluster).await.map_err(to_status)?;
-        Ok(Response::new(pb::ListServersReply { servers }))
-    }
-
-    async fn start_backup(
+impl CoordinatorService {
+    async fn do_start_backup(
         &self,
         request: Request<pb::StartBackupRequest>,
     ) -> Result<Response<pb::StartBackupReply>, Status> {
@@ -187,43 +131,7 @@ impl Coordinator for CoordinatorService {
         Ok(Response::new(pb::StartBackupReply { backup_id }))
     }
 
-    async fn get_backup(
-        &self,
-        request: Request<pb::GetBackupRequest>,
-    ) -> Result<Response<pb::Backup>, Status> {
-        let id = request.into_inner().id;
-        require("backup id", &id)?;
-        let wanted = id.clone();
-        let backup = self
-            .core
-            .read(move |cat| cat.backups.get(&wanted).map(convert::backup))
-            .await
-            .map_err(to_status)?
-            .ok_or_else(|| to_status(Rejected::UnknownBackup(id).into()))?;
-        Ok(Response::new(backup))
-    }
-
-    async fn list_backups(
-        &self,
-        request: Request<pb::ListBackupsRequest>,
-    ) -> Result<Response<pb::ListBackupsReply>, Status> {
-        let cluster = opt(request.into_inner().cluster);
-        let mut backups = self
-            .core
-            .read(move |cat| {
-                cat.backups
-                    .values()
-                    .filter(|b| cluster.as_ref().is_none_or(|c| *c == b.cluster))
-                    .map(convert::backup)
-                    .collect::<Vec<_>>()
-            })
-            .await
-            .map_err(to_status)?;
-        backups.sort_by(|a, b| (a.started_at_unix_ms, &a.id).cmp(&(b.started_at_unix_ms, &b.id)));
-        Ok(Response::new(pb::ListBackupsReply { backups }))
-    }
-
-    async fn restore_backup(
+    async fn do_restore_backup(
         &self,
         request: Request<pb::RestoreBackupRequest>,
     ) -> Result<Response<pb::RestoreBackupReply>, Status> {
@@ -243,27 +151,7 @@ impl Coordinator for CoordinatorService {
         }))
     }
 
-    async fn list_restores(
-        &self,
-        request: Request<pb::ListRestoresRequest>,
-    ) -> Result<Response<pb::ListRestoresReply>, Status> {
-        let backup = opt(request.into_inner().backup_id);
-        let mut restores = self
-            .core
-            .read(move |cat| {
-                cat.restores
-                    .values()
-                    .filter(|r| backup.as_ref().is_none_or(|b| *b == r.backup_id))
-                    .map(convert::restore)
-                    .collect::<Vec<_>>()
-            })
-            .await
-            .map_err(to_status)?;
-        restores.sort_by_key(|r| r.started_at_unix_ms);
-        Ok(Response::new(pb::ListRestoresReply { restores }))
-    }
-
-    async fn add_sink(
+    async fn do_add_sink(
         &self,
         request: Request<pb::AddSinkRequest>,
     ) -> Result<Response<pb::SinkInfo>, Status> {
@@ -306,7 +194,7 @@ impl Coordinator for CoordinatorService {
         Ok(Response::new(info))
     }
 
-    async fn remove_sink(
+    async fn do_remove_sink(
         &self,
         request: Request<pb::RemoveSinkRequest>,
     ) -> Result<Response<pb::RemoveSinkReply>, Status> {
@@ -323,44 +211,7 @@ impl Coordinator for CoordinatorService {
         Ok(Response::new(pb::RemoveSinkReply {}))
     }
 
-    async fn list_sinks(
-        &self,
-        request: Request<pb::ListSinksRequest>,
-    ) -> Result<Response<pb::ListSinksReply>, Status> {
-        let r = request.into_inner();
-        require("cluster", &r.cluster)?;
-        self.core.require_leader().await.map_err(to_status)?;
-        let c = r.cluster.clone();
-        let mut sinks = self
-            .core
-            .read(move |cat| convert::sink_infos(cat, &c))
-            .await
-            .map_err(to_status)?;
-        if r.usage {
-            let core = &self.core;
-            let cluster = &r.cluster;
-            let usages = futures::future::join_all(sinks.iter().map(|s| async move {
-                if s.kind == "host-local" {
-                    return None;
-                }
-                Some(crate::sinks::scan(core, cluster, &s.name, true).await)
-            }))
-            .await;
-            for (info, usage) in sinks.iter_mut().zip(usages) {
-                match usage {
-                    Some(Ok(scan)) => {
-                        info.objects = Some(scan.objects);
-                        info.bytes = Some(scan.bytes);
-                    }
-                    Some(Err(e)) => info.usage_error = e.to_string(),
-                    None => info.usage_error = "on each agent's own host".into(),
-                }
-            }
-        }
-        Ok(Response::new(pb::ListSinksReply { sinks }))
-    }
-
-    async fn set_sink_policy(
+    async fn do_set_sink_policy(
         &self,
         request: Request<pb::SetSinkPolicyRequest>,
     ) -> Result<Response<pb::SetSinkPolicyReply>, Status> {
@@ -378,7 +229,7 @@ impl Coordinator for CoordinatorService {
         Ok(Response::new(pb::SetSinkPolicyReply {}))
     }
 
-    async fn copy_backup(
+    async fn do_copy_backup(
         &self,
         request: Request<pb::CopyBackupRequest>,
     ) -> Result<Response<pb::SinkJobReply>, Status> {
@@ -394,7 +245,7 @@ impl Coordinator for CoordinatorService {
         }))
     }
 
-    async fn verify_backup(
+    async fn do_verify_backup(
         &self,
         request: Request<pb::VerifyBackupRequest>,
     ) -> Result<Response<pb::SinkJobReply>, Status> {
@@ -410,24 +261,7 @@ impl Coordinator for CoordinatorService {
         }))
     }
 
-    async fn plan_restore(
-        &self,
-        request: Request<pb::RestoreBackupRequest>,
-    ) -> Result<Response<pb::RestorePlanReply>, Status> {
-        let r = request.into_inner();
-        require("backup id", &r.backup_id)?;
-        let req = convert::restore_request(r);
-        let backup_id = req.backup_id.clone();
-        let planned = crate::restore::plan_only(&self.core, req)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(pb::RestorePlanReply {
-            backup_id,
-            servers: planned.iter().map(convert::planned_server).collect(),
-        }))
-    }
-
-    async fn scan_sink(
+    async fn do_scan_sink(
         &self,
         request: Request<pb::ScanSinkRequest>,
     ) -> Result<Response<pb::ScanSinkReply>, Status> {
@@ -494,19 +328,261 @@ impl Coordinator for CoordinatorService {
             unreadable: scan.unreadable,
         }))
     }
+}
+
+#[tonic::async_trait]
+impl Coordinator for CoordinatorService {
+    async fn register_server(
+        &self,
+        request: Request<pb::RegisterServerRequest>,
+    ) -> Result<Response<pb::RegisterServerReply>, Status> {
+        let admitted = self.gate(&request, Call::RegisterServer).await?;
+        let by = admitted.caller.identity().map(String::from);
+        let result = self.do_register_server(request.into_inner(), by).await;
+        self.finish_if_refused(admitted, result).await
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatReply>, Status> {
+        self.gate(&request, Call::Heartbeat).await?;
+        let r = request.into_inner();
+        self.core
+            .heartbeat(&r.cluster, &r.name)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::HeartbeatReply {}))
+    }
+
+    async fn remove_server(
+        &self,
+        request: Request<pb::RemoveServerRequest>,
+    ) -> Result<Response<pb::RemoveServerReply>, Status> {
+        let admitted = self.gate(&request, Call::RemoveServer).await?;
+        let result = self.do_remove_server(request.into_inner()).await;
+        self.finish(admitted, result, |_| "removed".into()).await
+    }
+    async fn list_servers(
+        &self,
+        request: Request<pb::ListServersRequest>,
+    ) -> Result<Response<pb::ListServersReply>, Status> {
+        self.gate(&request, Call::ListServers).await?;
+        let cluster = opt(request.into_inner().cluster);
+        let servers = self.core.list_servers(cluster).await.map_err(to_status)?;
+        Ok(Response::new(pb::ListServersReply { servers }))
+    }
+
+    async fn start_backup(
+        &self,
+        request: Request<pb::StartBackupRequest>,
+    ) -> Result<Response<pb::StartBackupReply>, Status> {
+        let admitted = self.gate(&request, Call::StartBackup).await?;
+        let result = self.do_start_backup(request).await;
+        self.finish(admitted, result, |r| {
+            format!("started backup {}", r.backup_id)
+        })
+        .await
+    }
+
+    async fn get_backup(
+        &self,
+        request: Request<pb::GetBackupRequest>,
+    ) -> Result<Response<pb::Backup>, Status> {
+        self.gate(&request, Call::GetBackup).await?;
+        let id = request.into_inner().id;
+        require("backup id", &id)?;
+        let wanted = id.clone();
+        let backup = self
+            .core
+            .read(move |cat| cat.backups.get(&wanted).map(convert::backup))
+            .await
+            .map_err(to_status)?
+            .ok_or_else(|| to_status(Rejected::UnknownBackup(id).into()))?;
+        Ok(Response::new(backup))
+    }
+
+    async fn list_backups(
+        &self,
+        request: Request<pb::ListBackupsRequest>,
+    ) -> Result<Response<pb::ListBackupsReply>, Status> {
+        self.gate(&request, Call::ListBackups).await?;
+        let cluster = opt(request.into_inner().cluster);
+        let mut backups = self
+            .core
+            .read(move |cat| {
+                cat.backups
+                    .values()
+                    .filter(|b| cluster.as_ref().is_none_or(|c| *c == b.cluster))
+                    .map(convert::backup)
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(to_status)?;
+        backups.sort_by(|a, b| (a.started_at_unix_ms, &a.id).cmp(&(b.started_at_unix_ms, &b.id)));
+        Ok(Response::new(pb::ListBackupsReply { backups }))
+    }
+
+    async fn restore_backup(
+        &self,
+        request: Request<pb::RestoreBackupRequest>,
+    ) -> Result<Response<pb::RestoreBackupReply>, Status> {
+        let admitted = self.gate(&request, Call::RestoreBackup).await?;
+        let result = self.do_restore_backup(request).await;
+        self.finish(admitted, result, restored).await
+    }
+
+    async fn list_restores(
+        &self,
+        request: Request<pb::ListRestoresRequest>,
+    ) -> Result<Response<pb::ListRestoresReply>, Status> {
+        self.gate(&request, Call::ListRestores).await?;
+        let backup = opt(request.into_inner().backup_id);
+        let mut restores = self
+            .core
+            .read(move |cat| {
+                cat.restores
+                    .values()
+                    .filter(|r| backup.as_ref().is_none_or(|b| *b == r.backup_id))
+                    .map(convert::restore)
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(to_status)?;
+        restores.sort_by_key(|r| r.started_at_unix_ms);
+        Ok(Response::new(pb::ListRestoresReply { restores }))
+    }
+
+    async fn add_sink(
+        &self,
+        request: Request<pb::AddSinkRequest>,
+    ) -> Result<Response<pb::SinkInfo>, Status> {
+        let admitted = self.gate(&request, Call::AddSink).await?;
+        let result = self.do_add_sink(request).await;
+        self.finish(admitted, result, |r| format!("added sink {}", r.name))
+            .await
+    }
+
+    async fn remove_sink(
+        &self,
+        request: Request<pb::RemoveSinkRequest>,
+    ) -> Result<Response<pb::RemoveSinkReply>, Status> {
+        let admitted = self.gate(&request, Call::RemoveSink).await?;
+        let result = self.do_remove_sink(request).await;
+        self.finish(admitted, result, |_| "removed".into()).await
+    }
+
+    async fn list_sinks(
+        &self,
+        request: Request<pb::ListSinksRequest>,
+    ) -> Result<Response<pb::ListSinksReply>, Status> {
+        self.gate(&request, Call::ListSinks).await?;
+        let r = request.into_inner();
+        require("cluster", &r.cluster)?;
+        self.core.require_leader().await.map_err(to_status)?;
+        let c = r.cluster.clone();
+        let mut sinks = self
+            .core
+            .read(move |cat| convert::sink_infos(cat, &c))
+            .await
+            .map_err(to_status)?;
+        if r.usage {
+            let core = &self.core;
+            let cluster = &r.cluster;
+            let usages = futures::future::join_all(sinks.iter().map(|s| async move {
+                if s.kind == "host-local" {
+                    return None;
+                }
+                Some(crate::sinks::scan(core, cluster, &s.name, true).await)
+            }))
+            .await;
+            for (info, usage) in sinks.iter_mut().zip(usages) {
+                match usage {
+                    Some(Ok(scan)) => {
+                        info.objects = Some(scan.objects);
+                        info.bytes = Some(scan.bytes);
+                    }
+                    Some(Err(e)) => info.usage_error = e.to_string(),
+                    None => info.usage_error = "on each agent's own host".into(),
+                }
+            }
+        }
+        Ok(Response::new(pb::ListSinksReply { sinks }))
+    }
+
+    async fn set_sink_policy(
+        &self,
+        request: Request<pb::SetSinkPolicyRequest>,
+    ) -> Result<Response<pb::SetSinkPolicyReply>, Status> {
+        let admitted = self.gate(&request, Call::SetSinkPolicy).await?;
+        let result = self.do_set_sink_policy(request).await;
+        self.finish(admitted, result, |_| "set".into()).await
+    }
+
+    async fn copy_backup(
+        &self,
+        request: Request<pb::CopyBackupRequest>,
+    ) -> Result<Response<pb::SinkJobReply>, Status> {
+        let admitted = self.gate(&request, Call::CopyBackup).await?;
+        let result = self.do_copy_backup(request).await;
+        self.finish(admitted, result, sink_job).await
+    }
+
+    async fn verify_backup(
+        &self,
+        request: Request<pb::VerifyBackupRequest>,
+    ) -> Result<Response<pb::SinkJobReply>, Status> {
+        let admitted = self.gate(&request, Call::VerifyBackup).await?;
+        let result = self.do_verify_backup(request).await;
+        self.finish(admitted, result, sink_job).await
+    }
+
+    async fn plan_restore(
+        &self,
+        request: Request<pb::RestoreBackupRequest>,
+    ) -> Result<Response<pb::RestorePlanReply>, Status> {
+        self.gate(&request, Call::PlanRestore).await?;
+        let r = request.into_inner();
+        require("backup id", &r.backup_id)?;
+        let req = convert::restore_request(r);
+        let backup_id = req.backup_id.clone();
+        let planned = crate::restore::plan_only(&self.core, req)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::RestorePlanReply {
+            backup_id,
+            servers: planned.iter().map(convert::planned_server).collect(),
+        }))
+    }
+
+    async fn scan_sink(
+        &self,
+        request: Request<pb::ScanSinkRequest>,
+    ) -> Result<Response<pb::ScanSinkReply>, Status> {
+        let admitted = self.gate(&request, Call::ScanSink).await?;
+        let import = request.get_ref().import;
+        let result = self.do_scan_sink(request).await;
+        if !import {
+            // Only a scan that imports changes the catalog.
+            return result;
+        }
+        self.finish(admitted, result, scanned).await
+    }
 
     async fn coordinator_status(
         &self,
-        _request: Request<pb::CoordinatorStatusRequest>,
+        request: Request<pb::CoordinatorStatusRequest>,
     ) -> Result<Response<pb::CoordinatorStatusReply>, Status> {
+        self.gate(&request, Call::CoordinatorStatus).await?;
         let reply = self.core.group_status().await.map_err(to_status)?;
         Ok(Response::new(reply))
     }
 
     async fn node_status(
         &self,
-        _request: Request<pb::NodeStatusRequest>,
+        request: Request<pb::NodeStatusRequest>,
     ) -> Result<Response<pb::Member>, Status> {
+        self.gate(&request, Call::NodeStatus).await?;
         let st = self
             .core
             .raft
@@ -520,6 +596,99 @@ impl Coordinator for CoordinatorService {
             &url,
             cluster_version,
         )))
+    }
+
+    async fn set_role(
+        &self,
+        request: Request<pb::SetRoleRequest>,
+    ) -> Result<Response<pb::RoleEntry>, Status> {
+        let admitted = self.gate(&request, Call::SetRole).await?;
+        let result = self
+            .do_set_role(request.into_inner())
+            .await
+            .map(Response::new);
+        self.finish(admitted, result, |r| format!("{} is {}", r.pattern, r.role))
+            .await
+    }
+
+    async fn remove_role(
+        &self,
+        request: Request<pb::RemoveRoleRequest>,
+    ) -> Result<Response<pb::RemoveRoleReply>, Status> {
+        let admitted = self.gate(&request, Call::RemoveRole).await?;
+        let result = self
+            .do_remove_role(request.into_inner())
+            .await
+            .map(Response::new);
+        self.finish(admitted, result, |_| "removed".into()).await
+    }
+
+    async fn list_roles(
+        &self,
+        request: Request<pb::ListRolesRequest>,
+    ) -> Result<Response<pb::ListRolesReply>, Status> {
+        self.gate(&request, Call::ListRoles).await?;
+        self.do_list_roles().await.map(Response::new)
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditReply>, Status> {
+        self.gate(&request, Call::ListAudit).await?;
+        self.do_list_audit(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn report_refusal(
+        &self,
+        request: Request<pb::ReportRefusalRequest>,
+    ) -> Result<Response<pb::ReportRefusalReply>, Status> {
+        let admitted = self.gate(&request, Call::ReportRefusal).await?;
+        self.do_report_refusal(&admitted.caller, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+}
+
+/// What a restore did, for its audit record.
+fn restored(r: &pb::RestoreBackupReply) -> String {
+    let failed: Vec<&str> = r
+        .servers
+        .iter()
+        .filter(|s| !s.error.is_empty())
+        .map(|s| s.server.as_str())
+        .collect();
+    if failed.is_empty() {
+        format!(
+            "restore {}: {} server(s) loaded",
+            r.restore_id,
+            r.servers.len()
+        )
+    } else {
+        format!("restore {}: failed on {}", r.restore_id, failed.join(", "))
+    }
+}
+
+/// What a copy or check did, for its audit record.
+fn sink_job(r: &pb::SinkJobReply) -> String {
+    let failed = r.outcomes.iter().filter(|o| !o.error.is_empty()).count();
+    format!("{} server copies, {failed} with errors", r.outcomes.len())
+}
+
+/// What a scan imported, for its audit record.
+fn scanned(r: &pb::ScanSinkReply) -> String {
+    let imported: Vec<&str> = r
+        .backups
+        .iter()
+        .filter(|b| b.imported)
+        .map(|b| b.id.as_str())
+        .collect();
+    if imported.is_empty() {
+        "nothing imported".into()
+    } else {
+        format!("imported {}", imported.join(", "))
     }
 }
 

@@ -1,7 +1,7 @@
 //! The backup catalog: the raft state machine.
 //!
 //! Files: `mod.rs` (the records, [`Command`] and [`Catalog::apply`]),
-//! `store.rs` (the raft [`crate::raft::StateMachine`] impl: one stored key
+//! `access.rs` (roles and the audit trail), `sinks.rs`, `store.rs` (the raft [`crate::raft::StateMachine`] impl: one stored key
 //! per record), `version.rs` (catalog versions for rolling upgrades),
 //! `tests.rs`.
 //!
@@ -17,15 +17,20 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod access;
+#[cfg(test)]
+mod access_tests;
 mod sinks;
 mod store;
 #[cfg(test)]
 mod tests;
 mod version;
 
+use access::bind;
+pub use access::{AUDIT_LIMIT, AuditOutcome, AuditRecord, Role, RoleGrant, check_pattern};
 pub use sinks::{ClusterSinks, HOST_LOCAL, MediaAgent, Sink, SinkKind, check_sink_name};
 use store::Dirty;
-pub use version::{CATALOG_VERSION, FIRST_VERSION, raise_to};
+pub use version::{ACCESS_VERSION, CATALOG_VERSION, FIRST_VERSION, raise_to};
 
 /// A server as its agent registered it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +44,12 @@ pub struct Server {
     pub server_id: u32,
     pub server_uuid: String,
     pub registered_at_unix_ms: i64,
+    /// The certificate identity that first registered it (mutual TLS):
+    /// only that identity may register it again, so nobody else can point
+    /// it at another agent. `None`: registered by a plaintext caller.
+    /// Cleared by removing the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registered_by: Option<String>,
 }
 
 /// One server's part of a cut.
@@ -242,6 +253,20 @@ pub enum Command {
     /// A COMPLETE backup rebuilt from the manifests in a sink
     /// (`lockstep sink scan --import`), or more copies of a known one.
     ImportBackup { backup: Box<Backup> },
+    /// An operator gave an identity, or every identity matching a pattern,
+    /// a role (replacing any role set for that pattern before).
+    SetRole {
+        pattern: String,
+        role: Role,
+        at_unix_ms: i64,
+    },
+    /// An operator retired a media agent (and its identity binding).
+    RemoveMedia { cluster: String, name: String },
+    /// An operator removed the role set for a pattern (the coordinators'
+    /// configured roles apply to it again).
+    RemoveRole { pattern: String },
+    /// One audited call, with its outcome (see `access.rs`).
+    Audit { record: AuditRecord },
 }
 
 /// Where a coordinated restore stands.
@@ -307,6 +332,12 @@ pub struct Catalog {
     /// cluster → media agent name → media agent.
     #[serde(default)]
     pub media: BTreeMap<String, BTreeMap<String, MediaAgent>>,
+    /// Identity or pattern → the role set with `lockstep role set`.
+    #[serde(default)]
+    pub roles: BTreeMap<String, RoleGrant>,
+    /// Sequence number → audit record, the newest [`AUDIT_LIMIT`].
+    #[serde(default)]
+    pub audit: BTreeMap<u64, AuditRecord>,
     /// The catalog version every voter supports (see `version.rs`).
     #[serde(default = "first_version")]
     cluster_version: u32,
@@ -326,6 +357,8 @@ impl Default for Catalog {
             restores: BTreeMap::new(),
             sinks: BTreeMap::new(),
             media: BTreeMap::new(),
+            roles: BTreeMap::new(),
+            audit: BTreeMap::new(),
             cluster_version: FIRST_VERSION,
             dirty: Dirty::default(),
         }
@@ -357,6 +390,21 @@ pub enum Rejected {
     VersionNotRaised { current: u32, proposed: u32 },
     #[error("sink {sink}: {reason}")]
     BadSink { sink: String, reason: String },
+    #[error("no role is set in the catalog for {0:?}")]
+    UnknownRole(String),
+    #[error("role for {pattern:?}: {reason}")]
+    BadRole { pattern: String, reason: String },
+    #[error(
+        "{what} {cluster}/{name} was registered by identity '{bound}'; identity '{caller}' may not \
+         register it again (an operator can `lockstep server remove` it first)"
+    )]
+    RegisteredByOther {
+        what: String,
+        cluster: String,
+        name: String,
+        bound: String,
+        caller: String,
+    },
 }
 
 impl Catalog {
@@ -369,7 +417,15 @@ impl Catalog {
     /// Applies one command; on rejection nothing changes.
     pub fn apply(&mut self, cmd: Command) -> Result<(), Rejected> {
         match cmd {
-            Command::RegisterServer(s) => {
+            Command::RegisterServer(mut s) => {
+                let old = self.clusters.get(&s.cluster).and_then(|c| c.get(&s.name));
+                s.registered_by = bind(
+                    "server",
+                    &s.cluster,
+                    &s.name,
+                    old.and_then(|o| o.registered_by.as_deref()),
+                    s.registered_by.take(),
+                )?;
                 self.clusters
                     .entry(s.cluster.clone())
                     .or_default()
@@ -625,7 +681,15 @@ impl Catalog {
                 Ok(())
             }
             Command::SetClusterVersion { version } => self.set_cluster_version(version),
-            Command::RegisterMedia(m) => {
+            Command::RegisterMedia(mut m) => {
+                let old = self.media.get(&m.cluster).and_then(|c| c.get(&m.name));
+                m.registered_by = bind(
+                    "media agent",
+                    &m.cluster,
+                    &m.name,
+                    old.and_then(|o| o.registered_by.as_deref()),
+                    m.registered_by.take(),
+                )?;
                 self.register_media(m);
                 Ok(())
             }
@@ -650,6 +714,17 @@ impl Catalog {
                 error,
             } => self.verified(&id, &server, &sink, at_unix_ms, error),
             Command::ImportBackup { backup } => self.import(*backup),
+            Command::SetRole {
+                pattern,
+                role,
+                at_unix_ms,
+            } => self.set_role(pattern, role, at_unix_ms),
+            Command::RemoveRole { pattern } => self.remove_role(&pattern),
+            Command::RemoveMedia { cluster, name } => self.remove_media(cluster, name),
+            Command::Audit { record } => {
+                self.append_audit(record);
+                Ok(())
+            }
         }
     }
 

@@ -86,6 +86,10 @@ pub struct MediaAgent {
     pub name: String,
     pub agent_addr: String,
     pub registered_at_unix_ms: i64,
+    /// The certificate identity that first registered it (see
+    /// [`super::Server::registered_by`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registered_by: Option<String>,
 }
 
 /// The name of the implicit sink: each agent's own `--sink-dir`.
@@ -362,6 +366,20 @@ impl Catalog {
             });
         }
         self.backups.insert(backup.id.clone(), backup);
+        Ok(())
+    }
+
+    pub(super) fn remove_media(&mut self, cluster: String, name: String) -> Result<(), Rejected> {
+        let agents = self
+            .media
+            .get_mut(&cluster)
+            .ok_or_else(|| Rejected::UnknownCluster(cluster.clone()))?;
+        if agents.remove(&name).is_none() {
+            return Err(Rejected::UnknownServer { cluster, name });
+        }
+        if agents.is_empty() {
+            self.media.remove(&cluster);
+        }
         Ok(())
     }
 

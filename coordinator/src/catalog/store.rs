@@ -4,7 +4,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Backup, Catalog, ClusterSinks, Command, MediaAgent, Restore, Server, version};
+use super::{
+    AuditRecord, Backup, Catalog, ClusterSinks, Command, MediaAgent, Restore, RoleGrant, Server,
+    version,
+};
 use crate::raft::{Change, KeyValue};
 
 /// Raft applies catalog commands as JSON; the reply is the JSON of
@@ -19,7 +22,7 @@ impl crate::raft::StateMachine for Catalog {
     ) -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
         let result = match version::decode(index, data)? {
             Ok(cmd) => {
-                let key = cmd.key();
+                let key = cmd.key(self);
                 let r = Catalog::apply(self, cmd);
                 if r.is_ok() {
                     self.dirty.0.insert(key);
@@ -50,6 +53,8 @@ impl crate::raft::StateMachine for Catalog {
                         .get(cluster)
                         .and_then(|m| m.get(name))
                         .map(serde_json::to_vec),
+                    Key::Role { pattern } => self.roles.get(pattern).map(serde_json::to_vec),
+                    Key::Audit { seq } => self.audit.get(seq).map(serde_json::to_vec),
                 };
                 let value = value.map(|v| v.expect("a catalog record always serialises"));
                 (key.to_string(), value)
@@ -95,6 +100,16 @@ impl crate::raft::StateMachine for Catalog {
                         .map_err(|e| format!("catalog media agent {cluster}/{name}: {e}"))?;
                     c.media.entry(cluster).or_default().insert(name, m);
                 }
+                Key::Role { pattern } => {
+                    let r: RoleGrant = serde_json::from_slice(&v)
+                        .map_err(|e| format!("catalog role of {pattern:?}: {e}"))?;
+                    c.roles.insert(pattern, r);
+                }
+                Key::Audit { seq } => {
+                    let r: AuditRecord = serde_json::from_slice(&v)
+                        .map_err(|e| format!("catalog audit record {seq}: {e}"))?;
+                    c.audit.insert(seq, r);
+                }
             }
         }
         *self = c;
@@ -109,12 +124,32 @@ impl crate::raft::StateMachine for Catalog {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub(super) enum Key {
-    Server { cluster: String, name: String },
-    Backup { id: String },
-    Restore { id: String },
+    Server {
+        cluster: String,
+        name: String,
+    },
+    Backup {
+        id: String,
+    },
+    Restore {
+        id: String,
+    },
     ClusterVersion,
-    Sinks { cluster: String },
-    Media { cluster: String, name: String },
+    Sinks {
+        cluster: String,
+    },
+    Media {
+        cluster: String,
+        name: String,
+    },
+    /// A role set for an identity or pattern.
+    Role {
+        pattern: String,
+    },
+    /// One audit record, by sequence number.
+    Audit {
+        seq: u64,
+    },
 }
 
 impl std::fmt::Display for Key {
@@ -125,8 +160,8 @@ impl std::fmt::Display for Key {
 }
 
 impl Command {
-    /// The record this command changes.
-    pub(super) fn key(&self) -> Key {
+    /// The record this command changes in `catalog` (before it applies).
+    pub(super) fn key(&self, catalog: &Catalog) -> Key {
         let backup = |id: &String| Key::Backup { id: id.clone() };
         let restore = |id: &String| Key::Restore { id: id.clone() };
         match self {
@@ -152,6 +187,14 @@ impl Command {
                 cluster: m.cluster.clone(),
                 name: m.name.clone(),
             },
+            Command::RemoveMedia { cluster, name } => Key::Media {
+                cluster: cluster.clone(),
+                name: name.clone(),
+            },
+            Command::SetRole { pattern, .. } | Command::RemoveRole { pattern } => Key::Role {
+                pattern: pattern.clone(),
+            },
+            Command::Audit { .. } => catalog.next_audit_key(),
             Command::AddSink { cluster, .. }
             | Command::RemoveSink { cluster, .. }
             | Command::SetSinkPolicy { cluster, .. } => Key::Sinks {

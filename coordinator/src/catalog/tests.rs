@@ -12,6 +12,7 @@ fn server(cluster: &str, name: &str) -> Command {
         server_id: 1,
         server_uuid: String::new(),
         registered_at_unix_ms: 1,
+        registered_by: None,
     })
 }
 
@@ -437,7 +438,7 @@ fn the_cluster_version_is_stored_and_restored() {
     .expect("raise");
     c.dirty
         .0
-        .insert(Command::SetClusterVersion { version: 0 }.key());
+        .insert(Command::SetClusterVersion { version: 0 }.key(&Catalog::default()));
     for (k, v) in c.take_changes() {
         image.insert(k, v.expect("the version record has a value"));
     }

@@ -21,10 +21,14 @@
 use super::{Catalog, Command, Rejected};
 
 /// The catalog version this build supports.
-pub const CATALOG_VERSION: u32 = 2;
+pub const CATALOG_VERSION: u32 = 3;
 
 /// Version 2: sinks, media agents, copies and imports.
 pub const SINKS_VERSION: u32 = 2;
+
+/// Version 3: roles, the audit trail, the identity a server or media agent
+/// was registered by, and removing media agents.
+pub const ACCESS_VERSION: u32 = 3;
 
 /// The version of a new catalog and of builds that advertise none (they
 /// report 0 on the wire): the commands of the first release.
@@ -41,6 +45,12 @@ impl Command {
     /// or a new field (see the module doc).
     pub fn min_version(&self) -> u32 {
         match self {
+            Command::RegisterServer(s) if s.registered_by.is_some() => ACCESS_VERSION,
+            Command::RegisterMedia(m) if m.registered_by.is_some() => ACCESS_VERSION,
+            Command::SetRole { .. }
+            | Command::RemoveRole { .. }
+            | Command::RemoveMedia { .. }
+            | Command::Audit { .. } => ACCESS_VERSION,
             Command::StartBackup { sink, .. } if !sink.is_empty() => SINKS_VERSION,
             Command::RegisterMedia(_)
             | Command::AddSink { .. }

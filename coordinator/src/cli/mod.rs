@@ -8,7 +8,8 @@
 //! starts and follows backups and reads the catalog; [`restore`] runs and
 //! lists restores; [`server`] lists and removes servers and shows the
 //! coordinator group; [`sink`] manages sinks, copies, verification and
-//! scans (and prints them); [`output`] prints tables and JSON. A new
+//! scans (and prints them); [`role`] and [`audit`] hold their own
+//! arguments, calls and printing; [`output`] prints tables and JSON. A new
 //! command's arguments go here, its calls in the module of its concern, its
 //! printing in [`output`] (or beside the calls, for [`sink`]).
 
@@ -19,10 +20,12 @@ use clap::{Args, Parser, Subcommand};
 use crate::client::Client;
 use crate::error::Error;
 
+mod audit;
 mod backup;
 mod certs;
 mod output;
 mod restore;
+mod role;
 mod server;
 mod sink;
 
@@ -91,6 +94,12 @@ pub enum Command {
     /// Re-read copies of a backup and check every checksum; the result is
     /// recorded in the catalog (`catalog show` displays it).
     Verify(VerifyArgs),
+    /// Who may call what: roles for identities and patterns.
+    #[command(subcommand)]
+    Role(role::RoleCmd),
+    /// The audit trail of mutating and refused calls.
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
     /// Certificates for mutual TLS (demos and tests).
     #[command(subcommand)]
     Certs(CertsCmd),
@@ -480,6 +489,8 @@ async fn execute(cli: &Cli) -> anyhow::Result<i32> {
         Command::Sink(SinkCmd::Scan(a)) => sink::scan(&mut client, json, a).await,
         Command::Copy(a) => sink::copy(&mut client, json, a).await,
         Command::Verify(a) => sink::verify(&mut client, json, a).await,
+        Command::Role(c) => role::run(&mut client, json, c).await,
+        Command::Audit(c) => audit::run(&mut client, json, c).await,
     }
 }
 

@@ -31,6 +31,7 @@ fn catalog() -> Catalog {
             server_id: 1,
             server_uuid: String::new(),
             registered_at_unix_ms: 0,
+            registered_by: None,
         }))
         .expect("register");
     }
@@ -39,6 +40,7 @@ fn catalog() -> Catalog {
         name: "m1".into(),
         agent_addr: "http://m1".into(),
         registered_at_unix_ms: 0,
+        registered_by: None,
     }))
     .expect("media");
     for (name, kind) in [
