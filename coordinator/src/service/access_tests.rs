@@ -39,7 +39,7 @@ impl One {
         let shutdown = CancellationToken::new();
         let node = RaftNode::start(raft, crate::catalog::Catalog::default(), &shutdown)
             .expect("start raft");
-        let core = Arc::new(Core::new(node.handle(), peers, config));
+        let core = Arc::new(Core::new(node.handle(), peers, config, Default::default()));
         let deadline = Instant::now() + Duration::from_secs(10);
         while core.require_leader().await.is_err() {
             assert!(Instant::now() < deadline, "no leader within 10 s");
