@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::agent::Agent;
+use crate::grpc::access::Refusal;
+use tokio::sync::mpsc;
 
 /// Interval between heartbeats.
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
@@ -50,8 +52,15 @@ enum Failure {
     Other(String),
 }
 
-/// Registers and heartbeats until `shutdown` is cancelled.
-pub async fn run(agent: Arc<Agent>, reg: Registration, shutdown: CancellationToken) {
+/// Registers and heartbeats until `shutdown` is cancelled; after each
+/// heartbeat, reports the calls this agent refused (`refusals`) to the
+/// leader's audit trail.
+pub async fn run(
+    agent: Arc<Agent>,
+    reg: Registration,
+    mut refusals: mpsc::Receiver<Refusal>,
+    shutdown: CancellationToken,
+) {
     if reg.coordinators.is_empty() {
         return;
     }
@@ -67,7 +76,10 @@ pub async fn run(agent: Arc<Agent>, reg: Registration, shutdown: CancellationTok
             .unwrap_or_else(|| reg.coordinators[target % reg.coordinators.len()].clone());
         let result = match connect(&mut client, &reg.transport, &url).await {
             Err(e) => Err(Failure::Other(e)),
-            Ok(c) if registered => heartbeat(c, &reg).await,
+            Ok(c) if registered => match heartbeat(c, &reg).await {
+                Ok(()) => report_refusals(c, &reg, &mut refusals).await,
+                Err(e) => Err(e),
+            },
             Ok(c) => register(c, &agent, &reg).await,
         };
         let pause = match result {
@@ -182,6 +194,34 @@ async fn register(
         .await
         .map(|_| ())
         .map_err(|s| classify("register", s))
+}
+
+/// Sends the refusals waiting in `queue`; one that could not be sent is
+/// logged (the agent's log has them all anyway).
+async fn report_refusals(
+    client: &mut CoordinatorClient<Channel>,
+    reg: &Registration,
+    queue: &mut mpsc::Receiver<Refusal>,
+) -> Result<(), Failure> {
+    while let Ok(r) = queue.try_recv() {
+        let sent = client
+            .report_refusal(pb::ReportRefusalRequest {
+                cluster: reg.cluster.clone(),
+                server: reg.name.clone(),
+                identity: r.identity.clone(),
+                address: r.address.clone(),
+                call: r.call.clone(),
+                reason: r.reason.clone(),
+                args: Default::default(),
+                at_unix_ms: r.at_unix_ms,
+            })
+            .await;
+        if let Err(s) = sent {
+            tracing::warn!(identity = %r.identity, call = %r.call, error = %s.message(), "could not report a refused call to the audit trail");
+            return Err(classify("report a refusal", s));
+        }
+    }
+    Ok(())
 }
 
 async fn heartbeat(

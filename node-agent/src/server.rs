@@ -56,7 +56,7 @@ pub async fn run(
         coordinators: cfg.coordinators.clone(),
         transport: transport.clone(),
     };
-    let (policy, _refusals) = AccessPolicy::new(cfg.access.clone(), cfg.name.clone());
+    let (policy, refusals) = AccessPolicy::new(cfg.access.clone(), cfg.name.clone());
     // The media service serves the sink directory as a disk pool to other
     // agents (and the --pool directories, once there are any).
     let agent = Agent::new(cfg, shutdown.clone());
@@ -66,6 +66,7 @@ pub async fn run(
         tokio::spawn(crate::register::run(
             agent.clone(),
             registration,
+            refusals,
             shutdown.clone(),
         ))
     });

@@ -9,6 +9,8 @@
 use std::time::{Duration, Instant};
 
 use lockstep_proto::agent::{PrepareRequest, RestoreRequest};
+use lockstep_proto::coordinator::RegisterServerRequest;
+use lockstep_proto::coordinator::coordinator_client::CoordinatorClient;
 use lockstep_proto::raft::RaftBatch;
 use lockstep_proto::raft::raft_transport_client::RaftTransportClient;
 use lockstep_tests::coordinator::COORDINATOR_BIN;
@@ -93,7 +95,9 @@ async fn a_cluster_with_mutual_tls_backs_up_and_restores() -> anyhow::Result<()>
 /// Refusals on every port: plaintext and certificates of another CA reach
 /// neither a coordinator nor an agent; an agent identity cannot call another
 /// agent's Restore, nor an operator its Prepare (PERMISSION_DENIED naming
-/// the identity and the call, logged by the agent); a raft message from
+/// the identity and the call, logged by the agent); a viewer cannot start a
+/// backup or a restore; another agent's identity cannot repoint a server;
+/// every refusal, the agents' included, is in the audit trail; a raft message from
 /// the wrong certificate is refused; a forged heartbeat committing past a
 /// follower's log (sent with the leader's own certificate) is dropped and
 /// the follower stays up.
@@ -193,6 +197,92 @@ async fn strangers_and_forgeries_are_refused() -> anyhow::Result<()> {
         .await
         .expect_err("an operator prepared");
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+
+    step!("a viewer reads the catalog but cannot start a backup or a restore");
+    cluster
+        .cli_as(
+            "viewer",
+            &["--json", "catalog", "list", "--cluster", CLUSTER],
+        )
+        .await?
+        .success()?;
+    let out = cluster
+        .cli_as("viewer", &["backup", "start", "--cluster", CLUSTER])
+        .await?;
+    assert!(
+        !out.status.success()
+            && out
+                .stderr
+                .contains("identity 'viewer' (role viewer) may not call StartBackup"),
+        "{}",
+        out.stderr
+    );
+    let backup = cluster.backup_and_wait(None).await?;
+    let id = backup["id"].as_str().unwrap_or_default().to_string();
+    let fresh = MariaDb::start_many(&["trr0", "trr1", "trr2"]).await?;
+    let args = lockstep_tests::plain_cluster::restore_args(&id, "tr", &fresh);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = cluster.cli_as("viewer", &argv).await?;
+    assert!(
+        !out.status.success() && out.stderr.contains("may not call RestoreBackup"),
+        "{}",
+        out.stderr
+    );
+
+    step!("a forged RegisterServer (another agent's identity) is refused");
+    let leader = cluster.group.wait_leader(Duration::from_secs(10)).await?;
+    let leader_url = cluster.group.members[leader].url();
+    let mut as_other =
+        CoordinatorClient::new(channel(&pki.transport("agent-tr1")?, &leader_url).await?);
+    let err = as_other
+        .register_server(RegisterServerRequest {
+            cluster: CLUSTER.into(),
+            name: "tr0".into(),
+            agent_addr: "http://127.0.0.1:9".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("another agent repointed tr0");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    let servers = cluster.cli_json(&["server", "list"]).await?;
+    let tr0 = servers
+        .as_array()
+        .and_then(|l| l.iter().find(|s| s["name"] == "tr0").cloned())
+        .unwrap_or_default();
+    assert_eq!(tr0["agent_addr"], cluster.agents[0].addr(), "{servers}");
+
+    step!("every refusal is in the audit trail, the agent's own included");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let audit = cluster.cli_json(&["audit", "list"]).await?;
+        let refused: Vec<(String, String)> = audit
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter(|r| r["outcome"] == "refused")
+            .map(|r| {
+                (
+                    r["identity"].as_str().unwrap_or_default().to_string(),
+                    r["call"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        let has = |id: &str, call: &str| refused.iter().any(|(i, c)| i == id && c.contains(call));
+        if has("viewer", "StartBackup")
+            && has("viewer", "RestoreBackup")
+            && has("agent-tr1", "RegisterServer")
+            && has("agent-tr1", "Restore")
+            && has("operator", "Prepare")
+        {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "refusals missing from the audit trail: {refused:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     step!("raft: a message claiming another node's id is refused");
     let leader = cluster.group.wait_leader(Duration::from_secs(10)).await?;

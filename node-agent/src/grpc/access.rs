@@ -11,7 +11,7 @@
 //! agent then listens on loopback only, or was told `--insecure-plaintext`).
 //! Every refusal is logged and queued for the coordinators' audit trail.
 
-use lockstep_proto::tls::{Caller, Policy, matches};
+use lockstep_proto::tls::{PeerInfo, Policy, matches};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -43,6 +43,10 @@ impl Default for Access {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     pub identity: String,
+    /// The caller's address.
+    pub address: String,
+    /// When it was refused.
+    pub at_unix_ms: i64,
     /// The gRPC method, e.g. `NodeAgent/Restore`.
     pub call: String,
     pub reason: String,
@@ -97,10 +101,11 @@ impl AccessPolicy {
 }
 
 impl Policy for AccessPolicy {
-    fn check(&self, caller: &Caller, path: &str) -> Result<(), tonic::Status> {
-        let Some(identity) = caller.identity() else {
+    fn check(&self, peer: &PeerInfo, path: &str) -> Result<(), tonic::Status> {
+        let Some(identity) = peer.identity.as_deref() else {
             return Ok(());
         };
+        let address = peer.remote;
         let Some(reason) = self.refuse(identity, path) else {
             return Ok(());
         };
@@ -113,6 +118,8 @@ impl Policy for AccessPolicy {
         tracing::warn!(identity, call, "refused: {message}");
         let _ = self.refusals.try_send(Refusal {
             identity: identity.to_string(),
+            address: address.map(|a| a.to_string()).unwrap_or_default(),
+            at_unix_ms: time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000,
             call,
             reason,
         });
@@ -127,11 +134,14 @@ mod tests {
     #[test]
     fn coordinators_drive_agents_use_pools_nobody_else() {
         let (policy, mut refused) = AccessPolicy::new(Access::default(), "db1".into());
-        let id = |s: &str| Caller::Identity(s.into());
+        let id = |s: &str| PeerInfo {
+            remote: None,
+            identity: Some(s.into()),
+        };
         let restore = "/lockstep.agent.v1.NodeAgent/Restore";
         let put = "/lockstep.media.v1.MediaStore/Put";
         assert!(policy.check(&id("coordinator-2"), restore).is_ok());
-        assert!(policy.check(&Caller::Plaintext(None), restore).is_ok());
+        assert!(policy.check(&PeerInfo::default(), restore).is_ok());
         assert!(
             policy
                 .check(&id("viewer"), "/lockstep.agent.v1.NodeAgent/Status")
