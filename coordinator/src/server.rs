@@ -15,9 +15,10 @@ use std::time::Duration;
 use lockstep_proto::coordinator::coordinator_server::CoordinatorServer;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::Catalog;
+use crate::catalog::{AuditOutcome, AuditRecord, Catalog, Command};
 use crate::config::Config;
 use crate::core::Core;
+use crate::core::now_unix_ms;
 use crate::error::{Error, Result};
 use crate::job::Jobs;
 use crate::raft::{self, RaftNode};
@@ -82,8 +83,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         shutdown.clone(),
     ));
 
-    let service = CoordinatorServer::new(CoordinatorService::new(core, jobs.clone()));
-    let incoming = transport.incoming(listener);
+    let service = CoordinatorServer::new(CoordinatorService::new(core.clone(), jobs.clone()));
+    let (refused_tx, refused) = tokio::sync::mpsc::channel(64);
+    let incoming = transport.incoming(listener, Some(refused_tx));
+    tokio::spawn(audit_refused_connections(core.clone(), refused));
     let transport = node.transport_service();
     // Ends when the raft task ends: on shutdown, or on its own (a failure).
     let mut raft_task = tokio::spawn(node.wait());
@@ -147,6 +150,35 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     tracing::info!("lockstep coordinator stopped");
     raft?;
     served
+}
+
+/// Records connections refused at the TLS handshake (plaintext, no or a
+/// stranger's certificate) in the audit trail, when this node leads (a
+/// follower only logs them: the CLI and agents reach the leader too).
+async fn audit_refused_connections(
+    core: Arc<Core>,
+    mut refused: tokio::sync::mpsc::Receiver<lockstep_proto::tls::Refused>,
+) {
+    while let Some(r) = refused.recv().await {
+        if core.require_leader().await.is_err() {
+            continue;
+        }
+        let record = Command::Audit {
+            record: AuditRecord {
+                at_unix_ms: now_unix_ms(),
+                identity: None,
+                address: r.remote.to_string(),
+                call: "connect".into(),
+                args: Default::default(),
+                outcome: AuditOutcome::Refused,
+                detail: r.reason,
+                recorded_by: format!("coordinator {}", core.id),
+            },
+        };
+        if let Err(e) = core.propose(&record).await {
+            tracing::warn!(remote = %r.remote, error = %e, "refused connection not audited");
+        }
+    }
 }
 
 /// The raft task's own result, or why it ended abnormally.

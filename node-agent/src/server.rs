@@ -73,7 +73,22 @@ pub async fn run(
     let service = NodeAgentServer::new(AgentService::new(agent.clone()));
     // No Nagle: PREPARED and COMMIT are tiny messages on the lock's critical
     // path, and delayed ACKs would add ~40 ms to the hold time.
-    let incoming = transport.incoming(listener);
+    let (refused_tx, mut refused) = tokio::sync::mpsc::channel(64);
+    let incoming = transport.incoming(listener, Some(refused_tx));
+    // Connections refused at the handshake go to the audit trail with the
+    // calls refused by the access policy.
+    let reporter = policy.reporter();
+    tokio::spawn(async move {
+        while let Some(r) = refused.recv().await {
+            let _ = reporter.try_send(crate::grpc::access::Refusal {
+                identity: String::new(),
+                address: r.remote.to_string(),
+                at_unix_ms: crate::grpc::access::now_unix_ms(),
+                call: "connect".into(),
+                reason: r.reason,
+            });
+        }
+    });
     // After the shutdown signal, open streams get a short grace period; the
     // agent's locks are already released by then (the prepare watchers see
     // the same signal).

@@ -255,21 +255,29 @@ async fn strangers_and_forgeries_are_refused() -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let audit = cluster.cli_json(&["audit", "list"]).await?;
-        let refused: Vec<(String, String)> = audit
+        let refused: Vec<(String, String, String)> = audit
             .as_array()
             .cloned()
             .unwrap_or_default()
             .iter()
             .filter(|r| r["outcome"] == "refused")
             .map(|r| {
-                (
-                    r["identity"].as_str().unwrap_or_default().to_string(),
-                    r["call"].as_str().unwrap_or_default().to_string(),
-                )
+                let text = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+                (text("identity"), text("call"), text("recorded_by"))
             })
             .collect();
-        let has = |id: &str, call: &str| refused.iter().any(|(i, c)| i == id && c.contains(call));
-        if has("viewer", "StartBackup")
+        let has =
+            |id: &str, call: &str| refused.iter().any(|(i, c, _)| i == id && c.contains(call));
+        // Connections refused at the handshake: by the leader (the CLI's
+        // attempts) and by agent tr0 (plaintext and the stranger).
+        let connect_by = |who: &str| {
+            refused
+                .iter()
+                .any(|(i, c, by)| i.is_empty() && c == "connect" && by.contains(who))
+        };
+        if connect_by("coordinator")
+            && connect_by("tr0")
+            && has("viewer", "StartBackup")
             && has("viewer", "RestoreBackup")
             && has("agent-tr1", "RegisterServer")
             && has("agent-tr1", "Restore")

@@ -75,6 +75,12 @@ impl AccessPolicy {
         )
     }
 
+    /// Where refusals are queued, for the connections the server refuses
+    /// before any call.
+    pub fn reporter(&self) -> mpsc::Sender<Refusal> {
+        self.refusals.clone()
+    }
+
     /// Why `identity` may not call `path`, if it may not.
     fn refuse(&self, identity: &str, path: &str) -> Option<String> {
         let any = |patterns: &[String]| patterns.iter().any(|p| matches(p, identity));
@@ -119,12 +125,17 @@ impl Policy for AccessPolicy {
         let _ = self.refusals.try_send(Refusal {
             identity: identity.to_string(),
             address: address.map(|a| a.to_string()).unwrap_or_default(),
-            at_unix_ms: time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000,
+            at_unix_ms: now_unix_ms(),
             call,
             reason,
         });
         Err(tonic::Status::permission_denied(message))
     }
+}
+
+/// Now, in milliseconds since the epoch.
+pub fn now_unix_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ mod tests;
 pub use caller::{Caller, PeerInfo, matches};
 pub use config::{Tls, TlsFiles, TlsOptions};
 pub use guard::{Guard, Policy};
-pub use transport::{Conn, Transport};
+pub use transport::{Conn, Refused, Transport};
 
 use std::path::PathBuf;
 

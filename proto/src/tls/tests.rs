@@ -28,18 +28,21 @@ fn files(dir: &Path, id: &str) -> TlsFiles {
     }
 }
 
-/// A server on loopback; returns its address and its accepted connections.
+/// A server on loopback; returns its address, its accepted connections
+/// and the refused ones.
 async fn serve(
     transport: &Transport,
 ) -> (
     std::net::SocketAddr,
     tokio_stream::wrappers::ReceiverStream<std::io::Result<Conn>>,
+    tokio::sync::mpsc::Receiver<Refused>,
 ) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    (addr, transport.incoming(listener))
+    let (tx, refused) = tokio::sync::mpsc::channel(8);
+    (addr, transport.incoming(listener, Some(tx)), refused)
 }
 
 async fn next_conn(
@@ -68,7 +71,7 @@ async fn mutual_tls_admits_only_certificates_of_our_ca() {
 
     let server = Transport::from_files(Some(files(&ours, "coordinator-1"))).expect("server tls");
     assert_eq!(server.identity().as_deref(), Some("coordinator-1"));
-    let (addr, mut incoming) = serve(&server).await;
+    let (addr, mut incoming, mut refused) = serve(&server).await;
     let uri: tonic::transport::Uri = format!("http://{addr}").parse().expect("uri");
 
     // Our agent: admitted, and the server knows who it is.
@@ -106,6 +109,11 @@ async fn mutual_tls_admits_only_certificates_of_our_ca() {
         next_conn(&mut incoming).await.is_none(),
         "stranger admitted"
     );
+    let r = tokio::time::timeout(Duration::from_secs(2), refused.recv())
+        .await
+        .expect("refusal reported")
+        .expect("refusal");
+    assert!(r.reason.contains("TLS handshake failed"), "{}", r.reason);
 
     // Plaintext: refused.
     let mut plain = transport::dial(uri.clone(), None).await.expect("tcp");
@@ -114,6 +122,8 @@ async fn mutual_tls_admits_only_certificates_of_our_ca() {
         next_conn(&mut incoming).await.is_none(),
         "plaintext admitted"
     );
+    // From the same address within a minute: logged, not reported again.
+    assert!(refused.try_recv().is_err(), "reports are rate-limited");
 
     // A client that trusts another CA refuses our server.
     let wrong_ca = TlsFiles {

@@ -32,6 +32,49 @@ use super::config::{Tls, TlsFiles, identity_of};
 
 /// How long a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Refused connections from one address are reported at most this often
+/// (every one is logged).
+const REPORT_EVERY: Duration = Duration::from_secs(60);
+
+/// A connection refused at the TLS handshake, for the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub remote: SocketAddr,
+    /// Why, with how many more from the same address went unreported.
+    pub reason: String,
+}
+
+/// Rate-limits [`Refused`] reports per address.
+#[derive(Debug)]
+struct Reporter {
+    tx: tokio::sync::mpsc::Sender<Refused>,
+    /// Per address: when it was last reported and how many were not since.
+    last: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (std::time::Instant, u64)>>,
+}
+
+impl Reporter {
+    fn refused(&self, remote: SocketAddr, reason: String) {
+        let now = std::time::Instant::now();
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.len() > 10_000 {
+            last.retain(|_, (at, _)| now.duration_since(*at) < REPORT_EVERY);
+        }
+        let entry = last.entry(remote.ip()).or_insert((now - REPORT_EVERY, 0));
+        if now.duration_since(entry.0) < REPORT_EVERY {
+            entry.1 += 1;
+            return;
+        }
+        let reason = match entry.1 {
+            0 => reason,
+            n => format!(
+                "{reason} (and {n} more from {} unreported since)",
+                remote.ip()
+            ),
+        };
+        *entry = (now, 0);
+        let _ = self.tx.try_send(Refused { remote, reason });
+    }
+}
 /// Accepted connections waiting for the gRPC server.
 const BACKLOG: usize = 64;
 
@@ -123,8 +166,19 @@ impl Transport {
 
     /// The connections accepted on `listener`, for
     /// `tonic::transport::Server::serve_with_incoming*`. The accept loop
-    /// ends when the stream is dropped.
-    pub fn incoming(&self, listener: TcpListener) -> ReceiverStream<io::Result<Conn>> {
+    /// ends when the stream is dropped. Connections refused at the TLS
+    /// handshake are sent to `refused` (at most one a minute per address).
+    pub fn incoming(
+        &self,
+        listener: TcpListener,
+        refused: Option<tokio::sync::mpsc::Sender<Refused>>,
+    ) -> ReceiverStream<io::Result<Conn>> {
+        let reporter = refused.map(|tx| {
+            Arc::new(Reporter {
+                tx,
+                last: Default::default(),
+            })
+        });
         let (tx, rx) = tokio::sync::mpsc::channel(BACKLOG);
         let acceptor = match self {
             Transport::Tls(tls) => Some(tls.clone()),
@@ -164,9 +218,18 @@ impl Transport {
                     Some(tls) => {
                         let acceptor = TlsAcceptor::from(tls.server_config());
                         let tx = tx.clone();
+                        let reporter = reporter.clone();
                         tokio::spawn(async move {
-                            if let Some(conn) = handshake(acceptor, tcp, remote).await {
-                                let _ = tx.send(Ok(conn)).await;
+                            match handshake(acceptor, tcp, remote).await {
+                                Ok(conn) => {
+                                    let _ = tx.send(Ok(conn)).await;
+                                }
+                                Err(reason) => {
+                                    tracing::warn!(%remote, "refused a connection: {reason}");
+                                    if let Some(r) = reporter {
+                                        r.refused(remote, reason);
+                                    }
+                                }
                             }
                         });
                     }
@@ -243,18 +306,19 @@ pub(crate) async fn dial(uri: Uri, tls: Option<Arc<Tls>>) -> io::Result<ClientIo
     Ok(Either::Right(Box::new(stream)))
 }
 
-/// The server side of a TLS handshake; `None` (and a warning naming the
-/// caller) when it fails.
-async fn handshake(acceptor: TlsAcceptor, tcp: TcpStream, remote: SocketAddr) -> Option<Conn> {
+/// The server side of a TLS handshake, or why the connection is refused.
+async fn handshake(
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    remote: SocketAddr,
+) -> Result<Conn, String> {
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::warn!(%remote, error = %e, "refused a connection: TLS handshake failed");
-            return None;
-        }
+        Ok(Err(e)) => return Err(format!("TLS handshake failed: {e}")),
         Err(_) => {
-            tracing::warn!(%remote, timeout = ?HANDSHAKE_TIMEOUT, "refused a connection: TLS handshake timed out");
-            return None;
+            return Err(format!(
+                "TLS handshake not finished within {HANDSHAKE_TIMEOUT:?}"
+            ));
         }
     };
     let identity = stream
@@ -264,10 +328,9 @@ async fn handshake(acceptor: TlsAcceptor, tcp: TcpStream, remote: SocketAddr) ->
         .and_then(|c| c.first())
         .and_then(identity_of);
     let Some(identity) = identity else {
-        tracing::warn!(%remote, "refused a connection: its certificate names no identity");
-        return None;
+        return Err("its certificate names no identity".into());
     };
-    Some(Conn {
+    Ok(Conn {
         io: Either::Right(Box::new(stream)),
         info: PeerInfo {
             remote: Some(remote),
