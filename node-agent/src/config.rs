@@ -14,7 +14,7 @@ use crate::dump::DumpOptions;
 use crate::error::{Error, IoContext, Result};
 use crate::flavour::LockMethod;
 use crate::grpc::access::Access;
-use crate::mysql::Server;
+use crate::mysql::{Server, SslMode, SslSettings};
 use lockstep_proto::tls::TlsOptions;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,10 +29,24 @@ pub struct ServeConfig {
     /// MySQL host:port; agents registering with coordinators must set it
     /// (that default is 127.0.0.1:3306 on every host).
     pub name: String,
-    /// `mysql://USER[:PASSWORD]@HOST:PORT` of the local server. Empty: a
-    /// media agent, which holds disk pools and loads backups into any
-    /// target but has no server of its own.
+    /// `mysql://USER@HOST:PORT[?ssl-mode=MODE&ssl-ca=FILE]` of the local
+    /// server. Empty: a media agent, which holds disk pools and loads
+    /// backups into any target but has no server of its own. A password in
+    /// the URL works but is better given by `password_file` or
+    /// `LOCKSTEP_MYSQL_PASSWORD`.
     pub mysql: String,
+    /// File holding the local server's password (its first line; mode
+    /// 0600 or refused).
+    pub password_file: Option<PathBuf>,
+    /// How sessions with the local server are secured: disabled,
+    /// preferred, required, verify-ca, verify-identity (default: verify-ca
+    /// with `ssl_ca`, else preferred).
+    pub ssl_mode: Option<SslMode>,
+    /// PEM file of the CA the local server's certificate must chain to.
+    pub ssl_ca: Option<PathBuf>,
+    /// Credentials file (TOML, mode 0600): restore targets this agent
+    /// loads, by name, for `--target SERVER=cred:NAME`.
+    pub credentials_file: Option<PathBuf>,
     /// Host-local sink root: with no sink named, backups go to
     /// `<sink_dir>/<backup id>/<name>/`.
     pub sink_dir: PathBuf,
@@ -83,6 +97,10 @@ impl Default for ServeConfig {
             advertise: String::new(),
             name: String::new(),
             mysql: String::new(),
+            password_file: None,
+            ssl_mode: None,
+            ssl_ca: None,
+            credentials_file: None,
             sink_dir: PathBuf::from("/var/lib/lockstep/backups"),
             pools: Vec::new(),
             key_file: None,
@@ -105,6 +123,16 @@ impl Default for ServeConfig {
 }
 
 impl ServeConfig {
+    /// The local server: its URL, TLS settings and password (from the URL,
+    /// `password_file` or `LOCKSTEP_MYSQL_PASSWORD`).
+    fn own_server(&self) -> Result<Server> {
+        let ssl = SslSettings {
+            mode: self.ssl_mode,
+            ca: self.ssl_ca.clone(),
+        };
+        crate::secrets::server(&self.mysql, &ssl, self.password_file.as_deref())
+    }
+
     pub fn from_file(path: &Path) -> Result<ServeConfig> {
         let text = std::fs::read_to_string(path).on_file(path, "read configuration")?;
         toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
@@ -120,8 +148,13 @@ impl ServeConfig {
             }
             None
         } else {
-            Some(Server::parse(&self.mysql)?)
+            Some(self.own_server()?)
         };
+        if let Some(path) = &self.credentials_file {
+            // Checked now, read again at each use (entries may be added
+            // without a restart).
+            crate::secrets::Credentials::load(path)?;
+        }
         for pool in &self.pools {
             if !pool.is_absolute() {
                 return Err(Error::Config(format!(
@@ -210,6 +243,7 @@ impl ServeConfig {
                 chunk_rows: self.chunk_rows,
                 ddl,
             },
+            credentials_file: self.credentials_file.clone(),
             cluster: self.cluster.clone(),
             coordinators: self.coordinators.clone(),
             advertise: (!self.advertise.is_empty()).then(|| self.advertise.clone()),

@@ -3,7 +3,11 @@
 //! open consistent snapshots), streams the snapshot to a sink, and restores.
 //!
 //! Modules, from the database outwards:
-//! - [`mysql`]: reaching a server (URL, connect, session settings, quoting).
+//! - [`mysql`]: reaching a server (URL, `ssl-mode`, connect, session
+//!   settings, quoting).
+//! - [`secrets`]: files that hold secrets (private to their owner), the
+//!   MySQL password without argv, and the credentials file restore targets
+//!   name by reference (`cred:NAME`).
 //! - [`flavour`]: MariaDB vs MySQL: version detection and every statement
 //!   whose text differs between them.
 //! - [`cut`]: phase one on one server (pre-flight, pre-flush, lock with a
@@ -45,6 +49,7 @@ pub mod progress;
 pub mod register;
 pub mod restore;
 pub mod schema;
+pub mod secrets;
 pub mod server;
 pub mod sink;
 

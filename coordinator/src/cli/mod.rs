@@ -258,10 +258,11 @@ pub struct RestoreArgs {
     /// The backup id.
     #[arg(long)]
     pub backup: String,
-    /// Load SERVER into this database server
-    /// (SERVER=mysql://USER[:PASS]@HOST:PORT); repeat for every server of
-    /// the backup.
-    #[arg(long = "target", value_name = "SERVER=URL", value_parser = parse_target)]
+    /// Load SERVER into this database server: SERVER=cred:NAME (an entry
+    /// of the loading agent's credentials file: the password stays there)
+    /// or SERVER=mysql://USER@HOST:PORT[?ssl-mode=MODE&ssl-ca=FILE]; repeat
+    /// for every server of the backup.
+    #[arg(long = "target", value_name = "SERVER=cred:NAME|URL", value_parser = parse_target)]
     pub targets: Vec<(String, String)>,
     /// Load the servers without a --target into the live servers the backup
     /// was taken from (their agents' own servers), overwriting them.
@@ -303,7 +304,8 @@ fn parse_target(s: &str) -> Result<(String, String), String> {
         Some((name, url)) if !name.trim().is_empty() && !url.trim().is_empty() => {
             Ok((name.trim().to_string(), url.trim().to_string()))
         }
-        _ => Err(format!("expected SERVER=mysql://USER@HOST:PORT, got {s:?}")),
+        // Never echo the argument: it may hold a password.
+        _ => Err("expected SERVER=cred:NAME or SERVER=mysql://USER@HOST:PORT".to_string()),
     }
 }
 

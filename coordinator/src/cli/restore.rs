@@ -40,6 +40,11 @@ pub(super) async fn list(
 fn request(a: &RestoreArgs) -> anyhow::Result<pb::RestoreBackupRequest> {
     let mut targets = HashMap::new();
     for (name, url) in &a.targets {
+        if has_password(url) {
+            eprintln!(
+                "warning: --target {name}: the URL's password is visible in the process list and crosses the coordinators; name an entry of the loading agent's credentials file instead (--target {name}=cred:NAME)"
+            );
+        }
         if targets.insert(name.clone(), url.clone()).is_some() {
             anyhow::bail!("--target names server {name} twice");
         }
@@ -59,6 +64,13 @@ fn request(a: &RestoreArgs) -> anyhow::Result<pb::RestoreBackupRequest> {
         from: a.from.clone().unwrap_or_default(),
         agents,
     })
+}
+
+/// Whether a `mysql://USER:PASSWORD@...` URL has a password.
+fn has_password(url: &str) -> bool {
+    url.strip_prefix("mysql://")
+        .and_then(|rest| rest.rsplit_once('@'))
+        .is_some_and(|(user, _)| user.split_once(':').is_some_and(|(_, pw)| !pw.is_empty()))
 }
 
 /// `restore plan`: which copy and agent each server would be loaded from.

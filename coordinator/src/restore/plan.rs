@@ -248,10 +248,29 @@ impl Plan {
     }
 }
 
-/// Whether `url` has the shape `mysql://USER[:PASS]@HOST:PORT[/...]` (the
-/// agent parses it fully); the error never repeats the password.
+/// How a target names an entry of the loading agent's credentials file
+/// instead of giving a URL: the coordinator passes the name on and never
+/// sees the secret.
+pub(super) const REFERENCE_PREFIX: &str = "cred:";
+
+/// Whether `url` has the shape `mysql://USER[:PASS]@HOST:PORT[/...][?...]`
+/// (the agent parses it fully) or is a reference `cred:NAME`; the error
+/// never repeats the password.
 pub(super) fn check_target_url(url: &str) -> std::result::Result<(), String> {
-    let expected = "expected mysql://USER[:PASSWORD]@HOST:PORT";
+    if let Some(name) = url.strip_prefix(REFERENCE_PREFIX) {
+        let ok = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        return if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "{url:?} is not a credential reference (cred:NAME, NAME of letters, digits, '.', '_' and '-')"
+            ))
+        };
+    }
+    let expected = "expected mysql://USER[:PASSWORD]@HOST:PORT or cred:NAME";
     let Some(rest) = url.strip_prefix("mysql://") else {
         return Err(format!(
             "{:?} is not a mysql:// URL ({expected})",
@@ -272,8 +291,13 @@ pub(super) fn check_target_url(url: &str) -> std::result::Result<(), String> {
 }
 
 /// `host:port` of a `mysql://USER[:PASS]@HOST:PORT[/...]` URL (never the
-/// credentials); anything unparsable becomes "(target)".
+/// credentials), a reference `cred:NAME` as it is; anything unparsable
+/// becomes "(target)". This is what the catalog (and so the raft log)
+/// records.
 pub(super) fn redact(url: &str) -> String {
+    if url.starts_with(REFERENCE_PREFIX) && check_target_url(url).is_ok() {
+        return url.to_string();
+    }
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
     let host = host.split(['/', '?']).next().unwrap_or_default();

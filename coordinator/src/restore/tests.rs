@@ -236,6 +236,23 @@ fn plan_refuses_bad_and_shared_targets_before_anything_runs() {
     }
     let secret = bad("mysql://root:secret@h");
     assert!(!secret.contains("secret"), "{secret}");
+    for reference in ["cred:", "cred:a b", "cred:x/y"] {
+        let e = bad(reference);
+        assert!(e.contains("server s1") && e.contains("cred:NAME"), "{e}");
+    }
+    let plans = plan(
+        &cat,
+        b,
+        &req(
+            &[("s1", "cred:db1-restore"), ("s2", "mysql://u:pw@h:2")],
+            false,
+        ),
+    )
+    .expect("a reference passes through");
+    assert_eq!(plans[0].target_mysql, "cred:db1-restore");
+    assert_eq!(plans[0].shown_target(), "cred:db1-restore");
+    assert_eq!(plans[1].shown_target(), "h:2");
+
     let shared = bad("mysql://admin@h:2");
     assert!(
         shared.contains("h:2") && shared.contains("server s1") && shared.contains("s2"),
@@ -251,6 +268,11 @@ fn redact_drops_credentials() {
     );
     assert_eq!(redact("mysql://127.0.0.1:3306"), "127.0.0.1:3306");
     assert_eq!(redact(""), "(target)");
+    assert_eq!(redact("cred:db1"), "cred:db1");
+    assert_eq!(
+        redact("mysql://u:pw@h:1?ssl-mode=verify-ca&ssl-ca=/etc/ca.pem"),
+        "h:1"
+    );
 }
 
 #[test]

@@ -75,7 +75,7 @@ impl Agent {
         progress: Arc<Progress>,
     ) -> Result<crate::restore::LoadReport> {
         let server = match target {
-            Some(url) => Server::parse(url)?,
+            Some(target) => self.target_server(target)?,
             None => self.own_server()?.clone(),
         };
         let from = self.open_artifact(location, sink).await?;
@@ -100,6 +100,22 @@ impl Agent {
         crate::restore::load(&server, &from, opts, progress)
             .instrument(span)
             .await
+    }
+
+    /// A restore target: a `mysql://` URL, or `cred:NAME`, an entry of
+    /// this agent's credentials file (read now, so entries added since
+    /// the start count).
+    fn target_server(&self, target: &str) -> Result<Server> {
+        let Some(name) = target.strip_prefix(crate::secrets::REFERENCE_PREFIX) else {
+            return Server::parse(target);
+        };
+        let path = self.cfg.credentials_file.as_ref().ok_or_else(|| {
+            Error::Config(format!(
+                "restore target {target}: agent {} has no credentials file (start it with --credentials-file FILE)",
+                self.cfg.name
+            ))
+        })?;
+        crate::secrets::Credentials::load(path)?.resolve(name)
     }
 
     /// Copies the artifact at `location` of `from` into `to` (at the same

@@ -79,6 +79,8 @@ pub struct AgentConfig {
     pub snapshot_ttl: Duration,
     pub snapshot_connections: usize,
     pub dump: DumpOptions,
+    /// Credentials file for restore targets given as `cred:NAME`.
+    pub credentials_file: Option<PathBuf>,
     /// Cluster this server belongs to, for registration.
     pub cluster: String,
     /// Coordinator URLs to register with (empty: standalone).

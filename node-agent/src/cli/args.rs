@@ -11,6 +11,7 @@ use crate::config::ServeConfig;
 use crate::ddl_guard::DdlPolicy;
 use crate::error::Error;
 use crate::flavour::LockMethod;
+use crate::mysql::SslMode;
 
 /// Exit code of a refusal worth retrying (EX_TEMPFAIL).
 pub const EXIT_RETRY: i32 = 75;
@@ -64,11 +65,27 @@ pub struct ServeArgs {
     /// (unique per cluster) [default: the MySQL host:port].
     #[arg(long)]
     pub name: Option<String>,
-    /// Local server, mysql://USER[:PASSWORD]@HOST:PORT. Without it the
-    /// agent is a media agent: it holds disk pools (--pool) and loads
-    /// backups into any target, but takes no part in cuts.
+    /// Local server, mysql://USER@HOST:PORT[?ssl-mode=MODE&ssl-ca=FILE].
+    /// Without it the agent is a media agent: it holds disk pools (--pool)
+    /// and loads backups into any target, but takes no part in cuts. Give
+    /// the password with --mysql-password-file or LOCKSTEP_MYSQL_PASSWORD:
+    /// one in this URL is visible in the process list.
     #[arg(long, env = "LOCKSTEP_MYSQL", hide_env_values = true)]
     pub mysql: Option<String>,
+    /// File holding the local server's password (first line; mode 0600).
+    #[arg(long)]
+    pub mysql_password_file: Option<PathBuf>,
+    /// TLS to the local server: disabled, preferred, required, verify-ca,
+    /// verify-identity [default: verify-ca with --ssl-ca, else preferred].
+    #[arg(long, value_enum)]
+    pub ssl_mode: Option<SslMode>,
+    /// PEM file of the CA the local server's certificate must chain to.
+    #[arg(long)]
+    pub ssl_ca: Option<PathBuf>,
+    /// Credentials file (TOML, mode 0600) naming restore targets this agent
+    /// loads, for `lockstep restore run --target SERVER=cred:NAME`.
+    #[arg(long)]
+    pub credentials_file: Option<PathBuf>,
     /// Root directory of the host-local sink (used when no sink is named).
     #[arg(long)]
     pub sink_dir: Option<PathBuf>,
@@ -134,6 +151,18 @@ impl ServeArgs {
         if let Some(v) = &self.mysql {
             c.mysql = v.clone();
         }
+        if let Some(v) = &self.mysql_password_file {
+            c.password_file = Some(v.clone());
+        }
+        if let Some(v) = self.ssl_mode {
+            c.ssl_mode = Some(v);
+        }
+        if let Some(v) = &self.ssl_ca {
+            c.ssl_ca = Some(v.clone());
+        }
+        if let Some(v) = &self.credentials_file {
+            c.credentials_file = Some(v.clone());
+        }
         if let Some(v) = &self.sink_dir {
             c.sink_dir = v.clone();
         }
@@ -175,9 +204,13 @@ impl ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct DumpArgs {
-    /// Server to dump, mysql://USER[:PASSWORD]@HOST:PORT.
+    /// Server to dump, mysql://USER@HOST:PORT[?ssl-mode=MODE&ssl-ca=FILE]
+    /// (the password from --mysql-password-file or LOCKSTEP_MYSQL_PASSWORD).
     #[arg(long, env = "LOCKSTEP_MYSQL", hide_env_values = true)]
     pub mysql: String,
+    /// File holding the server's password (first line; mode 0600).
+    #[arg(long)]
+    pub mysql_password_file: Option<PathBuf>,
     /// Output directory; must not exist or be empty.
     #[arg(long)]
     pub out: PathBuf,
@@ -222,9 +255,13 @@ pub struct DumpArgs {
 
 #[derive(Debug, Args)]
 pub struct LoadArgs {
-    /// Target server, mysql://USER[:PASSWORD]@HOST:PORT.
+    /// Target server, mysql://USER@HOST:PORT[?ssl-mode=MODE&ssl-ca=FILE]
+    /// (the password from --mysql-password-file or LOCKSTEP_MYSQL_PASSWORD).
     #[arg(long, env = "LOCKSTEP_MYSQL", hide_env_values = true)]
     pub mysql: String,
+    /// File holding the server's password (first line; mode 0600).
+    #[arg(long)]
+    pub mysql_password_file: Option<PathBuf>,
     /// Snapshot directory (the one holding manifest.json).
     #[arg(long)]
     pub from: PathBuf,

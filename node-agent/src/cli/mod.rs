@@ -76,6 +76,13 @@ fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 async fn serve(a: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if let Some(url) = &a.mysql {
+        crate::secrets::warn_if_on_argv(
+            "--mysql",
+            url,
+            std::env::var("LOCKSTEP_MYSQL").ok().as_deref(),
+        );
+    }
     let cfg = a.config()?;
     let agent = cfg.validate()?;
     crate::server::run(agent, cfg.listen, cfg.insecure_plaintext, shutdown).await?;
@@ -110,8 +117,22 @@ impl Drop for Ticker {
     }
 }
 
+/// The server of `dump` and `load`: the URL with the password given beside it.
+fn cli_server(url: &str, password_file: Option<&std::path::Path>) -> anyhow::Result<Server> {
+    crate::secrets::warn_if_on_argv(
+        "--mysql",
+        url,
+        std::env::var("LOCKSTEP_MYSQL").ok().as_deref(),
+    );
+    Ok(crate::secrets::server(
+        url,
+        &crate::mysql::SslSettings::default(),
+        password_file,
+    )?)
+}
+
 async fn dump(a: DumpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let server = Server::parse(&a.mysql)?;
+    let server = cli_server(&a.mysql, a.mysql_password_file.as_deref())?;
     if !(1..=64).contains(&a.threads) {
         anyhow::bail!("--threads must be 1..=64, got {}", a.threads);
     }
@@ -200,7 +221,7 @@ async fn dump(a: DumpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
 }
 
 async fn load(a: LoadArgs) -> anyhow::Result<()> {
-    let server = Server::parse(&a.mysql)?;
+    let server = cli_server(&a.mysql, a.mysql_password_file.as_deref())?;
     if !(1..=64).contains(&a.threads) {
         anyhow::bail!("--threads must be 1..=64, got {}", a.threads);
     }

@@ -140,37 +140,19 @@ impl KeyFile {
     /// file nobody but its owner may read, write or execute (mode 0600 or
     /// 0400, like ssh's private keys).
     pub fn load(path: impl AsRef<Path>) -> Result<KeyFile> {
-        use std::os::unix::fs::PermissionsExt;
         let path = path.as_ref();
         let refuse =
             |kind, reason: String| Error::io(path, "load key file", io::Error::new(kind, reason));
-        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, "load key file", e))?;
-        if !meta.is_file() {
-            return Err(refuse(
-                io::ErrorKind::InvalidInput,
-                "not a regular file".into(),
-            ));
-        }
-        let mode = meta.permissions().mode() & 0o7777;
-        if mode & 0o077 != 0 {
-            return Err(refuse(
-                io::ErrorKind::PermissionDenied,
-                format!(
-                    "its mode {mode:04o} lets group or others at it; a key file must be private to its owner (chmod 600 {})",
-                    path.display()
-                ),
-            ));
-        }
-        if meta.len() > 256 {
+        let text = crate::secrets::read_private(path, "key file")?;
+        if text.len() > 256 {
             return Err(refuse(
                 io::ErrorKind::InvalidData,
                 format!(
                     "{} bytes is too long for a key file (64 hex digits and a newline)",
-                    meta.len()
+                    text.len()
                 ),
             ));
         }
-        let text = std::fs::read(path).map_err(|e| Error::io(path, "load key file", e))?;
         let digits = text.strip_suffix(b"\n").unwrap_or(&text);
         let mut key = [0u8; 32];
         if digits.len() != 64 || hex::decode_to_slice(digits, &mut key).is_err() {

@@ -7,6 +7,9 @@
 //! up to the root are fsynced. A partial file survives a crash with whatever
 //! was fsynced, so a media agent can resume an interrupted stream at an
 //! acknowledged offset ([`DiskStore::resume`]).
+//!
+//! Directories the store creates are 0700 and its files 0600: a backup
+//! holds every row of the database.
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +19,11 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt, BufWriter};
 use super::{ByteStream, ObjectInfo, ObjectWriter, Store, check_key};
 use crate::error::{Error, IoContext, Result};
 use crate::format::files::{sync_ancestors, sync_dir};
+
+/// Mode of the directories a store creates: backups are for their owner.
+pub const PRIVATE_DIR: u32 = 0o700;
+/// Mode of the files a store writes.
+pub const PRIVATE_FILE: u32 = 0o600;
 
 /// A directory holding objects as files under their keys.
 #[derive(Debug, Clone)]
@@ -120,11 +128,19 @@ impl DiskStore {
             return Err(self.err(key, "create", "an object already exists under this key"));
         }
         if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent)
+            tokio::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(PRIVATE_DIR)
+                .create(parent)
                 .await
                 .on_file(parent, "create directory")?;
         }
-        let file = tokio::fs::File::create(&partial)
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(PRIVATE_FILE)
+            .open(&partial)
             .await
             .on_file(&partial, "create")?;
         Ok(DiskWriter {
@@ -441,6 +457,27 @@ mod tests {
             "empty dirs removed"
         );
         assert!(store.path_of("../etc/passwd").is_err());
+    }
+
+    #[tokio::test]
+    async fn directories_and_files_are_private_to_the_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = DiskStore::new(dir.path().join("sink"), "test sink");
+        put(&store, "b1/s1/db/t.tsv", Bytes::from_static(b"rows"))
+            .await
+            .expect("put");
+        let mode = |p: &str| {
+            std::fs::metadata(dir.path().join(p))
+                .expect("stat")
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        for d in ["sink", "sink/b1", "sink/b1/s1", "sink/b1/s1/db"] {
+            assert_eq!(mode(d), 0o700, "{d}");
+        }
+        assert_eq!(mode("sink/b1/s1/db/t.tsv"), 0o600);
     }
 
     #[tokio::test]
