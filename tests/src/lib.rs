@@ -33,6 +33,9 @@
 //!   between roles.
 //! - [`s3`]: [`s3::S3Server`], a real S3-compatible server (moto) with a
 //!   bucket and enforced credentials, for the S3 sink tests.
+//! - [`mysql_tls`]: certificates for MariaDB's TLS, `REQUIRE SSL` accounts
+//!   with the least grants, private password/credentials files, and a grep
+//!   for a secret in files and command lines.
 //! - [`logging`]: [`init_tracing`] and the [`step!`] macro.
 //!
 //! Where new code goes: anything about one kind of process belongs in that
@@ -56,6 +59,7 @@ pub mod compare;
 pub mod coordinator;
 pub mod logging;
 pub mod mariadb;
+pub mod mysql_tls;
 pub mod plain_cluster;
 pub mod ports;
 pub mod probe;

@@ -100,6 +100,17 @@ impl MariaDbOptions {
             ..Self::default()
         }
     }
+
+    /// Also serve TLS with this certificate and key (PEM files), and trust
+    /// clients' certificates from `ca` (`--ssl-cert --ssl-key --ssl-ca`).
+    pub fn with_tls(mut self, cert: &Path, key: &Path, ca: &Path) -> Self {
+        self.extra_args.extend([
+            format!("--ssl-cert={}", cert.display()),
+            format!("--ssl-key={}", key.display()),
+            format!("--ssl-ca={}", ca.display()),
+        ]);
+        self
+    }
 }
 
 /// Server ids used in this process, so automatic ids never repeat one.
@@ -267,6 +278,21 @@ impl MariaDb {
                 .iter()
                 .map(|name| MariaDb::start(MariaDbOptions::named(*name))),
         )
+        .await
+    }
+
+    /// Starts one server per name with `opts` (its name set to each),
+    /// concurrently.
+    pub async fn start_many_with(
+        names: &[&str],
+        opts: &MariaDbOptions,
+    ) -> anyhow::Result<Vec<MariaDb>> {
+        futures::future::try_join_all(names.iter().map(|name| {
+            MariaDb::start(MariaDbOptions {
+                name: Some(name.to_string()),
+                ..opts.clone()
+            })
+        }))
         .await
     }
 

@@ -130,6 +130,37 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// 3 coordinators, and an agent beside each of `servers` (already
+    /// running) with the options `agent(i, server)` gives and the cluster's
+    /// flags added; waits until every server is healthy.
+    pub async fn start_on(
+        servers: Vec<MariaDb>,
+        agent: impl Fn(usize, &MariaDb) -> AgentOptions,
+    ) -> anyhow::Result<Cluster> {
+        step!("start 3 coordinators");
+        let group = CoordinatorGroup::start_with_env(3, &[]).await?;
+        step!("start an agent beside each server, registering with the coordinators");
+        let urls = group.urls();
+        let starts = servers.iter().enumerate().map(|(i, s)| {
+            let mut opts = agent(i, s);
+            opts.extra_args.extend([
+                "--cluster".into(),
+                CLUSTER.into(),
+                "--coordinators".into(),
+                urls.clone(),
+            ]);
+            AgentProc::start(opts)
+        });
+        let agents = futures::future::try_join_all(starts).await?;
+        let cluster = Cluster {
+            servers,
+            agents,
+            group,
+        };
+        cluster.wait_healthy(Duration::from_secs(30)).await?;
+        Ok(cluster)
+    }
+
     pub async fn backups(&self) -> anyhow::Result<Vec<Value>> {
         let out = self
             .cli(&["--json", "catalog", "list", "--cluster", CLUSTER])

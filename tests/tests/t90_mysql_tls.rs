@@ -1,0 +1,209 @@
+//! TLS from the agents to their servers: MariaDB servers serve TLS with a
+//! certificate for 127.0.0.1 from a test CA, the backup and restore
+//! accounts `REQUIRE SSL` and hold only the grants docs/agent.md lists, and
+//! a cluster backup and restore run through agents with
+//! `ssl-mode=verify-identity`. The modes that must fail do, naming the
+//! server and the mode.
+
+use std::time::Duration;
+
+use lockstep_tests::mysql_tls::{
+    BACKUP_GRANTS, RESTORE_GRANTS, TlsFiles, create_tls_account, private_file, ssl_accepts,
+};
+use lockstep_tests::plain_cluster::{CLUSTER, Cluster};
+use lockstep_tests::{
+    AgentOptions, CatalogCli, CausalWriter, MariaDb, Target, check_chain, run_agent_cli, step,
+};
+use serde_json::Value;
+
+const BACKUP_PASSWORD: &str = "tls-Backup-pw-7";
+const RESTORE_PASSWORD: &str = "tls-Restore-pw-9";
+
+/// The agent's URL of `db` as user `user` with `mode` and the CA `ca`.
+fn tls_url(user: &str, db: &MariaDb, mode: &str, ca: &std::path::Path) -> String {
+    format!(
+        "mysql://{user}@127.0.0.1:{}?ssl-mode={mode}&ssl-ca={}",
+        db.port(),
+        ca.display()
+    )
+}
+
+/// A cluster backup under the causal writer through agents whose sessions
+/// are `verify-identity` TLS as a `REQUIRE SSL` user with the least backup
+/// grants (its password from a 0600 file), then a restore into three fresh
+/// TLS servers as a `REQUIRE SSL` user with the least restore grants, the
+/// targets' URLs also `verify-identity`: the restored chain has no gaps.
+/// Each server counts the agents' TLS sessions (`Ssl_accepts`); a plaintext
+/// session of these users would be refused. `ssl-mode=disabled` against the
+/// `REQUIRE SSL` user, `verify-ca` with a CA that did not sign the server's
+/// certificate, and `required` against a server without TLS each fail,
+/// naming the server and the mode.
+#[tokio::test]
+async fn a_cluster_backup_and_restore_run_over_verified_tls() -> anyhow::Result<()> {
+    step!("a CA, a certificate for 127.0.0.1, and a second CA");
+    let tls = TlsFiles::new()?;
+    let pw_file = tls.dir().join("backup.password");
+    private_file(&pw_file, &format!("{BACKUP_PASSWORD}\n"))?;
+
+    step!("3 MariaDB servers serving TLS; a REQUIRE SSL backup user with the least grants");
+    let servers = MariaDb::start_many_with(&["tl0", "tl1", "tl2"], &tls.server_options()).await?;
+    for s in &servers {
+        create_tls_account(s, "lockstep", BACKUP_PASSWORD, BACKUP_GRANTS).await?;
+    }
+
+    step!("ssl-mode=disabled against the REQUIRE SSL user fails, naming server and mode");
+    let pw_arg = pw_file.display().to_string();
+    let out_dir = tls.dir().join("dump-disabled");
+    let url = format!(
+        "mysql://lockstep@127.0.0.1:{}?ssl-mode=disabled",
+        servers[0].port()
+    );
+    let out = run_agent_cli(&[
+        "dump",
+        "--mysql",
+        &url,
+        "--mysql-password-file",
+        &pw_arg,
+        "--out",
+        &out_dir.display().to_string(),
+        "--quiet",
+    ])
+    .await?;
+    assert!(!out.status.success(), "{}", out.stdout);
+    assert!(
+        out.stderr.contains(&servers[0].address())
+            && out.stderr.contains("ssl-mode=disabled")
+            && out.stderr.contains("REQUIRE SSL"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains(BACKUP_PASSWORD), "{}", out.stderr);
+
+    step!("verify-ca with a CA that did not sign the certificate fails, naming the CA");
+    let url = tls_url("lockstep", &servers[0], "verify-ca", &tls.wrong_ca);
+    let out = run_agent_cli(&[
+        "dump",
+        "--mysql",
+        &url,
+        "--mysql-password-file",
+        &pw_arg,
+        "--out",
+        &tls.dir().join("dump-wrong-ca").display().to_string(),
+        "--quiet",
+    ])
+    .await?;
+    assert!(!out.status.success(), "{}", out.stdout);
+    assert!(
+        out.stderr.contains(&servers[0].address())
+            && out.stderr.contains("ssl-mode=verify-ca")
+            && out.stderr.contains("not trusted by the CA in")
+            && out.stderr.contains(&tls.wrong_ca.display().to_string()),
+        "{}",
+        out.stderr
+    );
+
+    step!("ssl-mode=required against a server without TLS fails, naming server and mode");
+    let plain = MariaDb::start_many(&["tlp"]).await?;
+    let url = format!("{}?ssl-mode=required", plain[0].url());
+    let out = run_agent_cli(&[
+        "dump",
+        "--mysql",
+        &url,
+        "--out",
+        &tls.dir().join("dump-plain").display().to_string(),
+        "--quiet",
+    ])
+    .await?;
+    assert!(!out.status.success(), "{}", out.stdout);
+    assert!(
+        out.stderr.contains(&plain[0].address())
+            && out.stderr.contains("ssl-mode=required")
+            && out.stderr.contains("offers no TLS"),
+        "{}",
+        out.stderr
+    );
+    drop(plain);
+
+    let before: Vec<u64> = futures::future::try_join_all(servers.iter().map(ssl_accepts)).await?;
+    step!("agents with ssl-mode=verify-identity, the password from a 0600 file");
+    let (ca, pw) = (tls.ca.clone(), pw_file.clone());
+    let cluster = Cluster::start_on(servers, |_, s| {
+        let mut a = AgentOptions::new(s.name(), tls_url("lockstep", s, "verify-identity", &ca));
+        a.extra_args = vec!["--mysql-password-file".into(), pw.display().to_string()];
+        a
+    })
+    .await?;
+
+    step!("back up under the causal writer");
+    let writer = CausalWriter::start(cluster.chain()).await?;
+    writer.wait_committed(150, Duration::from_secs(60)).await?;
+    let backup = cluster.backup_and_wait(None).await?;
+    let written = writer.stop().await;
+    assert_eq!(backup["status"], "COMPLETE", "{backup}");
+    let id = backup["id"].as_str().expect("id").to_string();
+    for (i, s) in cluster.servers.iter().enumerate() {
+        let after = ssl_accepts(s).await?;
+        step!(
+            "{}: {} TLS sessions accepted during the run",
+            s.name(),
+            after - before[i]
+        );
+        assert!(
+            after >= before[i] + 3,
+            "{}: the agent's sessions are TLS: Ssl_accepts {} -> {after}",
+            s.name(),
+            before[i]
+        );
+    }
+
+    step!("restore into 3 fresh TLS servers as a REQUIRE SSL user with the least restore grants");
+    let fresh = MariaDb::start_many_with(&["tf0", "tf1", "tf2"], &tls.server_options()).await?;
+    for s in &fresh {
+        create_tls_account(s, "restorer", RESTORE_PASSWORD, RESTORE_GRANTS).await?;
+    }
+    let mut argv: Vec<String> = ["--json", "restore", "run", "--backup", &id, "--wait"]
+        .map(String::from)
+        .to_vec();
+    for (i, s) in fresh.iter().enumerate() {
+        argv.push("--target".into());
+        let url = tls_url(
+            &format!("restorer:{RESTORE_PASSWORD}"),
+            s,
+            "verify-identity",
+            &tls.ca,
+        );
+        argv.push(format!("{}={url}", cluster.servers[i].name()));
+    }
+    let args: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let out = cluster.cli(&args).await?;
+    assert!(
+        out.stderr.contains("visible in the process list"),
+        "a password on the command line is warned about: {}",
+        out.stderr
+    );
+    out.success()?;
+    let restore: Value = serde_json::from_str(out.stdout.trim())?;
+    assert_eq!(restore["ok"], true, "{restore}");
+    assert!(!out.stdout.contains(RESTORE_PASSWORD), "{}", out.stdout);
+    let m = check_chain(&Target::chain_on(&fresh)).await?;
+    step!("restored chain 1..{m} of {written} written");
+    assert!((150..=written).contains(&m), "restored 1..{m} of {written}");
+    let source = check_chain(&cluster.chain()).await?;
+    assert!(source >= m, "the source chain goes on: {source} >= {m}");
+
+    step!("the catalog holds the targets without their passwords");
+    let restores = cluster
+        .cli(&["--json", "restore", "list", "--backup", &id])
+        .await?;
+    restores.success()?;
+    assert!(
+        !restores.stdout.contains(RESTORE_PASSWORD),
+        "{}",
+        restores.stdout
+    );
+    let listed = cluster
+        .cli_json(&["server", "list", "--cluster", CLUSTER])
+        .await?;
+    assert_eq!(listed.as_array().map(Vec::len), Some(3), "{listed}");
+    Ok(())
+}
