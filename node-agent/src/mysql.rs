@@ -112,6 +112,9 @@ pub struct Server {
     address: String,
     /// `preferred`: the server offered no TLS (shared by clones).
     no_tls: Arc<AtomicBool>,
+    /// `verify-ca`: options naming a host the server's certificate names,
+    /// once a session found it (shared by clones); see [`Server::connect`].
+    verify_ca_named: Arc<std::sync::Mutex<Option<Opts>>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -159,6 +162,17 @@ fn split_tls_params(url: &str) -> std::result::Result<(String, SslSettings), Str
         format!("{base}?{}", rest.join("&"))
     };
     Ok((url, tls))
+}
+
+/// The DNS name a certificate was found valid for, from rustls's "not
+/// valid for name" error text (`... is only valid for DnsName("db1") ...`).
+fn certificate_name(text: &str) -> Option<String> {
+    if !text.contains("not valid for name") {
+        return None;
+    }
+    let rest = text.split_once("valid for DnsName(\"")?.1;
+    let name = rest.split('"').next()?;
+    (!name.is_empty()).then(|| name.to_string())
 }
 
 /// Whether an I/O error came from TLS (the handshake or a certificate)
@@ -288,6 +302,7 @@ impl Server {
             ca: tls.ca,
             address,
             no_tls: Arc::new(AtomicBool::new(false)),
+            verify_ca_named: Arc::new(std::sync::Mutex::new(None)),
         })
     }
 
@@ -318,8 +333,40 @@ impl Server {
                 .await
                 .map_err(|e| self.login_error(purpose, e));
         };
+        let named = self
+            .verify_ca_named
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let tls = named.as_ref().unwrap_or(tls);
         match self.connect_with(tls.clone()).await {
             Ok(conn) => Ok(conn),
+            // mysql_async 0.37 asks rustls to skip the name check by
+            // matching an error text rustls 0.23 no longer produces, so
+            // with verify-ca a certificate that does not name the host
+            // fails. The chain was good (the name is checked last): ask
+            // again presenting a name the certificate has, which checks the
+            // chain in full and the name trivially — verify-ca exactly.
+            Err(e) if self.mode == SslMode::VerifyCa && named.is_none() => {
+                let Some(name) = certificate_name(&e.to_string()) else {
+                    return Err(self.tls_error(purpose, e));
+                };
+                let ssl = tls
+                    .ssl_opts()
+                    .cloned()
+                    .unwrap_or_default()
+                    .with_danger_tls_hostname_override(Some(name));
+                let retry: Opts = OptsBuilder::from_opts(tls.clone()).ssl_opts(ssl).into();
+                let conn = self
+                    .connect_with(retry.clone())
+                    .await
+                    .map_err(|e| self.tls_error(purpose, e))?;
+                *self
+                    .verify_ca_named
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(retry);
+                Ok(conn)
+            }
             Err(mysql_async::Error::Driver(
                 mysql_async::DriverError::NoClientSslFlagFromServer,
             )) if self.mode == SslMode::Preferred => {
@@ -474,6 +521,16 @@ mod tests {
             let err = Server::parse(url).expect_err(url).to_string();
             assert!(!err.contains("Sekrit"), "{err}");
         }
+    }
+
+    #[test]
+    fn the_name_a_certificate_has_is_read_from_the_error() {
+        let text = "Input/output error: invalid peer certificate: certificate not valid for name \"127.0.0.1\"; certificate is only valid for DnsName(\"db1.example\") or DnsName(\"db1\")";
+        assert_eq!(certificate_name(text).as_deref(), Some("db1.example"));
+        assert_eq!(
+            certificate_name("invalid peer certificate: UnknownIssuer"),
+            None
+        );
     }
 
     #[test]

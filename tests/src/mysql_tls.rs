@@ -33,6 +33,9 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// A CA that signed nothing the servers present.
     pub wrong_ca: PathBuf,
+    /// A certificate and key from the same CA for another name
+    /// (`db.invalid`), not for 127.0.0.1.
+    pub misnamed: (PathBuf, PathBuf),
 }
 
 impl TlsFiles {
@@ -53,17 +56,31 @@ impl TlsFiles {
             false,
         )
         .context("issue a second CA")?;
+        let (_, other) = lockstep_proto::tls::certs::issue(
+            &dir.path().join("good"),
+            &["misnamed".to_string()],
+            &["db.invalid".to_string()],
+            false,
+        )
+        .context("issue a certificate for another name")?;
         let server = issued
             .into_iter()
             .next()
             .context("one certificate issued")?;
+        let other = other.into_iter().next().context("one certificate issued")?;
         Ok(TlsFiles {
             dir: Some(dir),
             ca,
             cert: server.cert,
             key: server.key,
             wrong_ca,
+            misnamed: (other.cert, other.key),
         })
+    }
+
+    /// Options for a server whose certificate names `db.invalid`.
+    pub fn misnamed_server_options(&self) -> MariaDbOptions {
+        MariaDbOptions::default().with_tls(&self.misnamed.0, &self.misnamed.1, &self.ca)
     }
 
     /// Options for a server that serves TLS with these files.

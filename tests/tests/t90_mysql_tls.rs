@@ -124,6 +124,46 @@ async fn a_cluster_backup_and_restore_run_over_verified_tls() -> anyhow::Result<
     );
     drop(plain);
 
+    step!("a certificate for another name: verify-identity fails naming the host, verify-ca works");
+    let misnamed = MariaDb::start_many_with(&["tlm"], &tls.misnamed_server_options()).await?;
+    create_tls_account(&misnamed[0], "lockstep", BACKUP_PASSWORD, BACKUP_GRANTS).await?;
+    misnamed[0].exec("CREATE DATABASE m").await?;
+    misnamed[0]
+        .exec("CREATE TABLE m.t (id INT PRIMARY KEY)")
+        .await?;
+    misnamed[0].exec("INSERT INTO m.t VALUES (1), (2)").await?;
+    for (mode, ok) in [("verify-identity", false), ("verify-ca", true)] {
+        let url = tls_url("lockstep", &misnamed[0], mode, &tls.ca);
+        let out = run_agent_cli(&[
+            "dump",
+            "--mysql",
+            &url,
+            "--mysql-password-file",
+            &pw_arg,
+            "--out",
+            &tls.dir().join(format!("dump-{mode}")).display().to_string(),
+            "--quiet",
+        ])
+        .await?;
+        assert_eq!(
+            out.status.success(),
+            ok,
+            "{mode}: {}{}",
+            out.stdout,
+            out.stderr
+        );
+        if !ok {
+            assert!(
+                out.stderr.contains(&misnamed[0].address())
+                    && out.stderr.contains("ssl-mode=verify-identity")
+                    && out.stderr.contains("does not name 127.0.0.1"),
+                "{}",
+                out.stderr
+            );
+        }
+    }
+    drop(misnamed);
+
     let before: Vec<u64> = futures::future::try_join_all(servers.iter().map(ssl_accepts)).await?;
     step!("agents with ssl-mode=verify-identity, the password from a 0600 file");
     let (ca, pw) = (tls.ca.clone(), pw_file.clone());

@@ -127,7 +127,7 @@ async fn passwords_never_leave_their_files() -> anyhow::Result<()> {
     step!("the grep finds a password where it is (so the test can fail)");
     assert_eq!(
         files_containing(secrets.path(), BACKUP_PASSWORD)?,
-        [pw_file.clone()]
+        std::slice::from_ref(&pw_file)
     );
     let mut probe = Seen::default();
     probe.add("probe", format!("x{RESTORE_PASSWORD}y"));
