@@ -402,9 +402,11 @@ impl Server {
             }
             // ER_ACCESS_DENIED_ERROR: a REQUIRE SSL account without TLS is
             // refused the same way as a wrong password.
-            mysql_async::Error::Server(s) if s.code == 1045 => Some(
-                "login refused; if the account requires TLS (REQUIRE SSL), a plaintext session cannot log in",
-            ),
+            mysql_async::Error::Server(s) if s.code == 1045 && self.mode == SslMode::Disabled => {
+                Some(
+                    "login refused; if the account requires TLS (REQUIRE SSL), a plaintext session cannot log in",
+                )
+            }
             _ => None,
         };
         match needs_tls {

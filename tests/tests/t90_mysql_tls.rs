@@ -181,6 +181,10 @@ async fn a_cluster_backup_and_restore_run_over_verified_tls() -> anyhow::Result<
     let written = writer.stop().await;
     assert_eq!(backup["status"], "COMPLETE", "{backup}");
     let id = backup["id"].as_str().expect("id").to_string();
+    step!(
+        "freeze window over TLS: {} ms",
+        backup["freeze_ms"].as_f64().unwrap_or_default()
+    );
     for (i, s) in cluster.servers.iter().enumerate() {
         let after = ssl_accepts(s).await?;
         step!(

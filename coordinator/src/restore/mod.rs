@@ -41,8 +41,9 @@ use plan::{Plan, Source, measured_rate, plan};
 /// How long a source check (manifest only) may take.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What to restore.
-#[derive(Debug, Clone, Default)]
+/// What to restore. Its `Debug` shows targets as the catalog does (never
+/// a password).
+#[derive(Clone, Default)]
 pub struct RestoreRequest {
     /// The backup's id.
     pub backup_id: String,
@@ -59,6 +60,25 @@ pub struct RestoreRequest {
     pub from: Option<String>,
     /// Server name → the agent that loads it.
     pub agents: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for RestoreRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let targets: BTreeMap<&String, String> = self
+            .targets
+            .iter()
+            .map(|(server, url)| (server, plan::redact(url)))
+            .collect();
+        f.debug_struct("RestoreRequest")
+            .field("backup_id", &self.backup_id)
+            .field("targets", &targets)
+            .field("force", &self.force)
+            .field("in_place", &self.in_place)
+            .field("allow_reset_master", &self.allow_reset_master)
+            .field("from", &self.from)
+            .field("agents", &self.agents)
+            .finish()
+    }
 }
 
 /// A finished restore: its catalog id and every server's outcome, in the

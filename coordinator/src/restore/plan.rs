@@ -35,14 +35,26 @@ impl Source {
     }
 }
 
-/// One server to restore: its target and its sources, best first.
-#[derive(Debug, Clone)]
+/// One server to restore: its target and its sources, best first. Its
+/// `Debug` shows the target as the catalog does (never a password).
+#[derive(Clone)]
 pub(super) struct Plan {
     pub(super) server: String,
     pub(super) target_mysql: String,
     pub(super) sources: Vec<Source>,
     /// Why sources were passed over (or none exist).
     pub(super) skipped: Vec<String>,
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("server", &self.server)
+            .field("target", &self.shown_target())
+            .field("sources", &self.sources)
+            .field("skipped", &self.skipped)
+            .finish()
+    }
 }
 
 /// One server of a restore plan, as `restore plan` shows it.

@@ -252,6 +252,9 @@ fn plan_refuses_bad_and_shared_targets_before_anything_runs() {
     assert_eq!(plans[0].target_mysql, "cred:db1-restore");
     assert_eq!(plans[0].shown_target(), "cred:db1-restore");
     assert_eq!(plans[1].shown_target(), "h:2");
+    assert!(!format!("{plans:?}").contains("pw"), "{plans:?}");
+    let r = req(&[("s1", "mysql://u:Sekrit@h:1")], false);
+    assert!(!format!("{r:?}").contains("Sekrit"), "{r:?}");
 
     let shared = bad("mysql://admin@h:2");
     assert!(
