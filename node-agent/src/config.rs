@@ -332,6 +332,46 @@ mod tests {
     }
 
     #[test]
+    fn password_file_tls_and_credentials_settings() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "Hunter-2\n").expect("write");
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let mut cfg = ServeConfig {
+            mysql: "mysql://lockstep@127.0.0.1:3306".into(),
+            password_file: Some(pw.clone()),
+            ssl_mode: Some(SslMode::Required),
+            ..ServeConfig::default()
+        };
+        let server = cfg.validate().expect("valid").server.expect("a server");
+        assert!(server.has_password());
+        assert_eq!(server.ssl_mode(), SslMode::Required);
+        cfg.mysql = "mysql://lockstep:other@127.0.0.1:3306".into();
+        let err = cfg.validate().expect_err("two passwords").to_string();
+        assert!(err.contains("once") && !err.contains("Hunter-2"), "{err}");
+        cfg.mysql = "mysql://lockstep@127.0.0.1:3306?ssl-mode=disabled".into();
+        let err = cfg.validate().expect_err("contradicting modes").to_string();
+        assert!(
+            err.contains("disabled") && err.contains("required"),
+            "{err}"
+        );
+        cfg.mysql = "mysql://lockstep@127.0.0.1:3306".into();
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let err = cfg.validate().expect_err("world-readable").to_string();
+        assert!(err.contains("0644") && err.contains("pw"), "{err}");
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o400)).expect("chmod");
+        cfg.credentials_file = Some(dir.path().join("missing.toml"));
+        let err = cfg.validate().expect_err("no credentials file").to_string();
+        assert!(err.contains("missing.toml"), "{err}");
+        let parsed: ServeConfig = toml::from_str(
+            "mysql = \"mysql://u@h:1\"\nssl_mode = \"verify-identity\"\nssl_ca = \"/etc/ca.pem\"\npassword_file = \"/etc/pw\"\ncredentials_file = \"/etc/c.toml\"",
+        )
+        .expect("keys parse");
+        assert_eq!(parsed.ssl_mode, Some(SslMode::VerifyIdentity));
+    }
+
+    #[test]
     fn name_defaults_only_for_standalone_agents() {
         let mut cfg = ServeConfig {
             mysql: "mysql://root@127.0.0.1:3306".into(),

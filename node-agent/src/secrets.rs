@@ -122,6 +122,21 @@ pub fn warn_if_on_argv(flag: &str, url: &str, from_env: Option<&str>) {
     }
 }
 
+/// Warns when the configuration file at `path` holds a password (in its
+/// `mysql` URL) and group or others may read it.
+pub fn warn_if_readable(path: &Path, url: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let has_password = Server::parse(url).is_ok_and(|s| s.has_password());
+    let mode = std::fs::metadata(path).map_or(0, |m| m.permissions().mode() & 0o777);
+    if has_password && mode & 0o077 != 0 {
+        tracing::warn!(
+            file = %path.display(),
+            mode = format!("{mode:04o}"),
+            "the configuration file holds the MySQL password and others may read it; chmod 600 it, or move the password to password_file"
+        );
+    }
+}
+
 /// One entry of a credentials file: a target's URL (with its password)
 /// and how to secure the session.
 #[derive(Clone, Deserialize)]

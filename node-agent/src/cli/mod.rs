@@ -84,6 +84,9 @@ async fn serve(a: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<()> 
         );
     }
     let cfg = a.config()?;
+    if let Some(path) = &a.config {
+        crate::secrets::warn_if_readable(path, &cfg.mysql);
+    }
     let agent = cfg.validate()?;
     crate::server::run(agent, cfg.listen, cfg.insecure_plaintext, shutdown).await?;
     Ok(())
