@@ -70,6 +70,7 @@ async fn a_cluster_backup_and_restore_run_over_verified_tls() -> anyhow::Result<
     ])
     .await?;
     assert!(!out.status.success(), "{}", out.stdout);
+    step!("refused: {}", out.stderr.trim());
     assert!(
         out.stderr.contains(&servers[0].address())
             && out.stderr.contains("ssl-mode=disabled")
@@ -93,6 +94,7 @@ async fn a_cluster_backup_and_restore_run_over_verified_tls() -> anyhow::Result<
     ])
     .await?;
     assert!(!out.status.success(), "{}", out.stdout);
+    step!("refused: {}", out.stderr.trim());
     assert!(
         out.stderr.contains(&servers[0].address())
             && out.stderr.contains("ssl-mode=verify-ca")
@@ -115,6 +117,7 @@ async fn a_cluster_backup_and_restore_run_over_verified_tls() -> anyhow::Result<
     ])
     .await?;
     assert!(!out.status.success(), "{}", out.stdout);
+    step!("refused: {}", out.stderr.trim());
     assert!(
         out.stderr.contains(&plain[0].address())
             && out.stderr.contains("ssl-mode=required")
