@@ -8,7 +8,8 @@
 use std::time::Duration;
 
 use lockstep_tests::mysql_tls::{
-    BACKUP_GRANTS, RESTORE_GRANTS, TlsFiles, create_tls_account, private_file, ssl_accepts,
+    BACKUP_GRANTS, RESTORE_GRANTS, TlsFiles, create_tls_account, files_containing, private_file,
+    ssl_accepts,
 };
 use lockstep_tests::plain_cluster::{CLUSTER, Cluster};
 use lockstep_tests::{
@@ -252,5 +253,94 @@ async fn a_cluster_backup_and_restore_run_over_verified_tls() -> anyhow::Result<
         .cli_json(&["server", "list", "--cluster", CLUSTER])
         .await?;
     assert_eq!(listed.as_array().map(Vec::len), Some(3), "{listed}");
+    Ok(())
+}
+
+/// The backup grants are the least that work: a dump (the same phase one
+/// and schema reads a cluster backup runs) of a database with a view, a
+/// trigger and an event is complete as a user with exactly
+/// [`BACKUP_GRANTS`], and fails (naming the server) or silently lacks the
+/// event or trigger (the server hides them without `EVENT` / `TRIGGER`)
+/// as a user with any one of them taken away. `PROCESS` is left out of the
+/// check: it only widens what the pre-flight sees (other users'
+/// statements), which cannot fail a dump.
+#[tokio::test]
+async fn each_backup_grant_is_needed() -> anyhow::Result<()> {
+    step!("a server with a table, a view, a trigger and an event");
+    let db = MariaDb::start(lockstep_tests::MariaDbOptions::named("tg")).await?;
+    for sql in [
+        "CREATE DATABASE g",
+        "CREATE TABLE g.t (id INT PRIMARY KEY, v INT)",
+        "INSERT INTO g.t VALUES (1, 1), (2, 2)",
+        "CREATE VIEW g.v AS SELECT id FROM g.t",
+        "CREATE TRIGGER g.tr BEFORE INSERT ON g.t FOR EACH ROW SET NEW.v = NEW.v + 1",
+        "CREATE EVENT g.e ON SCHEDULE EVERY 1 DAY DISABLE DO SELECT 1",
+    ] {
+        db.exec(sql).await?;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("ls-grants-")
+        .tempdir_in("/tmp")?;
+    let pw_file = dir.path().join("pw");
+    private_file(&pw_file, BACKUP_PASSWORD)?;
+    let pw_arg = pw_file.display().to_string();
+    let all: Vec<&str> = BACKUP_GRANTS.split(", ").collect();
+    let mut cases: Vec<(String, Option<&str>)> = vec![("full".into(), None)];
+    for g in all.iter().filter(|g| **g != "PROCESS") {
+        cases.push((format!("no {g}"), Some(*g)));
+    }
+    for (i, (what, missing)) in cases.iter().enumerate() {
+        let user = format!("g{i}");
+        let grants: Vec<&str> = all
+            .iter()
+            .copied()
+            .filter(|g| Some(*g) != *missing)
+            .collect();
+        lockstep_tests::mysql_tls::create_account(
+            &db,
+            &user,
+            BACKUP_PASSWORD,
+            &grants.join(", "),
+            false,
+        )
+        .await?;
+        let url = format!("mysql://{user}@127.0.0.1:{}", db.port());
+        let out_dir = dir.path().join(&user);
+        let out = run_agent_cli(&[
+            "dump",
+            "--mysql",
+            &url,
+            "--mysql-password-file",
+            &pw_arg,
+            "--out",
+            &out_dir.display().to_string(),
+            "--quiet",
+        ])
+        .await?;
+        // Without EVENT or TRIGGER the server hides those objects from
+        // information_schema: the dump succeeds without them.
+        let has = |text: &str| -> anyhow::Result<bool> {
+            Ok(out_dir.is_dir() && !files_containing(&out_dir, text)?.is_empty())
+        };
+        let complete = out.status.success()
+            && has("DO SELECT 1")?
+            && has("NEW.v + 1")?
+            && has("CREATE ALGORITHM")?;
+        step!(
+            "{what}: exit {}, complete {complete}: {}",
+            out.status,
+            out.stderr.trim()
+        );
+        assert_eq!(
+            complete,
+            missing.is_none(),
+            "{what}: {}{}",
+            out.stdout,
+            out.stderr
+        );
+        if missing.is_some() && !out.status.success() {
+            assert!(out.stderr.contains(&db.address()), "{}", out.stderr);
+        }
+    }
     Ok(())
 }
