@@ -81,7 +81,11 @@ fn credentials(fresh: &[MariaDb]) -> String {
         ));
     }
     text.push_str(&format!(
-        "[wrong]\nurl = \"mysql://restorer:not-{RESTORE_PASSWORD}-x@127.0.0.1:{}\"\n",
+        "[wrong]\nurl = \"mysql://restorer:not-{RESTORE_PASSWORD}-x@127.0.0.1:{}\"\n\n",
+        fresh[0].port()
+    ));
+    text.push_str(&format!(
+        "[tls]\nurl = \"mysql://restorer:{RESTORE_PASSWORD}@127.0.0.1:{}\"\nssl_mode = \"required\"\n",
         fresh[0].port()
     ));
     text
@@ -112,7 +116,8 @@ fn assert_private(root: &Path) -> anyhow::Result<usize> {
 /// fresh servers whose restore user's password is only in the agents'
 /// credentials file. A backup under the causal writer, a restore by
 /// credential reference (gap-free chain), then errors: a reference whose
-/// entry has a wrong password, a reference the file lacks, and agents
+/// entry has a wrong password, one whose entry requires TLS of a server
+/// without it, a reference the file lacks, a malformed one, and agents
 /// refusing group-readable password and credentials files. Then neither
 /// password is on any command line (read from /proc while the processes
 /// run), in any log, CLI output, the catalog or the coordinators' data
@@ -274,6 +279,30 @@ async fn passwords_never_leave_their_files() -> anyhow::Result<()> {
             && error.contains("Access denied"),
         "{failed}"
     );
+
+    step!("an entry that requires TLS of a server without it fails, naming server and mode");
+    let tls = target(0, "tls");
+    let argv = [
+        "--json", "restore", "run", "--backup", &id, "--wait", "--force", "--target", &tls,
+        "--target", &t1, "--target", &t2,
+    ];
+    let out = cli(&cluster, &mut seen, &argv).await?;
+    assert!(!out.status.success(), "{}", out.stdout);
+    let failed: Value = serde_json::from_str(out.stdout.trim())?;
+    let error = failed["servers"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&fresh[0].address()) && error.contains("ssl-mode=required"),
+        "{failed}"
+    );
+
+    step!("restore plan shows the reference as the target");
+    let argv = [
+        "--json", "restore", "plan", "--backup", &id, "--target", &t0, "--target", &t1, "--target",
+        &t2,
+    ];
+    let out = cli(&cluster, &mut seen, &argv).await?;
+    out.success()?;
+    assert!(out.stdout.contains("cred:t0"), "{}", out.stdout);
 
     step!("a reference the credentials file lacks fails, naming the reference");
     let missing = target(0, "nosuch");
