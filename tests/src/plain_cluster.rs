@@ -132,13 +132,19 @@ impl Cluster {
 
     /// 3 coordinators, and an agent beside each of `servers` (already
     /// running) with the options `agent(i, server)` gives and the cluster's
-    /// flags added; waits until every server is healthy.
+    /// flags added (and `tls`, if given, for every process and the CLI);
+    /// waits until every server is healthy.
     pub async fn start_on(
         servers: Vec<MariaDb>,
+        tls: Option<Arc<Pki>>,
         agent: impl Fn(usize, &MariaDb) -> AgentOptions,
     ) -> anyhow::Result<Cluster> {
-        step!("start 3 coordinators");
-        let group = CoordinatorGroup::start_with_env(3, &[]).await?;
+        step!("start 3 coordinators (TLS: {})", tls.is_some());
+        let coordinator = CoordinatorOptions {
+            tls: tls.clone(),
+            ..CoordinatorOptions::default()
+        };
+        let group = CoordinatorGroup::start_with_options(3, &coordinator).await?;
         step!("start an agent beside each server, registering with the coordinators");
         let urls = group.urls();
         let starts = servers.iter().enumerate().map(|(i, s)| {
@@ -149,6 +155,7 @@ impl Cluster {
                 "--coordinators".into(),
                 urls.clone(),
             ]);
+            opts.tls = tls.clone();
             AgentProc::start(opts)
         });
         let agents = futures::future::try_join_all(starts).await?;
@@ -156,6 +163,7 @@ impl Cluster {
             servers,
             agents,
             group,
+            tls,
         };
         cluster.wait_healthy(Duration::from_secs(30)).await?;
         Ok(cluster)

@@ -171,7 +171,7 @@ async fn a_cluster_backup_and_restore_run_over_verified_tls() -> anyhow::Result<
     let before: Vec<u64> = futures::future::try_join_all(servers.iter().map(ssl_accepts)).await?;
     step!("agents with ssl-mode=verify-identity, the password from a 0600 file");
     let (ca, pw) = (tls.ca.clone(), pw_file.clone());
-    let cluster = Cluster::start_on(servers, |_, s| {
+    let cluster = Cluster::start_on(servers, None, |_, s| {
         let mut a = AgentOptions::new(s.name(), tls_url("lockstep", s, "verify-identity", &ca));
         a.extra_args = vec!["--mysql-password-file".into(), pw.display().to_string()];
         a

@@ -24,6 +24,11 @@ use serde_json::Value;
 const BACKUP_PASSWORD: &str = "Qx7-backup-Zebra-Umbrella-4471";
 /// The restore targets' password.
 const RESTORE_PASSWORD: &str = "Wv3-restore-Kiwi-Lantern-9053";
+/// A target's password given the discouraged way, in a `--target` URL: the
+/// CLI's own argv holds it, nothing else may.
+const URL_PASSWORD: &str = "Jm5-url-Falcon-Harbour-2718";
+/// Every secret the grep looks for.
+const SECRETS: [&str; 3] = [BACKUP_PASSWORD, RESTORE_PASSWORD, URL_PASSWORD];
 
 /// Every secret-bearing thing the test saw, to grep at the end.
 #[derive(Default)]
@@ -48,7 +53,7 @@ impl Seen {
     fn leaks(&self) -> Vec<String> {
         let mut found = Vec::new();
         for (what, text) in &self.texts {
-            for secret in [BACKUP_PASSWORD, RESTORE_PASSWORD] {
+            for secret in SECRETS {
                 if contains(text.as_bytes(), secret) {
                     found.push(format!("{what} holds {secret}"));
                 }
@@ -148,6 +153,7 @@ async fn passwords_never_leave_their_files() -> anyhow::Result<()> {
     }
     for s in &fresh {
         create_account(s, "restorer", RESTORE_PASSWORD, RESTORE_GRANTS, false).await?;
+        create_account(s, "urluser", URL_PASSWORD, RESTORE_GRANTS, false).await?;
     }
     let creds = secrets.path().join("credentials.toml");
     private_file(&creds, &credentials(&fresh))?;
@@ -203,8 +209,9 @@ async fn passwords_never_leave_their_files() -> anyhow::Result<()> {
     }
     std::fs::remove_dir_all(&loose)?;
 
-    step!("a cluster whose agents read the password from a file");
-    let cluster = Cluster::start_on(servers, |_, s| {
+    step!("a cluster with mutual TLS whose agents read the password from a file");
+    let pki = lockstep_tests::tls::Pki::new(&["sg0", "sg1", "sg2"])?;
+    let cluster = Cluster::start_on(servers, Some(pki), |_, s| {
         let mut a = AgentOptions::new(s.name(), backup_url(s));
         a.extra_args = vec![
             "--mysql-password-file".into(),
@@ -278,6 +285,33 @@ async fn passwords_never_leave_their_files() -> anyhow::Result<()> {
             && error.contains(&fresh[0].address())
             && error.contains("Access denied"),
         "{failed}"
+    );
+
+    step!("a target URL with a password works, is warned about, and is recorded without it");
+    let urls: Vec<String> = fresh
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            format!(
+                "{}=mysql://urluser:{URL_PASSWORD}@127.0.0.1:{}",
+                names[i],
+                f.port()
+            )
+        })
+        .collect();
+    let argv = [
+        "--json", "restore", "run", "--backup", &id, "--wait", "--force", "--target", &urls[0],
+        "--target", &urls[1], "--target", &urls[2],
+    ];
+    let out = cluster.cli(&argv).await?;
+    // Only the argv holds the password: it is the operator's own.
+    seen.add("stdout of restore run with URL targets", out.stdout.clone());
+    seen.add("stderr of restore run with URL targets", out.stderr.clone());
+    out.success()?;
+    assert!(
+        out.stderr.contains("visible in the process list"),
+        "{}",
+        out.stderr
     );
 
     step!("an entry that requires TLS of a server without it fails, naming server and mode");
@@ -375,7 +409,7 @@ async fn passwords_never_leave_their_files() -> anyhow::Result<()> {
     }
     let mut files = 0;
     for (what, root) in &roots {
-        for secret in [BACKUP_PASSWORD, RESTORE_PASSWORD] {
+        for secret in SECRETS {
             let hits = if root.is_dir() {
                 files_containing(root, secret)?
             } else {
