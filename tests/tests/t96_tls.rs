@@ -444,3 +444,93 @@ async fn wait_for_log_any<'a>(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `lockstep certs init`: a CA and certificates in a 0700 directory with
+/// 0600 keys, valid for the given hosts; running it again issues more with
+/// the same CA and refuses to overwrite an identity unless `--replace`.
+#[tokio::test]
+async fn certs_init_makes_a_private_pki() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    let pki = dir.path().join("pki");
+    let pki_arg = pki.display().to_string();
+    let mode = |p: &std::path::Path| -> anyhow::Result<u32> {
+        Ok(std::fs::metadata(p)?.permissions().mode() & 0o777)
+    };
+    let out = run_lockstep(
+        "http://127.0.0.1:1",
+        &[
+            "--json",
+            "certs",
+            "init",
+            &pki_arg,
+            "--coordinator-count",
+            "3",
+            "--agent",
+            "db1",
+        ],
+    )
+    .await?;
+    out.success()?;
+    let made: serde_json::Value = serde_json::from_str(out.stdout.trim())?;
+    let ids: Vec<&str> = made["issued"]
+        .as_array()
+        .map(|l| l.iter().filter_map(|i| i["identity"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        ids,
+        [
+            "coordinator-1",
+            "coordinator-2",
+            "coordinator-3",
+            "agent-db1",
+            "operator",
+            "viewer"
+        ],
+        "{made}"
+    );
+    assert_eq!(mode(&pki)?, 0o700, "the directory is private");
+    for id in &ids {
+        assert_eq!(mode(&pki.join(format!("{id}.key")))?, 0o600, "{id}.key");
+    }
+    assert_eq!(mode(&pki.join("ca.key"))?, 0o600);
+
+    step!("again: more identities with the same CA; an issued one is refused");
+    let ca = std::fs::read(pki.join("ca.pem"))?;
+    let out = run_lockstep(
+        "http://127.0.0.1:1",
+        &["certs", "init", &pki_arg, "--agent", "db1"],
+    )
+    .await?;
+    assert!(
+        !out.status.success()
+            && out
+                .stderr
+                .contains("identity 'coordinator-1' is already issued"),
+        "{}",
+        out.stderr
+    );
+    let out = run_lockstep(
+        "http://127.0.0.1:1",
+        &[
+            "certs",
+            "init",
+            &pki_arg,
+            "--coordinator-count",
+            "0",
+            "--agent",
+            "db2",
+        ],
+    )
+    .await?;
+    out.success()?;
+    assert_eq!(std::fs::read(pki.join("ca.pem"))?, ca, "the CA is kept");
+    let tls = lockstep_proto::tls::TlsFiles {
+        cert: pki.join("agent-db2.pem"),
+        key: pki.join("agent-db2.key"),
+        ca: pki.join("ca.pem"),
+    };
+    let loaded = lockstep_proto::tls::Tls::load(tls)?;
+    assert_eq!(loaded.identity(), "agent-db2");
+    Ok(())
+}

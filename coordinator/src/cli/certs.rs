@@ -13,9 +13,10 @@ pub struct CertsInitArgs {
     /// Directory for the files (created 0700); a CA already there
     /// (ca.pem, ca.key) issues the new certificates.
     pub dir: PathBuf,
-    /// Coordinators: identities coordinator-1 .. coordinator-N.
-    #[arg(long, default_value_t = 3)]
-    pub coordinators: u64,
+    /// Coordinators: identities coordinator-1 .. coordinator-N (0: none;
+    /// `--coordinators` is the CLI's coordinator URL list).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub coordinator_count: u64,
     /// An agent by its server name: identity agent-NAME (repeatable).
     #[arg(long = "agent", value_name = "NAME")]
     pub agents: Vec<String>,
@@ -34,7 +35,7 @@ pub struct CertsInitArgs {
 
 pub(super) fn init(json: bool, a: &CertsInitArgs) -> anyhow::Result<i32> {
     let new_ca = !a.dir.join(certs::CA_CERT).exists();
-    let mut names: Vec<String> = (1..=a.coordinators)
+    let mut names: Vec<String> = (1..=a.coordinator_count)
         .map(|i| format!("coordinator-{i}"))
         .collect();
     names.extend(a.agents.iter().map(|n| format!("agent-{n}")));

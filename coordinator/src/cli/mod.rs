@@ -504,6 +504,13 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+        // A subcommand flag named like a global one fails only at parse time.
+        let cli =
+            Cli::try_parse_from(["lockstep", "certs", "init", "d", "--coordinator-count", "2"])
+                .expect("certs init parses");
+        assert!(
+            matches!(cli.command, Command::Certs(CertsCmd::Init(ref a)) if a.coordinator_count == 2)
+        );
     }
 
     #[test]
