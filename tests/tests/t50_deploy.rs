@@ -593,6 +593,12 @@ fn systemd_units_verify_without_warnings() -> anyhow::Result<()> {
             "{}: ExecStart is not under /usr/local/bin",
             unit.display()
         );
+        ensure!(
+            text.contains("\nExecReload=/bin/kill -HUP $MAINPID\n")
+                && text.contains("#Environment=LOCKSTEP_TLS_CERT="),
+            "{}: `systemctl reload` must send SIGHUP (reloads the TLS files), and the TLS settings be shown",
+            unit.display()
+        );
         for bin in ["lockstep-agent", "lockstep-coordinator"] {
             let p = stand_in.join(bin);
             std::fs::write(&p, "#!/bin/sh\n")?;
