@@ -138,8 +138,8 @@ done
 "$LS" server list >/dev/null
 
 echo "--- the agents' MySQL user: lockstep, with the least grants a backup needs (docs/agent.md)"
-# The password reaches each agent in its environment (LOCKSTEP_MYSQL), never
-# on its command line, where every user of the host could read it in `ps`.
+# The password reaches each agent in its environment (LOCKSTEP_MYSQL_PASSWORD),
+# never on its command line, where every user of the host could read it in `ps`.
 AGENT_PW=$(python3 -c 'import secrets; print(secrets.token_hex(12))')
 for i in 1 2 3; do
   sql "db$i" <<SQL
@@ -155,9 +155,10 @@ for i in 1 2 3; do
   port=$(free_port)
   p="PORT_db$i"
   mapfile -t TLS < <(tls "agent-db$i")
-  LOCKSTEP_MYSQL="mysql://lockstep:$AGENT_PW@127.0.0.1:${!p}" \
+  LOCKSTEP_MYSQL_PASSWORD="$AGENT_PW" \
     "$BIN/lockstep-agent" serve --listen "127.0.0.1:$port" --name "db$i" --cluster demo \
-    --coordinators "$COORDS" --sink-dir "$WORK/backups" "${TLS[@]}" >"$WORK/agent$i.log" 2>&1 &
+    --coordinators "$COORDS" --mysql "mysql://lockstep@127.0.0.1:${!p}" \
+    --sink-dir "$WORK/backups" "${TLS[@]}" >"$WORK/agent$i.log" 2>&1 &
   PIDS+=($!)
   echo "    agent db$i: pid $! on 127.0.0.1:$port"
 done

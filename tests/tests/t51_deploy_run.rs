@@ -11,7 +11,8 @@
 //!   ends with the coordinator;
 //! - the MariaDB init script creates `lockstep` with exactly the least
 //!   grants (a quote and a backslash in the password survive), a dump works
-//!   as that user, and writing does not.
+//!   as that user with the password in `LOCKSTEP_MYSQL_PASSWORD`, and
+//!   writing does not.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -555,15 +556,20 @@ async fn mariadb_init_script_creates_the_least_privileged_backup_user() -> anyho
         .await?;
     let tmp = tempfile::tempdir()?;
     let out_dir = tmp.path().join("dump");
-    // The password in the URL, percent-encoded, in the environment.
-    let url = format!(
-        "mysql://lockstep:it%27s%20a%20%5Csecret@127.0.0.1:{}",
-        server.port()
-    );
+    // As compose and Kubernetes run the agent: the URL without the
+    // password, the password in LOCKSTEP_MYSQL_PASSWORD.
+    let url = format!("mysql://lockstep@127.0.0.1:{}", server.port());
     let dump = run_cli_env(
         &bin_path("lockstep-agent")?,
-        &["dump", "--out", &out_dir.display().to_string(), "--json"],
-        &[("LOCKSTEP_MYSQL".to_string(), url)],
+        &[
+            "dump",
+            "--mysql",
+            &url,
+            "--out",
+            &out_dir.display().to_string(),
+            "--json",
+        ],
+        &[("LOCKSTEP_MYSQL_PASSWORD".to_string(), password.to_string())],
         Duration::from_secs(60),
     )
     .await?;
