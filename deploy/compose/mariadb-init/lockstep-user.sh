@@ -7,7 +7,9 @@
 # from LOCKSTEP_MYSQL_PASSWORD in the server's environment, the same
 # variable the agent reads. The agent reaches its server on 127.0.0.1 (it
 # shares the server's network), so the user cannot log in from elsewhere.
-# A datadir that already exists: run the two statements below by hand.
+# No REQUIRE SSL (docs/agent.md adds it with TLS): the session never leaves
+# the loopback interface, and the image serves no TLS unless given ssl_cert
+# and ssl_key. A datadir that already exists: run the statements by hand.
 # deploy/k8s/mariadb.yaml carries the same script (ConfigMap mariadb-init).
 if [ -z "${LOCKSTEP_MYSQL_PASSWORD:-}" ]; then
   mysql_error "LOCKSTEP_MYSQL_PASSWORD is not set: cannot create the lockstep user"
