@@ -14,21 +14,15 @@
 //!   as that user with the password in `LOCKSTEP_MYSQL_PASSWORD`, and
 //!   writing does not.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use lockstep_tests::agent::run_cli_env;
+use lockstep_tests::deploy::{have, repo, yaml_text_docs};
 use lockstep_tests::{ChildProcess, MariaDb, MariaDbOptions, bin_path, init_tracing, ports, step};
 use serde_json::Value;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
 
 /// Runs `cmd`, failing with its output unless it succeeds; its stdout.
 fn run(cmd: &mut Command) -> anyhow::Result<String> {
@@ -41,22 +35,6 @@ fn run(cmd: &mut Command) -> anyhow::Result<String> {
         String::from_utf8_lossy(&out.stderr)
     );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// Every YAML document of `text`, as JSON (python3 + PyYAML).
-fn yaml_docs(text: &str) -> anyhow::Result<Vec<Value>> {
-    const PY: &str = "import json, sys, yaml\n\
-        print(json.dumps([d for d in yaml.safe_load_all(sys.argv[1]) if d is not None]))";
-    Ok(serde_json::from_str(&run(Command::new("python3")
-        .args(["-c", PY])
-        .arg(text))?)?)
 }
 
 /// PATH with the lockstep binaries first.
@@ -112,7 +90,7 @@ fn mode(path: &Path) -> anyhow::Result<u32> {
 fn compose_certs_service_issues_each_identity_once_for_its_service_name() -> anyhow::Result<()> {
     init_tracing();
     let compose = std::fs::read_to_string(repo().join("deploy/compose/docker-compose.yml"))?;
-    let docs = yaml_docs(&compose)?;
+    let docs = yaml_text_docs(&compose)?;
     let command = docs[0]["services"]["certs"]["command"]
         .as_array()
         .context("certs: command")?;
@@ -208,7 +186,7 @@ fn k8s_tls_secret_script_makes_the_secrets_without_the_ca_key() -> anyhow::Resul
         .arg(&script)
         .arg(&pki)
         .env("LOCKSTEP", &lockstep))?;
-    let docs = yaml_docs(&out)?;
+    let docs = yaml_text_docs(&out)?;
     ensure!(docs.len() == 2, "expected two Secrets:\n{out}");
     let keys = |name: &str| -> anyhow::Result<Vec<String>> {
         let secret = docs
@@ -374,7 +352,7 @@ async fn tls_sync_gives_the_coordinator_its_key_and_reloads_a_new_one() -> anyho
 
     step!("through tls-sync.sh it starts and serves mutual TLS as coordinator-1");
     let tls_yaml = std::fs::read_to_string(repo().join("deploy/k8s/tls.yaml"))?;
-    let sync = yaml_docs(&tls_yaml)?
+    let sync = yaml_text_docs(&tls_yaml)?
         .iter()
         .find_map(|d| d["data"]["tls-sync.sh"].as_str().map(str::to_string))
         .context("tls.yaml has no tls-sync.sh")?;
