@@ -2,9 +2,14 @@
 # lockstep cluster demo, everything on 127.0.0.1:
 #
 #   - 3 MariaDB servers (db1..db3), each a shard of a `shop` database;
+#   - a CA and a certificate per process (`lockstep certs init`): every
+#     connection between coordinators, agents and the CLI is mutual TLS, and
+#     the CLI acts as the identity `operator`;
 #   - 3 coordinators (a raft group) and 3 agents, one beside each server,
-#     registered as cluster "demo", and a media agent holding a disk pool,
-#     the cluster's primary sink (the backup leaves the servers' hosts);
+#     connecting as a least-privilege MySQL user `lockstep` (password in the
+#     environment, not on the command line), registered as cluster "demo",
+#     and a media agent holding a disk pool, the cluster's primary sink (the
+#     backup leaves the servers' hosts);
 #   - a writer that keeps inserting a causal chain across the servers
 #     (record k goes to server k mod 3, each insert only after the previous
 #     one committed) while the backup runs;
@@ -13,7 +18,9 @@
 #     3 fresh servers (loaded by the media agent),
 #     and the checks: the chain on the restored servers is exactly 1..m (no
 #     gaps: one consistent cut), and every other table's CHECKSUM equals the
-#     source's.
+#     source's;
+#   - the identity `viewer` refused a backup, `lockstep coordinator status`
+#     (every member's transport) and `lockstep audit list` (who did what).
 #
 #   bash deploy/demo.sh            # cleaned up at exit
 #   KEEP=1 bash deploy/demo.sh     # keep the temp dir (backups, logs, raft stores)
@@ -52,6 +59,16 @@ trap 'exit 130' INT TERM
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # json_get FILE EXPR: evaluates a Python expression over the parsed JSON `j`.
 json_get() { python3 -c "import json,sys; j=json.load(open(sys.argv[1])); print($2)" "$1"; }
+
+echo "--- certificates for mutual TLS: lockstep certs init"
+# A CA and one certificate per identity: coordinator-1..3 (a coordinator
+# with raft id N must present coordinator-N), agent-<server name> for each
+# agent, operator and viewer for the CLI. All valid for 127.0.0.1.
+"$BIN/lockstep" certs init "$WORK/tls" --coordinator-count 3 --agent db1 --agent db2 --agent db3 --agent vault
+# tls IDENTITY: the flags a process needs to speak mutual TLS as IDENTITY.
+tls() { printf '%s\n' --tls-cert "$WORK/tls/$1.pem" --tls-key "$WORK/tls/$1.key" --tls-ca "$WORK/tls/ca.pem"; }
+# The CLI is the operator (LOCKSTEP_TLS_*; the daemons get their own flags).
+export LOCKSTEP_TLS_CERT="$WORK/tls/operator.pem" LOCKSTEP_TLS_KEY="$WORK/tls/operator.key" LOCKSTEP_TLS_CA="$WORK/tls/ca.pem"
 
 echo "--- preparing a MariaDB datadir template"
 mariadb-install-db --no-defaults --datadir="$WORK/template" --user=root \
@@ -106,8 +123,9 @@ for i in 1 2 3; do COORD_PORTS+=("$(free_port)"); done
 PEERS="1=http://127.0.0.1:${COORD_PORTS[0]},2=http://127.0.0.1:${COORD_PORTS[1]},3=http://127.0.0.1:${COORD_PORTS[2]}"
 COORDS="http://127.0.0.1:${COORD_PORTS[0]},http://127.0.0.1:${COORD_PORTS[1]},http://127.0.0.1:${COORD_PORTS[2]}"
 for i in 1 2 3; do
+  mapfile -t TLS < <(tls "coordinator-$i")
   "$BIN/lockstep-coordinator" --id "$i" --listen "127.0.0.1:${COORD_PORTS[i - 1]}" \
-    --peers "$PEERS" --data-dir "$WORK/coord$i" >"$WORK/coord$i.log" 2>&1 &
+    --peers "$PEERS" --data-dir "$WORK/coord$i" "${TLS[@]}" >"$WORK/coord$i.log" 2>&1 &
   PIDS+=($!)
   echo "    coordinator $i: pid $! on 127.0.0.1:${COORD_PORTS[i - 1]}"
 done
@@ -119,21 +137,37 @@ for _ in $(seq 1 300); do
 done
 "$LS" server list >/dev/null
 
+echo "--- the agents' MySQL user: lockstep, with the least grants a backup needs (docs/agent.md)"
+# The password reaches each agent in its environment (LOCKSTEP_MYSQL_PASSWORD),
+# never on its command line, where every user of the host could read it in `ps`.
+AGENT_PW=$(python3 -c 'import secrets; print(secrets.token_hex(12))')
+for i in 1 2 3; do
+  sql "db$i" <<SQL
+CREATE USER 'lockstep'@'127.0.0.1' IDENTIFIED BY '$AGENT_PW';
+GRANT SELECT, RELOAD, PROCESS, BINLOG MONITOR, SHOW VIEW, EVENT, TRIGGER
+  ON *.* TO 'lockstep'@'127.0.0.1';
+SQL
+done
+sql db1 -N -e "SHOW GRANTS FOR 'lockstep'@'127.0.0.1'" | sed 's/PASSWORD .*/PASSWORD '"'"'…'"'"'/; s/^/    /'
+
 echo "--- starting 3 agents, registered as cluster \"demo\""
 for i in 1 2 3; do
   port=$(free_port)
   p="PORT_db$i"
-  "$BIN/lockstep-agent" serve --listen "127.0.0.1:$port" --name "db$i" --cluster demo \
-    --coordinators "$COORDS" --mysql "mysql://root@127.0.0.1:${!p}" \
-    --sink-dir "$WORK/backups" >"$WORK/agent$i.log" 2>&1 &
+  mapfile -t TLS < <(tls "agent-db$i")
+  LOCKSTEP_MYSQL_PASSWORD="$AGENT_PW" \
+    "$BIN/lockstep-agent" serve --listen "127.0.0.1:$port" --name "db$i" --cluster demo \
+    --coordinators "$COORDS" --mysql "mysql://lockstep@127.0.0.1:${!p}" \
+    --sink-dir "$WORK/backups" "${TLS[@]}" >"$WORK/agent$i.log" 2>&1 &
   PIDS+=($!)
   echo "    agent db$i: pid $! on 127.0.0.1:$port"
 done
 echo "--- starting a media agent (no database server) holding a disk pool"
 port=$(free_port)
 mkdir -p "$WORK/pool"
+mapfile -t TLS < <(tls agent-vault)
 "$BIN/lockstep-agent" serve --listen "127.0.0.1:$port" --name vault --cluster demo \
-  --coordinators "$COORDS" --pool "$WORK/pool" --sink-dir "$WORK/vault-local" >"$WORK/vault.log" 2>&1 &
+  --coordinators "$COORDS" --pool "$WORK/pool" --sink-dir "$WORK/vault-local" "${TLS[@]}" >"$WORK/vault.log" 2>&1 &
 PIDS+=($!)
 echo "    media agent vault: pid $! on 127.0.0.1:$port, pool $WORK/pool"
 for _ in $(seq 1 300); do
@@ -256,4 +290,37 @@ for i in 1 2 3; do
   [ "$A" = "$B" ] || { echo "error: db$i checksums differ" >&2; exit 1; }
   sql "new$i" -N -e 'SELECT COUNT(*) FROM shop.revenue' >/dev/null # the view works
 done
-echo "--- demo OK: backup $ID of 3 servers, freeze window $FREEZE ms, restored chain 1..$M without gaps, checksums equal"
+
+echo "--- roles: the identity viewer may look, not start a backup"
+if LOCKSTEP_TLS_CERT="$WORK/tls/viewer.pem" LOCKSTEP_TLS_KEY="$WORK/tls/viewer.key" \
+  "$LS" backup start --cluster demo >"$WORK/viewer.out" 2>&1; then
+  echo "error: the viewer started a backup" >&2
+  exit 1
+fi
+sed 's/^/    /' "$WORK/viewer.out"
+grep -q PermissionDenied "$WORK/viewer.out"
+
+echo "--- lockstep coordinator status (every member's transport)"
+"$LS" coordinator status
+"$LS" --json coordinator status >"$WORK/status.json"
+python3 - "$WORK/status.json" <<'PY'
+import json, sys
+members = json.load(open(sys.argv[1]))["members"]
+wrong = [(m["id"], m.get("transport")) for m in members if m.get("transport") != f"mutual TLS as coordinator-{m['id']}"]
+if len(members) != 3 or wrong:
+    sys.exit(f"error: every member must speak mutual TLS as coordinator-<id>: {wrong} of {len(members)}")
+PY
+echo "--- lockstep audit list (who did what, and what was refused)"
+"$LS" audit list
+"$LS" --json audit list >"$WORK/audit.json"
+python3 - "$WORK/audit.json" <<'PY'
+import json, sys
+records = json.load(open(sys.argv[1]))
+def has(identity, call, outcome):
+    return any(r["identity"] == identity and r["call"] == call and r["outcome"] == outcome for r in records)
+if not (has("operator", "StartBackup", "ok") and has("operator", "RestoreBackup", "ok") and has("viewer", "StartBackup", "refused")):
+    sys.exit("error: the audit trail lacks the operator's backup and restore or the viewer's refusal")
+if any(r["plaintext"] for r in records):
+    sys.exit("error: a plaintext call was audited")
+PY
+echo "--- demo OK: backup $ID of 3 servers over mutual TLS, freeze window $FREEZE ms, restored chain 1..$M without gaps, checksums equal"

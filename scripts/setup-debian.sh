@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what lockstep's build, tests and demo need on Debian, if missing:
-# protoc (build), MariaDB server and client tools (tests, demo), zstd,
+# protoc (build), MariaDB server and client tools (tests, demo), zstd, openssl,
 # python3 with PyYAML (demo, deploy/ syntax tests), and moto's S3 server in
 # a venv at /opt/lockstep-moto (the S3 sink tests; see "moto" below).
 # Safe to run again: it installs nothing that is already there.
@@ -13,6 +13,8 @@ have mariadbd || [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
 have mariadb || need+=(mariadb-client)
 have mariadb-install-db || need+=(mariadb-server)
 have zstd || need+=(zstd)
+# openssl: the deploy/ script tests read certificates' names and fingerprints.
+have openssl || need+=(openssl)
 # python3 with PyYAML: the demo's JSON handling and the deploy/ syntax tests.
 have python3 || need+=(python3)
 python3 -c 'import yaml' 2>/dev/null || need+=(python3-yaml)

@@ -57,6 +57,7 @@ pub mod causal;
 pub mod cluster;
 pub mod compare;
 pub mod coordinator;
+pub mod deploy;
 pub mod logging;
 pub mod mariadb;
 pub mod mysql_tls;
