@@ -19,6 +19,9 @@
 //! - [`cluster`]: [`ProxiedCluster`], servers + agents + coordinators with
 //!   a [`Proxy`] in front of every agent and coordinator, and faults on the
 //!   links between two nodes.
+//! - [`bench`]: [`bench::BenchCluster`], N servers + agents + 3
+//!   coordinators (plaintext or mutual TLS) for the benchmarks, and the
+//!   freeze-window samples of each backup.
 //! - [`plain_cluster`]: [`plain_cluster::Cluster`], 3 servers + 3 agents + 3
 //!   coordinators wired together, with the helpers cluster tests share.
 //! - [`catalog_cli`]: [`CatalogCli`], the `lockstep` CLI against a test
@@ -52,6 +55,7 @@
 //! `LOCKSTEP_KEEP_TMP=1` to keep the temp dirs for a post-mortem).
 
 pub mod agent;
+pub mod bench;
 pub mod catalog_cli;
 pub mod causal;
 pub mod cluster;
