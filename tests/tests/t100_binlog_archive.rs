@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use lockstep_node_agent::binlog::{ArchiveConfig, ArchiveProgress, Archiver, local};
+use lockstep_node_agent::binlog::{ArchiveConfig, ArchiveProgress, Archiver, event, local};
 use lockstep_node_agent::mysql::Server;
 use lockstep_tests::causal::Target;
 use lockstep_tests::{CausalWriter, MariaDb, MariaDbOptions, Supervised, step};
@@ -172,6 +172,20 @@ async fn wait_no_dump_threads(db: &MariaDb) -> anyhow::Result<()> {
     }
 }
 
+/// The longest event in a binlog file.
+fn longest_event(path: &Path) -> anyhow::Result<u32> {
+    let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
+    let mut at = 4;
+    let mut longest = 0;
+    while at < bytes.len() {
+        let h = event::Header::parse(&bytes[at..])
+            .with_context(|| format!("an event header at {at} of {}", path.display()))?;
+        longest = longest.max(h.event_len);
+        at += h.event_len as usize;
+    }
+    Ok(longest)
+}
+
 /// A causal writer on `chain.rec` of one server.
 async fn writer(db: &MariaDb) -> anyhow::Result<CausalWriter> {
     CausalWriter::start(vec![Target::on(db, "chain", "rec")]).await
@@ -209,13 +223,16 @@ fn archive_dir(db: &MariaDb) -> PathBuf {
 
 /// Archiving while the causal writer runs and binlogs rotate: after several
 /// `FLUSH BINARY LOGS`, every closed archived file is byte-identical to the
-/// server's, including a backlog archived at full speed (measured).
+/// server's, including a backlog archived at full speed (measured) with an
+/// event larger than one protocol packet.
 #[tokio::test]
 async fn archives_byte_identical_files_across_rotations() -> anyhow::Result<()> {
-    let db = MariaDb::start(MariaDbOptions::named("arch-rot")).await?;
+    let mut opts = MariaDbOptions::named("arch-rot");
+    opts.extra_args.push("--max-allowed-packet=64M".into());
+    let db = MariaDb::start(opts).await?;
     let dir = archive_dir(&db);
 
-    step!("a backlog of about 34 MB before the archiver starts");
+    step!("a backlog of about 54 MB, one event of 20 MB before the archiver starts");
     db.exec("CREATE DATABASE bulk").await?;
     db.exec(
         "CREATE TABLE bulk.t (id INT PRIMARY KEY AUTO_INCREMENT, v VARCHAR(1000)) ENGINE=InnoDB",
@@ -227,6 +244,11 @@ async fn archives_byte_identical_files_across_rotations() -> anyhow::Result<()> 
         db.exec("INSERT INTO bulk.t (v) SELECT v FROM bulk.t")
             .await?;
     }
+    // One row event of about 20 MB: more than one 16 MB protocol packet.
+    db.exec("CREATE TABLE bulk.big (v LONGTEXT) ENGINE=InnoDB")
+        .await?;
+    db.exec("INSERT INTO bulk.big VALUES (REPEAT('g', 20000000))")
+        .await?;
     let (_, backlog) = db.binlog_position().await?.context("binlog is on")?;
 
     step!("archive from the oldest binlog; measure the catch-up");
@@ -240,6 +262,12 @@ async fn archives_byte_identical_files_across_rotations() -> anyhow::Result<()> 
         caught.events,
         backlog as f64 / 1e6 / secs,
         caught.events as f64 / secs
+    );
+
+    let longest = longest_event(&dir.join("mysql-bin.000001"))?;
+    ensure!(
+        longest > 0xff_ffff,
+        "the big row must make an event over 16 MiB, longest is {longest}"
     );
 
     step!("causal writer, mixed writes and rotations");

@@ -134,6 +134,18 @@ impl Archiver {
     /// refused login, a gap in the stream, a local file that is not ours.
     /// Broken connections and server restarts are retried with backoff.
     pub async fn run(self, cancel: CancellationToken) -> Result<()> {
+        let result = self.archive(cancel).await;
+        if let Err(e) = &result {
+            tracing::error!(server = %self.server.address(), dir = %self.config.dir.display(), error = %e, "binlog archiver stopped");
+            self.progress.send_modify(|p| {
+                p.connected = false;
+                p.last_error = Some(e.to_string());
+            });
+        }
+        result
+    }
+
+    async fn archive(&self, cancel: CancellationToken) -> Result<()> {
         let dir = self.config.dir.clone();
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(&dir, "create the archive directory", e))?;
@@ -196,13 +208,7 @@ impl Archiver {
                         p.last_error = Some(e.to_string());
                     });
                 }
-                Err(e) => {
-                    self.progress.send_modify(|p| {
-                        p.connected = false;
-                        p.last_error = Some(e.to_string());
-                    });
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             }
             synced?;
             tokio::select! {
