@@ -498,3 +498,95 @@ async fn purged_binlog_is_a_typed_error() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Waits for an archiver that must fail, and returns its error.
+async fn expect_failure(run: Running, what: &str) -> anyhow::Result<lockstep_node_agent::Error> {
+    match tokio::time::timeout(Duration::from_secs(30), run.task).await {
+        Ok(joined) => match joined.context("join the archiver")? {
+            Ok(()) => bail!("{what}: the archiver returned Ok"),
+            Err(e) => Ok(e),
+        },
+        Err(_) => bail!(
+            "{what}: the archiver kept going; progress {:?}",
+            run.progress.borrow()
+        ),
+    }
+}
+
+fn archiver_for_url(url: &str, dir: &Path, id: u32) -> anyhow::Result<Running> {
+    let archiver = Archiver::new(Server::parse(url)?, ArchiveConfig::new(dir, id));
+    let progress = archiver.progress();
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(archiver.run(cancel.clone()));
+    Ok(Running {
+        task,
+        cancel,
+        progress,
+    })
+}
+
+/// Logging in: an account with a password and `REPLICATION SLAVE` archives
+/// (and shows in `SHOW SLAVE HOSTS`); a wrong password, an account without
+/// the privilege, and an `ssl-mode` that requires TLS each stop the
+/// archiver at once with an error naming the server.
+#[tokio::test]
+async fn logs_in_with_a_password_and_refuses_clearly() -> anyhow::Result<()> {
+    let db = MariaDb::start(MariaDbOptions::named("arch-login")).await?;
+    let port = db.port();
+    let address = db.address();
+    db.exec("CREATE USER 'arch'@'127.0.0.1' IDENTIFIED BY 's3cret pw'; GRANT REPLICATION SLAVE ON *.* TO 'arch'@'127.0.0.1'")
+        .await?;
+    db.exec("CREATE USER 'nopriv'@'127.0.0.1' IDENTIFIED BY 'pw'")
+        .await?;
+
+    step!("a password account with REPLICATION SLAVE archives");
+    let dir = db.dir().join("pw");
+    let run = archiver_for_url(
+        &format!("mysql://arch:s3cret%20pw@127.0.0.1:{port}"),
+        &dir,
+        4242,
+    )?;
+    db.exec("FLUSH BINARY LOGS").await?;
+    wait_progress(&run, "a closed file", |p| p.files_closed >= 1).await?;
+    let hosts: Vec<mysql_async::Row> = db.query("SHOW SLAVE HOSTS").await?;
+    ensure!(
+        hosts.iter().any(|r| r.get::<u32, _>(0) == Some(4242)),
+        "the archiver is not in SHOW SLAVE HOSTS: {hosts:?}"
+    );
+    run.stop().await?;
+    check_archive(&db, &dir, &[]).await?;
+
+    step!("a wrong password");
+    let run = archiver_for_url(
+        &format!("mysql://arch:wrong@127.0.0.1:{port}"),
+        &db.dir().join("bad"),
+        4243,
+    )?;
+    let err = expect_failure(run, "wrong password").await?.to_string();
+    ensure!(err.contains(&address) && err.contains("1045"), "{err}");
+
+    step!("an account without REPLICATION SLAVE");
+    let run = archiver_for_url(
+        &format!("mysql://nopriv:pw@127.0.0.1:{port}"),
+        &db.dir().join("np"),
+        4244,
+    )?;
+    let err = expect_failure(run, "no privilege").await?.to_string();
+    ensure!(
+        err.contains(&address) && err.contains("needs the REPLICATION SLAVE privilege"),
+        "{err}"
+    );
+
+    step!("ssl-mode=required is refused: no TLS for the archiver yet");
+    let run = archiver_for_url(
+        &format!("mysql://root@127.0.0.1:{port}?ssl-mode=required"),
+        &db.dir().join("tls"),
+        4245,
+    )?;
+    let err = expect_failure(run, "ssl-mode=required").await?.to_string();
+    ensure!(
+        err.contains(&address) && err.contains("TLS for the binlog archiver is not done yet"),
+        "{err}"
+    );
+    Ok(())
+}

@@ -274,7 +274,22 @@ impl DumpClient {
         out.extend_from_slice(&0u16.to_le_bytes()); // port
         out.extend_from_slice(&0u32.to_le_bytes()); // rank
         out.extend_from_slice(&0u32.to_le_bytes()); // master id
-        self.command(&out, "register as a replica").await
+        self.command(&out, "register as a replica")
+            .await
+            .map_err(|e| match e {
+                // MariaDB answers a missing REPLICATION SLAVE privilege here
+                // with "access denied", as for a wrong password.
+                Error::BinlogDump {
+                    server,
+                    reason,
+                    retryable,
+                } if reason.contains(&format!("error {ER_ACCESS_DENIED}:")) => Error::BinlogDump {
+                    server,
+                    reason: format!("{reason} (the account needs the REPLICATION SLAVE privilege)"),
+                    retryable,
+                },
+                e => e,
+            })
     }
 
     /// `COM_BINLOG_DUMP` from `file` at `offset` (an empty name: the
