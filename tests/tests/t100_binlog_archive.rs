@@ -10,7 +10,7 @@ use anyhow::{Context as _, bail, ensure};
 use lockstep_node_agent::binlog::{ArchiveConfig, ArchiveProgress, Archiver, event, local};
 use lockstep_node_agent::mysql::Server;
 use lockstep_tests::causal::Target;
-use lockstep_tests::{CausalWriter, MariaDb, MariaDbOptions, Supervised, step};
+use lockstep_tests::{CausalWriter, MariaDb, MariaDbOptions, Proxy, Supervised, step};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -588,5 +588,59 @@ async fn logs_in_with_a_password_and_refuses_clearly() -> anyhow::Result<()> {
         err.contains(&address) && err.contains("TLS for the binlog archiver is not done yet"),
         "{err}"
     );
+    Ok(())
+}
+
+/// A connection that goes silent without closing (a stalled network path)
+/// is declared dead after three missed heartbeats; the archiver reconnects
+/// once the path heals and continues with no gap.
+#[tokio::test]
+async fn reconnects_after_a_silent_connection() -> anyhow::Result<()> {
+    let db = MariaDb::start(MariaDbOptions::named("arch-silent")).await?;
+    let proxy = Proxy::start("arch-silent-link", db.address().parse()?).await?;
+    let link = proxy.handle();
+    let dir = archive_dir(&db);
+    let mut config = ArchiveConfig::new(&dir, 4300);
+    config.heartbeat = Duration::from_millis(200);
+    config.max_backoff = Duration::from_millis(300);
+    let archiver = Archiver::new(
+        Server::parse(&format!("mysql://root@{}", proxy.addr()))?,
+        config,
+    );
+    let progress = archiver.progress();
+    let cancel = CancellationToken::new();
+    let run = Running {
+        task: tokio::spawn(archiver.run(cancel.clone())),
+        cancel,
+        progress,
+    };
+    let w = writer(&db).await?;
+    w.wait_committed(w.committed() + 100, Duration::from_secs(30))
+        .await?;
+    wait_progress(&run, "a first durable group", |p| p.durable > 4).await?;
+
+    step!("stall the link both ways: the connection stays open but silent");
+    link.stall();
+    let stalled = Instant::now();
+    let p = wait_progress(&run, "the dead connection noticed", |p| {
+        p.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("the connection is dead"))
+    })
+    .await?;
+    println!("noticed after {:?}: {p:?}", stalled.elapsed());
+    w.wait_committed(w.committed() + 100, Duration::from_secs(30))
+        .await?;
+
+    step!("heal: the archiver reconnects and catches up");
+    link.heal();
+    let committed = w.stop().await;
+    let p = wait_caught_up(&db, &run).await?;
+    ensure!(p.connections >= 2, "{p:?}");
+    println!("{committed} records; {p:?}");
+    db.exec("FLUSH BINARY LOGS").await?;
+    wait_caught_up(&db, &run).await?;
+    check_archive(&db, &dir, &[]).await?;
+    run.stop().await?;
     Ok(())
 }

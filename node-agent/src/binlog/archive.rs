@@ -49,7 +49,7 @@ pub struct ArchiveConfig {
     /// directory holds files, the archive continues from them.
     pub start_file: Option<String>,
     /// Heartbeat period asked of the server; a connection silent for three
-    /// periods (plus 5 s) counts as dead.
+    /// periods (plus 1 s) counts as dead.
     pub heartbeat: Duration,
     /// Longest pause between reconnection attempts.
     pub max_backoff: Duration,

@@ -257,7 +257,7 @@ impl DumpClient {
             .max(1_000_000);
         self.execute(&format!("SET @master_heartbeat_period = {nanos}"))
             .await?;
-        self.read_timeout = heartbeat * 3 + Duration::from_secs(5);
+        self.read_timeout = heartbeat * 3 + Duration::from_secs(1);
         Ok(())
     }
 
