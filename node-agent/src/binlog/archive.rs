@@ -186,21 +186,24 @@ impl Archiver {
 
         let mut backoff = FIRST_BACKOFF;
         loop {
+            let connections = self.progress.borrow().connections;
             let outcome = tokio::select! {
                 _ = cancel.cancelled() => Ok(()),
                 r = self.session(&mut state, &cancel) => r,
             };
             // Whatever happened, what was taken is written and fsynced.
             let synced = self.sync(&mut state).await;
+            if self.progress.borrow().connections > connections {
+                // This session got as far as a dump: a fresh failure.
+                backoff = FIRST_BACKOFF;
+            }
             match outcome {
                 Ok(()) if cancel.is_cancelled() => {
                     self.progress.send_modify(|p| p.connected = false);
                     return synced;
                 }
-                Ok(()) => {
-                    // The server ended the dump; treat as a broken connection.
-                    backoff = FIRST_BACKOFF;
-                }
+                // The server ended the dump: as a broken connection.
+                Ok(()) => {}
                 Err(e) if e.is_retryable() => {
                     tracing::warn!(server = %self.server.address(), error = %e, ?backoff, "binlog dump broke; reconnecting");
                     self.progress.send_modify(|p| {
