@@ -122,6 +122,20 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
 
+    #[error("binlog {file} was purged on server {server} before it was archived")]
+    BinlogPurged { server: String, file: String },
+
+    #[error("server {server}: binlog dump: {reason}")]
+    BinlogDump {
+        server: String,
+        reason: String,
+        /// A broken connection or a server going away, not a refusal.
+        retryable: bool,
+    },
+
+    #[error("binlog archive {}: {reason}", dir.display())]
+    BinlogArchive { dir: PathBuf, reason: String },
+
     #[error("cancelled: {0}")]
     Cancelled(String),
 }
@@ -172,6 +186,9 @@ impl Error {
                 self,
                 Error::Mysql {
                     source: mysql_async::Error::Io(_) | mysql_async::Error::Driver(_),
+                    ..
+                } | Error::BinlogDump {
+                    retryable: true,
                     ..
                 }
             )

@@ -19,6 +19,10 @@
 //!   snapshots hold and decides when the dump gives way (`ddl_policy`).
 //! - [`restore`]: verify a snapshot and load it into a server.
 //! - [`progress`]: counters for long jobs.
+//! - [`binlog`]: continuous binlog archiving (its foundation): a byte-exact
+//!   `COM_BINLOG_DUMP` client and an archiver task that writes a server's
+//!   binlogs into a directory, fsyncs commit groups and resumes. Not wired
+//!   into the daemon, sinks or catalog yet.
 //! - [`agent`]: the agent's state machine (one backup at a time, leases),
 //!   and its restores, copies and checks of artifacts in sinks.
 //! - [`grpc`]: the `lockstep.agent.v1` service over [`agent`], and
@@ -35,6 +39,7 @@
 //! gRPC handlers stay thin and call [`agent`].
 
 pub mod agent;
+pub mod binlog;
 pub mod cli;
 pub mod config;
 pub mod cut;

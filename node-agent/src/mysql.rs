@@ -324,6 +324,17 @@ impl Server {
         self.mode
     }
 
+    /// Host, port, user and password, for a client that speaks the protocol
+    /// itself (the binlog dump client, [`crate::binlog::dump`]).
+    pub(crate) fn login(&self) -> (String, u16, String, Option<String>) {
+        (
+            self.plain.ip_or_hostname().to_string(),
+            self.plain.tcp_port(),
+            self.user().to_string(),
+            self.plain.pass().map(str::to_string),
+        )
+    }
+
     /// Opens a connection; `purpose` names it in errors ("open lock connection").
     pub async fn connect(&self, purpose: &str) -> Result<Conn> {
         let plaintext = self.tls.is_none() || self.no_tls.load(Ordering::Relaxed);

@@ -232,6 +232,13 @@ pub fn to_status(e: &Error) -> Status {
         Error::TargetNotEmpty { .. } => Code::AlreadyExists,
         Error::Sink { .. } => Code::Unavailable,
         Error::Cancelled(_) => Code::Cancelled,
+        // A binlog that is gone before it was archived is a hole in the
+        // archive.
+        Error::BinlogPurged { .. } => Code::DataLoss,
+        Error::BinlogDump {
+            retryable: true, ..
+        } => Code::Unavailable,
+        Error::BinlogDump { .. } | Error::BinlogArchive { .. } => Code::FailedPrecondition,
     };
     Status::new(code, e.to_string())
 }
