@@ -40,9 +40,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         .tls
         .transport()
         .map_err(|e| Error::Config(e.to_string()))?;
-    transport
-        .check_listen("the coordinator", listen, config.insecure_plaintext)
-        .map_err(|e| Error::Config(e.to_string()))?;
     if let Some(identity) = transport.identity()
         && identity != crate::raft::peer_identity(id)
     {
@@ -59,8 +56,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
         )));
     }
     transport
-        .reload_on_hangup()
-        .map_err(|e| Error::Config(format!("cannot watch SIGHUP: {e}")))?;
+        .prepare_to_serve("the coordinator", listen, config.insecure_plaintext)
+        .map_err(|e| Error::Config(e.to_string()))?;
     raft_config.transport = transport.clone();
     let listener = tokio::net::TcpListener::bind(listen)
         .await

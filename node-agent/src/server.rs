@@ -25,11 +25,8 @@ pub async fn run(
 ) -> Result<()> {
     let transport = cfg.transport.clone();
     transport
-        .check_listen("the agent", listen, insecure_plaintext)
+        .prepare_to_serve("the agent", listen, insecure_plaintext)
         .map_err(|e| Error::Config(e.to_string()))?;
-    transport
-        .reload_on_hangup()
-        .map_err(|e| Error::Config(format!("cannot watch SIGHUP: {e}")))?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| Error::Config(format!("cannot listen on {listen}: {e}")))?;

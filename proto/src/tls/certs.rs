@@ -64,7 +64,7 @@ pub fn issue(
         .map_err(|e| fail(dir, format!("cannot create the directory: {e}")))?;
     for id in identities {
         if id.is_empty() || id.contains(['/', '\\']) || id.starts_with('.') {
-            return Err(Error::Incomplete(format!(
+            return Err(Error::Setup(format!(
                 "'{id}' is not a usable identity name (no slashes, not empty, no leading dot)"
             )));
         }

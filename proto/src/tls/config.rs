@@ -45,7 +45,7 @@ impl TlsFiles {
                 .into_iter()
                 .filter_map(|(n, m)| m.then_some(n))
                 .collect();
-                Err(Error::Incomplete(format!(
+                Err(Error::Setup(format!(
                     "TLS needs a certificate, a key and a CA; missing: {}",
                     missing.join(", ")
                 )))

@@ -53,7 +53,8 @@ pub enum Error {
     /// rustls refused the certificates or key.
     #[error("TLS configuration from {cert}: {reason}")]
     Config { cert: PathBuf, reason: String },
-    /// The configuration is incomplete.
+    /// The settings cannot be used as given (files missing, plaintext off
+    /// loopback, a bad identity name, no SIGHUP watch).
     #[error("{0}")]
-    Incomplete(String),
+    Setup(String),
 }

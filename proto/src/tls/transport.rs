@@ -32,6 +32,8 @@ use super::config::{Tls, TlsFiles, identity_of};
 
 /// How long a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Accepted connections waiting for the gRPC server.
+const BACKLOG: usize = 64;
 /// Refused connections from one address are reported at most this often
 /// (every one is logged).
 const REPORT_EVERY: Duration = Duration::from_secs(60);
@@ -75,8 +77,6 @@ impl Reporter {
         let _ = self.tx.try_send(Refused { remote, reason });
     }
 }
-/// Accepted connections waiting for the gRPC server.
-const BACKLOG: usize = 64;
 
 /// Mutual TLS with the given files, or plaintext.
 #[derive(Debug, Clone, Default)]
@@ -110,10 +110,24 @@ impl Transport {
         }
     }
 
+    /// What a daemon does before it serves on `listen`: refuse plaintext
+    /// off loopback unless `insecure_plaintext` (then warn loudly),
+    /// and reload the certificates on SIGHUP. `what` names the daemon.
+    pub fn prepare_to_serve(
+        &self,
+        what: &str,
+        listen: SocketAddr,
+        insecure_plaintext: bool,
+    ) -> Result<(), Error> {
+        self.check_listen(what, listen, insecure_plaintext)?;
+        self.reload_on_hangup()
+            .map_err(|e| Error::Setup(format!("{what} cannot watch SIGHUP: {e}")))
+    }
+
     /// Refuses plaintext on an address other hosts can reach unless the
     /// operator said `--insecure-plaintext`; with it, warns loudly. `what`
     /// names the daemon in the messages.
-    pub fn check_listen(
+    fn check_listen(
         &self,
         what: &str,
         listen: SocketAddr,
@@ -123,7 +137,7 @@ impl Transport {
             return Ok(());
         }
         if !insecure_plaintext {
-            return Err(Error::Incomplete(format!(
+            return Err(Error::Setup(format!(
                 "{what} refuses to listen on {listen} without TLS: anyone who can reach it \
                  could run backups and restores. Give --tls-cert, --tls-key and --tls-ca \
                  (see `lockstep certs init`), listen on a loopback address, or pass \
@@ -140,7 +154,7 @@ impl Transport {
 
     /// Reloads the TLS files whenever the process receives SIGHUP, until the
     /// process ends. Nothing to do in plaintext.
-    pub fn reload_on_hangup(&self) -> io::Result<()> {
+    fn reload_on_hangup(&self) -> io::Result<()> {
         let Transport::Tls(tls) = self else {
             return Ok(());
         };
