@@ -102,32 +102,15 @@ impl Cluster {
             CoordinatorGroup::start_with_options(3, &coordinator)
         )?;
         step!("start 3 agents registering with the coordinators");
-        let urls = group.urls();
-        let starts = servers.iter().enumerate().map(|(i, s)| {
+        Cluster::with_agents(servers, group, tls, |i, s| {
             let mut opts = AgentOptions::new(s.name(), s.url());
             // One listens on every interface and advertises its address.
             opts.all_interfaces = i == 0;
-            opts.extra_args = vec![
-                "--cluster".into(),
-                CLUSTER.into(),
-                "--coordinators".into(),
-                urls.clone(),
-            ];
-            opts.extra_args
-                .extend(agent_args.iter().map(|a| a.to_string()));
+            opts.extra_args = agent_args.iter().map(|a| a.to_string()).collect();
             opts.env = agent_env.to_vec();
-            opts.tls = tls.clone();
-            AgentProc::start(opts)
-        });
-        let agents = futures::future::try_join_all(starts).await?;
-        let cluster = Cluster {
-            servers,
-            agents,
-            group,
-            tls,
-        };
-        cluster.wait_healthy(Duration::from_secs(30)).await?;
-        Ok(cluster)
+            opts
+        })
+        .await
     }
 
     /// 3 coordinators, and an agent beside each of `servers` (already
@@ -146,6 +129,18 @@ impl Cluster {
         };
         let group = CoordinatorGroup::start_with_options(3, &coordinator).await?;
         step!("start an agent beside each server, registering with the coordinators");
+        Cluster::with_agents(servers, group, tls, agent).await
+    }
+
+    /// Starts an agent beside each of `servers` with the options `agent(i,
+    /// server)` gives plus the cluster's flags (and `tls`), registering with
+    /// `group`; waits until every server is healthy.
+    async fn with_agents(
+        servers: Vec<MariaDb>,
+        group: CoordinatorGroup,
+        tls: Option<Arc<Pki>>,
+        agent: impl Fn(usize, &MariaDb) -> AgentOptions,
+    ) -> anyhow::Result<Cluster> {
         let urls = group.urls();
         let starts = servers.iter().enumerate().map(|(i, s)| {
             let mut opts = agent(i, s);
