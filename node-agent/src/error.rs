@@ -216,3 +216,28 @@ impl<T> IoContext<T> for std::io::Result<T> {
         self.map_err(|e| Error::io(path, action, e))
     }
 }
+
+/// An error and its causes on one line, leaving out a cause whose text the
+/// line already holds (a server error is quoted by the error that wraps
+/// it, and again by the driver's own wrapper).
+pub fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    // The driver's own messages repeat their kind ("Input/output error:
+    // Input/output error: ..."): say each part once.
+    let mut parts: Vec<&str> = Vec::new();
+    for part in text.split(": ") {
+        if parts.last() != Some(&part) {
+            parts.push(part);
+        }
+    }
+    parts.join(": ")
+}

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::agent::Agent;
+use crate::error::error_text;
 use crate::grpc::access::Refusal;
 use tokio::sync::mpsc;
 
@@ -132,12 +133,10 @@ async fn connect<'a>(
             .map_err(|e| format!("bad coordinator URL {url:?}: {e}"))?
             .connect_timeout(CALL_TIMEOUT)
             .timeout(CALL_TIMEOUT);
-        let channel = transport.connect(endpoint).await.map_err(|e| {
-            format!(
-                "connect to coordinator {url}: {e}{}",
-                std::error::Error::source(&e).map_or(String::new(), |s| format!(": {s}"))
-            )
-        })?;
+        let channel = transport
+            .connect(endpoint)
+            .await
+            .map_err(|e| format!("connect to coordinator {url}: {}", error_text(&e)))?;
         *cached = Some((url.to_string(), CoordinatorClient::new(channel)));
     }
     Ok(&mut cached.as_mut().expect("set just above").1)

@@ -20,7 +20,7 @@ use crate::config::ServeConfig;
 use crate::cut::{Budgets, PrepareOptions};
 use crate::ddl_guard::DdlOptions;
 use crate::dump::DumpOptions;
-use crate::error::Error;
+use crate::error::{Error, error_text};
 use crate::mysql::Server;
 use crate::progress::{self, Progress};
 use crate::restore::{self, LoadOptions};
@@ -48,31 +48,6 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> i32 {
             if retry { EXIT_RETRY } else { 1 }
         }
     }
-}
-
-/// An error and its causes on one line, leaving out a cause whose text the
-/// line already holds (a server error is quoted by the error that wraps
-/// it, and again by the driver's own wrapper).
-fn error_text(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    // The driver's own messages repeat their kind ("Input/output error:
-    // Input/output error: ..."): say each part once.
-    let mut parts: Vec<&str> = Vec::new();
-    for part in text.split(": ") {
-        if parts.last() != Some(&part) {
-            parts.push(part);
-        }
-    }
-    parts.join(": ")
 }
 
 async fn serve(a: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
