@@ -13,12 +13,24 @@ use lockstep_tests::mysql_tls::{
 };
 use lockstep_tests::plain_cluster::{CLUSTER, Cluster};
 use lockstep_tests::{
-    AgentOptions, CatalogCli, CausalWriter, MariaDb, Target, check_chain, run_agent_cli, step,
+    AgentOptions, CatalogCli, CausalWriter, CliOutput, MariaDb, Target, check_chain, run_agent_cli,
+    step,
 };
 use serde_json::Value;
 
 const BACKUP_PASSWORD: &str = "tls-Backup-pw-7";
 const RESTORE_PASSWORD: &str = "tls-Restore-pw-9";
+
+/// `lockstep-agent dump --mysql URL [--mysql-password-file F] --out OUT
+/// --quiet`.
+async fn dump(url: &str, password_file: Option<&str>, out: &str) -> anyhow::Result<CliOutput> {
+    let mut args = vec!["dump", "--mysql", url];
+    if let Some(f) = password_file {
+        args.extend(["--mysql-password-file", f]);
+    }
+    args.extend(["--out", out, "--quiet"]);
+    run_agent_cli(&args).await
+}
 
 /// The agent's URL of `db` as user `user` with `mode` and the CA `ca`.
 fn tls_url(user: &str, db: &MariaDb, mode: &str, ca: &std::path::Path) -> String {
@@ -59,17 +71,7 @@ async fn a_cluster_backup_and_restore_run_over_verified_tls() -> anyhow::Result<
         "mysql://lockstep@127.0.0.1:{}?ssl-mode=disabled",
         servers[0].port()
     );
-    let out = run_agent_cli(&[
-        "dump",
-        "--mysql",
-        &url,
-        "--mysql-password-file",
-        &pw_arg,
-        "--out",
-        &out_dir.display().to_string(),
-        "--quiet",
-    ])
-    .await?;
+    let out = dump(&url, Some(&pw_arg), &out_dir.display().to_string()).await?;
     assert!(!out.status.success(), "{}", out.stdout);
     step!("refused: {}", out.stderr.trim());
     assert!(
@@ -83,16 +85,11 @@ async fn a_cluster_backup_and_restore_run_over_verified_tls() -> anyhow::Result<
 
     step!("verify-ca with a CA that did not sign the certificate fails, naming the CA");
     let url = tls_url("lockstep", &servers[0], "verify-ca", &tls.wrong_ca);
-    let out = run_agent_cli(&[
-        "dump",
-        "--mysql",
+    let out = dump(
         &url,
-        "--mysql-password-file",
-        &pw_arg,
-        "--out",
+        Some(&pw_arg),
         &tls.dir().join("dump-wrong-ca").display().to_string(),
-        "--quiet",
-    ])
+    )
     .await?;
     assert!(!out.status.success(), "{}", out.stdout);
     step!("refused: {}", out.stderr.trim());
@@ -108,14 +105,11 @@ async fn a_cluster_backup_and_restore_run_over_verified_tls() -> anyhow::Result<
     step!("ssl-mode=required against a server without TLS fails, naming server and mode");
     let plain = MariaDb::start_many(&["tlp"]).await?;
     let url = format!("{}?ssl-mode=required", plain[0].url());
-    let out = run_agent_cli(&[
-        "dump",
-        "--mysql",
+    let out = dump(
         &url,
-        "--out",
+        None,
         &tls.dir().join("dump-plain").display().to_string(),
-        "--quiet",
-    ])
+    )
     .await?;
     assert!(!out.status.success(), "{}", out.stdout);
     step!("refused: {}", out.stderr.trim());
@@ -138,16 +132,11 @@ async fn a_cluster_backup_and_restore_run_over_verified_tls() -> anyhow::Result<
     misnamed[0].exec("INSERT INTO m.t VALUES (1), (2)").await?;
     for (mode, ok) in [("verify-identity", false), ("verify-ca", true)] {
         let url = tls_url("lockstep", &misnamed[0], mode, &tls.ca);
-        let out = run_agent_cli(&[
-            "dump",
-            "--mysql",
+        let out = dump(
             &url,
-            "--mysql-password-file",
-            &pw_arg,
-            "--out",
+            Some(&pw_arg),
             &tls.dir().join(format!("dump-{mode}")).display().to_string(),
-            "--quiet",
-        ])
+        )
         .await?;
         assert_eq!(
             out.status.success(),
@@ -306,17 +295,7 @@ async fn each_backup_grant_is_needed() -> anyhow::Result<()> {
         .await?;
         let url = format!("mysql://{user}@127.0.0.1:{}", db.port());
         let out_dir = dir.path().join(&user);
-        let out = run_agent_cli(&[
-            "dump",
-            "--mysql",
-            &url,
-            "--mysql-password-file",
-            &pw_arg,
-            "--out",
-            &out_dir.display().to_string(),
-            "--quiet",
-        ])
-        .await?;
+        let out = dump(&url, Some(&pw_arg), &out_dir.display().to_string()).await?;
         // Without EVENT or TRIGGER the server hides those objects from
         // information_schema: the dump succeeds without them.
         let has = |text: &str| -> anyhow::Result<bool> {
