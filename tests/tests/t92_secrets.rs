@@ -70,6 +70,30 @@ async fn cli(cluster: &Cluster, seen: &mut Seen, argv: &[&str]) -> anyhow::Resul
     Ok(out)
 }
 
+/// `lockstep --json restore run --backup ID --wait --force` into `targets`,
+/// which must fail; the restore's JSON and its first server's error.
+async fn first_server_fails(
+    cluster: &Cluster,
+    seen: &mut Seen,
+    id: &str,
+    targets: &[String],
+) -> anyhow::Result<(Value, String)> {
+    let mut argv = vec![
+        "--json", "restore", "run", "--backup", id, "--wait", "--force",
+    ];
+    for t in targets {
+        argv.extend(["--target", t.as_str()]);
+    }
+    let out = cli(cluster, seen, &argv).await?;
+    assert!(!out.status.success(), "{}", out.stdout);
+    let failed: Value = serde_json::from_str(out.stdout.trim())?;
+    let error = failed["servers"][0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    Ok((failed, error))
+}
+
 /// The agent's URL of `db` as the backup user, without a password.
 fn backup_url(db: &MariaDb) -> String {
     format!("mysql://lockstep@127.0.0.1:{}", db.port())
@@ -271,15 +295,8 @@ async fn passwords_never_leave_their_files() -> anyhow::Result<()> {
     assert!((100..=written).contains(&m), "restored 1..{m} of {written}");
 
     step!("a reference whose entry has a wrong password fails, naming the server");
-    let wrong = target(0, "wrong");
-    let argv = [
-        "--json", "restore", "run", "--backup", &id, "--wait", "--force", "--target", &wrong,
-        "--target", &t1, "--target", &t2,
-    ];
-    let out = cli(&cluster, &mut seen, &argv).await?;
-    assert!(!out.status.success(), "{}", out.stdout);
-    let failed: Value = serde_json::from_str(out.stdout.trim())?;
-    let error = failed["servers"][0]["error"].as_str().unwrap_or_default();
+    let targets = [target(0, "wrong"), t1.clone(), t2.clone()];
+    let (failed, error) = first_server_fails(&cluster, &mut seen, &id, &targets).await?;
     assert!(
         error.contains(&names[0])
             && error.contains(&fresh[0].address())
@@ -315,15 +332,8 @@ async fn passwords_never_leave_their_files() -> anyhow::Result<()> {
     );
 
     step!("an entry that requires TLS of a server without it fails, naming server and mode");
-    let tls = target(0, "tls");
-    let argv = [
-        "--json", "restore", "run", "--backup", &id, "--wait", "--force", "--target", &tls,
-        "--target", &t1, "--target", &t2,
-    ];
-    let out = cli(&cluster, &mut seen, &argv).await?;
-    assert!(!out.status.success(), "{}", out.stdout);
-    let failed: Value = serde_json::from_str(out.stdout.trim())?;
-    let error = failed["servers"][0]["error"].as_str().unwrap_or_default();
+    let targets = [target(0, "tls"), t1.clone(), t2.clone()];
+    let (failed, error) = first_server_fails(&cluster, &mut seen, &id, &targets).await?;
     assert!(
         error.contains(&fresh[0].address()) && error.contains("ssl-mode=required"),
         "{failed}"
