@@ -49,6 +49,9 @@ pub enum Call {
     NodeStatus,
     ListAudit,
     ListRoles,
+    ArchiveState,
+    ReportArchive,
+    ArchiveStatus,
 }
 
 impl Call {
@@ -79,13 +82,20 @@ impl Call {
             Call::NodeStatus => "NodeStatus",
             Call::ListAudit => "ListAudit",
             Call::ListRoles => "ListRoles",
+            Call::ArchiveState => "ArchiveState",
+            Call::ReportArchive => "ReportArchive",
+            Call::ArchiveStatus => "ArchiveStatus",
         }
     }
 
     /// The role this call needs (named in refusals).
     pub fn needs(self) -> Role {
         match self {
-            Call::RegisterServer | Call::Heartbeat | Call::ReportRefusal => Role::Agent,
+            Call::RegisterServer
+            | Call::Heartbeat
+            | Call::ReportRefusal
+            | Call::ArchiveState
+            | Call::ReportArchive => Role::Agent,
             Call::RemoveServer
             | Call::StartBackup
             | Call::RestoreBackup
@@ -106,7 +116,8 @@ impl Call {
             | Call::CoordinatorStatus
             | Call::NodeStatus
             | Call::ListAudit
-            | Call::ListRoles => Role::Viewer,
+            | Call::ListRoles
+            | Call::ArchiveStatus => Role::Viewer,
         }
     }
 

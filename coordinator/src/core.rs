@@ -455,5 +455,13 @@ fn describe(cmd: &Command) -> String {
         Command::SetRole { pattern, role, .. } => format!("give {pattern:?} role {role}"),
         Command::RemoveRole { pattern } => format!("remove the role of {pattern:?}"),
         Command::Audit { record } => format!("record the audit of a {} call", record.call),
+        Command::ArchiveSegments {
+            cluster,
+            server,
+            segments,
+        } => format!(
+            "record {} archived binlog segment(s) of {cluster}/{server}",
+            segments.len()
+        ),
     }
 }

@@ -14,6 +14,9 @@
 //! - [`job`]: the backup job the leader drives (PREPARE, barrier, CommitCut,
 //!   COMMIT, TRANSFER) and the resolution of jobs inherited from a previous
 //!   leader.
+//! - [`archive`]: the binlog archive as the leader serves it: agents'
+//!   state requests and segment reports, the lag they report, `archive
+//!   status` (the records live in [`catalog`]).
 //! - [`restore`]: the coordinated restore, a leader job: each server's
 //!   copy and loading agent chosen and confirmed before any is loaded, then
 //!   every agent's `Restore` in parallel, recorded in the catalog.
@@ -35,6 +38,7 @@
 //! [`service`], [`convert`] and [`cli`].
 
 pub mod access;
+pub mod archive;
 pub mod catalog;
 pub mod cli;
 pub mod client;

@@ -22,6 +22,7 @@ use crate::raft;
 
 #[cfg(test)]
 mod access_tests;
+mod archive;
 mod guard;
 mod roles;
 mod servers;
@@ -38,13 +39,20 @@ pub struct CoordinatorService {
     jobs: Arc<Jobs>,
     /// The configured roles in force (`[roles]`, `--role`, or the defaults).
     roles: Arc<BTreeMap<String, Role>>,
+    /// The archive heads agents reported to this node (as leader).
+    heads: Arc<crate::archive::Heads>,
 }
 
 impl CoordinatorService {
     /// A service over `core` and `jobs`.
     pub fn new(core: Arc<Core>, jobs: Arc<Jobs>) -> Self {
         let roles = Arc::new(core.config.roles());
-        Self { core, jobs, roles }
+        Self {
+            core,
+            jobs,
+            roles,
+            heads: Arc::default(),
+        }
     }
 }
 
@@ -84,7 +92,8 @@ pub fn to_status(e: Error) -> Status {
             | Rejected::RestoreRunning { .. } => Status::already_exists(r.to_string()),
             Rejected::BadTransition { .. }
             | Rejected::VersionNotRaised { .. }
-            | Rejected::BadSink { .. } => Status::failed_precondition(r.to_string()),
+            | Rejected::BadSink { .. }
+            | Rejected::BadArchive { .. } => Status::failed_precondition(r.to_string()),
             Rejected::UnknownRole(_) => Status::not_found(r.to_string()),
             Rejected::BadRole { .. } => Status::invalid_argument(r.to_string()),
             Rejected::RegisteredByOther { .. } => Status::permission_denied(r.to_string()),
@@ -639,6 +648,30 @@ impl Coordinator for CoordinatorService {
         self.do_list_audit(request.into_inner())
             .await
             .map(Response::new)
+    }
+
+    async fn archive_state(
+        &self,
+        request: Request<pb::ArchiveStateRequest>,
+    ) -> Result<Response<pb::ArchiveStateReply>, Status> {
+        self.gate(&request, Call::ArchiveState).await?;
+        self.do_archive_state(request.into_inner()).await
+    }
+
+    async fn report_archive(
+        &self,
+        request: Request<pb::ReportArchiveRequest>,
+    ) -> Result<Response<pb::ArchiveStateReply>, Status> {
+        self.gate(&request, Call::ReportArchive).await?;
+        self.do_report_archive(request.into_inner()).await
+    }
+
+    async fn archive_status(
+        &self,
+        request: Request<pb::ArchiveStatusRequest>,
+    ) -> Result<Response<pb::ArchiveStatusReply>, Status> {
+        self.gate(&request, Call::ArchiveStatus).await?;
+        self.do_archive_status(request.into_inner()).await
     }
 
     async fn report_refusal(

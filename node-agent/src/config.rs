@@ -87,6 +87,22 @@ pub struct ServeConfig {
     /// Which identities may call what (`[access]`: `coordinators`,
     /// `agents`), with TLS.
     pub access: Access,
+    /// Continuous binlog archiving (`[archive]`).
+    pub archive: ArchiveOptions,
+}
+
+/// `[archive]`: continuous binlog archiving to the cluster's primary sink.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArchiveOptions {
+    /// Archive the server's binlogs (needs coordinators, the REPLICATION
+    /// SLAVE privilege and log_bin on the server).
+    pub enabled: bool,
+    /// The local archive directory; default `<sink_dir>/../binlog-archive/<name>`.
+    pub dir: Option<PathBuf>,
+    /// The server id the archiver presents as a replica; default
+    /// 4000000000 + the server's id modulo 100000000.
+    pub replica_server_id: Option<u32>,
 }
 
 impl Default for ServeConfig {
@@ -118,6 +134,7 @@ impl Default for ServeConfig {
             tls: TlsOptions::default(),
             insecure_plaintext: false,
             access: Access::default(),
+            archive: ArchiveOptions::default(),
         }
     }
 }
@@ -131,6 +148,31 @@ impl ServeConfig {
             ca: self.ssl_ca.clone(),
         };
         crate::secrets::server(&self.mysql, &ssl, self.password_file.as_deref())
+    }
+
+    /// The archive settings, if archiving is on.
+    fn archive_settings(&self, name: &str) -> Result<Option<crate::binlog::ship::ArchiveSettings>> {
+        if !self.archive.enabled {
+            return Ok(None);
+        }
+        if self.mysql.is_empty() || self.coordinators.is_empty() {
+            return Err(Error::Config(
+                "archive.enabled needs a database server (--mysql) and coordinators (--coordinator): the catalog records the archive".into(),
+            ));
+        }
+        let dir = match &self.archive.dir {
+            Some(d) => d.clone(),
+            None => self
+                .sink_dir
+                .parent()
+                .unwrap_or(&self.sink_dir)
+                .join("binlog-archive")
+                .join(name),
+        };
+        Ok(Some(crate::binlog::ship::ArchiveSettings {
+            dir,
+            replica_server_id: self.archive.replica_server_id,
+        }))
     }
 
     pub fn from_file(path: &Path) -> Result<ServeConfig> {
@@ -222,7 +264,9 @@ impl ServeConfig {
             Some(server) if self.name.is_empty() => server.address().to_string(),
             _ => self.name.clone(),
         };
+        let archive = self.archive_settings(&name)?;
         Ok(AgentConfig {
+            archive,
             name,
             server,
             sink_dir: self.sink_dir.clone(),

@@ -237,6 +237,86 @@ async fn heartbeat(
         .map_err(|s| classify("heartbeat", s))
 }
 
+/// A client of the coordinators' leader for calls other than the
+/// registration loop's (the binlog archiver's reports): follows the leader
+/// redirect, and moves to the next coordinator when one cannot be reached.
+#[derive(Debug)]
+pub struct LeaderClient {
+    coordinators: Vec<String>,
+    transport: Transport,
+    target: usize,
+    redirect: Option<String>,
+    cached: Option<(String, CoordinatorClient<Channel>)>,
+}
+
+impl LeaderClient {
+    pub fn new(coordinators: Vec<String>, transport: Transport) -> Self {
+        Self {
+            coordinators,
+            transport,
+            target: 0,
+            redirect: None,
+            cached: None,
+        }
+    }
+
+    /// Makes one call on the leader: tries each coordinator at most once
+    /// (and each redirect it is given); the error says what the last one
+    /// answered.
+    pub async fn call<T, F, Fut>(&mut self, what: &str, mut f: F) -> Result<T, tonic::Status>
+    where
+        F: FnMut(CoordinatorClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        if self.coordinators.is_empty() {
+            return Err(tonic::Status::failed_precondition(
+                "no coordinators are configured",
+            ));
+        }
+        let mut last = tonic::Status::unavailable("no coordinator answered");
+        for _ in 0..(2 * self.coordinators.len() + 1) {
+            let url = self.redirect.clone().unwrap_or_else(|| {
+                self.coordinators[self.target % self.coordinators.len()].clone()
+            });
+            let client = match connect(&mut self.cached, &self.transport, &url).await {
+                Ok(c) => c.clone(),
+                Err(e) => {
+                    last = tonic::Status::unavailable(e);
+                    self.next();
+                    continue;
+                }
+            };
+            match tokio::time::timeout(CALL_TIMEOUT, f(client)).await {
+                Ok(Ok(r)) => return Ok(r.into_inner()),
+                Ok(Err(status)) => match classify(what, status.clone()) {
+                    Failure::Redirect(leader) if self.redirect.as_ref() != Some(&leader) => {
+                        self.redirect = Some(leader);
+                        self.cached = None;
+                    }
+                    Failure::Other(_) if status.code() == tonic::Code::Unavailable => {
+                        last = status;
+                        self.next();
+                    }
+                    _ => return Err(status),
+                },
+                Err(_) => {
+                    last = tonic::Status::deadline_exceeded(format!(
+                        "{what}: coordinator {url} did not answer within {CALL_TIMEOUT:?}"
+                    ));
+                    self.next();
+                }
+            }
+        }
+        Err(last)
+    }
+
+    fn next(&mut self) {
+        self.redirect = None;
+        self.cached = None;
+        self.target += 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

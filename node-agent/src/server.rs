@@ -67,6 +67,19 @@ pub async fn run(
             shutdown.clone(),
         ))
     });
+    // Continuous binlog archiving runs beside the service too.
+    let archiving = match (&agent.config().archive, &agent.config().server) {
+        (Some(settings), Some(server)) => Some(tokio::spawn(crate::binlog::ship::run(
+            server.clone(),
+            settings.clone(),
+            agent.config().cluster.clone(),
+            agent.config().name.clone(),
+            agent.config().coordinators.clone(),
+            agent.local(),
+            shutdown.clone(),
+        ))),
+        _ => None,
+    };
     let service = NodeAgentServer::new(AgentService::new(agent.clone()));
     // No Nagle: PREPARED and COMMIT are tiny messages on the lock's critical
     // path, and delayed ACKs would add ~40 ms to the hold time.
@@ -116,6 +129,10 @@ pub async fn run(
     release(&agent).await;
     if let Some(task) = registering {
         task.abort();
+    }
+    if let Some(task) = archiving {
+        // It stops on the shutdown signal after fsyncing what it took.
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, task).await;
     }
     served.map_err(|e| Error::Config(format!("gRPC server on {local} failed: {e}")))
 }

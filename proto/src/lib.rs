@@ -16,20 +16,30 @@
 //! Besides [`tls`], nothing but generated code lives here; conversions to
 //! domain types belong to the crate that owns the domain type.
 
+/// The packages as generated, nested as their names are (the
+/// coordinator's messages name the agent's `SinkSpec` by its package path).
 #[allow(missing_debug_implementations, clippy::all)]
-pub mod agent {
-    tonic::include_proto!("lockstep.agent.v1");
+mod lockstep {
+    pub mod agent {
+        pub mod v1 {
+            tonic::include_proto!("lockstep.agent.v1");
+        }
+    }
+    pub mod raft {
+        pub mod v1 {
+            tonic::include_proto!("lockstep.raft.v1");
+        }
+    }
+    pub mod coordinator {
+        pub mod v1 {
+            tonic::include_proto!("lockstep.coordinator.v1");
+        }
+    }
 }
 
-#[allow(missing_debug_implementations, clippy::all)]
-pub mod raft {
-    tonic::include_proto!("lockstep.raft.v1");
-}
-
-#[allow(missing_debug_implementations, clippy::all)]
-pub mod coordinator {
-    tonic::include_proto!("lockstep.coordinator.v1");
-}
+pub use lockstep::agent::v1 as agent;
+pub use lockstep::coordinator::v1 as coordinator;
+pub use lockstep::raft::v1 as raft;
 
 #[allow(missing_debug_implementations, clippy::all)]
 pub mod tls;

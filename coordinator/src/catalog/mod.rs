@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 mod access;
 #[cfg(test)]
 mod access_tests;
+mod archive;
 mod sinks;
 mod store;
 #[cfg(test)]
@@ -28,6 +29,7 @@ mod version;
 
 use access::bind;
 pub use access::{AUDIT_LIMIT, AuditOutcome, AuditRecord, Role, RoleGrant, check_pattern};
+pub use archive::{ArchivedFile, BinlogPos, Segment, ServerArchive, split_name};
 pub use sinks::{ClusterSinks, HOST_LOCAL, MediaAgent, Sink, SinkKind, check_sink_name};
 use store::Dirty;
 pub use version::{ACCESS_VERSION, CATALOG_VERSION, FIRST_VERSION, raise_to};
@@ -267,6 +269,13 @@ pub enum Command {
     RemoveRole { pattern: String },
     /// One audited call, with its outcome (see `access.rs`).
     Audit { record: AuditRecord },
+    /// An agent stored segments of one binlog file of its server in the
+    /// cluster's primary sink (see `archive.rs`).
+    ArchiveSegments {
+        cluster: String,
+        server: String,
+        segments: Vec<Segment>,
+    },
 }
 
 /// Where a coordinated restore stands.
@@ -338,6 +347,9 @@ pub struct Catalog {
     /// Sequence number → audit record, the newest [`AUDIT_LIMIT`].
     #[serde(default)]
     pub audit: BTreeMap<u64, AuditRecord>,
+    /// cluster → server → its archived binlogs (see `archive.rs`).
+    #[serde(default)]
+    pub archive: BTreeMap<String, BTreeMap<String, ServerArchive>>,
     /// The catalog version every voter supports (see `version.rs`).
     #[serde(default = "first_version")]
     cluster_version: u32,
@@ -359,6 +371,7 @@ impl Default for Catalog {
             media: BTreeMap::new(),
             roles: BTreeMap::new(),
             audit: BTreeMap::new(),
+            archive: BTreeMap::new(),
             cluster_version: FIRST_VERSION,
             dirty: Dirty::default(),
         }
@@ -390,6 +403,12 @@ pub enum Rejected {
     VersionNotRaised { current: u32, proposed: u32 },
     #[error("sink {sink}: {reason}")]
     BadSink { sink: String, reason: String },
+    #[error("binlog archive of {cluster}/{server}: {reason}")]
+    BadArchive {
+        cluster: String,
+        server: String,
+        reason: String,
+    },
     #[error("no role is set in the catalog for {0:?}")]
     UnknownRole(String),
     #[error("role for {pattern:?}: {reason}")]
@@ -725,6 +744,11 @@ impl Catalog {
                 self.append_audit(record);
                 Ok(())
             }
+            Command::ArchiveSegments {
+                cluster,
+                server,
+                segments,
+            } => self.archive_segments(&cluster, &server, segments),
         }
     }
 

@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AuditRecord, Backup, Catalog, ClusterSinks, Command, MediaAgent, Restore, RoleGrant, Server,
-    version,
+    ArchivedFile, AuditRecord, Backup, Catalog, ClusterSinks, Command, MediaAgent, Restore,
+    RoleGrant, Server, version,
 };
 use crate::raft::{Change, KeyValue};
 
@@ -55,6 +55,14 @@ impl crate::raft::StateMachine for Catalog {
                         .map(serde_json::to_vec),
                     Key::Role { pattern } => self.roles.get(pattern).map(serde_json::to_vec),
                     Key::Audit { seq } => self.audit.get(seq).map(serde_json::to_vec),
+                    Key::Archive {
+                        cluster,
+                        server,
+                        file,
+                    } => self
+                        .server_archive(cluster, server)
+                        .and_then(|a| a.get(file))
+                        .map(serde_json::to_vec),
                 };
                 let value = value.map(|v| v.expect("a catalog record always serialises"));
                 (key.to_string(), value)
@@ -110,6 +118,21 @@ impl crate::raft::StateMachine for Catalog {
                         .map_err(|e| format!("catalog audit record {seq}: {e}"))?;
                     c.audit.insert(seq, r);
                 }
+                Key::Archive {
+                    cluster,
+                    server,
+                    file,
+                } => {
+                    let f: ArchivedFile = serde_json::from_slice(&v).map_err(|e| {
+                        format!("catalog archived binlog {cluster}/{server}/{file}: {e}")
+                    })?;
+                    c.archive
+                        .entry(cluster)
+                        .or_default()
+                        .entry(server)
+                        .or_default()
+                        .insert(file, f);
+                }
             }
         }
         *self = c;
@@ -149,6 +172,12 @@ pub(super) enum Key {
     /// One audit record, by sequence number.
     Audit {
         seq: u64,
+    },
+    /// One archived binlog file of a server.
+    Archive {
+        cluster: String,
+        server: String,
+        file: String,
     },
 }
 
@@ -202,6 +231,15 @@ impl Command {
             },
             Command::CopyStored { id, .. } | Command::CopyVerified { id, .. } => backup(id),
             Command::ImportBackup { backup: b } => backup(&b.id),
+            Command::ArchiveSegments {
+                cluster,
+                server,
+                segments,
+            } => Key::Archive {
+                cluster: cluster.clone(),
+                server: server.clone(),
+                file: segments.first().map(|s| s.file.clone()).unwrap_or_default(),
+            },
         }
     }
 }

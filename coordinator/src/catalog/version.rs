@@ -21,7 +21,7 @@
 use super::{Catalog, Command, Rejected};
 
 /// The catalog version this build supports.
-pub const CATALOG_VERSION: u32 = 3;
+pub const CATALOG_VERSION: u32 = 4;
 
 /// Version 2: sinks, media agents, copies and imports.
 pub const SINKS_VERSION: u32 = 2;
@@ -29,6 +29,9 @@ pub const SINKS_VERSION: u32 = 2;
 /// Version 3: roles, the audit trail, the identity a server or media agent
 /// was registered by, and removing media agents.
 pub const ACCESS_VERSION: u32 = 3;
+
+/// Version 4: the binlog archive (and restore points).
+pub const ARCHIVE_VERSION: u32 = 4;
 
 /// The version of a new catalog and of builds that advertise none (they
 /// report 0 on the wire): the commands of the first release.
@@ -51,6 +54,7 @@ impl Command {
             | Command::RemoveRole { .. }
             | Command::RemoveMedia { .. }
             | Command::Audit { .. } => ACCESS_VERSION,
+            Command::ArchiveSegments { .. } => ARCHIVE_VERSION,
             Command::StartBackup { sink, .. } if !sink.is_empty() => SINKS_VERSION,
             Command::RegisterMedia(_)
             | Command::AddSink { .. }

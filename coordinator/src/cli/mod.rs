@@ -8,7 +8,7 @@
 //! starts and follows backups and reads the catalog; [`restore`] runs and
 //! lists restores; [`server`] lists and removes servers and shows the
 //! coordinator group; [`sink`] manages sinks, copies, verification and
-//! scans (and prints them); [`role`] and [`audit`] hold their own
+//! scans (and prints them); [`role`], [`audit`] and [`archive`] hold their own
 //! arguments, calls and printing; [`output`] prints tables and JSON. A new
 //! command's arguments go here, its calls in the module of its concern, its
 //! printing in [`output`] (or beside the calls, for [`sink`]).
@@ -20,6 +20,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::client::Client;
 use crate::error::Error;
 
+mod archive;
 mod audit;
 mod backup;
 mod certs;
@@ -103,6 +104,9 @@ pub enum Command {
     /// Certificates for mutual TLS (demos and tests).
     #[command(subcommand)]
     Certs(CertsCmd),
+    /// The continuous binlog archive.
+    #[command(subcommand)]
+    Archive(archive::ArchiveCmd),
 }
 
 /// `lockstep certs ...`
@@ -493,6 +497,7 @@ async fn execute(cli: &Cli) -> anyhow::Result<i32> {
         Command::Verify(a) => sink::verify(&mut client, json, a).await,
         Command::Role(c) => role::run(&mut client, json, c).await,
         Command::Audit(c) => audit::run(&mut client, json, c).await,
+        Command::Archive(c) => archive::run(&mut client, json, c).await,
     }
 }
 

@@ -234,7 +234,10 @@ no_args!(
     pb::ListSinksRequest,
     pb::ListAuditRequest,
     pb::ListRolesRequest,
-    pb::ReportRefusalRequest
+    pb::ReportRefusalRequest,
+    pb::ArchiveStateRequest,
+    pb::ReportArchiveRequest,
+    pb::ArchiveStatusRequest
 );
 
 impl AuditArgs for pb::RegisterServerRequest {

@@ -83,6 +83,8 @@ pub struct AgentConfig {
     pub credentials_file: Option<PathBuf>,
     /// Cluster this server belongs to, for registration.
     pub cluster: String,
+    /// Continuous binlog archiving, if on.
+    pub archive: Option<crate::binlog::ship::ArchiveSettings>,
     /// Coordinator URLs to register with (empty: standalone).
     pub coordinators: Vec<String>,
     /// URL registered with the coordinators; `None`: `http://<listen>`.

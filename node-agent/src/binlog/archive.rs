@@ -53,6 +53,11 @@ pub struct ArchiveConfig {
     pub heartbeat: Duration,
     /// Longest pause between reconnection attempts.
     pub max_backoff: Duration,
+    /// Continue with this file at its beginning even though the archive
+    /// holds older files that do not lead to it: the files between were
+    /// purged on the server before they were archived (a gap the caller has
+    /// reported). Ignored when the archive already holds this file.
+    pub skip_to: Option<String>,
 }
 
 impl ArchiveConfig {
@@ -63,6 +68,7 @@ impl ArchiveConfig {
             start_file: None,
             heartbeat: Duration::from_secs(2),
             max_backoff: Duration::from_secs(5),
+            skip_to: None,
         }
     }
 }
@@ -83,6 +89,8 @@ pub struct ArchiveProgress {
     /// Connections made (the first, then one per reconnect).
     pub connections: u64,
     pub connected: bool,
+    /// `file` is closed: it ends with its Rotate event.
+    pub closed: bool,
     /// The last error that broke a connection, if any.
     pub last_error: Option<String>,
 }
@@ -179,8 +187,26 @@ impl Archiver {
                 state.groups = groups;
             }
             Resume::Next { closed, next } => {
-                self.progress.send_modify(|p| p.file = closed.clone());
+                self.progress.send_modify(|p| {
+                    p.file = closed.clone();
+                    p.closed = true;
+                });
                 state.next = Some(next);
+            }
+        }
+        if let Some(skip) = &self.config.skip_to {
+            let current = state.file.as_ref().map(|f| f.name.clone());
+            let behind = |name: &str| {
+                matches!((local::parse_name(name), local::parse_name(skip)),
+                    (Some((b, n)), Some((sb, sn))) if b == sb && n < sn)
+            };
+            let next_behind = state.next.as_deref().is_none_or(behind);
+            if current.as_deref().is_none_or(behind) && next_behind {
+                tracing::warn!(server = %self.server.address(), skip_to = %skip, "continuing the archive after a gap");
+                if state.file.is_some() {
+                    self.close(&mut state).await?;
+                }
+                state.next = Some(skip.clone());
             }
         }
 
@@ -401,6 +427,7 @@ impl Archiver {
         self.progress.send_modify(|p| {
             p.file = file.to_string();
             p.durable = 0;
+            p.closed = false;
         });
         Ok(())
     }
@@ -421,7 +448,10 @@ impl Archiver {
     async fn close(&self, state: &mut State) -> Result<()> {
         self.sync(state).await?;
         if state.file.take().is_some() {
-            self.progress.send_modify(|p| p.files_closed += 1);
+            self.progress.send_modify(|p| {
+                p.files_closed += 1;
+                p.closed = true;
+            });
         }
         Ok(())
     }

@@ -11,14 +11,18 @@
 //! - [`archive`]: [`Archiver`], the task (server, replica server id,
 //!   directory, start file) that reports [`ArchiveProgress`].
 //!
-//! Not wired into the agent yet: no sinks, no catalog index, no TLS, and no
-//! gap detection beyond a purged file and a stream that does not continue
-//! the archived bytes. See docs/archive.md.
+//! - [`ship`]: the daemon's archiving: the archiver supervised (restarted,
+//!   continued after a purged binlog with the gap reported), and the
+//!   shipper that stores durable bytes in the cluster's primary sink as
+//!   segments and records them in the catalog.
+//!
+//! See docs/archive.md.
 
 pub mod archive;
 pub mod dump;
 pub mod event;
 pub mod local;
+pub mod ship;
 
 pub use archive::{ArchiveConfig, ArchiveProgress, Archiver};
 pub use dump::DumpClient;

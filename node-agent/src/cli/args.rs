@@ -130,6 +130,17 @@ pub struct ServeArgs {
     /// unauthenticated. Refused without this flag.
     #[arg(long)]
     pub insecure_plaintext: bool,
+    /// Archive the server's binlogs continuously to the cluster's primary
+    /// sink (needs --coordinators and the REPLICATION SLAVE privilege).
+    #[arg(long)]
+    pub archive: bool,
+    /// Local archive directory [default: SINK_DIR/../binlog-archive/NAME].
+    #[arg(long)]
+    pub archive_dir: Option<PathBuf>,
+    /// Server id the archiver presents as a replica (unique among the
+    /// server's replicas) [default: 4000000000 + server_id % 100000000].
+    #[arg(long)]
+    pub archive_replica_id: Option<u32>,
 }
 
 impl ServeArgs {
@@ -198,6 +209,13 @@ impl ServeArgs {
         }
         c.tls = c.tls.overridden_by(&self.tls);
         c.insecure_plaintext |= self.insecure_plaintext;
+        c.archive.enabled |= self.archive;
+        if let Some(v) = &self.archive_dir {
+            c.archive.dir = Some(v.clone());
+        }
+        if let Some(v) = self.archive_replica_id {
+            c.archive.replica_server_id = Some(v);
+        }
         Ok(c)
     }
 }

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
 use super::crypt::{DataKey, EncryptingWriter, KeyFile, decrypt_stream};
-use super::{ByteStream, ObjectWriter, SharedStore, check_key, join};
+use super::{BINLOG_PREFIX, ByteStream, ObjectWriter, SharedStore, check_key, join};
 use crate::error::{Error, Result};
 use crate::format::files::sha256_hex;
 use crate::format::manifest::{FILE_NAME, FileEntry, Manifest};
@@ -491,7 +491,8 @@ pub async fn scan(store: &SharedStore, usage_only: bool) -> Result<Scanned> {
         |key: &str| -> String { key.splitn(3, '/').take(2).collect::<Vec<_>>().join("/") };
     let mut with_manifest = std::collections::BTreeSet::new();
     let mut all = std::collections::BTreeSet::new();
-    for o in &objects {
+    // The binlog archive's segments are not artifacts.
+    for o in objects.iter().filter(|o| !o.key.starts_with(BINLOG_PREFIX)) {
         let loc = location_of(&o.key);
         all.insert(loc.clone());
         if o.key == join(&loc, FILE_NAME) {

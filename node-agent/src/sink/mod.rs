@@ -36,6 +36,11 @@ pub mod disk;
 pub mod media;
 pub mod s3;
 
+/// Where the binlog archive keeps its segments in a sink:
+/// `binlog/<cluster>/<server>/<file>/<start>-<end>` (see `binlog::ship`).
+/// Scans of artifacts skip these keys.
+pub const BINLOG_PREFIX: &str = "binlog/";
+
 /// A stream of an object's bytes.
 pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
