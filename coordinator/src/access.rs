@@ -52,6 +52,8 @@ pub enum Call {
     ArchiveState,
     ReportArchive,
     ArchiveStatus,
+    SearchBinlog,
+    Pitr,
 }
 
 impl Call {
@@ -85,6 +87,8 @@ impl Call {
             Call::ArchiveState => "ArchiveState",
             Call::ReportArchive => "ReportArchive",
             Call::ArchiveStatus => "ArchiveStatus",
+            Call::SearchBinlog => "SearchBinlog",
+            Call::Pitr => "Pitr",
         }
     }
 
@@ -106,7 +110,8 @@ impl Call {
             | Call::VerifyBackup
             | Call::ScanSink
             | Call::SetRole
-            | Call::RemoveRole => Role::Operator,
+            | Call::RemoveRole
+            | Call::Pitr => Role::Operator,
             Call::ListServers
             | Call::GetBackup
             | Call::ListBackups
@@ -117,7 +122,8 @@ impl Call {
             | Call::NodeStatus
             | Call::ListAudit
             | Call::ListRoles
-            | Call::ArchiveStatus => Role::Viewer,
+            | Call::ArchiveStatus
+            | Call::SearchBinlog => Role::Viewer,
         }
     }
 

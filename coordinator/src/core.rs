@@ -77,6 +77,17 @@ pub fn now_unix_ms() -> i64 {
     now_unix_us() / 1000
 }
 
+/// A unix time in milliseconds as RFC 3339 (seconds), for messages.
+pub fn unix_ms_text(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ms / 1000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
 /// Microseconds since the Unix epoch.
 pub fn now_unix_us() -> i64 {
     std::time::SystemTime::now()

@@ -51,6 +51,10 @@ pub enum Error {
         /// Its status.
         status: String,
     },
+    /// A point-in-time recovery the catalog cannot carry out (no base, a
+    /// gap, a point not sealed); the reason names the server and file.
+    #[error("point-in-time recovery refused: {reason}")]
+    PitrRefused { reason: String },
     /// A restore target names a server that is not in the backup.
     #[error("--target names server {server}, which is not in backup {id} (its servers: {servers})")]
     UnknownTarget {

@@ -20,6 +20,10 @@
 //! - [`restore`]: the coordinated restore, a leader job: each server's
 //!   copy and loading agent chosen and confirmed before any is loaded, then
 //!   every agent's `Restore` in parallel, recorded in the catalog.
+//! - [`pitr`]: point-in-time recovery, a leader job: the point, the base
+//!   backup and every server's binlog range chosen from the catalog, then
+//!   the base restored and each server's archive replayed to the point;
+//!   and the search of the archive's transactions.
 //! - [`sinks`]: sinks as the leader uses them: the description agents
 //!   open, which agent reads a copy, copies, verification and scans.
 //! - [`version`]: the leader's task that raises the cluster's catalog
@@ -47,6 +51,7 @@ pub mod convert;
 pub mod core;
 pub mod error;
 pub mod job;
+pub mod pitr;
 pub mod raft;
 pub mod restore;
 pub mod server;

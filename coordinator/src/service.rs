@@ -104,7 +104,10 @@ pub fn to_status(e: Error) -> Status {
         | Error::UnknownTarget { .. }
         | Error::MissingTarget { .. }
         | Error::BadTarget { .. } => Status::invalid_argument(e.to_string()),
-        Error::NotRestorable { .. } | Error::VersionTooLow { .. } | Error::CannotLoad { .. } => {
+        Error::NotRestorable { .. }
+        | Error::VersionTooLow { .. }
+        | Error::CannotLoad { .. }
+        | Error::PitrRefused { .. } => {
             Status::failed_precondition(e.to_string())
         }
         _ => Status::internal(e.to_string()),
@@ -672,6 +675,39 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<pb::ArchiveStatusReply>, Status> {
         self.gate(&request, Call::ArchiveStatus).await?;
         self.do_archive_status(request.into_inner()).await
+    }
+
+    async fn search_binlog(
+        &self,
+        request: Request<pb::SearchBinlogRequest>,
+    ) -> Result<Response<pb::SearchBinlogReply>, Status> {
+        self.gate(&request, Call::SearchBinlog).await?;
+        self.do_search_binlog(request.into_inner()).await
+    }
+
+    async fn pitr(
+        &self,
+        request: Request<pb::PitrRequest>,
+    ) -> Result<Response<pb::PitrReply>, Status> {
+        let admitted = self.gate(&request, Call::Pitr).await?;
+        let plan_only = request.get_ref().plan;
+        let result = self.do_pitr(request.into_inner()).await;
+        if plan_only {
+            return result;
+        }
+        self.finish(admitted, result, |r| {
+            format!(
+                "{} ({}), {}",
+                r.point,
+                if r.done { "done" } else { "not done" },
+                r.servers
+                    .iter()
+                    .map(|s| format!("{}: {}", s.server, if s.error.is_empty() { "ok" } else { &s.error }))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        })
+        .await
     }
 
     async fn report_refusal(

@@ -85,7 +85,7 @@ impl ArchivedFile {
 pub type ServerArchive = BTreeMap<String, ArchivedFile>;
 
 /// A position in a server's binlogs.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct BinlogPos {
     pub file: String,
     pub pos: u64,

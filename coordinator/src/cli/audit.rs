@@ -39,7 +39,7 @@ pub enum Since {
 }
 
 impl Since {
-    fn unix_ms(self) -> i64 {
+    pub(super) fn unix_ms(self) -> i64 {
         match self {
             Since::At(ms) => ms,
             Since::Ago(d) => crate::core::now_unix_ms().saturating_sub(d.as_millis() as i64),
@@ -48,7 +48,7 @@ impl Since {
 }
 
 /// Parses an RFC 3339 time or a duration.
-fn parse_since(s: &str) -> Result<Since, String> {
+pub(super) fn parse_since(s: &str) -> Result<Since, String> {
     if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
         return Ok(Since::At((t.unix_timestamp_nanos() / 1_000_000) as i64));
     }

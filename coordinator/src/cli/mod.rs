@@ -8,7 +8,8 @@
 //! starts and follows backups and reads the catalog; [`restore`] runs and
 //! lists restores; [`server`] lists and removes servers and shows the
 //! coordinator group; [`sink`] manages sinks, copies, verification and
-//! scans (and prints them); [`role`], [`audit`] and [`archive`] hold their own
+//! scans (and prints them); [`role`], [`audit`], [`archive`] and [`pitr`]
+//! (with `catalog search-binlog`) hold their own
 //! arguments, calls and printing; [`output`] prints tables and JSON. A new
 //! command's arguments go here, its calls in the module of its concern, its
 //! printing in [`output`] (or beside the calls, for [`sink`]).
@@ -25,6 +26,7 @@ mod audit;
 mod backup;
 mod certs;
 mod output;
+mod pitr;
 mod restore;
 mod role;
 mod server;
@@ -107,6 +109,9 @@ pub enum Command {
     /// The continuous binlog archive.
     #[command(subcommand)]
     Archive(archive::ArchiveCmd),
+    /// Point-in-time recovery: every server of a cluster back to one
+    /// consistent moment (base backup + binlog replay).
+    Pitr(pitr::PitrArgs),
 }
 
 /// `lockstep certs ...`
@@ -303,7 +308,7 @@ fn parse_agent(s: &str) -> Result<(String, String), String> {
 }
 
 /// Parses `SERVER=URL`.
-fn parse_target(s: &str) -> Result<(String, String), String> {
+pub(super) fn parse_target(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((name, url)) if !name.trim().is_empty() && !url.trim().is_empty() => {
             Ok((name.trim().to_string(), url.trim().to_string()))
@@ -355,6 +360,9 @@ pub enum CatalogCmd {
     List(ClusterFilter),
     /// One backup: status, the cut per server, freeze window, artifacts.
     Show(ShowArgs),
+    /// Transactions in the binlog archive: server, file:pos, GTID, time and
+    /// a one-line summary (the statement for DDL).
+    SearchBinlog(pitr::SearchArgs),
 }
 
 /// An optional cluster filter.
@@ -498,6 +506,8 @@ async fn execute(cli: &Cli) -> anyhow::Result<i32> {
         Command::Role(c) => role::run(&mut client, json, c).await,
         Command::Audit(c) => audit::run(&mut client, json, c).await,
         Command::Archive(c) => archive::run(&mut client, json, c).await,
+        Command::Pitr(a) => pitr::pitr(&mut client, json, a).await,
+        Command::Catalog(CatalogCmd::SearchBinlog(a)) => pitr::search(&mut client, json, a).await,
     }
 }
 

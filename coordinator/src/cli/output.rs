@@ -162,15 +162,7 @@ pub(super) fn print_backup(as_json: bool, b: &pb::Backup) {
 }
 
 /// A unix time in milliseconds as RFC 3339 (UTC, seconds).
-pub(super) fn unix_ms_text(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(ms / 1000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| ms.to_string())
-}
+pub(super) use crate::core::unix_ms_text;
 
 /// The JSON form of a restore (`restore run --json`).
 pub(super) fn restore_json(r: &pb::RestoreBackupReply) -> Value {

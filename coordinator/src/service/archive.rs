@@ -1,12 +1,13 @@
 //! Handlers of the binlog archive: agents' `ArchiveState` and
 //! `ReportArchive` (not audited: they arrive several times a second, like
-//! heartbeats), and the operators' `ArchiveStatus`.
+//! heartbeats), the operators' `ArchiveStatus` and `SearchBinlog`, and
+//! `Pitr`.
 
 use lockstep_proto::coordinator as pb;
 use tonic::{Response, Status};
 
 use super::{CoordinatorService, to_status};
-use crate::archive;
+use crate::{archive, pitr};
 
 impl CoordinatorService {
     pub(super) async fn do_archive_state(
@@ -34,6 +35,26 @@ impl CoordinatorService {
         r: pb::ArchiveStatusRequest,
     ) -> Result<Response<pb::ArchiveStatusReply>, Status> {
         archive::status(&self.core, &self.heads, &r.cluster)
+            .await
+            .map(Response::new)
+            .map_err(to_status)
+    }
+
+    pub(super) async fn do_search_binlog(
+        &self,
+        r: pb::SearchBinlogRequest,
+    ) -> Result<Response<pb::SearchBinlogReply>, Status> {
+        pitr::search(&self.core, r)
+            .await
+            .map(Response::new)
+            .map_err(to_status)
+    }
+
+    pub(super) async fn do_pitr(
+        &self,
+        r: pb::PitrRequest,
+    ) -> Result<Response<pb::PitrReply>, Status> {
+        pitr::run(&self.core, &self.jobs, r)
             .await
             .map(Response::new)
             .map_err(to_status)

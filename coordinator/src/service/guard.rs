@@ -237,8 +237,30 @@ no_args!(
     pb::ReportRefusalRequest,
     pb::ArchiveStateRequest,
     pb::ReportArchiveRequest,
-    pb::ArchiveStatusRequest
+    pb::ArchiveStatusRequest,
+    pb::SearchBinlogRequest
 );
+
+impl AuditArgs for pb::PitrRequest {
+    fn audit_args(&self) -> BTreeMap<String, String> {
+        use pb::pitr_request::To;
+        let to = match &self.to {
+            Some(To::ToUnixMs(t)) => format!("time {t}"),
+            Some(To::RestorePoint(p)) => format!("restore point {p}"),
+            Some(To::BeforeEvent(e)) => format!("before {e}"),
+            Some(To::ExactUnixMs(t)) => format!("exact {t}"),
+            None => String::new(),
+        };
+        Args::default()
+            .s("cluster", &self.cluster)
+            .s("to", &to)
+            .map("target", &self.targets)
+            .b("force", self.force)
+            .b("plan", self.plan)
+            .b("replay_only", self.replay_only)
+            .0
+    }
+}
 
 impl AuditArgs for pb::RegisterServerRequest {
     fn audit_args(&self) -> BTreeMap<String, String> {

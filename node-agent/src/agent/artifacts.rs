@@ -23,13 +23,13 @@ pub struct Expected {
 
 /// One running restore into a server (by `host:port`); dropping it ends
 /// the claim.
-struct RestoreClaim<'a> {
+pub(super) struct RestoreClaim<'a> {
     running: &'a std::sync::Mutex<std::collections::HashSet<String>>,
     address: String,
 }
 
 impl<'a> RestoreClaim<'a> {
-    fn take(
+    pub(super) fn take(
         running: &'a std::sync::Mutex<std::collections::HashSet<String>>,
         address: &str,
     ) -> Result<Self> {
@@ -105,7 +105,7 @@ impl Agent {
     /// A restore target: a `mysql://` URL, or `cred:NAME`, an entry of
     /// this agent's credentials file (read now, so entries added since
     /// the start count).
-    fn target_server(&self, target: &str) -> Result<Server> {
+    pub(super) fn target_server(&self, target: &str) -> Result<Server> {
         let Some(name) = target.strip_prefix(crate::secrets::REFERENCE_PREFIX) else {
             return Server::parse(target);
         };

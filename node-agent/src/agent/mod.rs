@@ -33,6 +33,7 @@ use crate::mysql::Server;
 use crate::progress::Progress;
 use crate::sink::artifact::Artifact;
 
+mod archive;
 mod artifacts;
 
 pub use artifacts::Expected;

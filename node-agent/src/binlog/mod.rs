@@ -11,6 +11,8 @@
 //! - [`archive`]: [`Archiver`], the task (server, replica server id,
 //!   directory, start file) that reports [`ArchiveProgress`].
 //!
+//! - [`fetch`]: archived segments read back from sinks (checked against
+//!   the catalog's sha256) into local files, for replays and searches.
 //! - [`ship`]: the daemon's archiving: the archiver supervised (restarted,
 //!   continued after a purged binlog with the gap reported), and the
 //!   shipper that stores durable bytes in the cluster's primary sink as
@@ -21,6 +23,7 @@
 pub mod archive;
 pub mod dump;
 pub mod event;
+pub mod fetch;
 pub mod local;
 pub mod ship;
 

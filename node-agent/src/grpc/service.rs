@@ -42,6 +42,7 @@ impl NodeAgent for AgentService {
     type TransferStream = BoxStream<pb::TransferProgress>;
     type RestoreStream = BoxStream<pb::RestoreProgress>;
     type CopyStream = BoxStream<pb::CopyProgress>;
+    type ReplayStream = BoxStream<pb::ReplayProgress>;
 
     async fn copy(
         &self,
@@ -279,6 +280,49 @@ impl NodeAgent for AgentService {
                 report: done.map(|d| convert::restore_report(&d)),
             }
         })))
+    }
+
+    async fn replay(
+        &self,
+        request: Request<pb::ReplayRequest>,
+    ) -> Result<Response<Self::ReplayStream>, Status> {
+        let r = request.into_inner();
+        self.fence(r.term)?;
+        let total: u64 = r.segments.iter().map(|s| s.end - s.start).sum();
+        let progress = Arc::new(Progress::default());
+        let (agent, p) = (self.agent.clone(), progress.clone());
+        let job = async move { agent.replay(&r, p).await };
+        Ok(Response::new(stream_job(progress, job, move |s, done| {
+            let mut m = pb::ReplayProgress {
+                bytes: s.bytes,
+                total_bytes: total,
+                done: done.is_some(),
+                ..Default::default()
+            };
+            if let Some(d) = done {
+                m.method = d.method.as_str().to_string();
+                m.gtid_slave_pos = d.gtid_slave_pos;
+                m.duration_ms = d.duration.as_millis() as u64;
+                m.server = d.server;
+            }
+            m
+        })))
+    }
+
+    async fn search_binlog(
+        &self,
+        request: Request<pb::SearchBinlogRequest>,
+    ) -> Result<Response<pb::SearchBinlogReply>, Status> {
+        let r = request.into_inner();
+        let (found, truncated) = self
+            .agent
+            .search_binlog(&r)
+            .await
+            .map_err(|e| convert::to_status(&e))?;
+        Ok(Response::new(pb::SearchBinlogReply {
+            events: found.into_iter().map(convert::binlog_event).collect(),
+            truncated,
+        }))
     }
 
     async fn status(

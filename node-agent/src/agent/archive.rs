@@ -1,0 +1,114 @@
+//! The agent's share of point-in-time recovery and of archive searches:
+//! fetch the archived segments a request names from the sinks (each
+//! checked against the catalog's sha256), then replay them into a server
+//! or index them and keep what a filter matches.
+
+use std::sync::Arc;
+
+use lockstep_proto::agent as pb;
+
+use super::Agent;
+use crate::binlog::fetch::{self, Stores};
+use crate::binlog::index::{Filter, Indexer, Kind, TxnEntry};
+use crate::binlog::replay::{self, Method, ReplayPlan, ReplayReport};
+use crate::error::{Error, Result};
+use crate::progress::Progress;
+
+impl Agent {
+    /// Fetches the request's segments into a scratch directory under the
+    /// host-local sink and replays them into the target (or this agent's
+    /// server). The scratch directory is removed afterwards.
+    pub async fn replay(&self, r: &pb::ReplayRequest, progress: Arc<Progress>) -> Result<ReplayReport> {
+        let server = if r.target_mysql.is_empty() {
+            self.own_server()?.clone()
+        } else {
+            self.target_server(&r.target_mysql)?
+        };
+        let method = match r.method.as_str() {
+            "" => None,
+            "relay" => Some(Method::Relay),
+            "pipe" => Some(Method::Pipe),
+            other => {
+                return Err(Error::Config(format!(
+                    "replay method {other:?}: expected relay or pipe"
+                )));
+            }
+        };
+        if r.segments.first().is_none_or(|s| s.file != r.start_file)
+            || r.segments.last().is_none_or(|s| s.file != r.stop_file)
+        {
+            return Err(Error::Config(format!(
+                "the segments do not run from {} to {}",
+                r.start_file, r.stop_file
+            )));
+        }
+        let _exclusive = super::artifacts::RestoreClaim::take(&self.restoring, server.address())?;
+        let scratch = self
+            .cfg
+            .sink_dir
+            .join(".replay")
+            .join(uuid::Uuid::new_v4().to_string());
+        std::fs::create_dir_all(&scratch).map_err(|e| Error::io(&scratch, "create", e))?;
+        let result = async {
+            let mut stores = Stores::new(r.sinks.clone(), self.local());
+            let files = fetch::files(&mut stores, &r.segments, &scratch, &Progress::default()).await?;
+            let plan = ReplayPlan {
+                files,
+                start_pos: r.start_pos,
+                stop_pos: r.stop_pos,
+                method,
+            };
+            replay::replay(&server, &plan, &progress).await
+        }
+        .await;
+        if let Err(e) = std::fs::remove_dir_all(&scratch) {
+            tracing::warn!(dir = %scratch.display(), error = %e, "could not remove the replay's scratch directory");
+        }
+        result
+    }
+
+    /// Indexes the request's segments and returns the transactions the
+    /// filter matches (at most `limit`, and whether there were more).
+    pub async fn search_binlog(&self, r: &pb::SearchBinlogRequest) -> Result<(Vec<TxnEntry>, bool)> {
+        let filter = Filter {
+            table: (!r.table.is_empty()).then(|| r.table.clone()),
+            kind: match r.kind.as_str() {
+                "" => None,
+                k => Some(<Kind as clap::ValueEnum>::from_str(k, true).map_err(|_| {
+                    Error::Config(format!("event type {k:?}: expected insert, update, delete or ddl"))
+                })?),
+            },
+            grep: (!r.grep.is_empty()).then(|| r.grep.clone()),
+            since: (r.since > 0).then_some(r.since),
+            until: (r.until > 0).then_some(r.until),
+        };
+        let limit = if r.limit == 0 { usize::MAX } else { r.limit as usize };
+        let mut stores = Stores::new(r.sinks.clone(), self.local());
+        let mut found = Vec::new();
+        let mut truncated = false;
+        let mut indexer: Option<(String, Indexer)> = None;
+        fetch::each(&mut stores, &r.segments, |s, bytes| {
+            if indexer.as_ref().is_none_or(|(f, _)| *f != s.file) {
+                indexer = Some((s.file.clone(), Indexer::new(&s.file)));
+            }
+            let (_, ix) = indexer.as_mut().expect("set above");
+            for e in ix.feed(s.start, bytes)? {
+                let wanted = if r.gtid.is_empty() {
+                    filter.matches(&e)
+                } else {
+                    e.gtid.as_deref() == Some(r.gtid.as_str())
+                };
+                if wanted {
+                    if found.len() < limit {
+                        found.push(e);
+                    } else {
+                        truncated = true;
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        Ok((found, truncated))
+    }
+}
