@@ -10,6 +10,10 @@
 //!   with fsync.
 //! - [`archive`]: [`Archiver`], the task (server, replica server id,
 //!   directory, start file) that reports [`ArchiveProgress`].
+//! - [`index`]: the event index: one [`index::TxnEntry`] per transaction
+//!   (position, GTID, time, kinds, tables, rows, summary) and the search
+//!   [`index::Filter`]; its helpers `rows` (Table_map, counting rows) and
+//!   `statement` (what a statement is, its tables) are private.
 //!
 //! Not wired into the agent yet: no sinks, no catalog index, no TLS, and no
 //! gap detection beyond a purged file and a stream that does not continue
@@ -18,7 +22,10 @@
 pub mod archive;
 pub mod dump;
 pub mod event;
+pub mod index;
 pub mod local;
+mod rows;
+mod statement;
 
 pub use archive::{ArchiveConfig, ArchiveProgress, Archiver};
 pub use dump::DumpClient;
