@@ -99,8 +99,9 @@ fn feed_in_pieces(path: &Path, entries: &[TxnEntry], per: usize) -> anyhow::Resu
     Ok(out)
 }
 
-/// A workload of single and multi-row inserts, updates, deletes,
-/// multi-statement transactions, a MyISAM table, statement-format DML and
+/// A workload of single and multi-row inserts, updates (one with minimal
+/// row images), deletes, multi-statement transactions, a MyISAM table,
+/// statement-format DML and
 /// DDL across `FLUSH BINARY LOGS`, then a `DROP TABLE` and writes after it.
 /// The DROP is found by `search-binlog --type ddl --grep`, at the position
 /// `SHOW BINLOG EVENTS` gives its GTID event and with the GTID
@@ -141,6 +142,10 @@ async fn finds_the_drop_table_where_the_server_says() -> anyhow::Result<()> {
          DELETE FROM shop.items WHERE name = 'box'; COMMIT",
     )
     .await?;
+    // Minimal row images: before images of the key only, after images of
+    // the changed columns only.
+    db.exec("SET SESSION binlog_row_image = MINIMAL; UPDATE shop.orders SET qty = 0 WHERE id IN (1, 2, 3)")
+        .await?;
     db.exec("FLUSH BINARY LOGS").await?;
     db.exec("CREATE TABLE shop.log (v TEXT) ENGINE=MyISAM")
         .await?;
@@ -246,6 +251,8 @@ async fn finds_the_drop_table_where_the_server_says() -> anyhow::Result<()> {
         ),
         "{multi:?}"
     );
+    let minimal = the(&entries, "SET qty = 0")?;
+    ensure!(minimal.rows == 3, "minimal row images: {minimal:?}");
     let myisam = the(&entries, "VALUES ('a'), ('b')")?;
     ensure!(
         myisam.rows == 2 && myisam.tables == ["shop.log"],
