@@ -136,6 +136,13 @@ pub enum Error {
     #[error("binlog archive {}: {reason}", dir.display())]
     BinlogArchive { dir: PathBuf, reason: String },
 
+    #[error("binlog {file} at offset {offset}: {reason}")]
+    BinlogEvent {
+        file: String,
+        offset: u64,
+        reason: String,
+    },
+
     #[error("cancelled: {0}")]
     Cancelled(String),
 }

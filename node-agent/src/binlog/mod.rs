@@ -10,7 +10,10 @@
 //!   with fsync.
 //! - [`archive`]: [`Archiver`], the task (server, replica server id,
 //!   directory, start file) that reports [`ArchiveProgress`].
-//!
+//! - [`index`]: the event index: one [`index::TxnEntry`] per transaction
+//!   (position, GTID, time, kinds, tables, rows, summary) and the search
+//!   [`index::Filter`]; its helpers `rows` (Table_map, counting rows) and
+//!   `statement` (what a statement is, its tables) are private.
 //! - [`fetch`]: archived segments read back from sinks (checked against
 //!   the catalog's sha256) into local files, for replays and searches.
 //! - [`ship`]: the daemon's archiving: the archiver supervised (restarted,
@@ -24,8 +27,11 @@ pub mod archive;
 pub mod dump;
 pub mod event;
 pub mod fetch;
+pub mod index;
 pub mod local;
+mod rows;
 pub mod ship;
+mod statement;
 
 pub use archive::{ArchiveConfig, ArchiveProgress, Archiver};
 pub use dump::DumpClient;

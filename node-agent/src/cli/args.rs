@@ -47,6 +47,9 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Show a running agent's state.
     Status(StatusArgs),
+    /// List the transactions of binlog files on this host that match a
+    /// table, a kind of change, a text or a time window.
+    SearchBinlog(super::search_binlog::SearchBinlogArgs),
 }
 
 #[derive(Debug, Args)]

@@ -1,6 +1,7 @@
 //! `lockstep-agent` commands: `serve` (the daemon), `dump`, `load` and
-//! `verify` (standalone, no coordinator), and `cut`/`status` (talk to a
-//! running agent, for operators and tests).
+//! `verify` (standalone, no coordinator), `cut`/`status` (talk to a
+//! running agent, for operators and tests), and `search-binlog` (local
+//! binlog files, in `search_binlog`).
 //!
 //! Every command prints a human summary by default and one JSON object with
 //! `--json`. Exit codes: 0 success, 1 failure, 2 bad usage, 75 a temporary
@@ -26,6 +27,7 @@ use crate::progress::{self, Progress};
 use crate::restore::{self, LoadOptions};
 
 mod args;
+mod search_binlog;
 
 pub use args::*;
 
@@ -39,6 +41,7 @@ pub async fn run(cli: Cli, shutdown: CancellationToken) -> i32 {
         Command::Cut(a) => cut(a).await,
         Command::Status(a) => status(a).await,
         Command::Keygen(a) => keygen(a),
+        Command::SearchBinlog(a) => search_binlog::run(a).await,
     };
     match result {
         Ok(()) => 0,

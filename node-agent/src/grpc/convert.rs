@@ -235,6 +235,8 @@ pub fn to_status(e: &Error) -> Status {
         // A binlog that is gone before it was archived is a hole in the
         // archive.
         Error::BinlogPurged { .. } => Code::DataLoss,
+        // A corrupt event in an archived binlog.
+        Error::BinlogEvent { .. } => Code::DataLoss,
         Error::BinlogDump {
             retryable: true, ..
         } => Code::Unavailable,
