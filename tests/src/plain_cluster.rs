@@ -70,6 +70,12 @@ impl Cluster {
         Cluster::start_all(prefix, agent_args, agent_env, coordinator_env, None).await
     }
 
+    /// Like [`Cluster::start`], with every agent archiving its server's
+    /// binlogs (`--archive`) to the cluster's primary sink.
+    pub async fn start_archiving(prefix: &str) -> anyhow::Result<Cluster> {
+        Cluster::start_with(prefix, &["--archive"], &[]).await
+    }
+
     /// Like [`Cluster::start`], with mutual TLS on every connection: a new
     /// CA, `coordinator-N` for member N, `agent-NAME` for each agent, and
     /// the CLI as `operator`.
@@ -162,6 +168,50 @@ impl Cluster {
         };
         cluster.wait_healthy(Duration::from_secs(30)).await?;
         Ok(cluster)
+    }
+
+    /// `lockstep archive status --json`: one entry per server, and whether
+    /// the command exited 0 (it exits 1 when a server has a gap).
+    pub async fn archive_status(&self) -> anyhow::Result<(Vec<Value>, bool)> {
+        let out = self
+            .cli(&["--json", "archive", "status", "--cluster", CLUSTER])
+            .await?;
+        let list: Value = serde_json::from_str(out.stdout.trim())
+            .with_context(|| format!("archive status: {} {}", out.stdout, out.stderr))?;
+        Ok((
+            list.as_array().cloned().unwrap_or_default(),
+            out.status.success(),
+        ))
+    }
+
+    /// Waits until the catalog's archive of every server reaches the
+    /// server's current binlog position and the agents report no lag;
+    /// returns the last `archive status`.
+    pub async fn wait_archive_caught_up(&self) -> anyhow::Result<Vec<Value>> {
+        let timeout = Duration::from_secs(60);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (list, _) = self.archive_status().await?;
+            let mut behind = Vec::new();
+            for (db, s) in self.servers.iter().zip(&list) {
+                let (file, pos) = db.binlog_position().await?.context("binlog is off")?;
+                let at = (
+                    s["file"].as_str().unwrap_or(""),
+                    s["end"].as_u64().unwrap_or(0),
+                );
+                if at != (file.as_str(), pos) || s["head"]["lag_bytes"] != 0 {
+                    behind.push(format!("{}: archived {at:?}, server {file}:{pos}", db.name()));
+                }
+            }
+            if behind.is_empty() {
+                return Ok(list);
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the archive did not catch up within {timeout:?}: {behind:?}\n{list:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub async fn backups(&self) -> anyhow::Result<Vec<Value>> {

@@ -12,70 +12,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use lockstep_tests::plain_cluster::{CLUSTER, Cluster};
-use lockstep_tests::{AgentOptions, CatalogCli, CausalWriter, MariaDb, Supervised, step};
+use lockstep_tests::{CatalogCli, CausalWriter, MariaDb, Supervised, step};
 use serde_json::Value;
 
-/// How long the archive may take to catch up with a server.
-const CATCH_UP: Duration = Duration::from_secs(60);
 /// Offset of the Format_description event's flags in a binlog file.
 const FD_FLAGS_AT: usize = 4 + 17;
-
-async fn start(prefix: &str) -> anyhow::Result<Cluster> {
-    let servers = MariaDb::start_many(&[
-        &format!("{prefix}0"),
-        &format!("{prefix}1"),
-        &format!("{prefix}2"),
-    ])
-    .await?;
-    Cluster::start_on(servers, None, |_, s| {
-        let mut o = AgentOptions::new(s.name(), s.url());
-        o.extra_args = vec!["--archive".into()];
-        o
-    })
-    .await
-}
-
-async fn status(cluster: &Cluster) -> anyhow::Result<(Vec<Value>, bool)> {
-    let out = cluster
-        .cli(&["--json", "archive", "status", "--cluster", CLUSTER])
-        .await?;
-    let list: Value = serde_json::from_str(out.stdout.trim())
-        .with_context(|| format!("archive status: {} {}", out.stdout, out.stderr))?;
-    Ok((
-        list.as_array().cloned().unwrap_or_default(),
-        out.status.success(),
-    ))
-}
-
-/// Waits until the catalog's archive of every server reaches the server's
-/// current binlog position and the agents report no lag.
-async fn wait_caught_up(cluster: &Cluster) -> anyhow::Result<Vec<Value>> {
-    let deadline = Instant::now() + CATCH_UP;
-    loop {
-        let (list, _) = status(cluster).await?;
-        let mut behind = Vec::new();
-        for (db, s) in cluster.servers.iter().zip(&list) {
-            let (file, pos) = db.binlog_position().await?.context("binlog is off")?;
-            let at = (
-                s["file"].as_str().unwrap_or(""),
-                s["end"].as_u64().unwrap_or(0),
-            );
-            if at != (file.as_str(), pos) || s["head"]["lag_bytes"] != 0 {
-                behind.push(format!(
-                    "{}: archived {at:?}, server {file}:{pos}",
-                    db.name()
-                ));
-            }
-        }
-        if behind.is_empty() {
-            return Ok(list);
-        }
-        if Instant::now() > deadline {
-            bail!("the archive did not catch up within {CATCH_UP:?}: {behind:?}\n{list:#?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// The segments of `server` in a host-local sink, reassembled per file;
 /// fails if a file's segments are not contiguous from offset 0.
@@ -145,7 +86,7 @@ async fn check_sink(db: &MariaDb, sink: &Path, crashed: &[String]) -> anyhow::Re
 /// byte-identical to the server's.
 #[tokio::test]
 async fn archive_survives_restarts_and_rotations_byte_for_byte() -> anyhow::Result<()> {
-    let mut cluster = start("ar").await?;
+    let mut cluster = Cluster::start_archiving("ar").await?;
     step!("causal writer across the 3 servers");
     let writer = CausalWriter::start(cluster.chain()).await?;
     writer.wait_committed(200, Duration::from_secs(30)).await?;
@@ -169,14 +110,14 @@ async fn archive_survives_restarts_and_rotations_byte_for_byte() -> anyhow::Resu
     let rows = writer.stop().await;
     step!("stopped the writer at {rows} rows; wait for the archive to catch up");
 
-    let list = wait_caught_up(&cluster).await?;
+    let list = cluster.wait_archive_caught_up().await?;
     for s in &list {
         ensure!(
             s["gaps"].as_array().is_some_and(|g| g.is_empty()),
             "gaps reported: {s:#}"
         );
     }
-    let (_, ok) = status(&cluster).await?;
+    let (_, ok) = cluster.archive_status().await?;
     ensure!(ok, "archive status exits non-zero without gaps");
     step!("every binlog reassembled from the sink equals the server's file");
     for (db, agent) in cluster.servers.iter().zip(&cluster.agents) {
@@ -203,11 +144,11 @@ async fn archive_survives_restarts_and_rotations_byte_for_byte() -> anyhow::Resu
 /// archive continues with the server's oldest binlog.
 #[tokio::test]
 async fn purge_of_an_unarchived_binlog_is_a_gap() -> anyhow::Result<()> {
-    let mut cluster = start("ap").await?;
+    let mut cluster = Cluster::start_archiving("ap").await?;
     let db = &cluster.servers[0];
     db.exec("CREATE DATABASE p; CREATE TABLE p.t (id INT PRIMARY KEY)")
         .await?;
-    wait_caught_up(&cluster).await?;
+    cluster.wait_archive_caught_up().await?;
     step!("stop agent 0, then write, rotate and purge on its server");
     cluster.agents[0].stop()?;
     let db = &cluster.servers[0];
@@ -239,7 +180,7 @@ async fn purge_of_an_unarchived_binlog_is_a_gap() -> anyhow::Result<()> {
     cluster.agents[0].restart().await?;
     let db = &cluster.servers[0];
     db.exec("INSERT INTO p.t VALUES (100)").await?;
-    let list = wait_caught_up(&cluster).await?;
+    let list = cluster.wait_archive_caught_up().await?;
     let gaps: Vec<String> = list[0]["gaps"]
         .as_array()
         .context("gaps")?
@@ -257,7 +198,7 @@ async fn purge_of_an_unarchived_binlog_is_a_gap() -> anyhow::Result<()> {
         "server 1 has no gap: {:#}",
         list[1]
     );
-    let (_, ok) = status(&cluster).await?;
+    let (_, ok) = cluster.archive_status().await?;
     ensure!(!ok, "archive status must exit non-zero with a gap");
     let human = cluster
         .cli(&["archive", "status", "--cluster", CLUSTER])

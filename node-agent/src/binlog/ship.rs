@@ -27,6 +27,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::binlog::archive::{ArchiveConfig, ArchiveProgress, Archiver};
+use crate::binlog::index::{Indexer, TxnEntry};
 use crate::binlog::local;
 use crate::error::{Error, Result, error_text};
 use crate::mysql::Server;
@@ -96,6 +97,7 @@ pub async fn run(
         state: None,
         pending_since: None,
         last_head: None,
+        indexer: None,
     };
     tokio::join!(supervisor, shipper.run(progress_rx, cancel));
 }
@@ -236,6 +238,8 @@ struct Shipper {
     /// Since when the server has had bytes the sink does not.
     pending_since: Option<Instant>,
     last_head: Option<Instant>,
+    /// The event index of the file being shipped, and where it stands.
+    indexer: Option<(String, u64, Indexer)>,
 }
 
 /// The next range to ship: a file, from where, to where, and whether that
@@ -394,14 +398,37 @@ impl Shipper {
         );
         let path = self.dir.join(&r.file);
         let sha256 = store_range(&st.store, &key, &path, r.start, r.end).await?;
+        let sink = st.sink_name.clone();
+        // Its transactions, for the segment's times and GTIDs (the search
+        // reads the segments themselves).
+        let mut indexer = match self.indexer.take() {
+            Some((f, at, ix)) if f == r.file && at == r.start => ix,
+            _ => Indexer::new(&r.file),
+        };
+        let txns = {
+            let path = path.clone();
+            let (start, end) = (r.start, r.end);
+            let (ix, txns) = tokio::task::spawn_blocking(move || index_range(&path, start, end, indexer))
+                .await
+                .map_err(|e| Error::Cancelled(format!("indexing stopped: {e}")))??;
+            indexer = ix;
+            txns
+        };
+        self.indexer = Some((r.file.clone(), r.end, indexer));
+        let times = txns.iter().map(|t| t.time).filter(|t| *t > 0);
+        let gtids: Vec<&str> = txns.iter().filter_map(|t| t.gtid.as_deref()).collect();
         let segment = pb::BinlogSegment {
             file: r.file.clone(),
             start: r.start,
             end: r.end,
             closed: r.closed,
             sha256,
-            sink: st.sink_name.clone(),
+            sink,
             key,
+            first_time: times.clone().min().unwrap_or(0),
+            last_time: times.max().unwrap_or(0),
+            first_gtid: gtids.first().map(|g| g.to_string()).unwrap_or_default(),
+            last_gtid: gtids.last().map(|g| g.to_string()).unwrap_or_default(),
             gap: r.gap.clone().unwrap_or_default(),
             ..Default::default()
         };
@@ -504,6 +531,50 @@ impl Shipper {
         }
         head
     }
+}
+
+/// Reads events `start..end` of an archived binlog into `indexer`; returns
+/// it and the transactions that ended there. A range that is not whole
+/// events is an error naming the file and offset.
+fn index_range(
+    path: &Path,
+    start: u64,
+    end: u64,
+    mut indexer: Indexer,
+) -> Result<(Indexer, Vec<TxnEntry>)> {
+    use std::io::{Read, Seek};
+    let mut f = std::io::BufReader::with_capacity(
+        1 << 20,
+        std::fs::File::open(path).map_err(|e| Error::io(path, "open the archived binlog", e))?,
+    );
+    f.seek(std::io::SeekFrom::Start(start))
+        .map_err(|e| Error::io(path, "seek", e))?;
+    let mut at = start;
+    let mut out = Vec::new();
+    if at == 0 && end >= 4 {
+        let mut magic = [0u8; 4];
+        f.read_exact(&mut magic).map_err(|e| Error::io(path, "read", e))?;
+        indexer.feed(0, &magic)?;
+        at = 4;
+    }
+    let mut ev = Vec::new();
+    while at < end {
+        ev.resize(crate::binlog::event::HEADER_LEN, 0);
+        f.read_exact(&mut ev).map_err(|e| Error::io(path, "read", e))?;
+        let len = crate::binlog::event::Header::parse(&ev)
+            .map(|h| h.event_len as usize)
+            .filter(|l| (at + *l as u64) <= end)
+            .ok_or_else(|| Error::BinlogArchive {
+                dir: path.to_path_buf(),
+                reason: format!("no whole event at offset {at} (the range ends at {end})"),
+            })?;
+        ev.resize(len, 0);
+        f.read_exact(&mut ev[crate::binlog::event::HEADER_LEN..])
+            .map_err(|e| Error::io(path, "read", e))?;
+        out.extend(indexer.event(at, &ev)?);
+        at += len as u64;
+    }
+    Ok((indexer, out))
 }
 
 /// `a` comes after `b` in binlog order (same basename, higher number).
