@@ -49,6 +49,9 @@ pub enum Call {
     NodeStatus,
     ListAudit,
     ListRoles,
+    CreateRestorePoint,
+    SetRestorePointSchedule,
+    ListRestorePoints,
 }
 
 impl Call {
@@ -79,6 +82,9 @@ impl Call {
             Call::NodeStatus => "NodeStatus",
             Call::ListAudit => "ListAudit",
             Call::ListRoles => "ListRoles",
+            Call::CreateRestorePoint => "CreateRestorePoint",
+            Call::SetRestorePointSchedule => "SetRestorePointSchedule",
+            Call::ListRestorePoints => "ListRestorePoints",
         }
     }
 
@@ -96,7 +102,9 @@ impl Call {
             | Call::VerifyBackup
             | Call::ScanSink
             | Call::SetRole
-            | Call::RemoveRole => Role::Operator,
+            | Call::RemoveRole
+            | Call::CreateRestorePoint
+            | Call::SetRestorePointSchedule => Role::Operator,
             Call::ListServers
             | Call::GetBackup
             | Call::ListBackups
@@ -106,7 +114,8 @@ impl Call {
             | Call::CoordinatorStatus
             | Call::NodeStatus
             | Call::ListAudit
-            | Call::ListRoles => Role::Viewer,
+            | Call::ListRoles
+            | Call::ListRestorePoints => Role::Viewer,
         }
     }
 
@@ -330,6 +339,14 @@ mod tests {
             auth(&id("operator"), Call::StartBackup),
             Ok(Some(Role::Operator))
         );
+        assert_eq!(
+            auth(&id("viewer"), Call::ListRestorePoints),
+            Ok(Some(Role::Viewer))
+        );
+        for call in [Call::CreateRestorePoint, Call::SetRestorePointSchedule] {
+            assert!(auth(&id("viewer"), call).is_err(), "{call}");
+            assert_eq!(auth(&id("operator"), call), Ok(Some(Role::Operator)));
+        }
         assert_eq!(
             auth(&id("operator"), Call::ListAudit),
             Ok(Some(Role::Operator))

@@ -455,5 +455,11 @@ fn describe(cmd: &Command) -> String {
         Command::SetRole { pattern, role, .. } => format!("give {pattern:?} role {role}"),
         Command::RemoveRole { pattern } => format!("remove the role of {pattern:?}"),
         Command::Audit { record } => format!("record the audit of a {} call", record.call),
+        Command::AddRestorePoint { point } => {
+            format!("record restore point {} of {}", point.id, point.cluster)
+        }
+        Command::SetRestorePointSchedule { cluster, .. } => {
+            format!("set the restore point schedule of {cluster}")
+        }
     }
 }

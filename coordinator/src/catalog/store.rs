@@ -5,8 +5,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AuditRecord, Backup, Catalog, ClusterSinks, Command, MediaAgent, Restore, RoleGrant, Server,
-    version,
+    AuditRecord, Backup, Catalog, ClusterSinks, Command, MediaAgent, Restore, RestorePoint,
+    RestorePointSchedule, RoleGrant, Server, version,
 };
 use crate::raft::{Change, KeyValue};
 
@@ -55,6 +55,15 @@ impl crate::raft::StateMachine for Catalog {
                         .map(serde_json::to_vec),
                     Key::Role { pattern } => self.roles.get(pattern).map(serde_json::to_vec),
                     Key::Audit { seq } => self.audit.get(seq).map(serde_json::to_vec),
+                    Key::RestorePoint { cluster, seq } => self
+                        .restore_points
+                        .get(cluster)
+                        .and_then(|p| p.get(seq))
+                        .map(serde_json::to_vec),
+                    Key::RestorePointSchedule { cluster } => self
+                        .restore_point_schedules
+                        .get(cluster)
+                        .map(serde_json::to_vec),
                 };
                 let value = value.map(|v| v.expect("a catalog record always serialises"));
                 (key.to_string(), value)
@@ -110,6 +119,16 @@ impl crate::raft::StateMachine for Catalog {
                         .map_err(|e| format!("catalog audit record {seq}: {e}"))?;
                     c.audit.insert(seq, r);
                 }
+                Key::RestorePoint { cluster, seq } => {
+                    let p: RestorePoint = serde_json::from_slice(&v)
+                        .map_err(|e| format!("catalog restore point {seq} of {cluster}: {e}"))?;
+                    c.restore_points.entry(cluster).or_default().insert(seq, p);
+                }
+                Key::RestorePointSchedule { cluster } => {
+                    let s: RestorePointSchedule = serde_json::from_slice(&v)
+                        .map_err(|e| format!("catalog restore point schedule of {cluster}: {e}"))?;
+                    c.restore_point_schedules.insert(cluster, s);
+                }
             }
         }
         *self = c;
@@ -149,6 +168,14 @@ pub(super) enum Key {
     /// One audit record, by sequence number.
     Audit {
         seq: u64,
+    },
+    /// One restore point of a cluster, by its sequence number.
+    RestorePoint {
+        cluster: String,
+        seq: u64,
+    },
+    RestorePointSchedule {
+        cluster: String,
     },
 }
 
@@ -202,6 +229,10 @@ impl Command {
             },
             Command::CopyStored { id, .. } | Command::CopyVerified { id, .. } => backup(id),
             Command::ImportBackup { backup: b } => backup(&b.id),
+            Command::AddRestorePoint { point } => catalog.next_restore_point_key(&point.cluster),
+            Command::SetRestorePointSchedule { cluster, .. } => Key::RestorePointSchedule {
+                cluster: cluster.clone(),
+            },
         }
     }
 }

@@ -21,7 +21,7 @@
 use super::{Catalog, Command, Rejected};
 
 /// The catalog version this build supports.
-pub const CATALOG_VERSION: u32 = 3;
+pub const CATALOG_VERSION: u32 = 4;
 
 /// Version 2: sinks, media agents, copies and imports.
 pub const SINKS_VERSION: u32 = 2;
@@ -29,6 +29,9 @@ pub const SINKS_VERSION: u32 = 2;
 /// Version 3: roles, the audit trail, the identity a server or media agent
 /// was registered by, and removing media agents.
 pub const ACCESS_VERSION: u32 = 3;
+
+/// Version 4: restore points and their schedules.
+pub const RESTORE_POINTS_VERSION: u32 = 4;
 
 /// The version of a new catalog and of builds that advertise none (they
 /// report 0 on the wire): the commands of the first release.
@@ -45,6 +48,9 @@ impl Command {
     /// or a new field (see the module doc).
     pub fn min_version(&self) -> u32 {
         match self {
+            Command::AddRestorePoint { .. } | Command::SetRestorePointSchedule { .. } => {
+                RESTORE_POINTS_VERSION
+            }
             Command::RegisterServer(s) if s.registered_by.is_some() => ACCESS_VERSION,
             Command::RegisterMedia(m) if m.registered_by.is_some() => ACCESS_VERSION,
             Command::SetRole { .. }

@@ -8,7 +8,7 @@
 //! starts and follows backups and reads the catalog; [`restore`] runs and
 //! lists restores; [`server`] lists and removes servers and shows the
 //! coordinator group; [`sink`] manages sinks, copies, verification and
-//! scans (and prints them); [`role`] and [`audit`] hold their own
+//! scans (and prints them); [`role`], [`audit`] and [`restore_point`] hold their own
 //! arguments, calls and printing; [`output`] prints tables and JSON. A new
 //! command's arguments go here, its calls in the module of its concern, its
 //! printing in [`output`] (or beside the calls, for [`sink`]).
@@ -25,6 +25,7 @@ mod backup;
 mod certs;
 mod output;
 mod restore;
+mod restore_point;
 mod role;
 mod server;
 mod sink;
@@ -103,6 +104,10 @@ pub enum Command {
     /// Certificates for mutual TLS (demos and tests).
     #[command(subcommand)]
     Certs(CertsCmd),
+    /// Restore points: the cut without data (milliseconds of freeze),
+    /// taken now or on a schedule, for point-in-time recovery.
+    #[command(subcommand)]
+    RestorePoint(restore_point::RestorePointCmd),
 }
 
 /// `lockstep certs ...`
@@ -493,6 +498,7 @@ async fn execute(cli: &Cli) -> anyhow::Result<i32> {
         Command::Verify(a) => sink::verify(&mut client, json, a).await,
         Command::Role(c) => role::run(&mut client, json, c).await,
         Command::Audit(c) => audit::run(&mut client, json, c).await,
+        Command::RestorePoint(c) => restore_point::run(&mut client, json, c).await,
     }
 }
 
@@ -574,6 +580,54 @@ mod tests {
             Command::Backup(BackupCmd::Start(StartArgs { wait: true, .. }))
         ));
         assert!(Cli::try_parse_from(["lockstep", "backup", "start"]).is_err());
+    }
+
+    #[test]
+    fn parses_restore_point_commands() {
+        let cli = Cli::try_parse_from([
+            "lockstep",
+            "restore-point",
+            "schedule",
+            "--cluster",
+            "c1",
+            "--every",
+            "1s",
+            "--keep",
+            "5",
+        ])
+        .expect("parse");
+        let Command::RestorePoint(restore_point::RestorePointCmd::Schedule(a)) = cli.command else {
+            panic!("not restore-point schedule: {:?}", cli.command);
+        };
+        assert_eq!(a.every, Some(Duration::from_secs(1)));
+        assert_eq!(a.keep, Some(5));
+        let off = ["lockstep", "restore-point", "schedule", "--cluster", "c1"];
+        assert!(Cli::try_parse_from(off).is_err(), "--every or --off");
+        let both = [
+            "lockstep",
+            "restore-point",
+            "schedule",
+            "--cluster",
+            "c1",
+            "--off",
+            "--every",
+            "1s",
+        ];
+        assert!(Cli::try_parse_from(both).is_err());
+        let cli = Cli::try_parse_from([
+            "lockstep",
+            "restore-point",
+            "create",
+            "--cluster",
+            "c1",
+            "--label",
+            "before deploy",
+        ])
+        .expect("parse");
+        assert!(matches!(
+            cli.command,
+            Command::RestorePoint(restore_point::RestorePointCmd::Create(ref a)) if a.label == "before deploy"
+        ));
     }
 
     #[test]
