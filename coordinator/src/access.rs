@@ -54,6 +54,9 @@ pub enum Call {
     ArchiveStatus,
     SearchBinlog,
     Pitr,
+    CreateRestorePoint,
+    SetRestorePointSchedule,
+    ListRestorePoints,
 }
 
 impl Call {
@@ -89,6 +92,9 @@ impl Call {
             Call::ArchiveStatus => "ArchiveStatus",
             Call::SearchBinlog => "SearchBinlog",
             Call::Pitr => "Pitr",
+            Call::CreateRestorePoint => "CreateRestorePoint",
+            Call::SetRestorePointSchedule => "SetRestorePointSchedule",
+            Call::ListRestorePoints => "ListRestorePoints",
         }
     }
 
@@ -111,7 +117,9 @@ impl Call {
             | Call::ScanSink
             | Call::SetRole
             | Call::RemoveRole
-            | Call::Pitr => Role::Operator,
+            | Call::Pitr
+            | Call::CreateRestorePoint
+            | Call::SetRestorePointSchedule => Role::Operator,
             Call::ListServers
             | Call::GetBackup
             | Call::ListBackups
@@ -123,7 +131,8 @@ impl Call {
             | Call::ListAudit
             | Call::ListRoles
             | Call::ArchiveStatus
-            | Call::SearchBinlog => Role::Viewer,
+            | Call::SearchBinlog
+            | Call::ListRestorePoints => Role::Viewer,
         }
     }
 
@@ -347,6 +356,14 @@ mod tests {
             auth(&id("operator"), Call::StartBackup),
             Ok(Some(Role::Operator))
         );
+        assert_eq!(
+            auth(&id("viewer"), Call::ListRestorePoints),
+            Ok(Some(Role::Viewer))
+        );
+        for call in [Call::CreateRestorePoint, Call::SetRestorePointSchedule] {
+            assert!(auth(&id("viewer"), call).is_err(), "{call}");
+            assert_eq!(auth(&id("operator"), call), Ok(Some(Role::Operator)));
+        }
         assert_eq!(
             auth(&id("operator"), Call::ListAudit),
             Ok(Some(Role::Operator))

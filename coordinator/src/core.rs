@@ -474,5 +474,11 @@ fn describe(cmd: &Command) -> String {
             "record {} archived binlog segment(s) of {cluster}/{server}",
             segments.len()
         ),
+        Command::AddRestorePoint { point } => {
+            format!("record restore point {} of {}", point.id, point.cluster)
+        }
+        Command::SetRestorePointSchedule { cluster, .. } => {
+            format!("set the restore point schedule of {cluster}")
+        }
     }
 }

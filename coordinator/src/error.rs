@@ -43,6 +43,15 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A cut failed on some server (it was aborted everywhere, and nothing
+    /// was recorded).
+    #[error("{what} failed: {reason}")]
+    CutFailed {
+        /// What the cut was for ("restore point ID of cluster C").
+        what: String,
+        /// Why, naming the server.
+        reason: String,
+    },
     /// A restore was asked of a backup that is not COMPLETE.
     #[error("backup {id} is {status}, not COMPLETE; only a complete backup can be restored")]
     NotRestorable {

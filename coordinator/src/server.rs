@@ -75,6 +75,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     let core = Arc::new(Core::new(node.handle(), peers, config, transport.clone()));
     let jobs = Jobs::new(core.clone(), shutdown.child_token());
     let watcher = tokio::spawn(jobs.clone().watch_leadership(shutdown.clone()));
+    let schedules = tokio::spawn(jobs.clone().run_schedules());
     let versioner = tokio::spawn(crate::version::raise_cluster_version(
         core.clone(),
         shutdown.clone(),
@@ -128,6 +129,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<()> {
     bounded("the leadership watcher", async {
         if let Err(e) = watcher.await {
             tracing::error!(error = %e, "leadership watcher ended abnormally");
+        }
+    })
+    .await;
+    bounded("the restore point schedules", async {
+        if let Err(e) = schedules.await {
+            tracing::error!(error = %e, "restore point schedules ended abnormally");
         }
     })
     .await;

@@ -3,7 +3,8 @@
 //! or [`Jobs`], map the error (with the leader redirect), and record a
 //! mutating call's outcome in the audit trail. `servers.rs` holds the
 //! handlers of registration and removal; `roles.rs` those of roles, the
-//! audit trail and agents' refusal reports.
+//! audit trail and agents' refusal reports; `restore_points.rs` those of
+//! restore points.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use crate::raft;
 mod access_tests;
 mod archive;
 mod guard;
+mod restore_points;
 mod roles;
 mod servers;
 
@@ -97,8 +99,10 @@ pub fn to_status(e: Error) -> Status {
             Rejected::UnknownRole(_) => Status::not_found(r.to_string()),
             Rejected::BadRole { .. } => Status::invalid_argument(r.to_string()),
             Rejected::RegisteredByOther { .. } => Status::permission_denied(r.to_string()),
+            Rejected::BadRestorePoint { .. } => Status::invalid_argument(r.to_string()),
         },
         Error::UnknownServer { .. } => Status::not_found(e.to_string()),
+        Error::CutFailed { .. } => Status::aborted(e.to_string()),
         Error::ProposalTimeout { .. } => Status::unavailable(e.to_string()),
         Error::Config(_)
         | Error::UnknownTarget { .. }
@@ -706,6 +710,45 @@ impl Coordinator for CoordinatorService {
                     .collect::<Vec<_>>()
                     .join("; ")
             )
+        })
+        .await
+    }
+
+    async fn create_restore_point(
+        &self,
+        request: Request<pb::CreateRestorePointRequest>,
+    ) -> Result<Response<pb::RestorePoint>, Status> {
+        let admitted = self.gate(&request, Call::CreateRestorePoint).await?;
+        let result = self
+            .do_create_restore_point(request.into_inner())
+            .await
+            .map(Response::new);
+        self.finish(admitted, result, |p| format!("restore point {}", p.id))
+            .await
+    }
+
+    async fn list_restore_points(
+        &self,
+        request: Request<pb::ListRestorePointsRequest>,
+    ) -> Result<Response<pb::ListRestorePointsReply>, Status> {
+        self.gate(&request, Call::ListRestorePoints).await?;
+        self.do_list_restore_points(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn set_restore_point_schedule(
+        &self,
+        request: Request<pb::SetRestorePointScheduleRequest>,
+    ) -> Result<Response<pb::RestorePointSchedule>, Status> {
+        let admitted = self.gate(&request, Call::SetRestorePointSchedule).await?;
+        let result = self
+            .do_set_restore_point_schedule(request.into_inner())
+            .await
+            .map(Response::new);
+        self.finish(admitted, result, |s| match s.every_ms {
+            0 => format!("schedule off, keep {}", s.keep),
+            ms => format!("every {ms} ms, keep {}", s.keep),
         })
         .await
     }

@@ -237,6 +237,7 @@ impl PreparedCut {
 pub struct PrepareOptions {
     pub budgets: Budgets,
     pub lock_method: LockMethod,
+    /// 0: none (a restore point: the position only).
     pub snapshot_connections: usize,
     /// The snapshot connections' `wait_timeout`: how long the server keeps
     /// one that sits idle (between Commit and Transfer, or between dump
@@ -278,11 +279,13 @@ pub struct Armed {
     preflight_us: u64,
 }
 
-/// Everything of phase one before the lock.
+/// Everything of phase one before the lock. With no snapshot connections
+/// (a restore point: the position only) and BACKUP STAGE, the pre-flush is
+/// skipped: nothing reads the tables, and BLOCK_COMMIT does not flush them.
 pub async fn arm(server: &Server, opts: PrepareOptions) -> Result<Armed> {
     let addr = server.address();
     let started = Instant::now();
-    let k = opts.snapshot_connections.max(1);
+    let k = opts.snapshot_connections;
 
     // Every connection is opened outside the lock.
     let mut lock_conn = server.connect("open lock connection").await?;
@@ -317,7 +320,8 @@ pub async fn arm(server: &Server, opts: PrepareOptions) -> Result<Armed> {
         ))
         .await
         .on(addr, "set lock_wait_timeout and the idle timeouts")?;
-    if opts.budgets.preflush {
+    let position_only = k == 0 && method == LockMethod::BackupStage;
+    if opts.budgets.preflush && !position_only {
         run_bounded(
             &mut lock_conn,
             &mut watchdog,

@@ -111,6 +111,11 @@ pub enum Error {
     )]
     StaleTerm { term: u64, current: u64 },
 
+    #[error(
+        "the server's lock is held by {holder}: {requested} was refused (one cut at a time; retry when it is released)"
+    )]
+    LockHeld { holder: String, requested: String },
+
     #[error("{sink}: cannot {action} {key}: {reason}")]
     Sink {
         sink: String,
@@ -181,6 +186,7 @@ impl Error {
             Error::LongStatement { .. }
                 | Error::LockTimeout { .. }
                 | Error::Busy { .. }
+                | Error::LockHeld { .. }
                 | Error::DdlYield(_)
         )
     }

@@ -98,6 +98,7 @@ pub async fn prepare(
             snapshot_connections: 2,
             term: 0,
             wait_for_go: false,
+            position_only: false,
         })
         .await?
         .into_inner();

@@ -167,6 +167,7 @@ async fn armed_prepare_locks_only_on_go() -> anyhow::Result<()> {
         snapshot_connections: 1,
         term: 0,
         wait_for_go: true,
+        position_only: false,
     };
     let event = |m: Option<pb::PrepareEvent>| m.and_then(|m| m.event);
 
@@ -261,6 +262,7 @@ async fn deposed_coordinator_is_fenced_off() -> anyhow::Result<()> {
             snapshot_connections: 1,
             term: 7,
             wait_for_go: false,
+            position_only: false,
         })
         .await?
         .into_inner();

@@ -9,11 +9,11 @@ use lockstep_tests::{CoordinatorGroup, Supervised, run_lockstep, step};
 use serde_json::Value;
 
 /// The catalog version this build of the coordinator supports.
-const CATALOG_VERSION: u64 = 3;
+const CATALOG_VERSION: u64 = 4;
 
 /// A group of 3 coordinators of one build starts at cluster version 1 and
 /// the leader raises it to the version every member supports:
-/// `coordinator status --json` then shows cluster version 3, and every
+/// `coordinator status --json` then shows cluster version 4, and every
 /// member supports and has applied it; the human output says the cluster
 /// version. With one member SIGKILLed, its versions are unknown (null, "-")
 /// and the cluster version stays where it was.
@@ -23,7 +23,7 @@ async fn status_shows_every_members_catalog_and_cluster_version() -> anyhow::Res
     let mut group = CoordinatorGroup::start(3).await?;
     let leader = group.wait_leader(Duration::from_secs(30)).await?;
 
-    step!("coordinator status --json: the leader raises the cluster version to 3 everywhere");
+    step!("coordinator status --json: the leader raises the cluster version to 4 everywhere");
     let deadline = Instant::now() + Duration::from_secs(30);
     let status: Value = loop {
         let out = run_lockstep(&group.urls(), &["--json", "coordinator", "status"]).await?;

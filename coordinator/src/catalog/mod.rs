@@ -1,7 +1,7 @@
 //! The backup catalog: the raft state machine.
 //!
 //! Files: `mod.rs` (the records, [`Command`] and [`Catalog::apply`]),
-//! `access.rs` (roles and the audit trail), `sinks.rs`, `store.rs` (the raft [`crate::raft::StateMachine`] impl: one stored key
+//! `access.rs` (roles and the audit trail), `sinks.rs`, `restore_points.rs`, `store.rs` (the raft [`crate::raft::StateMachine`] impl: one stored key
 //! per record), `version.rs` (catalog versions for rolling upgrades),
 //! `tests.rs`.
 //!
@@ -21,6 +21,7 @@ mod access;
 #[cfg(test)]
 mod access_tests;
 mod archive;
+mod restore_points;
 mod sinks;
 mod store;
 #[cfg(test)]
@@ -30,6 +31,9 @@ mod version;
 use access::bind;
 pub use access::{AUDIT_LIMIT, AuditOutcome, AuditRecord, Role, RoleGrant, check_pattern};
 pub use archive::{ArchivedFile, BinlogPos, Segment, ServerArchive, split_name};
+pub use restore_points::{
+    DEFAULT_KEEP, MAX_KEEP, MIN_EVERY_MS, RestorePoint, RestorePointSchedule, check_schedule,
+};
 pub use sinks::{ClusterSinks, HOST_LOCAL, MediaAgent, Sink, SinkKind, check_sink_name};
 use store::Dirty;
 pub use version::{ACCESS_VERSION, CATALOG_VERSION, FIRST_VERSION, raise_to};
@@ -276,6 +280,16 @@ pub enum Command {
         server: String,
         segments: Vec<Segment>,
     },
+    /// A restore point whose cut succeeded on every server
+    /// (`restore_points.rs`); the oldest beyond the cluster's `keep` go.
+    AddRestorePoint { point: RestorePoint },
+    /// A cluster's restore-point schedule (`every_ms` 0: off) and how many
+    /// points it keeps (0: the default).
+    SetRestorePointSchedule {
+        cluster: String,
+        every_ms: u64,
+        keep: u32,
+    },
 }
 
 /// Where a coordinated restore stands.
@@ -350,6 +364,12 @@ pub struct Catalog {
     /// cluster → server → its archived binlogs (see `archive.rs`).
     #[serde(default)]
     pub archive: BTreeMap<String, BTreeMap<String, ServerArchive>>,
+    /// cluster → sequence number → restore point, the newest `keep`.
+    #[serde(default)]
+    pub restore_points: BTreeMap<String, BTreeMap<u64, RestorePoint>>,
+    /// cluster → its restore-point schedule.
+    #[serde(default)]
+    pub restore_point_schedules: BTreeMap<String, RestorePointSchedule>,
     /// The catalog version every voter supports (see `version.rs`).
     #[serde(default = "first_version")]
     cluster_version: u32,
@@ -372,6 +392,8 @@ impl Default for Catalog {
             roles: BTreeMap::new(),
             audit: BTreeMap::new(),
             archive: BTreeMap::new(),
+            restore_points: BTreeMap::new(),
+            restore_point_schedules: BTreeMap::new(),
             cluster_version: FIRST_VERSION,
             dirty: Dirty::default(),
         }
@@ -424,6 +446,8 @@ pub enum Rejected {
         bound: String,
         caller: String,
     },
+    #[error("{what}: {reason}")]
+    BadRestorePoint { what: String, reason: String },
 }
 
 impl Catalog {
@@ -749,6 +773,12 @@ impl Catalog {
                 server,
                 segments,
             } => self.archive_segments(&cluster, &server, segments),
+            Command::AddRestorePoint { point } => self.add_restore_point(point),
+            Command::SetRestorePointSchedule {
+                cluster,
+                every_ms,
+                keep,
+            } => self.set_restore_point_schedule(cluster, every_ms, keep),
         }
     }
 

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     ArchivedFile, AuditRecord, Backup, Catalog, ClusterSinks, Command, MediaAgent, Restore,
-    RoleGrant, Server, version,
+    RestorePoint, RestorePointSchedule, RoleGrant, Server, version,
 };
 use crate::raft::{Change, KeyValue};
 
@@ -62,6 +62,15 @@ impl crate::raft::StateMachine for Catalog {
                     } => self
                         .server_archive(cluster, server)
                         .and_then(|a| a.get(file))
+                        .map(serde_json::to_vec),
+                    Key::RestorePoint { cluster, seq } => self
+                        .restore_points
+                        .get(cluster)
+                        .and_then(|p| p.get(seq))
+                        .map(serde_json::to_vec),
+                    Key::RestorePointSchedule { cluster } => self
+                        .restore_point_schedules
+                        .get(cluster)
                         .map(serde_json::to_vec),
                 };
                 let value = value.map(|v| v.expect("a catalog record always serialises"));
@@ -133,6 +142,16 @@ impl crate::raft::StateMachine for Catalog {
                         .or_default()
                         .insert(file, f);
                 }
+                Key::RestorePoint { cluster, seq } => {
+                    let p: RestorePoint = serde_json::from_slice(&v)
+                        .map_err(|e| format!("catalog restore point {seq} of {cluster}: {e}"))?;
+                    c.restore_points.entry(cluster).or_default().insert(seq, p);
+                }
+                Key::RestorePointSchedule { cluster } => {
+                    let s: RestorePointSchedule = serde_json::from_slice(&v)
+                        .map_err(|e| format!("catalog restore point schedule of {cluster}: {e}"))?;
+                    c.restore_point_schedules.insert(cluster, s);
+                }
             }
         }
         *self = c;
@@ -178,6 +197,14 @@ pub(super) enum Key {
         cluster: String,
         server: String,
         file: String,
+    },
+    /// One restore point of a cluster, by its sequence number.
+    RestorePoint {
+        cluster: String,
+        seq: u64,
+    },
+    RestorePointSchedule {
+        cluster: String,
     },
 }
 
@@ -239,6 +266,10 @@ impl Command {
                 cluster: cluster.clone(),
                 server: server.clone(),
                 file: segments.first().map(|s| s.file.clone()).unwrap_or_default(),
+            },
+            Command::AddRestorePoint { point } => catalog.next_restore_point_key(&point.cluster),
+            Command::SetRestorePointSchedule { cluster, .. } => Key::RestorePointSchedule {
+                cluster: cluster.clone(),
             },
         }
     }

@@ -30,8 +30,11 @@ pub const SINKS_VERSION: u32 = 2;
 /// was registered by, and removing media agents.
 pub const ACCESS_VERSION: u32 = 3;
 
-/// Version 4: the binlog archive (and restore points).
-pub const ARCHIVE_VERSION: u32 = 4;
+/// Version 4: restore points and their schedules.
+pub const RESTORE_POINTS_VERSION: u32 = 4;
+
+/// Version 4 also holds the binlog archive.
+pub const ARCHIVE_VERSION: u32 = RESTORE_POINTS_VERSION;
 
 /// The version of a new catalog and of builds that advertise none (they
 /// report 0 on the wire): the commands of the first release.
@@ -48,6 +51,9 @@ impl Command {
     /// or a new field (see the module doc).
     pub fn min_version(&self) -> u32 {
         match self {
+            Command::AddRestorePoint { .. } | Command::SetRestorePointSchedule { .. } => {
+                RESTORE_POINTS_VERSION
+            }
             Command::RegisterServer(s) if s.registered_by.is_some() => ACCESS_VERSION,
             Command::RegisterMedia(m) if m.registered_by.is_some() => ACCESS_VERSION,
             Command::SetRole { .. }

@@ -8,8 +8,8 @@
 //! starts and follows backups and reads the catalog; [`restore`] runs and
 //! lists restores; [`server`] lists and removes servers and shows the
 //! coordinator group; [`sink`] manages sinks, copies, verification and
-//! scans (and prints them); [`role`], [`audit`], [`archive`] and [`pitr`]
-//! (with `catalog search-binlog`) hold their own
+//! scans (and prints them); [`role`], [`audit`], [`archive`],
+//! [`restore_point`] and [`pitr`] (with `catalog search-binlog`) hold their own
 //! arguments, calls and printing; [`output`] prints tables and JSON. A new
 //! command's arguments go here, its calls in the module of its concern, its
 //! printing in [`output`] (or beside the calls, for [`sink`]).
@@ -28,6 +28,7 @@ mod certs;
 mod output;
 mod pitr;
 mod restore;
+mod restore_point;
 mod role;
 mod server;
 mod sink;
@@ -112,6 +113,10 @@ pub enum Command {
     /// Point-in-time recovery: every server of a cluster back to one
     /// consistent moment (base backup + binlog replay).
     Pitr(pitr::PitrArgs),
+    /// Restore points: the cut without data (milliseconds of freeze),
+    /// taken now or on a schedule, for point-in-time recovery.
+    #[command(subcommand)]
+    RestorePoint(restore_point::RestorePointCmd),
 }
 
 /// `lockstep certs ...`
@@ -508,6 +513,7 @@ async fn execute(cli: &Cli) -> anyhow::Result<i32> {
         Command::Archive(c) => archive::run(&mut client, json, c).await,
         Command::Pitr(a) => pitr::pitr(&mut client, json, a).await,
         Command::Catalog(CatalogCmd::SearchBinlog(a)) => pitr::search(&mut client, json, a).await,
+        Command::RestorePoint(c) => restore_point::run(&mut client, json, c).await,
     }
 }
 
@@ -589,6 +595,54 @@ mod tests {
             Command::Backup(BackupCmd::Start(StartArgs { wait: true, .. }))
         ));
         assert!(Cli::try_parse_from(["lockstep", "backup", "start"]).is_err());
+    }
+
+    #[test]
+    fn parses_restore_point_commands() {
+        let cli = Cli::try_parse_from([
+            "lockstep",
+            "restore-point",
+            "schedule",
+            "--cluster",
+            "c1",
+            "--every",
+            "1s",
+            "--keep",
+            "5",
+        ])
+        .expect("parse");
+        let Command::RestorePoint(restore_point::RestorePointCmd::Schedule(a)) = cli.command else {
+            panic!("not restore-point schedule: {:?}", cli.command);
+        };
+        assert_eq!(a.every, Some(Duration::from_secs(1)));
+        assert_eq!(a.keep, Some(5));
+        let off = ["lockstep", "restore-point", "schedule", "--cluster", "c1"];
+        assert!(Cli::try_parse_from(off).is_err(), "--every or --off");
+        let both = [
+            "lockstep",
+            "restore-point",
+            "schedule",
+            "--cluster",
+            "c1",
+            "--off",
+            "--every",
+            "1s",
+        ];
+        assert!(Cli::try_parse_from(both).is_err());
+        let cli = Cli::try_parse_from([
+            "lockstep",
+            "restore-point",
+            "create",
+            "--cluster",
+            "c1",
+            "--label",
+            "before deploy",
+        ])
+        .expect("parse");
+        assert!(matches!(
+            cli.command,
+            Command::RestorePoint(restore_point::RestorePointCmd::Create(ref a)) if a.label == "before deploy"
+        ));
     }
 
     #[test]

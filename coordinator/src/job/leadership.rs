@@ -8,7 +8,7 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, info, info_span, warn};
 
-use super::{Jobs, LEADERSHIP_POLL, Participant, RECONCILE_EVERY, abort_all};
+use super::{Cut, Jobs, LEADERSHIP_POLL, Participant, RECONCILE_EVERY, abort_all};
 use crate::catalog::{Backup, Command, RestoreStatus, Status};
 use crate::core::now_unix_ms;
 use crate::error::Result;
@@ -172,7 +172,15 @@ impl Jobs {
                 });
                 for p in unproven {
                     let proof = match self.core.agent_client(&p.addr).await {
-                        Ok(client) => self.commit_one(&b.id, term, &p.name, client).await,
+                        Ok(client) => {
+                            let cut = Cut {
+                                core: &self.core,
+                                id: &b.id,
+                                term,
+                                position_only: false,
+                            };
+                            cut.commit_one(&p.name, client).await
+                        }
                         Err(e) => Err(format!("server {}: {e}", p.name)),
                     };
                     if let Err(e) = proof {

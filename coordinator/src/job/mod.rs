@@ -27,8 +27,13 @@
 //! failed (the cut was never recorded); `transferring` ones are finished if
 //! the agents still hold the snapshots, and failed with the reason otherwise.
 //!
-//! Files: `mod.rs` (the job and its calls to agents), `leadership.rs` (the
-//! leadership watcher and the resolution of inherited backups and restores).
+//! Files: `mod.rs` (the job and its transfer), `cut.rs` (the two-phase cut
+//! it shares with restore points), `restore_point.rs` (restore points and
+//! their schedule), `leadership.rs` (the leadership watcher and the
+//! resolution of inherited backups and restores).
+//!
+//! One cut of a cluster at a time: a backup's PREPARE..COMMIT and a restore
+//! point's take turns ([`Jobs::cut_turn`]).
 //!
 //! Fencing: every agent call carries the raft term the job runs in, and an
 //! agent refuses calls from a term lower than the highest it has seen. A
@@ -36,28 +41,27 @@
 //! and a job that fails because its node lost leadership leaves the backup
 //! to the next leader instead of aborting it.
 
-use std::collections::{BTreeMap, HashSet};
-use std::future::Future;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lockstep_proto::agent as agent_pb;
-use lockstep_proto::agent::node_agent_client::NodeAgentClient;
-use lockstep_proto::agent::prepare_event::Event;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::{AbortOnDropHandle, TaskTracker};
-use tonic::Streaming;
-use tonic::transport::Channel;
+use tokio_util::task::TaskTracker;
 use tracing::{Instrument as _, info, info_span, warn};
 
-use crate::catalog::{Command, CutEntry};
+use crate::catalog::Command;
 use crate::client::error_chain;
 use crate::core::{Core, fail_hit, fail_pause, now_unix_ms};
 use crate::error::Result;
 use crate::restore::{self, RestoreRequest};
 
+mod cut;
 mod leadership;
+mod restore_point;
+
+use cut::{Cut, Participant, abort_all};
+pub use restore_point::PointStats;
 
 /// How long one ABORT call may take.
 const ABORT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -67,85 +71,16 @@ const LEADERSHIP_POLL: Duration = Duration::from_millis(100);
 /// of its own drives.
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 
-/// One server taking part in a backup.
-#[derive(Debug, Clone)]
-struct Participant {
-    name: String,
-    addr: String,
-}
-
-/// An armed server: everything before its lock is done, and the Prepare
-/// stream waits for GO.
-struct Armed {
-    part: Participant,
-    client: NodeAgentClient<Channel>,
-    stream: Streaming<agent_pb::PrepareEvent>,
-}
-
-/// The next event of a Prepare stream; a release or the stream's end is an
-/// error naming the server.
-async fn next_event(
-    name: &str,
-    stream: &mut Streaming<agent_pb::PrepareEvent>,
-) -> std::result::Result<Event, String> {
-    let msg = stream
-        .message()
-        .await
-        .map_err(|s| format!("server {name}: prepare failed: {}", status_text(&s)))?;
-    match msg.and_then(|m| m.event) {
-        Some(Event::Released(r)) => Err(format!(
-            "server {name}: released its lock before PREPARED ({})",
-            r.reason
-        )),
-        Some(e) => Ok(e),
-        None => Err(format!(
-            "server {name}: the prepare stream ended without PREPARED"
-        )),
-    }
-}
-
-/// A prepared server: its client and the task owning the open Prepare
-/// stream that keeps the lock alive. Dropping it closes the stream, which
-/// releases the lock if it is still held.
-struct Held {
-    part: Participant,
-    client: NodeAgentClient<Channel>,
-    _watch: AbortOnDropHandle<()>,
-}
-
-/// Watches a prepared server's Prepare stream: anything arriving on it
-/// before COMMIT (a `released` event, an error, its end) means the server
-/// lost its lock, and the reason goes to `lost`.
-fn watch_prepared(
-    name: String,
-    mut stream: Streaming<agent_pb::PrepareEvent>,
-    lost: mpsc::UnboundedSender<String>,
-) -> AbortOnDropHandle<()> {
-    AbortOnDropHandle::new(tokio::spawn(async move {
-        let reason = match stream.message().await {
-            Ok(Some(agent_pb::PrepareEvent {
-                event: Some(Event::Released(r)),
-            })) => format!(
-                "server {name}: released its lock ({}) before the cut was committed",
-                r.reason
-            ),
-            Ok(_) => {
-                format!("server {name}: the prepare stream ended before the cut was committed")
-            }
-            Err(s) => format!("server {name}: lost while prepared: {}", status_text(&s)),
-        };
-        let _ = lost.send(reason);
-        // Keep the stream open: COMMIT or ABORT is still to come.
-        std::future::pending::<()>().await
-    }))
-}
-
 /// The backup and restore jobs this node runs as leader.
 #[derive(Debug)]
 pub struct Jobs {
     core: Arc<Core>,
     /// Ids of the backups and restores this node is driving right now.
     active: Mutex<HashSet<String>>,
+    /// cluster → the turn its cuts take (backups and restore points).
+    turns: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// cluster → its restore points' failures and skips on this leader.
+    point_stats: Mutex<HashMap<String, PointStats>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
 }
@@ -156,6 +91,8 @@ impl Jobs {
         Arc::new(Jobs {
             core,
             active: Mutex::new(HashSet::new()),
+            turns: Mutex::new(HashMap::new()),
+            point_stats: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
             shutdown,
         })
@@ -165,6 +102,17 @@ impl Jobs {
     pub async fn wait(&self) {
         self.tracker.close();
         self.tracker.wait().await;
+    }
+
+    /// The turn the cuts of `cluster` take: hold it from PREPARE to the
+    /// end of COMMIT.
+    fn cut_turn(&self, cluster: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.turns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(cluster.to_string())
+            .or_default()
+            .clone()
     }
 
     fn claim(&self, id: &str) -> bool {
@@ -250,9 +198,10 @@ impl Jobs {
         let jobs = self.clone();
         let span = info_span!("backup", backup = %id, cluster = %cluster, term);
         let job_id = id.clone();
+        let cluster = cluster.to_string();
         self.tracker.spawn(
             async move {
-                jobs.run(&job_id, term, parts).await;
+                jobs.run(&job_id, &cluster, term, parts).await;
                 jobs.release(&job_id);
             }
             .instrument(span),
@@ -287,10 +236,10 @@ impl Jobs {
     }
 
     /// Drives one backup to COMPLETE or FAILED.
-    async fn run(&self, id: &str, term: u64, parts: Vec<Participant>) {
+    async fn run(&self, id: &str, cluster: &str, term: u64, parts: Vec<Participant>) {
         let started = Instant::now();
         let outcome = tokio::select! {
-            r = self.drive(id, term, &parts) => r,
+            r = self.drive(id, cluster, term, &parts) => r,
             _ = self.shutdown.cancelled() => Err("the coordinator shut down".to_string()),
         };
         let Err(reason) = outcome else {
@@ -342,54 +291,24 @@ impl Jobs {
     async fn drive(
         &self,
         id: &str,
+        cluster: &str,
         term: u64,
         parts: &[Participant],
     ) -> std::result::Result<(), String> {
-        // Phase 1: PREPARE everywhere, in two steps so that the slow part
-        // (connections, pre-flight, pre-flush) stays out of the freeze
-        // window: arm every server, then GO everywhere at once. The first
-        // failure stops the others (dropping their streams releases their
-        // locks; run() aborts all), and a server that loses its lock while
-        // the others are still locking (its agent died, its lease ran out)
-        // fails the backup at once.
-        let deadline = tokio::time::Instant::now() + self.core.config.prepare_timeout;
-        let arms = parts.iter().map(|p| self.arm_one(id, term, p, deadline));
-        let armed = futures::future::try_join_all(arms).await?;
-        let (lost_tx, mut lost) = mpsc::unbounded_channel();
-        let prepares = armed
-            .into_iter()
-            .map(|a| self.lock_one(id, term, a, lost_tx.clone(), deadline));
-        let held: Vec<(Held, CutEntry)> = tokio::select! {
-            r = futures::future::try_join_all(prepares) => r?,
-            Some(reason) = lost.recv() => return Err(reason),
-        };
-        if let Ok(reason) = lost.try_recv() {
-            return Err(reason);
+        // PREPARE, barrier and COMMIT (see `cut.rs`), one cut of the
+        // cluster at a time: a restore point waits for this one's end.
+        let turn = self.cut_turn(cluster);
+        let turn = turn.lock().await;
+        let cut = Cut {
+            core: &self.core,
+            id,
+            term,
+            position_only: false,
         }
-        info!(servers = held.len(), "every server is prepared; committing");
-
-        // Phase 2: COMMIT (unlock) everywhere. Every reply must prove its
-        // lock was held until its COMMIT arrived (see the module comment);
-        // a lost lock shows up here as a refused COMMIT.
-        let commits = held
-            .iter()
-            .map(|(h, _)| self.commit_one(id, term, &h.part.name, h.client.clone()));
-        let results = futures::future::join_all(commits).await;
-        let mut cut = BTreeMap::new();
-        let mut failures = Vec::new();
-        for ((h, mut entry), result) in held.into_iter().zip(results) {
-            match result {
-                Ok(release) => {
-                    entry.held_us = Some(release.held_us);
-                    entry.released_at_unix_us = Some(release.released_at_unix_us);
-                    cut.insert(h.part.name.clone(), entry);
-                }
-                Err(e) => failures.push(e),
-            }
-        }
-        if !failures.is_empty() {
-            return Err(failures.join("; "));
-        }
+        .run(parts)
+        .await;
+        drop(turn);
+        let cut = cut?;
         fail_pause("before-commit-cut").await;
 
         // The barrier is proven: one raft entry carrying every position and
@@ -414,156 +333,6 @@ impl Jobs {
             })
             .await
             .map_err(|e| format!("mark the backup complete: {e}"))
-    }
-
-    /// PREPARE one server up to its lock: the agent opens its connections,
-    /// runs pre-flight and pre-flush, answers `ready` and waits for Go.
-    async fn arm_one(
-        &self,
-        id: &str,
-        term: u64,
-        p: &Participant,
-        deadline: tokio::time::Instant,
-    ) -> std::result::Result<Armed, String> {
-        let cfg = &self.core.config;
-        let work = async {
-            let mut client = self
-                .core
-                .agent_client(&p.addr)
-                .await
-                .map_err(|e| format!("server {}: {e}", p.name))?;
-            let mut stream = client
-                .prepare(agent_pb::PrepareRequest {
-                    backup_id: id.to_string(),
-                    lease_ms: cfg.lease.as_millis() as u64,
-                    budgets: None,
-                    snapshot_connections: 0,
-                    term,
-                    wait_for_go: true,
-                })
-                .await
-                .map_err(|s| format!("server {}: prepare refused: {}", p.name, status_text(&s)))?
-                .into_inner();
-            match next_event(&p.name, &mut stream).await? {
-                Event::Ready(_) => Ok(Armed {
-                    part: p.clone(),
-                    client,
-                    stream,
-                }),
-                other => Err(format!("server {}: expected READY, got {other:?}", p.name)),
-            }
-        };
-        self.by_deadline(p, deadline, work).await
-    }
-
-    /// GO to an armed server: it locks and captures; returns the held lock
-    /// and its cut entry.
-    async fn lock_one(
-        &self,
-        id: &str,
-        term: u64,
-        armed: Armed,
-        lost: mpsc::UnboundedSender<String>,
-        deadline: tokio::time::Instant,
-    ) -> std::result::Result<(Held, CutEntry), String> {
-        let Armed {
-            part: p,
-            mut client,
-            mut stream,
-        } = armed;
-        let work = async {
-            client
-                .go(agent_pb::GoRequest {
-                    backup_id: id.to_string(),
-                    term,
-                })
-                .await
-                .map_err(|s| format!("server {}: GO failed: {}", p.name, status_text(&s)))?;
-            let prepared = match next_event(&p.name, &mut stream).await? {
-                Event::Prepared(pr) => pr,
-                other => {
-                    return Err(format!(
-                        "server {}: expected PREPARED, got {other:?}",
-                        p.name
-                    ));
-                }
-            };
-            let pos = prepared.position.unwrap_or_default();
-            Ok(CutEntry {
-                binlog_file: pos.binlog_file,
-                binlog_pos: pos.binlog_pos,
-                gtid: pos.gtid_set,
-                lock_method: prepared.lock_method,
-                lock_wait_us: prepared.lock_wait_us,
-                capture_us: prepared.capture_us,
-                locked_at_unix_us: prepared.locked_at_unix_us,
-                held_us: None,
-                released_at_unix_us: None,
-            })
-        };
-        let entry = self.by_deadline(&p, deadline, work).await?;
-        let watch = watch_prepared(p.name.clone(), stream, lost);
-        Ok((
-            Held {
-                part: p,
-                client,
-                _watch: watch,
-            },
-            entry,
-        ))
-    }
-
-    /// Runs one server's PREPARE step, failing it at the PREPARE deadline.
-    async fn by_deadline<T>(
-        &self,
-        p: &Participant,
-        deadline: tokio::time::Instant,
-        work: impl Future<Output = std::result::Result<T, String>>,
-    ) -> std::result::Result<T, String> {
-        tokio::time::timeout_at(deadline, work).await.map_err(|_| {
-            format!(
-                "server {} did not prepare within {:?}",
-                p.name, self.core.config.prepare_timeout
-            )
-        })?
-    }
-
-    /// COMMIT on one server: it releases its lock and proves it held it
-    /// until then. Returns the release.
-    async fn commit_one(
-        &self,
-        id: &str,
-        term: u64,
-        name: &str,
-        mut client: NodeAgentClient<Channel>,
-    ) -> std::result::Result<agent_pb::CommitReply, String> {
-        let reply = tokio::time::timeout(
-            self.core.config.commit_timeout,
-            client.commit(agent_pb::CommitRequest {
-                backup_id: id.to_string(),
-                term,
-            }),
-        )
-        .await
-        .map_err(|_| {
-            format!(
-                "server {name}: COMMIT not answered within {:?}; the cut cannot be proven",
-                self.core.config.commit_timeout
-            )
-        })?
-        .map_err(|s| {
-            format!(
-                "server {name}: COMMIT refused, the cut cannot be proven: {}",
-                status_text(&s)
-            )
-        })?
-        .into_inner();
-        if !reply.held_until_commit {
-            return Err(format!(
-                "server {name}: its agent does not confirm that it held its lock until COMMIT (an agent older than this coordinator?); the cut cannot be proven"
-            ));
-        }
-        Ok(reply)
     }
 
     async fn transfer_one(
@@ -653,30 +422,4 @@ pub(crate) fn status_text(s: &tonic::Status) -> String {
         }
         _ => s.message().to_string(),
     }
-}
-
-/// ABORT on every participant, in parallel, best effort (each agent's lease
-/// is the backstop).
-async fn abort_all(core: &Core, id: &str, term: u64, parts: &[Participant], reason: &str) {
-    let aborts = parts.iter().map(|p| async move {
-        let call = async {
-            let mut client = core.agent_client(&p.addr).await?;
-            client
-                .abort(agent_pb::AbortRequest {
-                    backup_id: id.to_string(),
-                    reason: reason.to_string(),
-                    term,
-                })
-                .await
-                .map_err(|s| s.message().to_string())
-        };
-        match tokio::time::timeout(ABORT_TIMEOUT, call).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                warn!(server = %p.name, error = %e, "abort failed; its lease releases the lock")
-            }
-            Err(_) => warn!(server = %p.name, "abort not answered; its lease releases the lock"),
-        }
-    });
-    futures::future::join_all(aborts).await;
 }

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use lockstep_proto::agent as agent_pb;
 use lockstep_proto::coordinator as pb;
 
-use crate::catalog::{ArchivedFile, BinlogPos, Catalog, Status};
+use crate::catalog::{ArchivedFile, BinlogPos, Catalog, CutEntry, Status};
 use crate::core::unix_ms_text;
 use crate::error::{Error, Result};
 use crate::sinks;
@@ -41,40 +41,49 @@ pub struct Point {
     pub positions: BTreeMap<String, (BinlogPos, String)>,
 }
 
-/// Every point of `cluster`, oldest first: the cuts of backups whose cut
-/// was committed (and the cluster's restore points).
+/// A cut's server positions as a point's.
+fn positions(cut: &BTreeMap<String, CutEntry>) -> BTreeMap<String, (BinlogPos, String)> {
+    cut.iter()
+        .map(|(s, c)| {
+            let pos = BinlogPos {
+                file: c.binlog_file.clone(),
+                pos: c.binlog_pos,
+            };
+            (s.clone(), (pos, c.gtid.clone()))
+        })
+        .collect()
+}
+
+/// When every server of a cut was locked: the last lock taken (ms).
+fn locked_at(cut: &BTreeMap<String, CutEntry>) -> Option<i64> {
+    cut.values().map(|c| c.locked_at_unix_us / 1000).max()
+}
+
+/// Every point of `cluster`, oldest first: its restore points, and the
+/// cuts of its backups whose cut was committed.
 pub fn points(cat: &Catalog, cluster: &str) -> Vec<Point> {
-    let mut out: Vec<Point> = cat
+    let backups = cat
         .backups
         .values()
         .filter(|b| b.cluster == cluster && b.cut_committed_at_unix_ms.is_some())
         .filter(|b| !b.cut.is_empty() && b.cut.len() == b.servers.len())
         .map(|b| Point {
             name: format!("backup {}", b.id),
-            at_unix_ms: b
-                .cut
-                .values()
-                .map(|c| c.locked_at_unix_us / 1000)
-                .max()
-                .unwrap_or(b.started_at_unix_ms),
-            positions: b
-                .cut
-                .iter()
-                .map(|(s, c)| {
-                    (
-                        s.clone(),
-                        (
-                            BinlogPos {
-                                file: c.binlog_file.clone(),
-                                pos: c.binlog_pos,
-                            },
-                            c.gtid.clone(),
-                        ),
-                    )
-                })
-                .collect(),
-        })
-        .collect();
+            at_unix_ms: locked_at(&b.cut).unwrap_or(b.started_at_unix_ms),
+            positions: positions(&b.cut),
+        });
+    let restore_points = cat
+        .restore_points
+        .get(cluster)
+        .into_iter()
+        .flat_map(|ps| ps.values())
+        .filter(|p| !p.servers.is_empty())
+        .map(|p| Point {
+            name: format!("restore point {}", p.id),
+            at_unix_ms: locked_at(&p.servers).unwrap_or(p.created_at_unix_ms),
+            positions: positions(&p.servers),
+        });
+    let mut out: Vec<Point> = backups.chain(restore_points).collect();
     out.sort_by_key(|p| p.at_unix_ms);
     out
 }

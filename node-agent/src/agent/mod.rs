@@ -35,6 +35,7 @@ use crate::sink::artifact::Artifact;
 
 mod archive;
 mod artifacts;
+mod point;
 
 pub use artifacts::Expected;
 
@@ -135,6 +136,8 @@ struct Session {
     /// Set once Commit released the lock with the snapshots kept: what a
     /// repeated Commit answers.
     committed: Option<CommitInfo>,
+    /// The server's lock is this backup's while it arms and holds it.
+    claim: Option<point::Claim>,
 }
 
 /// Snapshot of the agent's state for `Status`.
@@ -161,6 +164,8 @@ pub struct Agent {
     armed: std::sync::Mutex<Option<(String, oneshot::Sender<()>)>>,
     /// `host:port` of every server a restore is loading right now.
     restoring: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Position-only cuts (restore points) and who holds the lock.
+    points: point::Points,
     shutdown: CancellationToken,
 }
 
@@ -173,6 +178,8 @@ pub struct PrepareRequest {
     pub lease: Duration,
     pub budgets: Budgets,
     pub snapshot_connections: usize,
+    /// A restore point: no snapshots, a session of its own (see `point.rs`).
+    pub position_only: bool,
 }
 
 impl Agent {
@@ -186,6 +193,7 @@ impl Agent {
             term: std::sync::Mutex::new(0),
             armed: std::sync::Mutex::new(None),
             restoring: std::sync::Mutex::new(Default::default()),
+            points: point::Points::default(),
             shutdown,
         })
     }
@@ -231,6 +239,9 @@ impl Agent {
         ready: Option<oneshot::Sender<()>>,
         caller_gone: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(PreparedInfo, oneshot::Receiver<Released>)> {
+        if req.position_only {
+            return self.prepare_point(req, ready, caller_gone).await;
+        }
         let caller_gone = caller_gone.boxed().shared();
         if req.backup_id.is_empty() {
             return Err(Error::Config("backup id is empty".into()));
@@ -256,18 +267,10 @@ impl Agent {
             *slot = None;
         }
         let own_server = self.own_server()?.clone();
-        let own = own_server.address();
-        if self
-            .restoring
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(own)
-        {
-            return Err(Error::Busy {
-                current: format!("a restore into {own}"),
-                requested: req.backup_id,
-            });
-        }
+        self.refuse_while_restoring(&own_server, &req.backup_id)?;
+        let claim = self
+            .points
+            .claim(&format!("backup {}", req.backup_id), &req.backup_id)?;
         let lease = req.lease.min(self.cfg.max_lease);
         let started_at = crate::now_rfc3339();
         let span = tracing::info_span!("prepare", backup = %req.backup_id, server = %self.cfg.name);
@@ -321,6 +324,7 @@ impl Agent {
             started_at,
             notify: Some(notify_tx),
             committed: None,
+            claim: Some(claim),
         });
         drop(slot);
 
@@ -451,6 +455,9 @@ impl Agent {
     /// way fails with `BadState` naming the reason; so does a failed unlock
     /// or a snapshot not at the captured position (the backup is dropped).
     pub async fn commit(self: &Arc<Self>, backup_id: &str) -> Result<CommitInfo> {
+        if let Some(point) = self.commit_point(backup_id).await {
+            return point;
+        }
         let mut slot = self.session.lock().await;
         let Some(session) = slot.as_mut().filter(|s| s.backup_id == backup_id) else {
             return Err(self.gone(backup_id));
@@ -475,6 +482,7 @@ impl Agent {
                 };
                 session.committed = Some(info.clone());
                 session.stage = Stage::Committed(committed);
+                session.claim = None;
                 if let Some(n) = session.notify.take() {
                     let _ = n.send(released.clone());
                 }
@@ -515,6 +523,9 @@ impl Agent {
     /// Releases the lock if held and drops the snapshots. Aborting a backup
     /// this agent does not have is not an error. Returns whether a lock was held.
     pub async fn abort(&self, backup_id: &str, reason: &str) -> bool {
+        if let Some(was_held) = self.abort_point(backup_id, reason).await {
+            return was_held;
+        }
         let mut slot = self.session.lock().await;
         if !matches!(slot.as_ref(), Some(s) if s.backup_id == backup_id) {
             return false;
@@ -697,6 +708,13 @@ impl Agent {
             },
         };
         drop(slot);
+        // A restore point holding the lock: the lock is held; beside an
+        // idle backup slot it shows as prepared.
+        let (state, backup_id, held) = match self.point_status() {
+            Some((point, us)) if state == "idle" => ("prepared", Some(point), Some(us)),
+            Some((_, us)) => (state, backup_id, Some(us)),
+            None => (state, backup_id, held),
+        };
         let mut server = self.info.lock().expect("info lock").clone();
         if server.is_none()
             && let Some(own) = &self.cfg.server
@@ -730,6 +748,7 @@ impl Agent {
         if let Some(id) = id {
             self.abort(&id, "agent shutting down").await;
         }
+        self.abort_any_point("agent shutting down").await;
     }
 }
 

@@ -140,7 +140,7 @@ async fn dump(a: DumpArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
                 preflush: !a.no_preflush,
             },
             lock_method: a.lock_method,
-            snapshot_connections: a.threads,
+            snapshot_connections: a.threads.max(1),
             // Committed at once; the lease only bounds a stuck process.
             lease: std::time::Duration::from_secs(10),
             // The dump starts right after the lock; only the schema read
@@ -320,6 +320,7 @@ async fn cut(a: CutArgs) -> anyhow::Result<()> {
             lease_ms: a.lease.as_millis() as u64,
             budgets: None,
             snapshot_connections: 0,
+            position_only: false,
             term: 0,
             wait_for_go: false,
         })

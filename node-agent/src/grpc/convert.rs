@@ -54,6 +54,7 @@ pub fn prepare_request(r: pb::PrepareRequest, cfg: &AgentConfig) -> Result<Prepa
         } else {
             r.snapshot_connections as usize
         },
+        position_only: r.position_only,
     };
     if req.backup_id.is_empty() || req.backup_id.len() > 128 {
         return Err(out_of_bounds(
@@ -220,6 +221,7 @@ pub fn to_status(e: &Error) -> Status {
         | Error::Unsupported { .. }
         | Error::LongStatement { .. }
         | Error::BadState { .. }
+        | Error::LockHeld { .. }
         | Error::StaleTerm { .. } => Code::FailedPrecondition,
         Error::LockTimeout { .. } => Code::DeadlineExceeded,
         // The dump gave way to the application's DDL: the backup is
