@@ -10,6 +10,9 @@
 //!   with fsync.
 //! - [`archive`]: [`Archiver`], the task (server, replica server id,
 //!   directory, start file) that reports [`ArchiveProgress`].
+//! - [`replay`]: applying archived binlogs to a target up to an exact
+//!   position (relay logs and the server's SQL thread, or
+//!   `mariadb-binlog | mariadb`), resumable by GTID.
 //!
 //! Not wired into the agent yet: no sinks, no catalog index, no TLS, and no
 //! gap detection beyond a purged file and a stream that does not continue
@@ -19,6 +22,7 @@ pub mod archive;
 pub mod dump;
 pub mod event;
 pub mod local;
+pub mod replay;
 
 pub use archive::{ArchiveConfig, ArchiveProgress, Archiver};
 pub use dump::DumpClient;
