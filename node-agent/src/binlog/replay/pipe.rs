@@ -209,8 +209,18 @@ pub(super) async fn run(target: &Server, conn: &mut Conn, job: &Job<'_>) -> Resu
             Ok(s) => s.to_string(),
             Err(e) => e.to_string(),
         };
-        let text = client_err.trim();
-        let failed = error_line(text)
+        // The client echoes the failed statement between dashed lines
+        // before its "ERROR ..." line: keep the error lines.
+        let errors: Vec<&str> = client_err
+            .lines()
+            .filter(|l| l.starts_with("ERROR"))
+            .collect();
+        let text = if errors.is_empty() {
+            client_err.trim().to_string()
+        } else {
+            errors.join("; ")
+        };
+        let failed = error_line(&text)
             .map(|l| follow.txs.iter().take_while(|t| t.line <= l).count())
             .filter(|n| *n > 0);
         let Some(n) = failed else {
@@ -245,7 +255,12 @@ pub(super) async fn run(target: &Server, conn: &mut Conn, job: &Job<'_>) -> Resu
         ));
     }
     match binlog_status {
-        Ok(s) if s.success() => Ok(()),
+        Ok(s) if s.success() => {
+            // The last `# at` is the start of the last event applied.
+            let total = job.applied(job.last(), job.stop);
+            job.progress.add_bytes(total.saturating_sub(reported));
+            Ok(())
+        }
         other => {
             let status = match other {
                 Ok(s) => s.to_string(),
