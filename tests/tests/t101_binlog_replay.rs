@@ -97,14 +97,18 @@ impl Scenario {
             tokio::spawn(async move {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    w.query_drop(format!("INSERT INTO shop.feed (note) VALUES ('during base {n}')"))
-                        .await?;
+                    w.query_drop(format!(
+                        "INSERT INTO shop.feed (note) VALUES ('during base {n}')"
+                    ))
+                    .await?;
                     n += 1;
                 }
                 anyhow::Ok(n)
             })
         };
-        let base = tempfile::Builder::new().prefix("ls-rp-").tempdir_in("/tmp")?;
+        let base = tempfile::Builder::new()
+            .prefix("ls-rp-")
+            .tempdir_in("/tmp")?;
         let base_dir = base.path().join("base");
         let dumped = run_agent_cli(&[
             "dump",
@@ -138,8 +142,14 @@ impl Scenario {
         for i in 0..20 {
             moves.extend([
                 "BEGIN".to_string(),
-                format!("UPDATE shop.acct SET balance = balance - {i} WHERE id = {}", i + 1),
-                format!("UPDATE shop.acct SET balance = balance + {i} WHERE id = {}", 100 - i),
+                format!(
+                    "UPDATE shop.acct SET balance = balance - {i} WHERE id = {}",
+                    i + 1
+                ),
+                format!(
+                    "UPDATE shop.acct SET balance = balance + {i} WHERE id = {}",
+                    100 - i
+                ),
                 format!("INSERT INTO shop.feed (note) VALUES ('move {i}')"),
                 "COMMIT".into(),
             ]);
@@ -194,7 +204,10 @@ impl Scenario {
         run(
             &mut c,
             &[
-                format!("INSERT INTO shop.acct (id, owner, balance) VALUES {}", rows(3000, 3010, "late")),
+                format!(
+                    "INSERT INTO shop.acct (id, owner, balance) VALUES {}",
+                    rows(3000, 3010, "late")
+                ),
                 "DROP TABLE shop.audit".into(),
                 "FLUSH BINARY LOGS".into(),
                 "INSERT INTO shop.feed (note) VALUES ('late')".into(),
@@ -204,7 +217,9 @@ impl Scenario {
         c.disconnect().await.ok();
 
         step!("{name}: copy {start_file}..{stop_file} to an archive directory");
-        let archive = tempfile::Builder::new().prefix("ls-ra-").tempdir_in("/tmp")?;
+        let archive = tempfile::Builder::new()
+            .prefix("ls-ra-")
+            .tempdir_in("/tmp")?;
         let logs: Vec<(String, u64)> = src.query("SHOW BINARY LOGS").await?;
         let mut files = Vec::new();
         for (log, _) in logs {
@@ -253,7 +268,11 @@ impl Scenario {
             "--mysql",
             &dst.url(),
             "--from",
-            self.base.path().join("base").to_str().context("utf-8 path")?,
+            self.base
+                .path()
+                .join("base")
+                .to_str()
+                .context("utf-8 path")?,
             "--quiet",
         ])
         .await?
@@ -272,19 +291,32 @@ impl Scenario {
     async fn check_target(&self, dst: &MariaDb, report: &ReplayReport) -> anyhow::Result<()> {
         let dump = dump_text(dst.port(), &["shop"]).await?;
         if let Some(diff) = first_difference(&self.point_dump, &dump) {
-            bail!("{} differs from the source at the point: {diff}", dst.name());
+            bail!(
+                "{} differs from the source at the point: {diff}",
+                dst.name()
+            );
         }
         let sums = checksum_tables(&dst.url(), "shop").await?;
-        ensure!(sums == self.point_sums, "checksums {sums:?} vs the point's {:?}", self.point_sums);
+        ensure!(
+            sums == self.point_sums,
+            "checksums {sums:?} vs the point's {:?}",
+            self.point_sums
+        );
         let audit: u64 = dst.query_one("SELECT COUNT(*) FROM shop.audit").await?;
-        ensure!(audit == 5, "shop.audit (dropped after the point) has {audit} rows");
+        ensure!(
+            audit == 5,
+            "shop.audit (dropped after the point) has {audit} rows"
+        );
         let slave_pos: String = dst.query_one("SELECT @@gtid_slave_pos").await?;
         ensure!(
             slave_pos == self.point_gtid,
             "gtid_slave_pos {slave_pos}, expected the point's {}",
             self.point_gtid
         );
-        ensure!(report.gtid_slave_pos == self.point_gtid, "report: {report:?}");
+        ensure!(
+            report.gtid_slave_pos == self.point_gtid,
+            "report: {report:?}"
+        );
         ensure!(report.point == self.point_gtid, "report: {report:?}");
         let binlog_pos: String = dst.query_one("SELECT @@gtid_binlog_pos").await?;
         ensure!(
@@ -293,7 +325,11 @@ impl Scenario {
             self.point_gtid
         );
         let slaves: Vec<mysql_async::Row> = dst.query("SHOW ALL SLAVES STATUS").await?;
-        ensure!(slaves.is_empty(), "replication connections left: {}", slaves.len());
+        ensure!(
+            slaves.is_empty(),
+            "replication connections left: {}",
+            slaves.len()
+        );
         let left: Vec<String> = std::fs::read_dir(dst.datadir())?
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -342,7 +378,10 @@ async fn relay_replay_reaches_the_point_exactly() -> anyhow::Result<()> {
     step!("replay with the default method");
     let report = replay_to_point(&s, &dst, None).await?;
     ensure!(report.method == Method::Relay, "{report:?}");
-    ensure!(report.skipped == 0 && report.transactions >= 34, "{report:?}");
+    ensure!(
+        report.skipped == 0 && report.transactions >= 34,
+        "{report:?}"
+    );
     ensure!(report.warnings.is_empty(), "{report:?}");
     step!("compare with the point");
     s.check_target(&dst, &report).await?;
@@ -401,9 +440,8 @@ async fn conflict_is_fixed_and_resumed(prefix: &str, method: Method) -> anyhow::
     );
     let slaves: Vec<mysql_async::Row> = dst.query("SHOW ALL SLAVES STATUS").await?;
     ensure!(slaves.is_empty(), "the replay's connection was left behind");
-    let seq = |g: &str| -> anyhow::Result<u64> {
-        Ok(g.rsplit('-').next().context("a GTID")?.parse()?)
-    };
+    let seq =
+        |g: &str| -> anyhow::Result<u64> { Ok(g.rsplit('-').next().context("a GTID")?.parse()?) };
     let half: String = dst.query_one("SELECT @@gtid_slave_pos").await?;
     ensure!(
         seq(&half)? > seq(&s.base_gtid)? && seq(&half)? < seq(&s.point_gtid)?,
@@ -419,7 +457,10 @@ async fn conflict_is_fixed_and_resumed(prefix: &str, method: Method) -> anyhow::
     c.disconnect().await.ok();
     let report = replay_to_point(&s, &dst, Some(method)).await?;
     ensure!(report.skipped >= 29, "resumed without skipping: {report:?}");
-    ensure!(report.started_at.0 == *last_file.to_string_lossy(), "{report:?}");
+    ensure!(
+        report.started_at.0 == *last_file.to_string_lossy(),
+        "{report:?}"
+    );
     step!("compare with the point");
     // The conflicting row was written without binlog, so the target's
     // binlog holds no GTID and gtid_binlog_pos is set to the point's too.
@@ -453,7 +494,9 @@ async fn strict_mode_targets_work_with_both_methods() -> anyhow::Result<()> {
     let report = replay_to_point(&s, &b, Some(Method::Pipe)).await?;
     s.check_target(&b, &report).await?;
     step!("the targets take new writes under strict mode");
-    a.exec("INSERT INTO shop.feed (note) VALUES ('after pitr')").await?;
-    b.exec("INSERT INTO shop.feed (note) VALUES ('after pitr')").await?;
+    a.exec("INSERT INTO shop.feed (note) VALUES ('after pitr')")
+        .await?;
+    b.exec("INSERT INTO shop.feed (note) VALUES ('after pitr')")
+        .await?;
     Ok(())
 }

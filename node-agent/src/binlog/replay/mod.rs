@@ -76,7 +76,10 @@ pub struct ReplayReport {
     pub method: Method,
     /// Binlog bytes applied by this run (from where it resumed to the stop).
     pub bytes: u64,
+    /// The whole call: scan, preparation, applying, GTID state.
     pub duration: Duration,
+    /// Applying alone (the SQL thread's run, or the pipe's).
+    pub apply_duration: Duration,
     /// Transactions applied by this run.
     pub transactions: u64,
     /// Transactions of the range the target already had (a resumed replay).
@@ -105,7 +108,11 @@ struct TargetState {
 }
 
 /// Applies `plan` to `target`. See the module comment.
-pub async fn replay(target: &Server, plan: &ReplayPlan, progress: &Progress) -> Result<ReplayReport> {
+pub async fn replay(
+    target: &Server,
+    plan: &ReplayPlan,
+    progress: &Progress,
+) -> Result<ReplayReport> {
     let started = Instant::now();
     let addr = target.address().to_string();
     let files = plan.files.clone();
@@ -115,6 +122,7 @@ pub async fn replay(target: &Server, plan: &ReplayPlan, progress: &Progress) -> 
         .map_err(|e| Error::Cancelled(format!("binlog scan stopped: {e}")))?
         .map_err(|e| on_server(e, &addr))?;
 
+    tracing::debug!(server = %addr, transactions = scanned.transactions.len(), elapsed = ?started.elapsed(), "binlogs scanned");
     let mut conn = target.connect("connect for binlog replay").await?;
     let state = target_state(&mut conn, &addr).await?;
     let skipped = scanned
@@ -174,6 +182,8 @@ pub async fn replay(target: &Server, plan: &ReplayPlan, progress: &Progress) -> 
         None
     };
 
+    tracing::debug!(server = %addr, method = method.as_str(), elapsed = ?started.elapsed(), "replay prepared");
+    let applying = Instant::now();
     if pending > 0 {
         let job = Job {
             addr: &addr,
@@ -190,6 +200,8 @@ pub async fn replay(target: &Server, plan: &ReplayPlan, progress: &Progress) -> 
         }
     }
 
+    let apply_duration = applying.elapsed();
+    tracing::debug!(server = %addr, elapsed = ?started.elapsed(), "events applied");
     // The GTID state of the point.
     let want = state.slave_pos.merged(&scanned.point);
     let now: String = conn
@@ -198,6 +210,7 @@ pub async fn replay(target: &Server, plan: &ReplayPlan, progress: &Progress) -> 
         .on(&addr, "read gtid_slave_pos after the replay")?
         .unwrap_or_default();
     if GtidPos::parse(&now).ok().as_ref() != Some(&want) {
+        tracing::debug!(server = %addr, now = %now, want = %want, "setting gtid_slave_pos");
         conn.query_drop(format!(
             "SET GLOBAL gtid_slave_pos = {}",
             literal(&want.to_string())
@@ -215,6 +228,7 @@ pub async fn replay(target: &Server, plan: &ReplayPlan, progress: &Progress) -> 
         binlog_pos = pos;
         let point_ok = GtidPos::parse(&binlog_pos).ok().as_ref() == Some(&scanned.point);
         if !point_ok && binlog_state.trim().is_empty() && !scanned.point.is_empty() {
+            tracing::debug!(server = %addr, elapsed = ?started.elapsed(), "setting gtid_binlog_state");
             conn.query_drop(format!(
                 "SET GLOBAL gtid_binlog_state = {}",
                 literal(&scanned.point.to_string())
@@ -234,6 +248,7 @@ pub async fn replay(target: &Server, plan: &ReplayPlan, progress: &Progress) -> 
         .await
         .on(&addr, "read gtid_slave_pos after the replay")?
         .unwrap_or_default();
+    tracing::debug!(server = %addr, elapsed = ?started.elapsed(), "GTID state set");
     let _ = conn.disconnect().await;
     for w in &warnings {
         tracing::warn!(server = %addr, "{w}");
@@ -243,6 +258,7 @@ pub async fn replay(target: &Server, plan: &ReplayPlan, progress: &Progress) -> 
         method,
         bytes,
         duration: started.elapsed(),
+        apply_duration,
         transactions: pending,
         skipped: skipped as u64,
         started_at: (scanned.names[from.0].clone(), from.1),

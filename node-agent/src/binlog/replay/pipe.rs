@@ -88,7 +88,10 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// error output.
 fn error_line(stderr: &str) -> Option<u64> {
     let rest = &stderr[stderr.find(" at line ")? + 9..];
-    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 pub(super) async fn run(target: &Server, conn: &mut Conn, job: &Job<'_>) -> Result<()> {
@@ -173,10 +176,13 @@ pub(super) async fn run(target: &Server, conn: &mut Conn, job: &Job<'_>) -> Resu
     let mut broken_pipe = false;
     loop {
         line.clear();
-        let n = reader
-            .read_until(b'\n', &mut line)
-            .await
-            .map_err(|e| fail(follow.file(job.from.0), follow.pos, format!("read {BINLOG_TOOL} output: {e}")))?;
+        let n = reader.read_until(b'\n', &mut line).await.map_err(|e| {
+            fail(
+                follow.file(job.from.0),
+                follow.pos,
+                format!("read {BINLOG_TOOL} output: {e}"),
+            )
+        })?;
         if n == 0 {
             break;
         }
@@ -242,7 +248,10 @@ pub(super) async fn run(target: &Server, conn: &mut Conn, job: &Job<'_>) -> Resu
                 literal(&done.to_string())
             ))
             .await
-            .on(addr, "record the transactions the pipe applied before it failed")?;
+            .on(
+                addr,
+                "record the transactions the pipe applied before it failed",
+            )?;
         }
         return Err(fail(
             bad.file,

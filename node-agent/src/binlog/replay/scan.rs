@@ -165,7 +165,9 @@ fn read_exact_or_eof(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<bool>
 /// Scans `files` from `start_pos` in the first to `stop_pos` in the last.
 pub fn scan(files: &[PathBuf], start_pos: u64, stop_pos: u64) -> Result<Scanned> {
     let Some(last) = files.len().checked_sub(1) else {
-        return Err(Error::Config("a replay plan needs at least one binlog file".into()));
+        return Err(Error::Config(
+            "a replay plan needs at least one binlog file".into(),
+        ));
     };
     let mut out = Scanned {
         names: Vec::new(),
@@ -303,7 +305,11 @@ fn scan_file(
         event.resize(h.event_len as usize, 0);
         r.read_exact(&mut event[HEADER_LEN..]).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                bad(path, at, format!("the file ends inside an event of {len} bytes (torn or truncated)"))
+                bad(
+                    path,
+                    at,
+                    format!("the file ends inside an event of {len} bytes (torn or truncated)"),
+                )
             } else {
                 Error::io(path, "read binlog file", e)
             }
@@ -312,7 +318,11 @@ fn scan_file(
             crc = event::checksum_len(&event).map_err(|e| bad(path, at, e))?;
         }
         if !event::checksum_ok(&event, crc) {
-            return Err(bad(path, at, format!("event of type {} fails its CRC32", h.kind)));
+            return Err(bad(
+                path,
+                at,
+                format!("event of type {} fails its CRC32", h.kind),
+            ));
         }
         let in_range = at >= start;
         match h.kind {
@@ -440,7 +450,10 @@ mod tests {
         a.extend(txn(6));
         a.push((kind::ROTATE, rotate_body("b.000002", 4)));
         let f1 = file(dir.path(), "b.000001", &a);
-        let mut b = vec![fd, (kind::GTID_LIST, gtid_list_body(&[(3, 7, 6), (9, 9, 2)]))];
+        let mut b = vec![
+            fd,
+            (kind::GTID_LIST, gtid_list_body(&[(3, 7, 6), (9, 9, 2)])),
+        ];
         b.extend(txn(7));
         b.extend(txn(8));
         let f2 = file(dir.path(), "b.000002", &b);
@@ -479,7 +492,10 @@ mod tests {
         let e = err(scan(&files, o1[6], o2[5]));
         assert!(e.contains("inside a transaction"), "{e}");
         let e = err(scan(&files, o1[5], o2[4]));
-        assert!(e.contains("inside a transaction") && e.contains("b.000002"), "{e}");
+        assert!(
+            e.contains("inside a transaction") && e.contains("b.000002"),
+            "{e}"
+        );
         let e = err(scan(&files, o1[5], o2[8] + 100));
         assert!(e.contains("before the stop position"), "{e}");
 
