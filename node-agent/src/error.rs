@@ -148,6 +148,16 @@ pub enum Error {
         reason: String,
     },
 
+    #[error("server {server}: binlog replay at {file}:{position}: {reason}")]
+    Replay {
+        server: String,
+        /// The binlog file (a path when the file itself is at fault, a
+        /// name as on the source server when the target refused an event).
+        file: String,
+        position: u64,
+        reason: String,
+    },
+
     #[error("cancelled: {0}")]
     Cancelled(String),
 }

@@ -324,6 +324,11 @@ impl Server {
         self.mode
     }
 
+    /// The CA file certificates are checked against (`ssl-ca`), if any.
+    pub fn ssl_ca(&self) -> Option<&std::path::Path> {
+        self.ca.as_deref()
+    }
+
     /// Host, port, user and password, for a client that speaks the protocol
     /// itself (the binlog dump client, [`crate::binlog::dump`]).
     pub(crate) fn login(&self) -> (String, u16, String, Option<String>) {

@@ -15,6 +15,7 @@ use crate::progress::Progress;
 use crate::sink::{self, Local, SharedStore};
 
 /// The stores a request's segments name, opened once each.
+#[derive(Debug)]
 pub struct Stores {
     specs: HashMap<String, pb::SinkSpec>,
     open: HashMap<String, SharedStore>,

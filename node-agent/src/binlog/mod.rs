@@ -20,6 +20,9 @@
 //!   continued after a purged binlog with the gap reported), and the
 //!   shipper that stores durable bytes in the cluster's primary sink as
 //!   segments and records them in the catalog.
+//! - [`replay`]: applying archived binlogs to a target up to an exact
+//!   position (relay logs and the server's SQL thread, or
+//!   `mariadb-binlog | mariadb`), resumable by GTID.
 //!
 //! See docs/archive.md.
 
@@ -30,6 +33,7 @@ pub mod fetch;
 pub mod index;
 pub mod local;
 mod rows;
+pub mod replay;
 pub mod ship;
 mod statement;
 

@@ -243,6 +243,8 @@ pub fn to_status(e: &Error) -> Status {
             retryable: true, ..
         } => Code::Unavailable,
         Error::BinlogDump { .. } | Error::BinlogArchive { .. } => Code::FailedPrecondition,
+        // A bad file or an event the target refused: fix it and rerun.
+        Error::Replay { .. } => Code::FailedPrecondition,
     };
     Status::new(code, e.to_string())
 }
