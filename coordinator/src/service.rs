@@ -111,9 +111,7 @@ pub fn to_status(e: Error) -> Status {
         Error::NotRestorable { .. }
         | Error::VersionTooLow { .. }
         | Error::CannotLoad { .. }
-        | Error::PitrRefused { .. } => {
-            Status::failed_precondition(e.to_string())
-        }
+        | Error::PitrRefused { .. } => Status::failed_precondition(e.to_string()),
         _ => Status::internal(e.to_string()),
     }
 }
@@ -706,7 +704,11 @@ impl Coordinator for CoordinatorService {
                 if r.done { "done" } else { "not done" },
                 r.servers
                     .iter()
-                    .map(|s| format!("{}: {}", s.server, if s.error.is_empty() { "ok" } else { &s.error }))
+                    .map(|s| format!(
+                        "{}: {}",
+                        s.server,
+                        if s.error.is_empty() { "ok" } else { &s.error }
+                    ))
                     .collect::<Vec<_>>()
                     .join("; ")
             )

@@ -200,7 +200,10 @@ impl Cluster {
                     s["end"].as_u64().unwrap_or(0),
                 );
                 if at != (file.as_str(), pos) || s["head"]["lag_bytes"] != 0 {
-                    behind.push(format!("{}: archived {at:?}, server {file}:{pos}", db.name()));
+                    behind.push(format!(
+                        "{}: archived {at:?}, server {file}:{pos}",
+                        db.name()
+                    ));
                 }
             }
             if behind.is_empty() {

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use lockstep_tests::plain_cluster::{CLUSTER, Cluster};
 use lockstep_tests::{CatalogCli, CausalWriter, MariaDb, Supervised, step};
-use serde_json::Value;
 
 /// Offset of the Format_description event's flags in a binlog file.
 const FD_FLAGS_AT: usize = 4 + 17;

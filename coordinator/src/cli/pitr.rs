@@ -104,7 +104,10 @@ pub(super) async fn pitr(client: &mut Client, json: bool, a: &PitrArgs) -> anyho
         replay_only: a.replay_only,
     };
     if !a.plan && !json {
-        eprintln!("recovering cluster {}: restoring the base backup, then replaying the binlogs...", a.cluster);
+        eprintln!(
+            "recovering cluster {}: restoring the base backup, then replaying the binlogs...",
+            a.cluster
+        );
     }
     let reply = client
         .call("point-in-time recovery", |mut c| {
@@ -158,7 +161,11 @@ fn print_pitr(as_json: bool, plan: bool, r: &pb::PitrReply) {
         "point: {} at {}{}",
         r.point,
         unix_ms_text(r.point_unix_ms),
-        if r.consistent { "" } else { " (per server, NOT cluster-consistent)" }
+        if r.consistent {
+            ""
+        } else {
+            " (per server, NOT cluster-consistent)"
+        }
     );
     let rows: Vec<Vec<String>> = r
         .servers
@@ -265,7 +272,10 @@ pub(super) async fn search(client: &mut Client, json: bool, a: &SearchArgs) -> a
         print_table(&["TIME", "SERVER", "AT", "GTID", "KIND", "SUMMARY"], &rows);
     }
     if reply.truncated {
-        eprintln!("more events matched than --limit {}; narrow the search", a.limit);
+        eprintln!(
+            "more events matched than --limit {}; narrow the search",
+            a.limit
+        );
     }
     for e in &reply.errors {
         eprintln!("error: {e}");

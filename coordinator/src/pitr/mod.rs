@@ -193,10 +193,7 @@ pub fn plan(cat: &Catalog, cluster: &str, target: &Target) -> Result<Plan> {
         }
         Target::Time(t) => {
             if *t > crate::core::now_unix_ms() {
-                return Err(refuse(format!(
-                    "{} is in the future",
-                    unix_ms_text(*t)
-                )));
+                return Err(refuse(format!("{} is in the future", unix_ms_text(*t))));
             }
             let chosen = sealed_points
                 .iter()
@@ -229,7 +226,11 @@ pub fn plan(cat: &Catalog, cluster: &str, target: &Target) -> Result<Plan> {
             (*chosen).clone()
         }
         Target::Before { server, pos } => {
-            if !cat.clusters.get(cluster).is_some_and(|s| s.contains_key(server)) {
+            if !cat
+                .clusters
+                .get(cluster)
+                .is_some_and(|s| s.contains_key(server))
+            {
                 return Err(Error::Config(format!(
                     "cluster {cluster} has no server {server:?}"
                 )));

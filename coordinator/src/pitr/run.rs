@@ -69,9 +69,7 @@ pub async fn run(core: &Core, jobs: &Arc<Jobs>, req: pb::PitrRequest) -> Result<
     core.require_leader().await?;
     let target = target(core, &req.cluster, req.to.as_ref()).await?;
     let cluster = req.cluster.clone();
-    let plan = core
-        .read(move |cat| plan(cat, &cluster, &target))
-        .await??;
+    let plan = core.read(move |cat| plan(cat, &cluster, &target)).await??;
     let targets: BTreeMap<String, String> = req.targets.clone().into_iter().collect();
     if let Some(unknown) = targets
         .keys()
@@ -140,7 +138,10 @@ pub async fn run(core: &Core, jobs: &Arc<Jobs>, req: pb::PitrRequest) -> Result<
         async move {
             let started = Instant::now();
             let r = match addr {
-                None => Err(format!("server {}: agent {agent} is not registered", s.server)),
+                None => Err(format!(
+                    "server {}: agent {agent} is not registered",
+                    s.server
+                )),
                 Some(addr) => replay(core, s, &addr, &target).await,
             };
             (s.server.clone(), r, started.elapsed())

@@ -44,7 +44,12 @@ fn asks(cat: &Catalog, req: &pb::SearchBinlogRequest, gtid: &str) -> Result<Vec<
         let files: Vec<_> = archive
             .iter()
             .filter(|(_, f)| {
-                let first = f.segments.iter().map(|s| s.first_time).filter(|t| *t > 0).min();
+                let first = f
+                    .segments
+                    .iter()
+                    .map(|s| s.first_time)
+                    .filter(|t| *t > 0)
+                    .min();
                 let last = f.segments.iter().map(|s| s.last_time).max().unwrap_or(0);
                 // Times unknown (0): searched.
                 (req.since == 0 || last == 0 || last >= req.since)
@@ -80,7 +85,11 @@ fn asks(cat: &Catalog, req: &pb::SearchBinlogRequest, gtid: &str) -> Result<Vec<
                 grep: req.grep.clone(),
                 since: req.since,
                 until: req.until,
-                limit: if req.limit == 0 { DEFAULT_LIMIT } else { req.limit },
+                limit: if req.limit == 0 {
+                    DEFAULT_LIMIT
+                } else {
+                    req.limit
+                },
                 gtid: gtid.to_string(),
             },
         });
@@ -117,10 +126,12 @@ async fn search_gtid(
         match r {
             Ok(found) => {
                 reply.truncated |= found.truncated;
-                reply.events.extend(found.events.into_iter().map(|e| pb::FoundEvent {
-                    server: server.clone(),
-                    event: Some(e),
-                }));
+                reply
+                    .events
+                    .extend(found.events.into_iter().map(|e| pb::FoundEvent {
+                        server: server.clone(),
+                        event: Some(e),
+                    }));
             }
             Err(e) => reply.errors.push(format!("server {server}: {e}")),
         }
@@ -133,7 +144,11 @@ async fn search_gtid(
             ev.map(|e| (e.file.clone(), e.pos)),
         )
     });
-    let limit = if req.limit == 0 { DEFAULT_LIMIT } else { req.limit } as usize;
+    let limit = if req.limit == 0 {
+        DEFAULT_LIMIT
+    } else {
+        req.limit
+    } as usize;
     if reply.events.len() > limit {
         reply.events.truncate(limit);
         reply.truncated = true;

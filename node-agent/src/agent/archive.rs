@@ -18,7 +18,11 @@ impl Agent {
     /// Fetches the request's segments into a scratch directory under the
     /// host-local sink and replays them into the target (or this agent's
     /// server). The scratch directory is removed afterwards.
-    pub async fn replay(&self, r: &pb::ReplayRequest, progress: Arc<Progress>) -> Result<ReplayReport> {
+    pub async fn replay(
+        &self,
+        r: &pb::ReplayRequest,
+        progress: Arc<Progress>,
+    ) -> Result<ReplayReport> {
         let server = if r.target_mysql.is_empty() {
             self.own_server()?.clone()
         } else {
@@ -51,7 +55,8 @@ impl Agent {
         std::fs::create_dir_all(&scratch).map_err(|e| Error::io(&scratch, "create", e))?;
         let result = async {
             let mut stores = Stores::new(r.sinks.clone(), self.local());
-            let files = fetch::files(&mut stores, &r.segments, &scratch, &Progress::default()).await?;
+            let files =
+                fetch::files(&mut stores, &r.segments, &scratch, &Progress::default()).await?;
             let plan = ReplayPlan {
                 files,
                 start_pos: r.start_pos,
@@ -69,20 +74,29 @@ impl Agent {
 
     /// Indexes the request's segments and returns the transactions the
     /// filter matches (at most `limit`, and whether there were more).
-    pub async fn search_binlog(&self, r: &pb::SearchBinlogRequest) -> Result<(Vec<TxnEntry>, bool)> {
+    pub async fn search_binlog(
+        &self,
+        r: &pb::SearchBinlogRequest,
+    ) -> Result<(Vec<TxnEntry>, bool)> {
         let filter = Filter {
             table: (!r.table.is_empty()).then(|| r.table.clone()),
             kind: match r.kind.as_str() {
                 "" => None,
                 k => Some(<Kind as clap::ValueEnum>::from_str(k, true).map_err(|_| {
-                    Error::Config(format!("event type {k:?}: expected insert, update, delete or ddl"))
+                    Error::Config(format!(
+                        "event type {k:?}: expected insert, update, delete or ddl"
+                    ))
                 })?),
             },
             grep: (!r.grep.is_empty()).then(|| r.grep.clone()),
             since: (r.since > 0).then_some(r.since),
             until: (r.until > 0).then_some(r.until),
         };
-        let limit = if r.limit == 0 { usize::MAX } else { r.limit as usize };
+        let limit = if r.limit == 0 {
+            usize::MAX
+        } else {
+            r.limit as usize
+        };
         let mut stores = Stores::new(r.sinks.clone(), self.local());
         let mut found = Vec::new();
         let mut truncated = false;

@@ -39,7 +39,9 @@ impl Stores {
             None
         } else {
             Some(self.specs.get(name).ok_or_else(|| {
-                Error::Config(format!("segment names sink {name}, which the request does not describe"))
+                Error::Config(format!(
+                    "segment names sink {name}, which the request does not describe"
+                ))
             })?)
         };
         if spec.is_some_and(|s| s.encrypt) {
@@ -96,7 +98,9 @@ pub async fn files(
     for s in segments {
         if current.as_ref().is_none_or(|(f, _, _)| *f != s.file) {
             if let Some((_, mut f, _)) = current.take() {
-                f.flush().await.map_err(|e| Error::io(dir, "write a fetched binlog", e))?;
+                f.flush()
+                    .await
+                    .map_err(|e| Error::io(dir, "write a fetched binlog", e))?;
             }
             if s.start != 0 {
                 return Err(Error::Config(format!(
@@ -137,7 +141,11 @@ pub async fn files(
 }
 
 /// Streams every segment's bytes in order to `each(segment, bytes)`.
-pub async fn each<F>(stores: &mut Stores, segments: &[pb::ArchivedSegment], mut each: F) -> Result<()>
+pub async fn each<F>(
+    stores: &mut Stores,
+    segments: &[pb::ArchivedSegment],
+    mut each: F,
+) -> Result<()>
 where
     F: FnMut(&pb::ArchivedSegment, &[u8]) -> Result<()>,
 {

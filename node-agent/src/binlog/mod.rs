@@ -32,8 +32,8 @@ pub mod event;
 pub mod fetch;
 pub mod index;
 pub mod local;
-mod rows;
 pub mod replay;
+mod rows;
 pub mod ship;
 mod statement;
 

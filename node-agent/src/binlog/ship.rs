@@ -408,9 +408,10 @@ impl Shipper {
         let txns = {
             let path = path.clone();
             let (start, end) = (r.start, r.end);
-            let (ix, txns) = tokio::task::spawn_blocking(move || index_range(&path, start, end, indexer))
-                .await
-                .map_err(|e| Error::Cancelled(format!("indexing stopped: {e}")))??;
+            let (ix, txns) =
+                tokio::task::spawn_blocking(move || index_range(&path, start, end, indexer))
+                    .await
+                    .map_err(|e| Error::Cancelled(format!("indexing stopped: {e}")))??;
             indexer = ix;
             txns
         };
@@ -553,14 +554,16 @@ fn index_range(
     let mut out = Vec::new();
     if at == 0 && end >= 4 {
         let mut magic = [0u8; 4];
-        f.read_exact(&mut magic).map_err(|e| Error::io(path, "read", e))?;
+        f.read_exact(&mut magic)
+            .map_err(|e| Error::io(path, "read", e))?;
         indexer.feed(0, &magic)?;
         at = 4;
     }
     let mut ev = Vec::new();
     while at < end {
         ev.resize(crate::binlog::event::HEADER_LEN, 0);
-        f.read_exact(&mut ev).map_err(|e| Error::io(path, "read", e))?;
+        f.read_exact(&mut ev)
+            .map_err(|e| Error::io(path, "read", e))?;
         let len = crate::binlog::event::Header::parse(&ev)
             .map(|h| h.event_len as usize)
             .filter(|l| (at + *l as u64) <= end)
