@@ -12,8 +12,9 @@
 //! - [`core`]: what handlers and jobs share: proposals and reads on the
 //!   catalog, the leader check, server health, the group's status.
 //! - [`job`]: the backup job the leader drives (PREPARE, barrier, CommitCut,
-//!   COMMIT, TRANSFER) and the resolution of jobs inherited from a previous
-//!   leader.
+//!   COMMIT, TRANSFER), the restore points (the same cut without data, on
+//!   demand or on the leader's per-cluster schedule) and the resolution of
+//!   jobs inherited from a previous leader.
 //! - [`restore`]: the coordinated restore, a leader job: each server's
 //!   copy and loading agent chosen and confirmed before any is loaded, then
 //!   every agent's `Restore` in parallel, recorded in the catalog.
