@@ -12,8 +12,9 @@
 //! - [`core`]: what handlers and jobs share: proposals and reads on the
 //!   catalog, the leader check, server health, the group's status.
 //! - [`job`]: the backup job the leader drives (PREPARE, barrier, CommitCut,
-//!   COMMIT, TRANSFER) and the resolution of jobs inherited from a previous
-//!   leader.
+//!   COMMIT, TRANSFER), the restore points (the same cut without data, on
+//!   demand or on the leader's per-cluster schedule) and the resolution of
+//!   jobs inherited from a previous leader.
 //! - [`archive`]: the binlog archive as the leader serves it: agents'
 //!   state requests and segment reports, the lag they report, `archive
 //!   status` (the records live in [`catalog`]).

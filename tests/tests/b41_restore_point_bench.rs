@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use lockstep_tests::bench::{BenchCluster, CLUSTER, env_usize};
+use lockstep_tests::bench::{BenchCluster, CLUSTER, Dist, env_usize};
 use lockstep_tests::{CausalWriter, step};
 
 /// The causal-chain writer's throughput on 3 servers over equal phases
@@ -83,26 +83,40 @@ async fn writer_throughput_with_and_without_points() -> anyhow::Result<()> {
             }
         }
     }
-    let failed = cluster
+    let listed = cluster
         .cli(&[
             "restore-point",
             "list",
             "--cluster",
             CLUSTER,
             "--limit",
-            "1",
+            "10000",
         ])
-        .await?["failed"]
-        .as_u64()
-        .unwrap_or(0);
+        .await?;
+    let failed = listed["failed"].as_u64().unwrap_or(0);
+    let listed = listed["points"].as_array().cloned().unwrap_or_default();
+    let freeze: Vec<f64> = listed
+        .iter()
+        .filter_map(|p| p["freeze_ms"].as_f64())
+        .collect();
+    let held: Vec<f64> = listed
+        .iter()
+        .flat_map(|p| p["servers"].as_array().cloned().unwrap_or_default())
+        .filter_map(|s| s["held_ms"].as_f64())
+        .collect();
+    let (freeze, held) = (Dist::of(&freeze), Dist::of(&held));
     let written = writer.stop().await;
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-    let mut sorted = |v: &mut Vec<f64>| {
+    let sorted = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
     let (mean_off, mean_on) = (mean(&off), mean(&on));
     let (median_off, median_on) = (sorted(&mut off), sorted(&mut on));
+    println!(
+        "POINTS freeze_ms median={:.1} p99={:.1} max={:.1} lock_held_ms median={:.1} p99={:.1}",
+        freeze.median, freeze.p99, freeze.max, held.median, held.p99
+    );
     println!(
         "RESULT servers=3 every_ms={every} phases={rounds}x2x{}s records_per_s off mean={mean_off:.0} median={median_off:.0} on mean={mean_on:.0} median={median_on:.0} loss_mean={:.2}% loss_median={:.2}% points={points} failed={failed} chain_records={written}",
         phase.as_secs(),
