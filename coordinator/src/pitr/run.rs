@@ -90,9 +90,42 @@ pub async fn run(core: &Core, jobs: &Arc<Jobs>, req: pb::PitrRequest) -> Result<
         return Ok(reply);
     }
     info!(cluster = %plan.cluster, point = %plan.point.name, base = %plan.base_backup, "point-in-time recovery");
+    let cluster = plan.cluster.clone();
+    let agents = core
+        .read(move |cat| {
+            let all = sinks::agents(cat, &cluster);
+            all.into_iter()
+                .map(|a| (a.name.clone(), a.addr))
+                .collect::<BTreeMap<_, _>>()
+        })
+        .await?;
     // Who replays each server: the agent that loaded it, or its own.
     let mut loaders: BTreeMap<String, String> = BTreeMap::new();
     if !req.replay_only {
+        // Nothing is touched unless every server's segments are intact
+        // and every target is empty (or forced).
+        let checks = plan.servers.iter().map(|s| {
+            let addr = agents.get(&s.server).cloned();
+            let target = targets.get(&s.server).cloned().unwrap_or_default();
+            async move {
+                match addr {
+                    None => Err(format!("server {}: its agent is not registered", s.server)),
+                    Some(addr) => replay(core, s, &addr, &target, true, req.force)
+                        .await
+                        .map(|_| ()),
+                }
+            }
+        });
+        let refused: Vec<String> = futures::future::join_all(checks)
+            .await
+            .into_iter()
+            .filter_map(|r| r.err())
+            .collect();
+        if !refused.is_empty() {
+            return Err(Error::PitrRefused {
+                reason: format!("nothing was changed: {}", refused.join("; ")),
+            });
+        }
         let restored = jobs
             .restore(RestoreRequest {
                 backup_id: plan.base_backup.clone(),
@@ -118,15 +151,6 @@ pub async fn run(core: &Core, jobs: &Arc<Jobs>, req: pb::PitrRequest) -> Result<
             return Ok(reply);
         }
     }
-    let cluster = plan.cluster.clone();
-    let agents = core
-        .read(move |cat| {
-            let all = sinks::agents(cat, &cluster);
-            all.into_iter()
-                .map(|a| (a.name.clone(), a.addr))
-                .collect::<BTreeMap<_, _>>()
-        })
-        .await?;
     let replays = plan.servers.iter().map(|s| {
         let agent = loaders
             .get(&s.server)
@@ -142,7 +166,7 @@ pub async fn run(core: &Core, jobs: &Arc<Jobs>, req: pb::PitrRequest) -> Result<
                     "server {}: agent {agent} is not registered",
                     s.server
                 )),
-                Some(addr) => replay(core, s, &addr, &target).await,
+                Some(addr) => replay(core, s, &addr, &target, false, false).await,
             };
             (s.server.clone(), r, started.elapsed())
         }
@@ -170,14 +194,17 @@ pub async fn run(core: &Core, jobs: &Arc<Jobs>, req: pb::PitrRequest) -> Result<
     Ok(reply)
 }
 
-/// One server's replay by one agent, to the end of its stream.
+/// One server's replay (or its pre-flight check) by one agent, to the end
+/// of its stream.
 async fn replay(
     core: &Core,
     s: &ServerPlan,
     addr: &str,
     target: &str,
+    check_only: bool,
+    force: bool,
 ) -> std::result::Result<agent_pb::ReplayProgress, String> {
-    if s.from == s.to {
+    if s.from == s.to && !check_only {
         return Ok(agent_pb::ReplayProgress {
             done: true,
             method: "none (the base backup is the point)".into(),
@@ -193,7 +220,8 @@ async fn replay(
         .agent_client(addr)
         .await
         .map_err(|e| format!("server {name}: {e}"))?;
-    let failed = |st: tonic::Status| format!("server {name}: replay failed: {}", status_text(&st));
+    let what = if check_only { "check" } else { "replay" };
+    let failed = |st: tonic::Status| format!("server {name}: {what} failed: {}", status_text(&st));
     let mut stream = client
         .replay(agent_pb::ReplayRequest {
             segments: s.segments.clone(),
@@ -205,6 +233,8 @@ async fn replay(
             target_mysql: target.to_string(),
             method: String::new(),
             term,
+            check_only,
+            force,
         })
         .await
         .map_err(failed)?
@@ -213,7 +243,7 @@ async fn replay(
         match stream.message().await.map_err(failed)? {
             Some(p) if p.done => return Ok(p),
             Some(_) => {}
-            None => return Err(format!("server {name}: the replay ended without a report")),
+            None => return Err(format!("server {name}: the {what} ended without a report")),
         }
     }
 }

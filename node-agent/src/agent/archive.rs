@@ -72,6 +72,38 @@ impl Agent {
         result
     }
 
+    /// A recovery's pre-flight: every segment readable and intact, the
+    /// target empty (unless forced). Changes nothing.
+    /// Returns the target's address.
+    pub async fn check_replay(
+        &self,
+        r: &pb::ReplayRequest,
+        progress: Arc<Progress>,
+    ) -> Result<String> {
+        let server = if r.target_mysql.is_empty() {
+            self.own_server()?.clone()
+        } else {
+            self.target_server(&r.target_mysql)?
+        };
+        if !r.force {
+            let mut conn = server.connect("check the recovery target").await?;
+            let existing = crate::schema::list_databases(&mut conn, server.address()).await?;
+            if !existing.is_empty() {
+                return Err(Error::TargetNotEmpty {
+                    server: server.address().to_string(),
+                    databases: existing.join(", "),
+                });
+            }
+        }
+        let mut stores = Stores::new(r.sinks.clone(), self.local());
+        fetch::each(&mut stores, &r.segments, |_, bytes| {
+            progress.add_bytes(bytes.len() as u64);
+            Ok(())
+        })
+        .await?;
+        Ok(server.address().to_string())
+    }
+
     /// Indexes the request's segments and returns the transactions the
     /// filter matches (at most `limit`, and whether there were more).
     pub async fn search_binlog(

@@ -291,6 +291,19 @@ impl NodeAgent for AgentService {
         let total: u64 = r.segments.iter().map(|s| s.end - s.start).sum();
         let progress = Arc::new(Progress::default());
         let (agent, p) = (self.agent.clone(), progress.clone());
+        if r.check_only {
+            let job = async move { agent.check_replay(&r, p).await };
+            return Ok(Response::new(stream_job(progress, job, move |s, done| {
+                pb::ReplayProgress {
+                    bytes: s.bytes,
+                    total_bytes: total,
+                    done: done.is_some(),
+                    method: "check".into(),
+                    server: done.unwrap_or_default(),
+                    ..Default::default()
+                }
+            })));
+        }
         let job = async move { agent.replay(&r, p).await };
         Ok(Response::new(stream_job(progress, job, move |s, done| {
             let mut m = pb::ReplayProgress {
