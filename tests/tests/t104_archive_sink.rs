@@ -148,6 +148,9 @@ async fn purge_of_an_unarchived_binlog_is_a_gap() -> anyhow::Result<()> {
     db.exec("CREATE DATABASE p; CREATE TABLE p.t (id INT PRIMARY KEY)")
         .await?;
     cluster.wait_archive_caught_up().await?;
+    step!("a full backup before the gap");
+    let backup = cluster.backup_and_wait(None).await?;
+    ensure!(backup["status"] == "COMPLETE", "{backup:#}");
     step!("stop agent 0, then write, rotate and purge on its server");
     cluster.agents[0].stop()?;
     let db = &cluster.servers[0];
@@ -206,6 +209,36 @@ async fn purge_of_an_unarchived_binlog_is_a_gap() -> anyhow::Result<()> {
         human.stdout.contains(&format!("gap on {}", db.name())),
         "{}",
         human.stdout
+    );
+
+    step!("a restore point after the gap: recovery to it across the gap is refused");
+    let point = cluster
+        .cli_json(&["restore-point", "create", "--cluster", CLUSTER])
+        .await?;
+    let id = point["id"]
+        .as_str()
+        .context("restore point id")?
+        .to_string();
+    cluster.wait_archive_caught_up().await?;
+    for plan in [true, false] {
+        let mut args = vec!["pitr", "--cluster", CLUSTER, "--to-restore-point", &id];
+        if plan {
+            args.push("--plan");
+        }
+        let out = cluster.cli(&args).await?;
+        step!("pitr (plan: {plan}): {}", out.stderr.trim());
+        ensure!(
+            !out.status.success()
+                && out.stderr.contains(&format!("server {}", db.name()))
+                && out.stderr.contains("no binlog between"),
+            "recovery across the gap must be refused naming the server and the files: {} {}",
+            out.stdout,
+            out.stderr
+        );
+    }
+    ensure!(
+        db.query_one::<u64>("SELECT COUNT(*) FROM p.t").await? == 4,
+        "the refused recovery changed the server"
     );
     Ok(())
 }
