@@ -162,6 +162,28 @@ async fn chain_pitr_to_a_time_between_backups() -> anyhow::Result<()> {
         ensure!(s["replay_bytes"].as_u64().unwrap_or(0) > 0, "{s:#}");
     }
 
+    step!("pitr --exact --plan: each server to its own moment, said to be per server");
+    let (exact, ok, err) = pitr(&cluster, &["--exact".into(), to.clone(), "--plan".into()]).await?;
+    ensure!(ok, "exact plan failed: {err}");
+    ensure!(
+        exact["consistent"] == false
+            && exact["point"]
+                .as_str()
+                .is_some_and(|p| p.contains("each server's last transaction before")),
+        "{exact:#}"
+    );
+    for s in exact["servers"].as_array().context("servers")? {
+        ensure!(s["replay_bytes"].as_u64().unwrap_or(0) > 0, "{s:#}");
+    }
+    let human = cluster
+        .cli(&["pitr", "--cluster", CLUSTER, "--exact", &to, "--plan"])
+        .await?;
+    ensure!(
+        human.stdout.contains("NOT cluster-consistent"),
+        "{}",
+        human.stdout
+    );
+
     step!("bad input is refused and changes nothing");
     let (_, ok, err) = pitr(&cluster, &["--to".into(), to.clone()]).await?;
     ensure!(

@@ -104,6 +104,13 @@ pub enum Target {
     Point(String),
     /// The latest sealed point before this transaction of this server.
     Before { server: String, pos: BinlogPos },
+    /// Each server to its own last transaction before `at` (unix ms): the
+    /// end of that transaction per server; a server with none there stays
+    /// at the base backup's position. Not cluster-consistent.
+    Exact {
+        at: i64,
+        positions: BTreeMap<String, BinlogPos>,
+    },
 }
 
 /// One server's share of a plan.
@@ -128,6 +135,8 @@ pub struct Plan {
     pub point: Point,
     pub base_backup: String,
     pub servers: Vec<ServerPlan>,
+    /// A cluster-consistent point (not `--exact`).
+    pub consistent: bool,
 }
 
 impl Plan {
@@ -135,7 +144,7 @@ impl Plan {
         pb::PitrReply {
             point: self.point.name.clone(),
             point_unix_ms: self.point.at_unix_ms,
-            consistent: true,
+            consistent: self.consistent,
             servers: self
                 .servers
                 .iter()
@@ -225,6 +234,17 @@ pub fn plan(cat: &Catalog, cluster: &str, target: &Target) -> Result<Plan> {
             }
             (*chosen).clone()
         }
+        Target::Exact { at, positions } => Point {
+            name: format!(
+                "each server's last transaction before {}",
+                unix_ms_text(*at)
+            ),
+            at_unix_ms: *at,
+            positions: positions
+                .iter()
+                .map(|(s, p)| (s.clone(), (p.clone(), String::new())))
+                .collect(),
+        },
         Target::Before { server, pos } => {
             if !cat
                 .clusters
@@ -247,10 +267,15 @@ pub fn plan(cat: &Catalog, cluster: &str, target: &Target) -> Result<Plan> {
                 })?
         }
     };
+    let exact_at = match target {
+        Target::Exact { at, .. } => Some(*at),
+        _ => None,
+    };
     let base = cat
         .backups
         .values()
         .filter(|b| b.cluster == cluster && b.status == Status::Complete)
+        .filter(|b| exact_at.is_none_or(|at| locked_at(&b.cut).is_some_and(|l| l <= at)))
         .filter(|b| {
             point.positions.iter().all(|(s, (to, _))| {
                 b.cut.get(s).is_some_and(|c| {
@@ -268,6 +293,19 @@ pub fn plan(cat: &Catalog, cluster: &str, target: &Target) -> Result<Plan> {
                 point.name
             ))
         })?;
+    let mut point = point;
+    if exact_at.is_some() {
+        // A server without a transaction before the time stays at the base.
+        for (server, c) in &base.cut {
+            point.positions.entry(server.clone()).or_insert_with(|| {
+                let pos = BinlogPos {
+                    file: c.binlog_file.clone(),
+                    pos: c.binlog_pos,
+                };
+                (pos, String::new())
+            });
+        }
+    }
     let mut servers = Vec::new();
     for (server, (to, gtid)) in &point.positions {
         let cut = &base.cut[server];
@@ -300,6 +338,7 @@ pub fn plan(cat: &Catalog, cluster: &str, target: &Target) -> Result<Plan> {
         point,
         base_backup: base.id.clone(),
         servers,
+        consistent: exact_at.is_none(),
     })
 }
 

@@ -28,8 +28,9 @@ async fn target(core: &Core, cluster: &str, to: Option<&pb::pitr_request::To>) -
         Some(To::ToUnixMs(t)) => Ok(Target::Time(*t)),
         Some(To::RestorePoint(id)) => Ok(Target::Point(id.clone())),
         Some(To::BeforeEvent(e)) => before_event(core, cluster, e).await,
-        Some(To::ExactUnixMs(_)) => Err(Error::PitrRefused {
-            reason: "--exact (each server to its own moment) is not available yet; use --to, --to-restore-point or --before-event".into(),
+        Some(To::ExactUnixMs(t)) => Ok(Target::Exact {
+            at: *t,
+            positions: search::last_before(core, cluster, *t).await?,
         }),
     }
 }

@@ -15,6 +15,12 @@ use crate::sinks;
 /// Most events one search returns unless asked for fewer.
 const DEFAULT_LIMIT: u32 = 1000;
 
+/// Events in binlogs carry whole seconds: a transaction stamped S ran in
+/// [S, S+1), so it surely ran before `at_ms` when S + 1 ≤ at_ms / 1000.
+fn last_second_before(at_ms: i64) -> u32 {
+    (at_ms.div_euclid(1000) - 1).clamp(0, i64::from(u32::MAX)) as u32
+}
+
 /// What one server's search needs: its agent and its request.
 struct Ask {
     server: String,
@@ -24,7 +30,7 @@ struct Ask {
 
 /// The asks for `req`: per server, the files whose segments may hold
 /// matches (by their event times), whole.
-fn asks(cat: &Catalog, req: &pb::SearchBinlogRequest, gtid: &str) -> Result<Vec<Ask>> {
+fn asks(cat: &Catalog, req: &pb::SearchBinlogRequest, gtid: &str, last: bool) -> Result<Vec<Ask>> {
     let servers: Vec<String> = match cat.clusters.get(&req.cluster) {
         None => return Err(Error::Config(format!("unknown cluster {:?}", req.cluster))),
         Some(s) if req.server.is_empty() => s.keys().cloned().collect(),
@@ -91,6 +97,7 @@ fn asks(cat: &Catalog, req: &pb::SearchBinlogRequest, gtid: &str) -> Result<Vec<
                     req.limit
                 },
                 gtid: gtid.to_string(),
+                last,
             },
         });
     }
@@ -99,17 +106,20 @@ fn asks(cat: &Catalog, req: &pb::SearchBinlogRequest, gtid: &str) -> Result<Vec<
 
 /// Searches every server's archive (or one's); events sorted by time.
 pub async fn search(core: &Core, req: pb::SearchBinlogRequest) -> Result<pb::SearchBinlogReply> {
-    search_gtid(core, req, "").await
+    search_with(core, req, "", false).await
 }
 
-async fn search_gtid(
+/// A search for one GTID (`gtid` set), or for each server's last match
+/// (`last`), or for every match.
+async fn search_with(
     core: &Core,
     req: pb::SearchBinlogRequest,
     gtid: &str,
+    last: bool,
 ) -> Result<pb::SearchBinlogReply> {
     core.require_leader().await?;
     let (r, g) = (req.clone(), gtid.to_string());
-    let asks = core.read(move |cat| asks(cat, &r, &g)).await??;
+    let asks = core.read(move |cat| asks(cat, &r, &g, last)).await??;
     let runs = asks.into_iter().map(|a| async move {
         let result = match core.agent_client(&a.addr).await {
             Err(e) => Err(e),
@@ -169,7 +179,7 @@ pub(super) async fn find_gtid(
         limit: 1,
         ..Default::default()
     };
-    let reply = search_gtid(core, req, gtid).await?;
+    let reply = search_with(core, req, gtid, false).await?;
     if let Some(e) = reply.errors.first() {
         return Err(Error::PitrRefused {
             reason: format!("cannot look up GTID {gtid}: {e}"),
@@ -186,4 +196,52 @@ pub(super) async fn find_gtid(
         .ok_or_else(|| Error::PitrRefused {
             reason: format!("GTID {gtid} is not in the binlog archive of server {server}"),
         })
+}
+
+/// Every server's last transaction before `at_ms` (its end), for
+/// `pitr --exact`; servers without one are left out.
+pub(super) async fn last_before(
+    core: &Core,
+    cluster: &str,
+    at_ms: i64,
+) -> Result<std::collections::BTreeMap<String, BinlogPos>> {
+    let req = pb::SearchBinlogRequest {
+        cluster: cluster.to_string(),
+        until: last_second_before(at_ms),
+        ..Default::default()
+    };
+    let reply = search_with(core, req, "", true).await?;
+    if !reply.errors.is_empty() {
+        return Err(Error::PitrRefused {
+            reason: format!(
+                "cannot find each server's last transaction: {}",
+                reply.errors.join("; ")
+            ),
+        });
+    }
+    Ok(reply
+        .events
+        .into_iter()
+        .filter_map(|e| {
+            let ev = e.event?;
+            Some((
+                e.server,
+                BinlogPos {
+                    file: ev.file,
+                    pos: ev.end,
+                },
+            ))
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_transaction_counts_as_before_only_when_its_whole_second_is() {
+        assert_eq!(super::last_second_before(5_000), 4);
+        assert_eq!(super::last_second_before(5_999), 4);
+        assert_eq!(super::last_second_before(6_000), 5);
+        assert_eq!(super::last_second_before(0), 0);
+    }
 }

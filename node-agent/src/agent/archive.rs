@@ -144,7 +144,10 @@ impl Agent {
                 } else {
                     e.gtid.as_deref() == Some(r.gtid.as_str())
                 };
-                if wanted {
+                if wanted && r.last {
+                    found.clear();
+                    found.push(e);
+                } else if wanted {
                     if found.len() < limit {
                         found.push(e);
                     } else {
