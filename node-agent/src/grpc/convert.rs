@@ -249,6 +249,22 @@ pub fn to_status(e: &Error) -> Status {
     Status::new(code, e.to_string())
 }
 
+/// A transaction of the event index, for `SearchBinlog`.
+pub fn binlog_event(e: crate::binlog::index::TxnEntry) -> pb::BinlogEvent {
+    pb::BinlogEvent {
+        file: e.file,
+        pos: e.pos,
+        end: e.end,
+        gtid: e.gtid.unwrap_or_default(),
+        time: e.time,
+        kinds: e.kinds.iter().map(|k| k.as_str().to_string()).collect(),
+        tables: e.tables,
+        rows: e.rows,
+        summary: e.summary,
+        server_id: e.server_id,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,21 +290,5 @@ mod tests {
             s.message()
         );
         assert!(e.is_refusal(), "worth retrying once the DDL is done");
-    }
-}
-
-/// A transaction of the event index, for `SearchBinlog`.
-pub fn binlog_event(e: crate::binlog::index::TxnEntry) -> pb::BinlogEvent {
-    pb::BinlogEvent {
-        file: e.file,
-        pos: e.pos,
-        end: e.end,
-        gtid: e.gtid.unwrap_or_default(),
-        time: e.time,
-        kinds: e.kinds.iter().map(|k| k.as_str().to_string()).collect(),
-        tables: e.tables,
-        rows: e.rows,
-        summary: e.summary,
-        server_id: e.server_id,
     }
 }
