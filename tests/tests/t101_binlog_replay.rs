@@ -235,6 +235,20 @@ impl Scenario {
             "the replay spans {} files, expected at least 3",
             files.len()
         );
+        // The base's binlog position and its GTID set must name the same
+        // moment: the first transaction after the position is the one
+        // after the set.
+        let scanned = replay::scan::scan(&files, start_pos, stop_pos)?;
+        let first = scanned
+            .transactions
+            .first()
+            .context("no transaction after the base")?;
+        let base_seq: u64 = base_gtid.rsplit('-').next().context("a GTID")?.parse()?;
+        ensure!(
+            first.gtid.seq == base_seq + 1,
+            "the base's position {start_file}:{start_pos} and its GTID set {base_gtid} disagree: the first transaction after the position is {}",
+            first.gtid
+        );
         Ok(Scenario {
             _src: src,
             base,
