@@ -235,6 +235,20 @@ impl Scenario {
             "the replay spans {} files, expected at least 3",
             files.len()
         );
+        // The base's binlog position and its GTID set must name the same
+        // moment: the first transaction after the position is the one
+        // after the set.
+        let scanned = replay::scan::scan(&files, start_pos, stop_pos)?;
+        let first = scanned
+            .transactions
+            .first()
+            .context("no transaction after the base")?;
+        let base_seq: u64 = base_gtid.rsplit('-').next().context("a GTID")?.parse()?;
+        ensure!(
+            first.gtid.seq == base_seq + 1,
+            "the base's position {start_file}:{start_pos} and its GTID set {base_gtid} disagree: the first transaction after the position is {}",
+            first.gtid
+        );
         Ok(Scenario {
             _src: src,
             base,
@@ -499,4 +513,43 @@ async fn strict_mode_targets_work_with_both_methods() -> anyhow::Result<()> {
     b.exec("INSERT INTO shop.feed (note) VALUES ('after pitr')")
         .await?;
     Ok(())
+}
+
+/// A target that has the source's server id (a rebuilt host keeping its
+/// configuration): its SQL thread would skip every event as its own, so
+/// the default method falls back to the pipe and says why, and an explicit
+/// relay replay is refused before anything is applied.
+#[tokio::test]
+async fn the_source_server_id_on_the_target_falls_back_to_the_pipe() -> anyhow::Result<()> {
+    let s = Scenario::build("si").await?;
+    step!("load the base into a target with the source's server id");
+    let same = format!("--server-id={}", s._src.server_id());
+    let dst = s.target("si-dst", &[&same]).await?;
+    let id: u32 = dst.query_one("SELECT @@server_id").await?;
+    ensure!(id == s._src.server_id(), "the target's server id is {id}");
+    step!("an explicit relay replay is refused");
+    let err = replay::replay(
+        &Server::parse(&dst.url())?,
+        &s.plan(Some(Method::Relay)),
+        &Progress::default(),
+    )
+    .await
+    .expect_err("refused");
+    let text = err.to_string();
+    ensure!(
+        text.contains(&dst.address()) && text.contains("server id"),
+        "{text}"
+    );
+    let rows: u64 = dst
+        .query_one("SELECT COUNT(*) FROM shop.feed WHERE note LIKE 'move %'")
+        .await?;
+    ensure!(rows == 0, "the refused replay applied {rows} transactions");
+    step!("the default method uses the pipe and reaches the point");
+    let report = replay_to_point(&s, &dst, None).await?;
+    ensure!(report.method == Method::Pipe, "{report:?}");
+    ensure!(
+        report.warnings.iter().any(|w| w.contains("server id")),
+        "{report:?}"
+    );
+    s.check_target(&dst, &report).await
 }

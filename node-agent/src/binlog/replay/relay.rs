@@ -269,6 +269,7 @@ async fn apply(conn: &mut Conn, place: &Place, job: &Job<'_>) -> Result<()> {
     let started = std::time::Instant::now();
 
     let mut reported = 0u64;
+    let mut idle_looks = 0;
     loop {
         let row = status(conn, addr).await?.ok_or_else(|| Error::Replay {
             server: addr.to_string(),
@@ -288,6 +289,25 @@ async fn apply(conn: &mut Conn, place: &Place, job: &Job<'_>) -> Result<()> {
         if file == *last_name && pos >= job.stop {
             tracing::debug!(server = %addr, elapsed = ?started.elapsed(), "the SQL thread reached the stop position");
             break;
+        }
+        // A thread that has read every relay log without reaching the stop
+        // would wait forever (events it skipped, a file that is not what
+        // the scan saw): after three looks in a row, give up.
+        if text(&row, "Slave_SQL_Running_State").contains("read all relay log") {
+            idle_looks += 1;
+        } else {
+            idle_looks = 0;
+        }
+        if idle_looks >= 3 {
+            return Err(Error::Replay {
+                server: addr.to_string(),
+                file,
+                position: pos,
+                reason: format!(
+                    "the SQL thread read every relay log but executed only up to here, not to the stop position {last_name}:{}",
+                    job.stop
+                ),
+            });
         }
         if text(&row, "Slave_SQL_Running") != "Yes" {
             let errno = number(&row, "Last_SQL_Errno");
