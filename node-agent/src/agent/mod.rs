@@ -11,6 +11,11 @@
 //! snapshots kept: that Commit is the agent's share of the barrier proof
 //! (see `docs/protocol.md`). A lock released any other way (lease, caller
 //! gone, shutdown, abort) drops the backup, and a later Commit fails.
+//!
+//! Files: `point.rs` (restore points: position-only cuts in a session of
+//! their own), `watch.rs` (the lock watcher both kinds of cut use),
+//! `artifacts.rs` (restore, copy and verify of artifacts in sinks),
+//! `archive.rs` (replaying and searching archived binlogs).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,6 +41,9 @@ use crate::sink::artifact::Artifact;
 mod archive;
 mod artifacts;
 mod point;
+mod watch;
+
+use watch::Held;
 
 pub use artifacts::Expected;
 
@@ -328,21 +336,14 @@ impl Agent {
         });
         drop(slot);
 
-        // The watcher: whichever comes first releases the lock.
-        let agent = self.clone();
-        let id = req.backup_id;
-        let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
-            let released = tokio::select! {
-                r = notify_rx => r.ok(),
-                _ = tokio::time::sleep(lease) => agent.expire(&id, "lease-expired").await,
-                _ = caller_gone => agent.expire(&id, CALLER_GONE).await,
-                _ = shutdown.cancelled() => agent.expire(&id, "shutdown").await,
-            };
-            if let Some(r) = released {
-                let _ = out_tx.send(r);
-            }
-        });
+        self.watch_lock(
+            Held::Backup,
+            req.backup_id,
+            lease,
+            notify_rx,
+            caller_gone,
+            out_tx,
+        );
         Ok((info, out_rx))
     }
 

@@ -20,8 +20,7 @@ use tokio::sync::{Mutex, oneshot};
 use tracing::Instrument as _;
 
 use super::{
-    Agent, CALLER_GONE, COMMIT, CommitInfo, PrepareRequest, PreparedInfo, Released,
-    SNAPSHOT_IDLE_MARGIN,
+    Agent, COMMIT, CommitInfo, PrepareRequest, PreparedInfo, Released, SNAPSHOT_IDLE_MARGIN,
 };
 use crate::cut::{self, PrepareOptions, PreparedCut};
 use crate::error::{Error, Result};
@@ -160,20 +159,14 @@ impl Agent {
         });
 
         // The watcher, as for a backup: whichever comes first releases.
-        let agent = self.clone();
-        let id = req.backup_id;
-        let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
-            let released = tokio::select! {
-                r = notify_rx => r.ok(),
-                _ = tokio::time::sleep(lease) => agent.expire_point(&id, "lease-expired").await,
-                _ = caller_gone => agent.expire_point(&id, CALLER_GONE).await,
-                _ = shutdown.cancelled() => agent.expire_point(&id, "shutdown").await,
-            };
-            if let Some(r) = released {
-                let _ = out_tx.send(r);
-            }
-        });
+        self.watch_lock(
+            super::Held::Point,
+            req.backup_id,
+            lease,
+            notify_rx,
+            caller_gone,
+            out_tx,
+        );
         Ok((info, out_rx))
     }
 
@@ -183,7 +176,7 @@ impl Agent {
     }
 
     /// Releases a point's lock that nobody committed; a later Commit fails.
-    async fn expire_point(&self, id: &str, reason: &str) -> Option<Released> {
+    pub(super) async fn expire_point(&self, id: &str, reason: &str) -> Option<Released> {
         let point = self.take_point(id).await?;
         let released = self.release_prepared(id, point.cut, reason).await;
         tracing::warn!(point = id, server = %self.cfg.name, reason, held_us = released.held_us, "restore point: lock released without commit");
