@@ -170,6 +170,19 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// `lockstep restore-point list --json` (the newest 1000 points).
+    pub async fn restore_points(&self) -> anyhow::Result<Value> {
+        self.cli_json(&[
+            "restore-point",
+            "list",
+            "--cluster",
+            CLUSTER,
+            "--limit",
+            "1000",
+        ])
+        .await
+    }
+
     /// `lockstep archive status --json`: one entry per server, and whether
     /// the command exited 0 (it exits 1 when a server has a gap).
     pub async fn archive_status(&self) -> anyhow::Result<(Vec<Value>, bool)> {

@@ -206,20 +206,6 @@ async fn a_position_only_cut_is_a_session_of_its_own() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `restore-point list --json` of the test cluster.
-async fn list(cluster: &Cluster) -> anyhow::Result<Value> {
-    cluster
-        .cli_json(&[
-            "restore-point",
-            "list",
-            "--cluster",
-            CLUSTER,
-            "--limit",
-            "1000",
-        ])
-        .await
-}
-
 fn points(list: &Value) -> Vec<Value> {
     list["points"].as_array().cloned().unwrap_or_default()
 }
@@ -233,7 +219,7 @@ async fn wait_points(
 ) -> anyhow::Result<Vec<Value>> {
     let deadline = Instant::now() + timeout;
     loop {
-        let l = list(cluster).await?;
+        let l = cluster.restore_points().await?;
         let p = points(&l);
         if done(&p) {
             return Ok(p);
@@ -387,7 +373,7 @@ async fn scheduled_restore_points_under_load() -> anyhow::Result<()> {
     })
     .await?;
     check_points(&first, 3);
-    let l = list(&cluster).await?;
+    let l = cluster.restore_points().await?;
     assert_eq!(l["schedule"]["every_ms"], 1000, "{l}");
     assert_eq!(l["failed"], 0, "{l}");
 
@@ -453,7 +439,7 @@ async fn scheduled_restore_points_under_load() -> anyhow::Result<()> {
         backup["cut_committed_at_unix_ms"].as_i64().unwrap_or(0),
         backup["finished_at_unix_ms"].as_i64().unwrap_or(0),
     );
-    let during = points(&list(&cluster).await?)
+    let during = points(&cluster.restore_points().await?)
         .iter()
         .filter(|p| {
             p["created_at_unix_ms"]
@@ -483,14 +469,14 @@ async fn scheduled_restore_points_under_load() -> anyhow::Result<()> {
     drop(fresh);
 
     step!("SIGKILL agent rp1: points fail, are aborted everywhere and counted, never recorded");
-    let before = list(&cluster).await?;
+    let before = cluster.restore_points().await?;
     let newest = points(&before).last().context("a point")?["seq"]
         .as_u64()
         .unwrap_or(0);
     cluster.agents[1].kill()?;
     let deadline = Instant::now() + Duration::from_secs(20);
     let failing = loop {
-        let l = list(&cluster).await?;
+        let l = cluster.restore_points().await?;
         if l["failed"].as_u64().is_some_and(|f| f >= 2) {
             break l;
         }
@@ -554,7 +540,7 @@ async fn scheduled_restore_points_under_load() -> anyhow::Result<()> {
         ])
         .await?;
     assert_eq!(s["keep"], 3, "{s}");
-    let kept = list(&cluster).await?;
+    let kept = cluster.restore_points().await?;
     assert!(kept["total"].as_u64().is_some_and(|t| t <= 3), "{kept}");
     let newest = after.last().context("a point")?["seq"]
         .as_u64()

@@ -34,16 +34,7 @@ async fn every_second(cluster: &Cluster) -> anyhow::Result<()> {
 async fn wait_sealed_point(cluster: &Cluster, after_ms: i64) -> anyhow::Result<Value> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let list = cluster
-            .cli_json(&[
-                "restore-point",
-                "list",
-                "--cluster",
-                CLUSTER,
-                "--limit",
-                "50",
-            ])
-            .await?;
+        let list = cluster.restore_points().await?;
         if let Some(p) = list["points"].as_array().and_then(|ps| {
             ps.iter()
                 .filter(|p| p["sealed"] == true)
@@ -140,16 +131,7 @@ async fn chain_pitr_to_a_time_between_backups() -> anyhow::Result<()> {
         .as_str()
         .is_some_and(|p| p.starts_with("restore point"))
     {
-        let list = cluster
-            .cli_json(&[
-                "restore-point",
-                "list",
-                "--cluster",
-                CLUSTER,
-                "--limit",
-                "50",
-            ])
-            .await?;
+        let list = cluster.restore_points().await?;
         bail!("the plan should go to a restore point: {plan:#}\nrestore points: {list:#}");
     }
     let point_ms = plan["point_unix_ms"].as_i64().context("point time")?;
@@ -258,16 +240,7 @@ async fn chain_pitr_to_a_time_between_backups() -> anyhow::Result<()> {
         .as_str()
         .unwrap_or_default()
         .trim_start_matches("restore point ");
-    let list = cluster
-        .cli_json(&[
-            "restore-point",
-            "list",
-            "--cluster",
-            CLUSTER,
-            "--limit",
-            "1000",
-        ])
-        .await?;
+    let list = cluster.restore_points().await?;
     let point = list["points"]
         .as_array()
         .and_then(|ps| ps.iter().find(|p| p["id"] == point_id))
