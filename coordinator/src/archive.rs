@@ -55,6 +55,16 @@ fn reply(cat: &Catalog, cluster: &str, name: &str) -> Result<pb::ArchiveStateRep
     }
     let sink_name = sinks::primary_for(cat, cluster, None)?;
     let sink = sinks::spec(cat, cluster, &sink_name).map_err(Error::Config)?;
+    let copies = cat
+        .sinks
+        .get(cluster)
+        .map(|c| c.copies.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| *c != sink_name)
+        .filter_map(|c| sinks::spec(cat, cluster, &c).ok().flatten())
+        .filter(|s| !s.encrypt)
+        .collect();
     let (file, end, closed) = cat
         .archived_to(cluster, name)
         .map_or((String::new(), 0, false), |(p, c)| (p.file, p.pos, c));
@@ -64,6 +74,7 @@ fn reply(cat: &Catalog, cluster: &str, name: &str) -> Result<pb::ArchiveStateRep
         closed,
         sink,
         sink_name,
+        copies,
     })
 }
 
@@ -97,6 +108,7 @@ pub async fn report(
                 last_gtid: s.last_gtid,
                 gap: (!s.gap.is_empty()).then_some(s.gap),
                 recorded_at_unix_ms: at,
+                copies: s.copies,
             })
             .collect();
         core.propose(&Command::ArchiveSegments {

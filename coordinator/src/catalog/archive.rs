@@ -50,6 +50,9 @@ pub struct Segment {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gap: Option<String>,
     pub recorded_at_unix_ms: i64,
+    /// Further sinks holding it under the same key (the policy's copies).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copies: Vec<String>,
 }
 
 /// One archived binlog file: its segments, in order, contiguous.
@@ -390,6 +393,7 @@ mod tests {
             last_gtid: String::new(),
             gap: None,
             recorded_at_unix_ms: 0,
+            copies: Vec::new(),
         }
     }
 

@@ -377,6 +377,18 @@ pub(crate) fn segments_of(
                     .ok_or_else(|| refuse(format!("sink {} is gone", s.sink)))?;
                 specs.insert(s.sink.clone(), spec);
             }
+            // Copies in sinks since removed are not offered.
+            let mut alternates = Vec::new();
+            for c in &s.copies {
+                if let Some(spec) = specs
+                    .get(c)
+                    .cloned()
+                    .or_else(|| sinks::spec(cat, cluster, c).ok().flatten())
+                {
+                    specs.insert(c.clone(), spec);
+                    alternates.push(c.clone());
+                }
+            }
             segments.push(agent_pb::ArchivedSegment {
                 file: s.file.clone(),
                 start: s.start,
@@ -384,6 +396,7 @@ pub(crate) fn segments_of(
                 key: s.key.clone(),
                 sha256: s.sha256.clone(),
                 sink: s.sink.clone(),
+                alternates,
             });
         }
         let lo = if *name == from.file { from.pos } else { 0 };
