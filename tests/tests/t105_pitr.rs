@@ -3,13 +3,15 @@
 //! binlogs, restore points every second. The recovered fleet is one
 //! consistent cut (the causal chain has no gap) taken after the last full
 //! backup; a rogue `DROP TABLE` is found with `catalog search-binlog` and
-//! undone with `pitr --before-event`; bad targets are refused before
-//! anything is touched.
+//! undone with `pitr --before-event`, reading the archive's copies when the
+//! host-local archive is lost; bad targets are refused before anything is
+//! touched.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use lockstep_tests::plain_cluster::{CLUSTER, Cluster};
+use lockstep_tests::sinks::{add_sink, sink_policy};
 use lockstep_tests::{CatalogCli, CausalWriter, MariaDb, Target, check_chain, step};
 use serde_json::Value;
 
@@ -49,6 +51,34 @@ async fn wait_sealed_point(cluster: &Cluster, after_ms: i64) -> anyhow::Result<V
             "no sealed restore point after {after_ms} within 60 s: {list:#}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until every server's `file` has a copy in `vault`.
+async fn wait_copied(cluster: &Cluster, vault: &std::path::Path, file: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let missing: Vec<&str> = cluster
+            .servers
+            .iter()
+            .map(|db| db.name())
+            .filter(|name| {
+                !vault
+                    .join("binlog")
+                    .join(CLUSTER)
+                    .join(name)
+                    .join(file)
+                    .is_dir()
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{file} of {missing:?} not copied to the vault within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -294,10 +324,36 @@ fn same_gtids(a: &str, b: &str) -> bool {
 /// A rogue `DROP TABLE` on one server: `catalog search-binlog --type ddl
 /// --grep "drop table"` finds it (server, file:pos, GTID), and `pitr
 /// --before-event SERVER:GTID` into fresh servers brings the table back
-/// with every row it had, the chain consistent across servers.
+/// with every row it had, the chain consistent across servers. The archive
+/// is copied to a second sink by policy; the victim's host-local archive
+/// is deleted before the recovery, which then reads the copies.
 #[tokio::test]
 async fn rogue_drop_table_is_found_and_undone() -> anyhow::Result<()> {
-    let cluster = Cluster::start_archiving("pd").await?;
+    // Agent pd0 also holds a disk pool: the archive's copy sink.
+    let vault = tempfile::tempdir()?;
+    let vault_path = vault.path().to_string_lossy().into_owned();
+    let cluster = Cluster::start_with("pd", &["--archive", "--pool", &vault_path], &[]).await?;
+    add_sink(
+        &cluster,
+        &[
+            "vault",
+            "--kind",
+            "disk",
+            "--agent",
+            "pd0",
+            "--path",
+            &vault_path,
+        ],
+    )
+    .await?;
+    sink_policy(&cluster, "host-local", &["vault"]).await?;
+    // Segments stored from now on are copied: start every server's next
+    // binlog once the shippers have the policy, so what the recovery needs
+    // is all copied.
+    for db in &cluster.servers {
+        db.exec("FLUSH BINARY LOGS").await?;
+    }
+    wait_copied(&cluster, vault.path(), "mysql-bin.000002").await?;
     every_second(&cluster).await?;
     let victim = &cluster.servers[1];
     victim
@@ -379,6 +435,31 @@ async fn rogue_drop_table_is_found_and_undone() -> anyhow::Result<()> {
         .await?;
     human.success()?;
     ensure!(human.stdout.contains(gtid), "{}", human.stdout);
+
+    step!(
+        "{}'s host-local archive is lost: the recovery reads the vault's copies",
+        victim.name()
+    );
+    let local = cluster.agents[1]
+        .sink_dir()
+        .join("binlog")
+        .join(CLUSTER)
+        .join(victim.name());
+    ensure!(
+        local.is_dir(),
+        "no host-local archive at {}",
+        local.display()
+    );
+    std::fs::remove_dir_all(&local)?;
+    let copied = std::path::Path::new(&vault_path)
+        .join("binlog")
+        .join(CLUSTER)
+        .join(victim.name());
+    ensure!(
+        copied.is_dir(),
+        "no copy of the archive in the vault: {}",
+        copied.display()
+    );
 
     step!(
         "pitr --before-event {}:{gtid} into 3 fresh servers",

@@ -136,6 +136,12 @@ async fn search_with(
         match r {
             Ok(found) => {
                 reply.truncated |= found.truncated;
+                reply.errors.extend(
+                    found
+                        .unreadable
+                        .iter()
+                        .map(|e| format!("server {server}: {e}")),
+                );
                 reply
                     .events
                     .extend(found.events.into_iter().map(|e| pb::FoundEvent {
@@ -180,22 +186,20 @@ pub(super) async fn find_gtid(
         ..Default::default()
     };
     let reply = search_with(core, req, gtid, false).await?;
-    if let Some(e) = reply.errors.first() {
-        return Err(Error::PitrRefused {
-            reason: format!("cannot look up GTID {gtid}: {e}"),
-        });
-    }
-    reply
-        .events
-        .into_iter()
-        .find_map(|e| e.event)
-        .map(|e| BinlogPos {
+    if let Some(e) = reply.events.into_iter().find_map(|e| e.event) {
+        return Ok(BinlogPos {
             file: e.file,
             pos: e.pos,
-        })
-        .ok_or_else(|| Error::PitrRefused {
-            reason: format!("GTID {gtid} is not in the binlog archive of server {server}"),
-        })
+        });
+    }
+    let unread = if reply.errors.is_empty() {
+        String::new()
+    } else {
+        format!(" (not searched: {})", reply.errors.join("; "))
+    };
+    Err(Error::PitrRefused {
+        reason: format!("GTID {gtid} is not in the binlog archive of server {server}{unread}"),
+    })
 }
 
 /// Every server's last transaction before `at_ms` (its end), for

@@ -105,11 +105,9 @@ impl Agent {
     }
 
     /// Indexes the request's segments and returns the transactions the
-    /// filter matches (at most `limit`, and whether there were more).
-    pub async fn search_binlog(
-        &self,
-        r: &pb::SearchBinlogRequest,
-    ) -> Result<(Vec<TxnEntry>, bool)> {
+    /// filter matches (at most `limit`, and whether there were more); a
+    /// file whose segments cannot be read is skipped and named.
+    pub async fn search_binlog(&self, r: &pb::SearchBinlogRequest) -> Result<Searched> {
         let filter = Filter {
             table: (!r.table.is_empty()).then(|| r.table.clone()),
             kind: match r.kind.as_str() {
@@ -132,13 +130,21 @@ impl Agent {
         let mut stores = Stores::new(r.sinks.clone(), self.local());
         let mut found = Vec::new();
         let mut truncated = false;
-        let mut indexer: Option<(String, Indexer)> = None;
-        fetch::each(&mut stores, &r.segments, |s, bytes| {
-            if indexer.as_ref().is_none_or(|(f, _)| *f != s.file) {
-                indexer = Some((s.file.clone(), Indexer::new(&s.file)));
+        let mut unreadable = Vec::new();
+        // File by file: one that cannot be read is reported and skipped.
+        for file in r.segments.chunk_by(|a, b| a.file == b.file) {
+            let mut ix = Indexer::new(&file[0].file);
+            let mut taken = Vec::new();
+            let read = fetch::each(&mut stores, file, |s, bytes| {
+                taken.extend(ix.feed(s.start, bytes)?);
+                Ok(())
+            })
+            .await;
+            if let Err(e) = read {
+                unreadable.push(format!("{}: {e}", file[0].file));
+                continue;
             }
-            let (_, ix) = indexer.as_mut().expect("set above");
-            for e in ix.feed(s.start, bytes)? {
+            for e in taken {
                 let wanted = if r.gtid.is_empty() {
                     filter.matches(&e)
                 } else {
@@ -155,9 +161,19 @@ impl Agent {
                     }
                 }
             }
-            Ok(())
+        }
+        Ok(Searched {
+            found,
+            truncated,
+            unreadable,
         })
-        .await?;
-        Ok((found, truncated))
     }
+}
+
+/// What a search found, and the files it could not read.
+#[derive(Debug, Default)]
+pub struct Searched {
+    pub found: Vec<TxnEntry>,
+    pub truncated: bool,
+    pub unreadable: Vec<String>,
 }

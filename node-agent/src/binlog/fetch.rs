@@ -55,9 +55,46 @@ impl Stores {
     }
 }
 
-/// Reads one segment whole and checks its size and sha256.
+/// Reads one segment whole and checks its size and sha256: from its sink,
+/// else from each of its alternates in turn; the error names every sink's
+/// failure.
 pub async fn segment(stores: &mut Stores, s: &pb::ArchivedSegment) -> Result<Vec<u8>> {
-    let store = stores.get(&s.sink).await?;
+    let mut failures = Vec::new();
+    for sink in std::iter::once(&s.sink).chain(&s.alternates) {
+        match segment_from(stores, s, sink).await {
+            Ok(bytes) => {
+                if !failures.is_empty() {
+                    tracing::warn!(key = %s.key, sink = %sink, failed = ?failures, "binlog segment read from a copy");
+                }
+                return Ok(bytes);
+            }
+            Err(e) if s.alternates.is_empty() => return Err(e),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    Err(Error::Sink {
+        sink: format!(
+            "every sink holding it ({})",
+            std::iter::once(&s.sink)
+                .chain(&s.alternates)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        key: s.key.clone(),
+        action: "read",
+        reason: format!(
+            "no intact copy of segment {}:{}-{}: {}",
+            s.file,
+            s.start,
+            s.end,
+            failures.join("; ")
+        ),
+    })
+}
+
+async fn segment_from(stores: &mut Stores, s: &pb::ArchivedSegment, sink: &str) -> Result<Vec<u8>> {
+    let store = stores.get(sink).await?;
     let want = s.end - s.start;
     let bytes = sink::get(store.as_ref(), &s.key, want).await?;
     let bad = |reason: String| Error::Sink {

@@ -11,8 +11,11 @@
 //! The catalog is the only record of what is shipped: after a restart the
 //! shipper asks it where the archive ends and continues from there, so a
 //! segment stored but not recorded (a crash between the two) is stored
-//! again over the same key. Every [`SHIP_EVERY`] the shipper also reports
-//! the head (the server's position, the local archive's, the lag).
+//! again over the same key. A round starts when the archiver has made more
+//! bytes durable (at most one per [`SHIP_GAP`]); each segment is also
+//! stored in the policy's copy sinks. With every shipment, or at least every
+//! second, the shipper reports the head (the server's position, the local
+//! archive's, the lag).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -34,8 +37,10 @@ use crate::mysql::Server;
 use crate::register::LeaderClient;
 use crate::sink::{self, BINLOG_PREFIX, Local, SharedStore};
 
-/// How often the shipper looks for new durable bytes and reports its head.
-pub const SHIP_EVERY: Duration = Duration::from_millis(200);
+/// The shortest time between two shipping rounds: a round starts when the
+/// archiver has made more bytes durable, but not sooner than this after
+/// the previous one.
+pub const SHIP_GAP: Duration = Duration::from_millis(50);
 /// How often the head (the server's own position) is read and reported
 /// when nothing is shipped.
 const HEAD_EVERY: Duration = Duration::from_secs(1);
@@ -95,7 +100,7 @@ pub async fn run(
         local,
         shared,
         state: None,
-        pending_since: None,
+        pending: Default::default(),
         last_head: None,
         indexer: None,
     };
@@ -224,6 +229,8 @@ struct Catalogued {
     closed: bool,
     sink_name: String,
     store: SharedStore,
+    /// The policy's copy sinks: (catalog name, store).
+    copies: Vec<(String, SharedStore)>,
 }
 
 struct Shipper {
@@ -235,8 +242,9 @@ struct Shipper {
     local: Local,
     shared: Arc<Shared>,
     state: Option<Catalogued>,
-    /// Since when the server has had bytes the sink does not.
-    pending_since: Option<Instant>,
+    /// Server positions the sink did not reach when seen, oldest first,
+    /// with when they were seen.
+    pending: std::collections::VecDeque<(String, u64, Instant)>,
     last_head: Option<Instant>,
     /// The event index of the file being shipped, and where it stands.
     indexer: Option<(String, u64, Indexer)>,
@@ -260,11 +268,23 @@ impl Shipper {
         cancel: CancellationToken,
     ) {
         let mut last_error = String::new();
+        let mut last_round = Instant::now();
         loop {
+            // A round when the archive made something durable (at most one
+            // per SHIP_GAP), or at least every HEAD_EVERY for the head.
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(SHIP_EVERY) => {}
+                _ = progress.changed() => {}
+                _ = tokio::time::sleep(HEAD_EVERY) => {}
             }
+            let gap = SHIP_GAP.saturating_sub(last_round.elapsed());
+            if !gap.is_zero() {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(gap) => {}
+                }
+            }
+            last_round = Instant::now();
             let p = progress.borrow_and_update().clone();
             if let Err(e) = self.tick(&p).await {
                 let text = error_text(&e);
@@ -315,12 +335,22 @@ impl Shipper {
             )));
         }
         let store = sink::open(r.sink.as_ref(), &self.local).await?;
+        let mut copies = Vec::new();
+        for spec in &r.copies {
+            match sink::open(Some(spec), &self.local).await {
+                Ok(s) => copies.push((spec.name.clone(), s)),
+                Err(e) => {
+                    tracing::warn!(sink = %spec.name, error = %e, "cannot open a copy sink for the binlog archive; segments go without this copy")
+                }
+            }
+        }
         Ok(Catalogued {
             file: r.file,
             end: r.end,
             closed: r.closed,
             sink_name: r.sink_name,
             store,
+            copies,
         })
     }
 
@@ -399,6 +429,20 @@ impl Shipper {
         let path = self.dir.join(&r.file);
         let sha256 = store_range(&st.store, &key, &path, r.start, r.end).await?;
         let sink = st.sink_name.clone();
+        // The copies: one that fails does not hold the archive back (the
+        // segment is recorded without it).
+        let mut copies = Vec::new();
+        for (name, store) in &st.copies {
+            match store_range(store, &key, &path, r.start, r.end).await {
+                Ok(sha) if sha == sha256 => copies.push(name.clone()),
+                Ok(_) => {
+                    tracing::warn!(sink = %name, %key, "the local archive changed while it was copied; no copy recorded")
+                }
+                Err(e) => {
+                    tracing::warn!(sink = %name, %key, error = %e, "could not copy a binlog segment")
+                }
+            }
+        }
         // Its transactions, for the segment's times and GTIDs (the search
         // reads the segments themselves).
         let mut indexer = match self.indexer.take() {
@@ -431,6 +475,7 @@ impl Shipper {
             first_gtid: gtids.first().map(|g| g.to_string()).unwrap_or_default(),
             last_gtid: gtids.last().map(|g| g.to_string()).unwrap_or_default(),
             gap: r.gap.clone().unwrap_or_default(),
+            copies,
             ..Default::default()
         };
         self.report(vec![segment], p).await?;
@@ -467,8 +512,10 @@ impl Shipper {
             .state
             .as_mut()
             .expect("state is known before reporting");
-        if reply.sink_name != st.sink_name {
-            // The primary sink changed: open the new one next time.
+        let copies: Vec<&str> = reply.copies.iter().map(|c| c.name.as_str()).collect();
+        let had: Vec<&str> = st.copies.iter().map(|(n, _)| n.as_str()).collect();
+        if reply.sink_name != st.sink_name || copies != had {
+            // The sink policy changed: open the sinks again next round.
             self.state = None;
             return Ok(());
         }
@@ -513,14 +560,29 @@ impl Shipper {
                 }
             })
             .sum();
+        // The lag in time: how long the oldest server position the sink
+        // does not reach yet has been known.
+        if !head.server_file.is_empty()
+            && self.pending.back().is_none_or(|(f, p, _)| {
+                (f.as_str(), *p) != (head.server_file.as_str(), head.server_pos)
+            })
+        {
+            self.pending
+                .push_back((head.server_file.clone(), head.server_pos, Instant::now()));
+        }
+        let reached = |f: &str, p: u64| {
+            !file.is_empty() && (later(&file, f) || (file == f && (closed || end >= p)))
+        };
+        while self.pending.front().is_some_and(|(f, p, _)| reached(f, *p)) {
+            self.pending.pop_front();
+        }
         if head.lag_bytes == 0 {
-            self.pending_since = None;
-        } else if self.pending_since.is_none() {
-            self.pending_since = Some(Instant::now());
+            self.pending.clear();
         }
         head.lag_ms = self
-            .pending_since
-            .map_or(0, |t| t.elapsed().as_millis() as u64);
+            .pending
+            .front()
+            .map_or(0, |(_, _, t)| t.elapsed().as_millis() as u64);
         if let Some((oldest, _)) = logs.first()
             && (file.is_empty() || later(oldest, &file) || (*oldest == file && !closed))
             && head.lag_bytes > 0

@@ -327,14 +327,15 @@ impl NodeAgent for AgentService {
         request: Request<pb::SearchBinlogRequest>,
     ) -> Result<Response<pb::SearchBinlogReply>, Status> {
         let r = request.into_inner();
-        let (found, truncated) = self
+        let s = self
             .agent
             .search_binlog(&r)
             .await
             .map_err(|e| convert::to_status(&e))?;
         Ok(Response::new(pb::SearchBinlogReply {
-            events: found.into_iter().map(convert::binlog_event).collect(),
-            truncated,
+            events: s.found.into_iter().map(convert::binlog_event).collect(),
+            truncated: s.truncated,
+            unreadable: s.unreadable,
         }))
     }
 
