@@ -103,6 +103,7 @@ pub async fn run(
         pending: Default::default(),
         last_head: None,
         indexer: None,
+        head_conn: None,
     };
     tokio::join!(supervisor, shipper.run(progress_rx, cancel));
 }
@@ -199,6 +200,10 @@ async fn server_id(server: &Server) -> Result<u32> {
 /// The server's binlogs with their sizes, oldest first.
 async fn binlogs(server: &Server) -> Result<Vec<(String, u64)>> {
     let mut conn = server.connect("list binlogs").await?;
+    list_binlogs(server, &mut conn).await
+}
+
+async fn list_binlogs(server: &Server, conn: &mut mysql_async::Conn) -> Result<Vec<(String, u64)>> {
     let rows: Vec<mysql_async::Row> = conn
         .query("SHOW BINARY LOGS")
         .await
@@ -248,6 +253,8 @@ struct Shipper {
     last_head: Option<Instant>,
     /// The event index of the file being shipped, and where it stands.
     indexer: Option<(String, u64, Indexer)>,
+    /// The session the head is read on.
+    head_conn: Option<mysql_async::Conn>,
 }
 
 /// The next range to ship: a file, from where, to where, and whether that
@@ -534,9 +541,21 @@ impl Shipper {
             last_error: p.last_error.clone().unwrap_or_default(),
             ..Default::default()
         };
-        let logs = match binlogs(&self.server).await {
+        // One session for the head, kept between reports.
+        if self.head_conn.is_none() {
+            match self.server.connect("report the archive's head").await {
+                Ok(c) => self.head_conn = Some(c),
+                Err(e) => {
+                    head.last_error = error_text(&e);
+                    return head;
+                }
+            }
+        }
+        let conn = self.head_conn.as_mut().expect("connected above");
+        let logs = match list_binlogs(&self.server, conn).await {
             Ok(l) => l,
             Err(e) => {
+                self.head_conn = None;
                 head.last_error = error_text(&e);
                 return head;
             }
