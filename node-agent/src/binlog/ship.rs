@@ -371,15 +371,7 @@ impl Shipper {
             let len = std::fs::metadata(self.dir.join(name))
                 .map_err(|e| Error::io(self.dir.join(name), "stat", e))?
                 .len();
-            // Older files are complete; the current one up to its last
-            // fsynced commit-group boundary, unless the archiver closed it.
-            if name == p.file && !p.closed {
-                Ok((p.durable.min(len), false))
-            } else if later(name, &p.file) {
-                Ok((0, false))
-            } else {
-                Ok((len, true))
-            }
+            Ok(shippable(name, len, p))
         };
         if !st.file.is_empty() && !st.closed && files.iter().any(|(_, f)| *f == st.file) {
             let (end, closed) = upper(&st.file)?;
@@ -661,6 +653,25 @@ fn index_range(
     Ok((indexer, out))
 }
 
+/// How much of local file `name` (`len` bytes) may be shipped, and whether
+/// that is the whole file: files older than the archiver's current one are
+/// complete; the current one counts up to its last fsynced commit-group
+/// boundary, unless the archiver closed it; nothing else is known yet (as
+/// before the archiver has said where it stands).
+fn shippable(name: &str, len: u64, p: &ArchiveProgress) -> (u64, bool) {
+    if name == p.file {
+        if p.closed {
+            (len, true)
+        } else {
+            (p.durable.min(len), false)
+        }
+    } else if later(&p.file, name) {
+        (len, true)
+    } else {
+        (0, false)
+    }
+}
+
 /// `a` comes after `b` in binlog order (same basename, higher number).
 fn later(a: &str, b: &str) -> bool {
     match (local::parse_name(a), local::parse_name(b)) {
@@ -736,6 +747,25 @@ async fn store_range(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_what_the_archiver_made_durable_is_shipped() {
+        let unknown = ArchiveProgress::default();
+        assert_eq!(shippable("b.000001", 328, &unknown), (0, false));
+        let writing = ArchiveProgress {
+            file: "b.000002".into(),
+            durable: 100,
+            ..Default::default()
+        };
+        assert_eq!(shippable("b.000001", 328, &writing), (328, true));
+        assert_eq!(shippable("b.000002", 150, &writing), (100, false));
+        assert_eq!(shippable("b.000003", 4, &writing), (0, false));
+        let closed = ArchiveProgress {
+            closed: true,
+            ..writing
+        };
+        assert_eq!(shippable("b.000002", 150, &closed), (150, true));
+    }
 
     #[test]
     fn binlog_order_and_replica_ids() {
