@@ -65,7 +65,7 @@ fn chain(
         return Some(Vec::new());
     }
     let mut next = from.get(&at)?.clone();
-    next.sort_by(|a, b| b.0.cmp(&a.0));
+    next.sort_by_key(|n| std::cmp::Reverse(n.0));
     next.into_iter().find_map(|(end, path)| {
         let mut rest = chain(from, end, last)?;
         rest.insert(0, (at, end, path));
