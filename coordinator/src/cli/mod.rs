@@ -511,7 +511,7 @@ async fn execute(cli: &Cli) -> anyhow::Result<i32> {
         Command::Role(c) => role::run(&mut client, json, c).await,
         Command::Audit(c) => audit::run(&mut client, json, c).await,
         Command::Archive(c) => archive::run(&mut client, json, c).await,
-        Command::Pitr(a) => pitr::pitr(&mut client, json, a).await,
+        Command::Pitr(a) => pitr::pitr(client, json, a).await,
         Command::Catalog(CatalogCmd::SearchBinlog(a)) => pitr::search(&mut client, json, a).await,
         Command::RestorePoint(c) => restore_point::run(&mut client, json, c).await,
     }

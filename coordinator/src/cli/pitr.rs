@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::audit::{Since, parse_since};
 use super::output::{print_table, unix_ms_text};
-use crate::client::Client;
+use crate::client::{Client, Once};
 
 /// `pitr` arguments.
 #[derive(Debug, Args)]
@@ -82,7 +82,7 @@ fn unix_secs(s: Option<Since>) -> u32 {
 }
 
 /// Runs `pitr`; exit code 1 unless every server reached the point.
-pub(super) async fn pitr(client: &mut Client, json: bool, a: &PitrArgs) -> anyhow::Result<i32> {
+pub(super) async fn pitr(mut client: Client, json: bool, a: &PitrArgs) -> anyhow::Result<i32> {
     use pb::pitr_request::To;
     let to = if let Some(t) = a.to {
         To::ToUnixMs(t.unix_ms())
@@ -109,12 +109,31 @@ pub(super) async fn pitr(client: &mut Client, json: bool, a: &PitrArgs) -> anyho
             a.cluster
         );
     }
-    let reply = client
-        .call("point-in-time recovery", |mut c| {
-            let req = req.clone();
-            async move { c.pitr(req).await }
-        })
-        .await?;
+    let reply = if a.plan {
+        client
+            .call("plan a point-in-time recovery", |mut c| {
+                let req = req.clone();
+                async move { c.pitr(req).await }
+            })
+            .await?
+    } else {
+        // One attempt, waited for as long as a restore: a recovery is not
+        // repeated behind the user's back.
+        let mut client = client.with_call_timeout(super::restore::RESTORE_TIMEOUT);
+        match client
+            .call_once("point-in-time recovery", |mut c| {
+                let req = req.clone();
+                async move { c.pitr(req).await }
+            })
+            .await?
+        {
+            Once::Done(reply) => reply,
+            Once::Unknown { url, error } => anyhow::bail!(
+                "the answer of coordinator {url} was lost ({error}); the recovery may still be running on the leader: \
+                 check `lockstep restore list`, then run the same command with --replay-only to finish the replay"
+            ),
+        }
+    };
     print_pitr(json, a.plan, &reply);
     Ok(if a.plan || reply.done { 0 } else { 1 })
 }

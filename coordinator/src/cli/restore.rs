@@ -12,7 +12,7 @@ use crate::error::Error;
 
 /// How long `restore run` waits for the leader's answer (the coordinator
 /// bounds each server's load by its transfer timeout, 6 h by default).
-const RESTORE_TIMEOUT: Duration = Duration::from_secs(7 * 3600);
+pub(super) const RESTORE_TIMEOUT: Duration = Duration::from_secs(7 * 3600);
 /// How often a restore whose answer was lost asks again while the lost run
 /// is still recorded as running.
 const RUNNING_POLL: Duration = Duration::from_millis(200);
