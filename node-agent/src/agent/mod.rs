@@ -282,24 +282,17 @@ impl Agent {
         let lease = req.lease.min(self.cfg.max_lease);
         let started_at = crate::now_rfc3339();
         let span = tracing::info_span!("prepare", backup = %req.backup_id, server = %self.cfg.name);
-        let armed = cut::arm(
-            &own_server,
-            PrepareOptions {
-                budgets: req.budgets,
-                lock_method: self.cfg.lock_method,
-                snapshot_connections: req.snapshot_connections.max(1),
+        let prepared = self
+            .arm_and_lock(
+                &own_server,
+                &req,
+                req.snapshot_connections.max(1),
                 lease,
-                snapshot_idle: self.cfg.snapshot_ttl + SNAPSHOT_IDLE_MARGIN,
-            },
-        )
-        .instrument(span.clone())
-        .await?;
-        if let Some(ready) = ready {
-            self.wait_for_go(&req.backup_id, ready, lease, caller_gone.clone())
-                .instrument(span.clone())
-                .await?;
-        }
-        let prepared = armed.lock().instrument(span.clone()).await?;
+                &span,
+                ready,
+                caller_gone.clone(),
+            )
+            .await?;
         let _in_span = span.enter();
         *self.info.lock().expect("info lock") = Some(prepared.info.clone());
         let info = PreparedInfo {
@@ -345,6 +338,40 @@ impl Agent {
             out_tx,
         );
         Ok((info, out_rx))
+    }
+
+    /// Phase one up to the held lock, for a backup or a restore point:
+    /// arm (connections, pre-flight, pre-flush), wait for Go when the
+    /// caller sent `ready`, then lock and capture.
+    #[allow(clippy::too_many_arguments)]
+    async fn arm_and_lock(
+        &self,
+        server: &Server,
+        req: &PrepareRequest,
+        snapshot_connections: usize,
+        lease: Duration,
+        span: &tracing::Span,
+        ready: Option<oneshot::Sender<()>>,
+        caller_gone: impl Future<Output = ()>,
+    ) -> Result<PreparedCut> {
+        let armed = cut::arm(
+            server,
+            PrepareOptions {
+                budgets: req.budgets,
+                lock_method: self.cfg.lock_method,
+                snapshot_connections,
+                lease,
+                snapshot_idle: self.cfg.snapshot_ttl + SNAPSHOT_IDLE_MARGIN,
+            },
+        )
+        .instrument(span.clone())
+        .await?;
+        if let Some(ready) = ready {
+            self.wait_for_go(&req.backup_id, ready, lease, caller_gone)
+                .instrument(span.clone())
+                .await?;
+        }
+        armed.lock().instrument(span.clone()).await
     }
 
     /// Parks an armed prepare until [`Agent::go`] names its backup.

@@ -17,12 +17,9 @@ use std::sync::Arc;
 
 use futures::FutureExt as _;
 use tokio::sync::{Mutex, oneshot};
-use tracing::Instrument as _;
 
-use super::{
-    Agent, COMMIT, CommitInfo, PrepareRequest, PreparedInfo, Released, SNAPSHOT_IDLE_MARGIN,
-};
-use crate::cut::{self, PrepareOptions, PreparedCut};
+use super::{Agent, COMMIT, CommitInfo, PrepareRequest, PreparedInfo, Released};
+use crate::cut::PreparedCut;
 use crate::error::{Error, Result};
 use crate::mysql::Server;
 
@@ -122,24 +119,17 @@ impl Agent {
         let lease = req.lease.min(self.cfg.max_lease);
         let span =
             tracing::info_span!("restore_point", point = %req.backup_id, server = %self.cfg.name);
-        let armed = cut::arm(
-            &own_server,
-            PrepareOptions {
-                budgets: req.budgets,
-                lock_method: self.cfg.lock_method,
-                snapshot_connections: 0,
+        let prepared = self
+            .arm_and_lock(
+                &own_server,
+                &req,
+                0,
                 lease,
-                snapshot_idle: self.cfg.snapshot_ttl + SNAPSHOT_IDLE_MARGIN,
-            },
-        )
-        .instrument(span.clone())
-        .await?;
-        if let Some(ready) = ready {
-            self.wait_for_go(&req.backup_id, ready, lease, caller_gone.clone())
-                .instrument(span.clone())
-                .await?;
-        }
-        let prepared = armed.lock().instrument(span.clone()).await?;
+                &span,
+                ready,
+                caller_gone.clone(),
+            )
+            .await?;
         let info = PreparedInfo {
             backup_id: req.backup_id.clone(),
             position: prepared.position.clone(),
