@@ -57,6 +57,7 @@ pub mod schema;
 pub mod secrets;
 pub mod server;
 pub mod sink;
+pub mod snapshot;
 
 pub use error::{Error, Result};
 
