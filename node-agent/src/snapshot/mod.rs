@@ -19,7 +19,16 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+
+pub mod btrfs;
+pub mod cmd;
+pub mod lvm;
+pub mod reflink;
+pub mod registry;
+pub mod zfs;
+
+pub use registry::Registry;
 
 /// `[snapshot]` provider settings, chosen per server in the agent's config.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,9 +107,11 @@ impl Snapshot {
 }
 
 /// One kind of snapshot. The agent calls, in order: [`Provider::check`]
-/// and [`Provider::flush`] before the lock, [`Provider::take`] inside it,
-/// and [`Provider::release`] once the files are streamed (or the backup is
-/// dropped).
+/// and [`Provider::flush`] before the lock; [`Provider::planned`] and
+/// [`Registry::record`] of what it returns; [`Provider::take`] inside the
+/// lock; and [`release`] then [`Registry::forget`] once the files are
+/// streamed (or the backup is dropped, or `take` failed: a half-taken
+/// snapshot is released the same way).
 #[async_trait::async_trait]
 pub trait Provider: Send + Sync + std::fmt::Debug {
     /// "btrfs", "reflink", "lvm" or "zfs".
@@ -115,6 +126,10 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// Before the lock: `sync -f` on the volume, so taking the snapshot
     /// inside the lock does not have to write out a backlog.
     async fn flush(&self) -> Result<()>;
+    /// The snapshot `take(id)` will make, with `took` zero: what the
+    /// registry records before taking it, so a crash mid-take is cleaned
+    /// up. An error if `id` is not a safe name (see [`cmd::check_id`]).
+    fn planned(&self, id: &str) -> Result<Snapshot>;
     /// Inside the lock: takes the snapshot `id`. `first` lists files to
     /// capture before the rest where the provider copies file by file
     /// (reflink: the redo log).
@@ -125,12 +140,130 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
 /// Works from the record alone, so leftovers of a crashed agent are
 /// released without their provider's configuration.
 pub async fn release(snap: &Snapshot) -> Result<()> {
-    let _ = snap;
-    todo!("filled in by the providers")
+    release_with(&cmd::System, snap).await
+}
+
+pub(crate) async fn release_with(runner: &dyn cmd::Runner, snap: &Snapshot) -> Result<()> {
+    match snap.provider.as_str() {
+        "btrfs" => btrfs::release(runner, snap).await,
+        "reflink" => reflink::release(snap).await,
+        "lvm" => lvm::release(runner, snap).await,
+        "zfs" => zfs::release(runner, snap).await,
+        other => Err(Error::Config(format!(
+            "snapshot {}: unknown provider {other:?}; release it by hand ({})",
+            snap.id, snap.handle
+        ))),
+    }
+}
+
+/// What every release checks before it deletes anything, as a record may
+/// have been edited or damaged: a safe id, a plain absolute root named
+/// after it (`.../<id>`) below a non-root directory, and a volume that is
+/// not inside the root.
+fn check_record(snap: &Snapshot) -> Result<()> {
+    cmd::check_id(&snap.id)?;
+    let root = &snap.root;
+    let named = root.file_name().is_some_and(|n| n == snap.id.as_str());
+    let deep = root.parent().is_some_and(|p| p != Path::new("/"));
+    if !cmd::plain_absolute(root) || !named || !deep || snap.volume.starts_with(root) {
+        return Err(Error::Config(format!(
+            "snapshot {}: record's root {} is not <snapshot dir>/{} apart from the volume {}; not deleting anything",
+            snap.id,
+            root.display(),
+            snap.id,
+            snap.volume.display()
+        )));
+    }
+    Ok(())
 }
 
 /// The provider of `cfg`.
 pub fn provider(cfg: &ProviderConfig) -> Box<dyn Provider> {
-    let _ = cfg;
-    todo!("filled in by the providers")
+    provider_with(cfg, cmd::system())
+}
+
+/// The provider of `cfg`, running its tools through `runner`.
+pub fn provider_with(
+    cfg: &ProviderConfig,
+    runner: std::sync::Arc<dyn cmd::Runner>,
+) -> Box<dyn Provider> {
+    match cfg.clone() {
+        ProviderConfig::Btrfs {
+            volume,
+            snapshot_dir,
+        } => Box::new(btrfs::Btrfs::new(volume, snapshot_dir, runner)),
+        ProviderConfig::Reflink {
+            volume,
+            snapshot_dir,
+        } => Box::new(reflink::Reflink::new(volume, snapshot_dir, runner)),
+        ProviderConfig::Lvm {
+            volume_group,
+            logical_volume,
+            mounted_at,
+            size,
+            snapshot_dir,
+        } => Box::new(lvm::Lvm::new(
+            volume_group,
+            logical_volume,
+            mounted_at,
+            size,
+            snapshot_dir,
+            runner,
+        )),
+        ProviderConfig::Zfs {
+            dataset,
+            mounted_at,
+        } => Box::new(zfs::Zfs::new(dataset, mounted_at, runner)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(root: &str, volume: &str) -> Snapshot {
+        Snapshot {
+            id: "b1".into(),
+            provider: "reflink".into(),
+            volume: volume.into(),
+            root: root.into(),
+            handle: root.into(),
+            mount: None,
+            took: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn records_that_would_delete_the_wrong_thing_are_refused() {
+        check_record(&snap("/srv/snaps/b1", "/srv/live")).unwrap();
+        for (root, volume) in [
+            ("/srv/snaps/b2", "/srv/live"),
+            ("/srv/snaps/../b1", "/srv/live"),
+            ("/b1", "/srv/live"),
+            ("srv/b1", "/srv/live"),
+            ("/srv/b1", "/srv/b1/data"),
+        ] {
+            assert!(
+                check_record(&snap(root, volume)).is_err(),
+                "{root} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn paths_map_into_the_snapshot() {
+        let s = snap("/srv/snaps/b1", "/srv/live");
+        assert_eq!(
+            s.path_of(Path::new("/srv/live/data/ib_logfile0")),
+            Some(PathBuf::from("/srv/snaps/b1/data/ib_logfile0"))
+        );
+        assert_eq!(s.path_of(Path::new("/etc/mysql")), None);
+    }
+
+    #[tokio::test]
+    async fn unknown_providers_are_not_released() {
+        let mut s = snap("/srv/snaps/b1", "/srv/live");
+        s.provider = "tape".into();
+        assert!(release(&s).await.unwrap_err().to_string().contains("tape"));
+    }
 }
