@@ -81,6 +81,7 @@ impl Provider for Btrfs {
                 format!("{} is not a directory", self.snapshot_dir.display()),
             ));
         }
+        cmd::check_apart(&self.volume, &self.snapshot_dir)?;
         cmd::check_same_fs(r, &self.volume, &self.snapshot_dir).await?;
         cmd::check_inside(&self.volume, paths)?;
         let (used, free) = cmd::fs_space(&self.volume)?;

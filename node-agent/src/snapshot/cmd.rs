@@ -203,6 +203,26 @@ pub fn check_inside(volume: &Path, paths: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
+/// An error if the snapshot directory lies inside the volume (a copy of
+/// the volume would copy itself, and the backup would stream its own
+/// snapshots).
+pub fn check_apart(volume: &Path, snapshot_dir: &Path) -> Result<()> {
+    let vol = canonical(volume)?;
+    let snaps = canonical(snapshot_dir)?;
+    if snaps.starts_with(&vol) {
+        return Err(fail(
+            volume,
+            "check the snapshot directory",
+            format!(
+                "the snapshot directory {} is inside the volume {}; put it beside the volume",
+                snapshot_dir.display(),
+                volume.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The least free space a snapshot needs on a copy-on-write filesystem
 /// (btrfs, reflink, ZFS), whatever the volume's size: 64 MiB.
 pub const MIN_FREE_BYTES: u64 = 64 << 20;
@@ -371,7 +391,7 @@ mod tests {
     #[test]
     fn ids_are_safe_names() {
         for ok in ["b-20261129-1", "x", "a.b_c-9"] {
-            check_id(ok).unwrap();
+            check_id(ok).expect("check_id");
         }
         for bad in [
             "",
@@ -391,17 +411,30 @@ mod tests {
 
     #[test]
     fn inside_checks_resolve_dots_and_symlinks() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("tempdir");
         let vol = dir.path().join("vol");
-        std::fs::create_dir_all(vol.join("data")).unwrap();
+        std::fs::create_dir_all(vol.join("data")).expect("create_dir_all");
         let out = dir.path().join("out");
-        std::fs::create_dir_all(&out).unwrap();
-        std::os::unix::fs::symlink(&out, vol.join("link")).unwrap();
-        check_inside(&vol, &[vol.join("data"), vol.join("data/not-yet")]).unwrap();
-        let e = check_inside(&vol, &[vol.join("data/../../out")]).unwrap_err();
+        std::fs::create_dir_all(&out).expect("create_dir_all");
+        std::os::unix::fs::symlink(&out, vol.join("link")).expect("symlink");
+        check_inside(&vol, &[vol.join("data"), vol.join("data/not-yet")]).expect("check_inside");
+        let e = check_inside(&vol, &[vol.join("data/../../out")])
+            .expect_err("check_inside should fail");
         assert!(e.to_string().contains("outside the volume"), "{e}");
         assert!(check_inside(&vol, &[vol.join("link/x")]).is_err());
         assert!(check_inside(&vol, &[dir.path().join("volume-sibling")]).is_err());
+    }
+
+    #[test]
+    fn snapshot_dirs_stay_out_of_the_volume() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let vol = dir.path().join("vol");
+        std::fs::create_dir_all(vol.join("snaps")).expect("create_dir_all");
+        check_apart(&vol, &dir.path().join("snaps")).expect("check_apart");
+        check_apart(&vol, dir.path()).expect("check_apart");
+        let e = check_apart(&vol, &vol.join("snaps")).expect_err("check_apart should fail");
+        assert!(e.to_string().contains("inside the volume"), "{e}");
+        assert!(check_apart(&vol, &vol).is_err());
     }
 
     #[test]
@@ -413,7 +446,8 @@ mod tests {
             free_bytes: 1,
             needed_bytes: 2,
         };
-        let e = check_room(Path::new("/v"), "a btrfs snapshot", &space).unwrap_err();
+        let e = check_room(Path::new("/v"), "a btrfs snapshot", &space)
+            .expect_err("check_room should fail");
         assert!(e.to_string().contains("/v"), "{e}");
         assert_eq!(bytes(1536 << 20), "1.5 GiB");
     }

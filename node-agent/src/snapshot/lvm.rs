@@ -211,6 +211,7 @@ impl Provider for Lvm {
                 format!("{} is not a directory", self.snapshot_dir.display()),
             ));
         }
+        cmd::check_apart(&self.mounted_at, &self.snapshot_dir)?;
         cmd::check_inside(&self.mounted_at, paths)?;
         self.fstype().await?;
         let (used, _) = cmd::fs_space(&self.mounted_at)?;
@@ -378,11 +379,11 @@ mod tests {
 
     #[test]
     fn sizes() {
-        assert_eq!(parse_size("10G").unwrap(), 10 << 30);
-        assert_eq!(parse_size("512m").unwrap(), 512 << 20);
-        assert_eq!(parse_size("100").unwrap(), 100 << 20);
-        assert_eq!(parse_size("1.5T").unwrap(), 3 << 39);
-        assert_eq!(parse_size("8s").unwrap(), 4096);
+        assert_eq!(parse_size("10G").expect("parse_size"), 10 << 30);
+        assert_eq!(parse_size("512m").expect("parse_size"), 512 << 20);
+        assert_eq!(parse_size("100").expect("parse_size"), 100 << 20);
+        assert_eq!(parse_size("1.5T").expect("parse_size"), 3 << 39);
+        assert_eq!(parse_size("8s").expect("parse_size"), 4096);
         for bad in ["", "G", "10X", "-1G", "10%FREE", "1..2G", "0"] {
             assert!(parse_size(bad).is_err(), "{bad:?} accepted");
         }
@@ -428,9 +429,9 @@ mod tests {
 
     #[tokio::test]
     async fn check_refuses_a_volume_group_without_room() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("live/data")).unwrap();
-        std::fs::create_dir_all(dir.path().join("snaps")).unwrap();
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("live/data")).expect("create_dir_all");
+        std::fs::create_dir_all(dir.path().join("snaps")).expect("create_dir_all");
         let fake = Arc::new(Fake::new(|a| match a[0].as_str() {
             "vgs" => out(0, "  5368709120B\n", ""),
             "findmnt" => out(0, "xfs\n", ""),
@@ -440,18 +441,18 @@ mod tests {
         let space = lvm(dir.path(), fake.clone(), "4G")
             .check(&data)
             .await
-            .unwrap();
+            .expect("value");
         assert_eq!((space.free_bytes, space.needed_bytes), (5 << 30, 4 << 30));
         let e = lvm(dir.path(), fake.clone(), "6G")
             .check(&data)
             .await
-            .unwrap_err();
+            .expect_err("value should fail");
         assert!(e.to_string().contains("needs 6.0 GiB free"), "{e}");
         assert!(e.to_string().contains("vg0/mysql"), "{e}");
         let e = lvm(dir.path(), fake, "4G")
             .check(&[dir.path().to_path_buf()])
             .await
-            .unwrap_err();
+            .expect_err("value should fail");
         assert!(e.to_string().contains("outside the volume"), "{e}");
     }
 
@@ -459,8 +460,8 @@ mod tests {
     /// release finds nothing and runs nothing destructive.
     #[tokio::test]
     async fn take_then_release_twice() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("snaps")).unwrap();
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("snaps")).expect("create_dir_all");
         let exists = Arc::new(AtomicBool::new(false));
         let mounted = Arc::new(AtomicBool::new(false));
         let (e2, m2) = (exists.clone(), mounted.clone());
@@ -492,12 +493,12 @@ mod tests {
             _ => None,
         }));
         let p = lvm(dir.path(), fake.clone(), "1G");
-        let snap = p.take("b1", &[]).await.unwrap();
+        let snap = p.take("b1", &[]).await.expect("take");
         assert_eq!(snap.handle, "vg0/lockstep-b1");
         assert!(snap.root.is_dir());
-        release(&*fake, &snap).await.unwrap();
+        release(&*fake, &snap).await.expect("release");
         assert!(!snap.root.exists());
-        release(&*fake, &snap).await.unwrap();
+        release(&*fake, &snap).await.expect("release");
         let snaps = dir.path().join("snaps/b1").display().to_string();
         assert_eq!(
             fake.commands(),
@@ -522,7 +523,7 @@ mod tests {
     /// which snapshot and why.
     #[tokio::test]
     async fn a_busy_mount_keeps_the_volume() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("tempdir");
         let fake = Fake::new(|a| match a[0].as_str() {
             "findmnt" => out(0, "", ""),
             "umount" => out(32, "", "umount: /x: target is busy.\n"),
@@ -538,7 +539,9 @@ mod tests {
             mount: Some(root),
             took: Duration::ZERO,
         };
-        let e = release(&fake, &snap).await.unwrap_err();
+        let e = release(&fake, &snap)
+            .await
+            .expect_err("release should fail");
         assert!(e.to_string().contains("target is busy"), "{e}");
         assert!(!fake.commands().iter().any(|c| c.starts_with("lvremove")));
         let mut bad = snap.clone();

@@ -235,7 +235,7 @@ mod tests {
 
     #[test]
     fn records_that_would_delete_the_wrong_thing_are_refused() {
-        check_record(&snap("/srv/snaps/b1", "/srv/live")).unwrap();
+        check_record(&snap("/srv/snaps/b1", "/srv/live")).expect("check_record");
         for (root, volume) in [
             ("/srv/snaps/b2", "/srv/live"),
             ("/srv/snaps/../b1", "/srv/live"),
@@ -264,6 +264,15 @@ mod tests {
     async fn unknown_providers_are_not_released() {
         let mut s = snap("/srv/snaps/b1", "/srv/live");
         s.provider = "tape".into();
-        assert!(release(&s).await.unwrap_err().to_string().contains("tape"));
+        assert!(
+            release(&s)
+                .await
+                .expect_err("release should fail")
+                .to_string()
+                .contains("tape")
+        );
     }
 }
+
+#[cfg(test)]
+mod loopfs_tests;

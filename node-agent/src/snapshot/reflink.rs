@@ -173,6 +173,7 @@ impl Provider for Reflink {
                 ));
             }
         }
+        cmd::check_apart(&self.volume, &self.snapshot_dir)?;
         cmd::check_same_fs(r, &self.volume, &self.snapshot_dir).await?;
         cmd::check_inside(&self.volume, paths)?;
         // Probe: reflink a file of the volume (or, in an empty volume, a
@@ -316,7 +317,7 @@ mod tests {
 
     #[test]
     fn the_rest_skips_first_files_and_walks_their_directories() {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().expect("tempdir");
         let v = dir.path();
         for f in [
             "data/ib_logfile0",
@@ -325,10 +326,10 @@ mod tests {
             "binlog/b.000001",
             "x",
         ] {
-            std::fs::create_dir_all(v.join(f).parent().unwrap()).unwrap();
-            std::fs::write(v.join(f), f).unwrap();
+            std::fs::create_dir_all(v.join(f).parent().expect("parent")).expect("create_dir_all");
+            std::fs::write(v.join(f), f).expect("write");
         }
-        let plan = rest(v, &[PathBuf::from("data/ib_logfile0")]).unwrap();
+        let plan = rest(v, &[PathBuf::from("data/ib_logfile0")]).expect("rest");
         let flat: Vec<(String, Vec<String>)> = plan
             .iter()
             .map(|(d, es)| {
@@ -348,7 +349,7 @@ mod tests {
                 ),
             ]
         );
-        let everything = rest(v, &[]).unwrap();
+        let everything = rest(v, &[]).expect("rest");
         assert_eq!(everything.len(), 1);
         assert_eq!(everything[&PathBuf::new()].len(), 3);
     }

@@ -159,9 +159,9 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let reg = Registry::open(dir.path()).unwrap();
-        assert!(reg.leftovers().unwrap().is_empty());
+        let dir = tempfile::tempdir().expect("tempdir");
+        let reg = Registry::open(dir.path()).expect("open");
+        assert!(reg.leftovers().expect("leftovers").is_empty());
         let a = snap(
             "b2",
             "zfs",
@@ -169,19 +169,22 @@ mod tests {
             "tank/db@b2",
         );
         let b = snap("b1", "btrfs", Path::new("/srv/snaps/b1"), "/srv/snaps/b1");
-        reg.record(&a).unwrap();
-        reg.record(&b).unwrap();
-        assert_eq!(reg.leftovers().unwrap(), vec![b.clone(), a.clone()]);
-        reg.forget("b1").unwrap();
-        reg.forget("b1").unwrap();
-        assert_eq!(reg.leftovers().unwrap(), vec![a]);
+        reg.record(&a).expect("record");
+        reg.record(&b).expect("record");
+        assert_eq!(
+            reg.leftovers().expect("leftovers"),
+            vec![b.clone(), a.clone()]
+        );
+        reg.forget("b1").expect("forget");
+        reg.forget("b1").expect("forget");
+        assert_eq!(reg.leftovers().expect("leftovers"), vec![a]);
         let mut bad = b.clone();
         bad.id = "../b1".into();
         assert!(reg.record(&bad).is_err());
-        std::fs::write(reg.dir().join(".b3.json.tmp"), "{").unwrap();
-        assert_eq!(reg.leftovers().unwrap().len(), 1);
-        std::fs::write(reg.dir().join("b4.json"), "{").unwrap();
-        let e = reg.leftovers().unwrap_err();
+        std::fs::write(reg.dir().join(".b3.json.tmp"), "{").expect("write");
+        assert_eq!(reg.leftovers().expect("leftovers").len(), 1);
+        std::fs::write(reg.dir().join("b4.json"), "{").expect("write");
+        let e = reg.leftovers().expect_err("leftovers should fail");
         assert!(e.to_string().contains("b4.json"), "{e}");
     }
 
@@ -190,29 +193,40 @@ mod tests {
     /// once the tool works, finishes.
     #[tokio::test]
     async fn cleanup_keeps_what_it_could_not_release() {
-        let dir = tempfile::tempdir().unwrap();
-        let reg = Registry::open(dir.path()).unwrap();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let reg = Registry::open(dir.path()).expect("open");
         let copy = dir.path().join("snaps/r1");
-        std::fs::create_dir_all(copy.join("data")).unwrap();
-        std::fs::write(copy.join("data/f"), "x").unwrap();
+        std::fs::create_dir_all(copy.join("data")).expect("create_dir_all");
+        std::fs::write(copy.join("data/f"), "x").expect("write");
         reg.record(&snap("r1", "reflink", &copy, &copy.display().to_string()))
-            .unwrap();
+            .expect("value");
         reg.record(&snap(
             "z1",
             "zfs",
             Path::new("/srv/live/.zfs/snapshot/z1"),
             "tank/db@z1",
         ))
-        .unwrap();
+        .expect("value");
         let broken = Fake::new(|_| out(1, "", "zfs: pool is busy"));
-        let e = reg.cleanup_with(&broken).await.unwrap_err();
+        let e = reg
+            .cleanup_with(&broken)
+            .await
+            .expect_err("cleanup_with should fail");
         assert!(e.to_string().contains("snapshot z1"), "{e}");
         assert!(e.to_string().contains("pool is busy"), "{e}");
         assert!(!copy.exists());
-        let left: Vec<String> = reg.leftovers().unwrap().into_iter().map(|s| s.id).collect();
+        let left: Vec<String> = reg
+            .leftovers()
+            .expect("leftovers")
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
         assert_eq!(left, vec!["z1"]);
         let gone = Fake::new(|_| out(1, "", "cannot open 'tank/db@z1': dataset does not exist"));
-        assert_eq!(reg.cleanup_with(&gone).await.unwrap(), vec!["z1"]);
-        assert!(reg.leftovers().unwrap().is_empty());
+        assert_eq!(
+            reg.cleanup_with(&gone).await.expect("cleanup_with"),
+            vec!["z1"]
+        );
+        assert!(reg.leftovers().expect("leftovers").is_empty());
     }
 }

@@ -209,8 +209,8 @@ mod tests {
 
     #[tokio::test]
     async fn check_take_release() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("data")).expect("create_dir_all");
         let exists = Arc::new(AtomicBool::new(false));
         let e2 = exists.clone();
         let free = Arc::new(std::sync::atomic::AtomicU64::new(10 << 30));
@@ -238,19 +238,22 @@ mod tests {
             _ => None,
         }));
         let p = Zfs::new("tank/mysql".into(), dir.path().to_path_buf(), fake.clone());
-        let space = p.check(&[dir.path().join("data")]).await.unwrap();
+        let space = p.check(&[dir.path().join("data")]).await.expect("check");
         assert_eq!(space.needed_bytes, (50u64 << 30) / 100);
         free.store(1 << 20, Ordering::SeqCst);
-        let e = p.check(&[dir.path().join("data")]).await.unwrap_err();
+        let e = p
+            .check(&[dir.path().join("data")])
+            .await
+            .expect_err("check should fail");
         assert!(e.to_string().contains("tank/mysql"), "{e}");
-        let snap = p.take("b1", &[]).await.unwrap();
+        let snap = p.take("b1", &[]).await.expect("take");
         assert_eq!(snap.root, dir.path().join(".zfs/snapshot/b1"));
         assert_eq!(
             snap.path_of(&dir.path().join("data/x")),
             Some(dir.path().join(".zfs/snapshot/b1/data/x"))
         );
-        release(&*fake, &snap).await.unwrap();
-        release(&*fake, &snap).await.unwrap();
+        release(&*fake, &snap).await.expect("release");
+        release(&*fake, &snap).await.expect("release");
         let destroys = fake
             .commands()
             .iter()
@@ -260,7 +263,9 @@ mod tests {
         assert!(!exists.load(Ordering::SeqCst));
         let mut bare = snap.clone();
         bare.handle = "tank/mysql".into();
-        let e = release(&*fake, &bare).await.unwrap_err();
+        let e = release(&*fake, &bare)
+            .await
+            .expect_err("release should fail");
         assert!(e.to_string().contains("not destroying"), "{e}");
         assert_eq!(
             fake.commands()
