@@ -9,6 +9,12 @@
 //! - `registry.rs`: every snapshot is recorded on disk before it is taken
 //!   and forgotten after it is released, so an agent that crashed releases
 //!   its leftovers when it starts again.
+//! - `cmd.rs`: what they share: the command runner (a trait, faked in unit
+//!   tests), the id rule, the path-inside check and the space rule.
+//! - `loopfs_tests.rs`: btrfs and XFS on loop devices (root, gated by
+//!   `LOCKSTEP_LOOPFS_TESTS=1`).
+//!
+//! See `docs/snapshots.md`.
 //!
 //! LVM and ZFS cannot run on the machines the tests run on (no
 //! device-mapper, no ZFS): their commands and cleanup are unit-tested, and
