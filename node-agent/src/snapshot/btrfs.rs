@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::cmd::{self, Runner, argv};
 use super::{Provider, Snapshot, Space};
-use crate::error::Result;
+use crate::error::{IoContext, Result};
 
 #[derive(Debug)]
 pub struct Btrfs {
@@ -84,6 +84,7 @@ impl Provider for Btrfs {
         cmd::check_apart(&self.volume, &self.snapshot_dir)?;
         cmd::check_same_fs(r, &self.volume, &self.snapshot_dir).await?;
         cmd::check_inside(&self.volume, paths)?;
+        check_no_nested(&self.volume, paths)?;
         let (used, free) = cmd::fs_space(&self.volume)?;
         let space = Space {
             used_bytes: used,
@@ -133,6 +134,32 @@ impl Provider for Btrfs {
         snap.took = started.elapsed();
         Ok(snap)
     }
+}
+
+/// An error if a path lies in a subvolume nested inside the volume: a
+/// snapshot holds nested subvolumes as empty directories. (btrfs gives
+/// every subvolume its own `st_dev`.)
+fn check_no_nested(volume: &Path, paths: &[PathBuf]) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(volume)
+        .on_file(volume, "stat the volume")?
+        .dev();
+    for p in paths {
+        let Ok(meta) = std::fs::metadata(p) else {
+            continue;
+        };
+        if meta.dev() != dev {
+            return Err(cmd::fail(
+                volume,
+                "cover the server's files with a snapshot",
+                format!(
+                    "{} is in another subvolume (or filesystem) than the volume: a snapshot of the volume would hold it empty",
+                    p.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Deletes the snapshot subvolume `snap.root`; one that is gone is fine.

@@ -238,6 +238,26 @@ async fn btrfs_on_a_loop_device() {
         "{e}"
     );
 
+    eprintln!("--- step: a path in a nested subvolume is refused");
+    let nested = vol.join("nested");
+    sh(&[
+        "btrfs",
+        "subvolume",
+        "create",
+        nested.to_str().expect("utf-8 path"),
+    ]);
+    let e = p
+        .check(&[nested.clone()])
+        .await
+        .expect_err("nested subvolume refused");
+    assert!(e.to_string().contains("another subvolume"), "{e}");
+    sh(&[
+        "btrfs",
+        "subvolume",
+        "delete",
+        nested.to_str().expect("utf-8 path"),
+    ]);
+
     take_and_release(&*p, &vol, state.path()).await;
 
     eprintln!("--- step: a btrfs snapshot is read-only");

@@ -273,7 +273,6 @@ impl Provider for Lvm {
             "create an LVM snapshot",
         )
         .await?;
-        snap.took = started.elapsed();
         std::fs::create_dir_all(&snap.root).on_file(&snap.root, "create the mount point")?;
         cmd::run_ok(
             &*self.runner,
@@ -282,6 +281,7 @@ impl Provider for Lvm {
             "mount an LVM snapshot",
         )
         .await?;
+        snap.took = started.elapsed();
         Ok(snap)
     }
 }
