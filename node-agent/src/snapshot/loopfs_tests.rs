@@ -247,7 +247,7 @@ async fn btrfs_on_a_loop_device() {
         nested.to_str().expect("utf-8 path"),
     ]);
     let e = p
-        .check(&[nested.clone()])
+        .check(std::slice::from_ref(&nested))
         .await
         .expect_err("nested subvolume refused");
     assert!(e.to_string().contains("another subvolume"), "{e}");
