@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what lockstep's build, tests and demo need on Debian, if missing:
 # protoc (build), MariaDB server and client tools (tests, demo), zstd, openssl,
-# python3 with PyYAML (demo, deploy/ syntax tests), btrfs-progs and xfsprogs
-# (snapshot tests), and moto's S3 server in
+# btrfs-progs and xfsprogs (the loop-mounted filesystem tests),
+# python3 with PyYAML (demo, deploy/ syntax tests), and moto's S3 server in
 # a venv at /opt/lockstep-moto (the S3 sink tests; see "moto" below).
 # Safe to run again: it installs nothing that is already there.
 set -euo pipefail
@@ -16,13 +16,14 @@ have mariadb-install-db || need+=(mariadb-server)
 have zstd || need+=(zstd)
 # openssl: the deploy/ script tests read certificates' names and fingerprints.
 have openssl || need+=(openssl)
+# btrfs-progs, xfsprogs: the physical-backup tests put datadirs on loop-mounted
+# btrfs and XFS images (tests/src/loopfs.rs; they run as root only).
+have btrfs || need+=(btrfs-progs)
+have mkfs.btrfs || [ -x /usr/sbin/mkfs.btrfs ] || need+=(btrfs-progs)
+have mkfs.xfs || [ -x /usr/sbin/mkfs.xfs ] || need+=(xfsprogs)
 # python3 with PyYAML: the demo's JSON handling and the deploy/ syntax tests.
 have python3 || need+=(python3)
 python3 -c 'import yaml' 2>/dev/null || need+=(python3-yaml)
-# btrfs-progs and xfsprogs: the snapshot providers' loop-device tests
-# (LOCKSTEP_LOOPFS_TESTS=1, root) and agents that take btrfs snapshots.
-have btrfs || [ -x /usr/sbin/btrfs ] || [ -x /usr/bin/btrfs ] || need+=(btrfs-progs)
-have mkfs.xfs || [ -x /usr/sbin/mkfs.xfs ] || need+=(xfsprogs)
 # The venv for moto needs python3's venv module (Debian splits it out).
 MOTO_VENV="${LOCKSTEP_MOTO_VENV:-/opt/lockstep-moto}"
 if [ ! -x "$MOTO_VENV/bin/moto_server" ]; then

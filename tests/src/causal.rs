@@ -6,8 +6,17 @@
 //! backup, restore point or restore) the records present across all targets
 //! are exactly 1..m for some m; [`check_chain`] checks that and returns m. A
 //! backup taken server by server at different moments shows gaps.
+//!
+//! An application's files join the chain through a journal
+//! ([`CausalWriter::start_with_journal`]): right after record k commits, the
+//! writer appends the line `k` to a file. A consistent cut of databases and
+//! files has a journal that ends exactly at the chain's m
+//! ([`journal_last`]).
 
 use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -181,6 +190,29 @@ impl CausalWriter {
     /// The chain continues after the largest k already present on any target
     /// (so it starts at 1 on empty tables).
     pub async fn start(targets: Vec<Target>) -> anyhow::Result<CausalWriter> {
+        CausalWriter::start_inner(targets, None).await
+    }
+
+    /// As [`CausalWriter::start`], and after each record k commits (before
+    /// the next insert starts) appends the line `"k\n"` to the file at
+    /// `journal` with one `write` on an `O_APPEND` descriptor (no fsync).
+    ///
+    /// The file is created if missing. If it exists, it must be a complete
+    /// journal ([`journal_last`]) that ends where the chain on the targets
+    /// ends, so the lines stay exactly 1..=m. If appending fails, the writer
+    /// stops (its failure is in [`CausalWriter::stats`]): the chain never
+    /// runs ahead of the journal by more than the record in flight.
+    pub async fn start_with_journal(
+        targets: Vec<Target>,
+        journal: impl Into<PathBuf>,
+    ) -> anyhow::Result<CausalWriter> {
+        CausalWriter::start_inner(targets, Some(journal.into())).await
+    }
+
+    async fn start_inner(
+        targets: Vec<Target>,
+        journal: Option<PathBuf>,
+    ) -> anyhow::Result<CausalWriter> {
         if targets.is_empty() {
             bail!("a causal writer needs at least one target");
         }
@@ -191,12 +223,17 @@ impl CausalWriter {
                 last = last.max(*max);
             }
         }
+        let journal = match journal {
+            None => None,
+            Some(path) => Some(Journal::open(path, last)?),
+        };
         let (committed_tx, committed) = watch::channel(last);
         let (stop, stop_rx) = watch::channel(false);
         let stats = Arc::new(Mutex::new(WriterStats::default()));
         let task = tokio::spawn(write_chain(
             targets.clone(),
             last + 1,
+            journal,
             committed_tx,
             stop_rx,
             stats.clone(),
@@ -293,9 +330,48 @@ impl Drop for CausalWriter {
     }
 }
 
+/// The journal file a writer appends to.
+struct Journal {
+    path: PathBuf,
+    file: File,
+}
+
+impl Journal {
+    /// Opens (or creates) the journal for a chain that currently ends at
+    /// `last`; an existing journal must end there too.
+    fn open(path: PathBuf, last: u64) -> anyhow::Result<Journal> {
+        let ends_at = if path.exists() {
+            journal_last(&path)?
+        } else {
+            0
+        };
+        if ends_at != last {
+            bail!(
+                "journal {} ends at k={ends_at} but the chain on the targets ends at k={last}",
+                path.display()
+            );
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("open journal {} for appending", path.display()))?;
+        Ok(Journal { path, file })
+    }
+
+    /// Appends `k\n` in one write.
+    fn append(&mut self, k: u64) -> anyhow::Result<()> {
+        self.file
+            .write_all(format!("{k}\n").as_bytes())
+            .and_then(|()| self.file.flush())
+            .with_context(|| format!("append k={k} to journal {}", self.path.display()))
+    }
+}
+
 async fn write_chain(
     targets: Vec<Target>,
     first: u64,
+    mut journal: Option<Journal>,
     committed: watch::Sender<u64>,
     mut stop: watch::Receiver<bool>,
     stats: Arc<Mutex<WriterStats>>,
@@ -361,6 +437,18 @@ async fn write_chain(
                     }
                 }
             }
+        }
+        if let Some(journal) = &mut journal
+            && let Err(e) = journal.append(k)
+        {
+            let msg = format!("{e:#}");
+            tracing::error!(k, error = msg, "causal writer stops: journal append failed");
+            let mut stats = stats
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            stats.errors += 1;
+            stats.last_error = Some(msg);
+            break;
         }
         committed.send_replace(k);
         k += 1;
@@ -453,4 +541,59 @@ pub async fn check_chain(targets: &[Target]) -> anyhow::Result<u64> {
         ));
     }
     bail!(msg)
+}
+
+/// What a journal file holds (see [`CausalWriter::start_with_journal`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalEnd {
+    /// The complete lines are exactly 1..=last (0 for an empty file).
+    pub last: u64,
+    /// Bytes after the last newline, if any: a line cut short (by a crash
+    /// image taken mid-write, for example).
+    pub partial: Option<String>,
+}
+
+/// Reads a journal and checks its complete lines are exactly `1`, `2`, ...,
+/// `m` in order (no gap, repeat or stray text); a trailing partial line is
+/// returned, not an error. Errors name the file and the first bad line.
+pub fn read_journal(path: &Path) -> anyhow::Result<JournalEnd> {
+    let bytes = std::fs::read(path).with_context(|| format!("read journal {}", path.display()))?;
+    let text = String::from_utf8(bytes)
+        .with_context(|| format!("journal {} is not UTF-8", path.display()))?;
+    let (complete, partial) = match text.rfind('\n') {
+        Some(end) => (&text[..end], &text[end + 1..]),
+        None => ("", text.as_str()),
+    };
+    let mut last = 0u64;
+    if !complete.is_empty() || text.starts_with('\n') {
+        for (i, line) in complete.split('\n').enumerate() {
+            let want = last + 1;
+            if line != want.to_string() {
+                bail!(
+                    "journal {}: line {} is {line:?}, expected {want} (the lines before it are 1..={last})",
+                    path.display(),
+                    i + 1
+                );
+            }
+            last = want;
+        }
+    }
+    Ok(JournalEnd {
+        last,
+        partial: (!partial.is_empty()).then(|| partial.to_string()),
+    })
+}
+
+/// The journal's last record m, after checking its lines are exactly
+/// 1..=m with no partial trailing line (which is reported as an error).
+pub fn journal_last(path: &Path) -> anyhow::Result<u64> {
+    let end = read_journal(path)?;
+    if let Some(partial) = end.partial {
+        bail!(
+            "journal {}: complete lines 1..={}, then a partial line {partial:?}",
+            path.display(),
+            end.last
+        );
+    }
+    Ok(end.last)
 }

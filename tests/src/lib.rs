@@ -10,7 +10,13 @@
 //!   the signal/pause/resume/kill/stop methods every harness process shares.
 //! - [`ports`]: free TCP ports and "address already in use" detection.
 //! - [`mariadb`]: [`MariaDb`], one real server from a shared template datadir,
-//!   with query helpers, stop/kill/restart and signals.
+//!   with query helpers, stop/kill/restart and signals; its datadir in the
+//!   temp dir or a chosen directory, or an existing (restored) one
+//!   ([`MariaDb::start_on`]).
+//! - [`loopfs`]: [`loopfs::LoopFs`], a loop-mounted btrfs or XFS (reflink)
+//!   image for datadirs and application files, with btrfs subvolumes and
+//!   snapshots; root only, opt-in through `LOCKSTEP_LOOPFS_TESTS=1`
+//!   ([`loopfs::enabled`]).
 //! - [`agent`]: [`AgentProc`], the `lockstep-agent serve` process with a gRPC
 //!   client, and [`run_agent_cli`] for one-shot CLI runs.
 //! - [`coordinator`]: [`CoordinatorProc`] (`lockstep-coordinator`),
@@ -27,7 +33,8 @@
 //! - [`catalog_cli`]: [`CatalogCli`], the `lockstep` CLI against a test
 //!   cluster and the catalog polls every cluster test shares.
 //! - [`causal`]: the causal-chain writer and check that prove consistency
-//!   (invariant I3).
+//!   (invariant I3), and its journal file for application file sets
+//!   ([`causal::journal_last`]).
 //! - [`compare`]: checksums and normalised dumps to compare two servers' data.
 //! - [`probe`]: what a database user sees (can a write commit now?) and
 //!   driving one cut on an agent over gRPC.
@@ -47,7 +54,8 @@
 //! [`compare`]; clusters of several processes (agents + servers +
 //! coordinators wired together) get their own module that composes the
 //! others. Tests themselves live in `tests/tests/tNN_area.rs`, never here, and
-//! only the harness's own smoke test (`t00_harness.rs`) tests the harness.
+//! only the harness's own smoke tests (`t00_harness.rs`, and
+//! `t109_loopfs_harness.rs` for the loop filesystems) test the harness.
 //!
 //! Rules every module follows: errors are `anyhow` with context naming the
 //! server, port or file; waits poll observable state with a deadline (never a
@@ -63,6 +71,7 @@ pub mod compare;
 pub mod coordinator;
 pub mod deploy;
 pub mod logging;
+pub mod loopfs;
 pub mod mariadb;
 pub mod mysql_tls;
 pub mod plain_cluster;
@@ -76,11 +85,12 @@ pub mod tls;
 
 pub use agent::{AgentOptions, AgentProc, CliOutput, run_agent_cli};
 pub use catalog_cli::CatalogCli;
-pub use causal::{CausalWriter, Target, check_chain};
+pub use causal::{CausalWriter, JournalEnd, Target, check_chain, journal_last, read_journal};
 pub use cluster::{ClusterOptions, Node, ProxiedCluster};
 pub use compare::{assert_same_data, checksum_tables, dump_text};
 pub use coordinator::{CoordinatorGroup, CoordinatorOptions, CoordinatorProc, run_lockstep};
 pub use logging::init_tracing;
+pub use loopfs::LoopFs;
 pub use mariadb::{MariaDb, MariaDbOptions};
 pub use process::{ChildProcess, Signal, Supervised, bin_path};
 pub use proxy::{Direction, Fault, Proxy, ProxyHandle};

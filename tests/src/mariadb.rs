@@ -6,6 +6,12 @@
 //! (shared by all test processes, keyed by the mariadbd version and the
 //! install options, built under a cross-process file lock), copied with
 //! `cp -a`. See /work/shared/MARIADB.md for the measured recipes this follows.
+//!
+//! The datadir may live elsewhere ([`MariaDbOptions::datadir`], e.g. a btrfs
+//! subvolume of a [`crate::loopfs::LoopFs`]), and [`MariaDb::start_on`]
+//! starts a server on a datadir that already holds data (a restored backup
+//! or a snapshot). The socket, pid file, tmpdir and logs always stay in the
+//! server's temp dir, and a datadir the test passed in is never deleted.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -30,6 +36,10 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 const PORT_ATTEMPTS: usize = 10;
 /// Lines of error.log quoted in errors.
 const LOG_TAIL_LINES: usize = 30;
+/// `--log-bin` basename. Relative, so binlogs and `mysql-bin.index` (whose
+/// entries are `./mysql-bin.NNNNNN`) live in the datadir and a copied or
+/// restored datadir finds its binlogs wherever it is.
+pub const BINLOG_BASENAME: &str = "mysql-bin";
 
 /// Arguments to `mariadb-install-db` for the template datadir (after
 /// `--no-defaults` and `--datadir`). Part of the template's cache key.
@@ -78,6 +88,11 @@ pub struct MariaDbOptions {
     pub binlog: bool,
     /// Extra `mariadbd` arguments, appended last (so they override ours).
     pub extra_args: Vec<String>,
+    /// Put the datadir here instead of `<temp dir>/data`: the template is
+    /// copied into this directory, which must be empty or missing (an empty
+    /// btrfs subvolume, a directory on an XFS mount). The test owns it: it is
+    /// never deleted. `None` (the default): a datadir in the temp dir.
+    pub datadir: Option<PathBuf>,
 }
 
 impl Default for MariaDbOptions {
@@ -88,6 +103,7 @@ impl Default for MariaDbOptions {
             gtid_domain_id: None,
             binlog: true,
             extra_args: Vec::new(),
+            datadir: None,
         }
     }
 }
@@ -266,8 +282,12 @@ pub struct MariaDb {
     port: u16,
     /// Declared before `dir`: the server dies before its files go.
     child: Option<ChildProcess>,
+    /// The temp dir (socket, pid file, tmpdir, logs and, by default, the
+    /// datadir); removed on drop.
     dir: Option<tempfile::TempDir>,
     dir_path: PathBuf,
+    /// `<dir>/data`, or a directory the test passed in (never removed here).
+    datadir: PathBuf,
 }
 
 impl MariaDb {
@@ -296,9 +316,67 @@ impl MariaDb {
         .await
     }
 
-    /// Copies the template datadir into a fresh temp dir and starts a server
-    /// on a free port; returns once it answers queries.
+    /// Copies the template datadir into a fresh temp dir (or into
+    /// [`MariaDbOptions::datadir`]) and starts a server on a free port;
+    /// returns once it answers queries.
     pub async fn start(opts: MariaDbOptions) -> anyhow::Result<MariaDb> {
+        let mut db = MariaDb::prepare(opts.datadir.clone(), opts)?;
+        let (datadir, external) = (db.datadir.clone(), db.opts.datadir.is_some());
+        let copy_name = db.name.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let template = template_datadir()?;
+            if external {
+                copy_template_into(&template, &datadir, &copy_name)
+            } else {
+                run(
+                    &format!("copy the template datadir for {copy_name}"),
+                    Command::new("cp").arg("-a").arg(&template).arg(&datadir),
+                )
+                .map(drop)
+            }
+        })
+        .await
+        .context("join the datadir copy task")??;
+        db.launch(None).await?;
+        Ok(db)
+    }
+
+    /// Starts a server on `datadir`, which already holds a server's files (a
+    /// restored backup, a snapshot): nothing is copied, InnoDB recovers what
+    /// it must. Uses the same [`BINLOG_BASENAME`] as every harness server,
+    /// so the datadir's binlog index is found, and the server and GTID
+    /// domain ids from `opts` (give the original server's ids to continue
+    /// its binlog as it was). `opts.datadir` must be `None` or `datadir`.
+    /// The datadir is the test's: it is never deleted.
+    pub async fn start_on(datadir: PathBuf, opts: MariaDbOptions) -> anyhow::Result<MariaDb> {
+        if let Some(other) = &opts.datadir
+            && other != &datadir
+        {
+            bail!(
+                "start_on {}: options name another datadir {}",
+                datadir.display(),
+                other.display()
+            );
+        }
+        if !datadir.join("mysql").is_dir() {
+            bail!(
+                "start_on {}: not a server's datadir (no mysql/ system schema in it)",
+                datadir.display()
+            );
+        }
+        let mut db = MariaDb::prepare(
+            Some(datadir.clone()),
+            MariaDbOptions {
+                datadir: Some(datadir),
+                ..opts
+            },
+        )?;
+        db.launch(None).await?;
+        Ok(db)
+    }
+
+    /// Claims the ids and the temp dir; nothing runs yet.
+    fn prepare(datadir: Option<PathBuf>, opts: MariaDbOptions) -> anyhow::Result<MariaDb> {
         crate::init_tracing();
         let server_id = claim_server_id(opts.server_id);
         let gtid_domain_id = opts.gtid_domain_id.unwrap_or(server_id);
@@ -308,20 +386,8 @@ impl MariaDb {
             .unwrap_or_else(|| format!("mariadb-{server_id}"));
         let dir = short_temp_dir("ls-").with_context(|| format!("create temp dir for {name}"))?;
         let dir_path = dir.path().to_path_buf();
-        let datadir = dir_path.join("data");
-        let copy_name = name.clone();
-        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            let template = template_datadir()?;
-            run(
-                &format!("copy the template datadir for {copy_name}"),
-                Command::new("cp").arg("-a").arg(&template).arg(&datadir),
-            )?;
-            Ok(())
-        })
-        .await
-        .context("join the datadir copy task")??;
-
-        let mut db = MariaDb {
+        let datadir = datadir.unwrap_or_else(|| dir_path.join("data"));
+        Ok(MariaDb {
             name,
             server_id,
             gtid_domain_id,
@@ -330,9 +396,8 @@ impl MariaDb {
             child: None,
             dir: Some(dir),
             dir_path,
-        };
-        db.launch(None).await?;
-        Ok(db)
+            datadir,
+        })
     }
 
     /// Starts the server process; `port` fixed (a restart) or `None` to pick
@@ -400,7 +465,7 @@ impl MariaDb {
             // lose each other's internal temporary tables.
             .arg(format!("--tmpdir={}", tmpdir.display()));
         if self.opts.binlog {
-            cmd.arg("--log-bin=mysql-bin");
+            cmd.arg(format!("--log-bin={BINLOG_BASENAME}"));
         }
         cmd.args(SERVER_ARGS).args(&self.opts.extra_args);
         let mut child = ChildProcess::spawn(
@@ -493,14 +558,16 @@ impl MariaDb {
         self.gtid_domain_id
     }
 
-    /// The server's temp dir (datadir, socket, pid file, logs).
+    /// The server's temp dir (socket, pid file, logs and, unless the test
+    /// chose another, the datadir).
     pub fn dir(&self) -> &Path {
         &self.dir_path
     }
 
-    /// The datadir (`<dir>/data`); binlogs are here too.
+    /// The datadir (`<dir>/data`, or the one the test chose); binlogs are
+    /// here too.
     pub fn datadir(&self) -> PathBuf {
-        self.dir_path.join("data")
+        self.datadir.clone()
     }
 
     /// The Unix socket path.
@@ -641,7 +708,38 @@ impl Supervised for MariaDb {
     }
 }
 
+/// Copies the template's contents into `datadir` (created if missing, which
+/// must otherwise be empty), keeping modes and times like `cp -a`.
+fn copy_template_into(template: &Path, datadir: &Path, name: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(datadir)
+        .with_context(|| format!("create datadir {} for {name}", datadir.display()))?;
+    let mut entries = std::fs::read_dir(datadir)
+        .with_context(|| format!("list datadir {} for {name}", datadir.display()))?;
+    if let Some(entry) = entries.next() {
+        let entry = entry.with_context(|| format!("list datadir {}", datadir.display()))?;
+        bail!(
+            "datadir {} for {name} is not empty (it holds {}); use MariaDb::start_on for a datadir with data",
+            datadir.display(),
+            entry.file_name().to_string_lossy()
+        );
+    }
+    // `template/.` copies the contents, not the directory itself.
+    run(
+        &format!(
+            "copy the template datadir into {} for {name}",
+            datadir.display()
+        ),
+        Command::new("cp")
+            .arg("-a")
+            .arg(template.join("."))
+            .arg(datadir),
+    )?;
+    Ok(())
+}
+
 impl Drop for MariaDb {
+    /// Kills the server by PID and removes its temp dir; a datadir the test
+    /// chose stays (the test, or its filesystem, owns it).
     fn drop(&mut self) {
         let dir = self.dir.take();
         self.release(dir);
