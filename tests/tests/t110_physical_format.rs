@@ -19,6 +19,7 @@ use lockstep_node_agent::sink::artifact::Artifact;
 use lockstep_tests::process::short_temp_dir;
 use lockstep_tests::{MariaDb, MariaDbOptions, Supervised as _, step};
 use mysql_async::prelude::Queryable as _;
+use tokio_util::sync::CancellationToken;
 
 /// Names over ustar's 100 bytes: `<64 chars>/<64 chars>.ibd`.
 const LONG_DB: &str = "physical_db_with_a_name_long_enough_to_need_pax_headers_xxxxxxxx";
@@ -133,6 +134,7 @@ async fn archive(db: &MariaDb, sink: &Path) -> anyhow::Result<(FileEntry, Vec<Tr
         skip_for_datadir,
         3,
         progress.clone(),
+        &CancellationToken::new(),
     )
     .await?;
     let stored = std::fs::metadata(sink.join(ARCHIVE))?.len();
@@ -200,6 +202,7 @@ async fn a_crash_image_restores_to_the_servers_committed_state() -> anyhow::Resu
         target.clone(),
         files.clone(),
         Arc::new(Progress::default()),
+        &CancellationToken::new(),
     )
     .await?;
     ensure!(bytes == files.iter().map(|f| f.size).sum::<u64>());
@@ -301,6 +304,7 @@ async fn a_damaged_copy_fails_recovery_naming_it() -> anyhow::Result<()> {
         target.clone(),
         files,
         Arc::new(Progress::default()),
+        &CancellationToken::new(),
     )
     .await?;
 

@@ -13,15 +13,28 @@ use crate::format::manifest::FileEntry;
 use crate::format::physical::{TreeFile, extract_tree, write_tree};
 use crate::progress::Progress;
 use crate::sink::artifact::{Artifact, BlockingWriter};
+use tokio_util::sync::CancellationToken;
 
-/// Counts the bytes of the tar stream into [`Progress`].
+/// Counts the bytes of the tar stream into [`Progress`], and stops it
+/// once `cancel` fires (the blocking thread outlives a dropped caller).
 struct Counting<T> {
     inner: T,
     progress: Arc<Progress>,
+    cancel: CancellationToken,
+}
+
+impl<T> Counting<T> {
+    fn check(&self) -> std::io::Result<()> {
+        if self.cancel.is_cancelled() {
+            return Err(std::io::Error::other("cancelled"));
+        }
+        Ok(())
+    }
 }
 
 impl<W: Write> Write for Counting<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.check()?;
         let n = self.inner.write(buf)?;
         self.progress.add_bytes(n as u64);
         Ok(n)
@@ -34,6 +47,7 @@ impl<W: Write> Write for Counting<W> {
 
 impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.check()?;
         let n = self.inner.read(buf)?;
         self.progress.add_bytes(n as u64);
         Ok(n)
@@ -45,7 +59,8 @@ impl<R: Read> Read for Counting<R> {
 /// zstd at `zstd_level` (frame checksum on). Returns the object's manifest
 /// entry (size and sha256 of the stored, compressed bytes, like every other
 /// file of an artifact) and the tree's entries. `progress` counts the tar's
-/// bytes (uncompressed). On an error the object is dropped.
+/// bytes (uncompressed). On an error or once `cancel` fires (then
+/// [`Error::Cancelled`]) the object is dropped.
 pub async fn store_tree(
     out: &Artifact,
     rel: &str,
@@ -53,7 +68,9 @@ pub async fn store_tree(
     skip: fn(&str) -> bool,
     zstd_level: i32,
     progress: Arc<Progress>,
+    cancel: &CancellationToken,
 ) -> Result<(FileEntry, Vec<TreeFile>)> {
+    let stop = cancel.clone();
     let object = BlockingWriter::new(out.create(rel).await?);
     let sink = out.describe();
     let rel = rel.to_string();
@@ -76,6 +93,7 @@ pub async fn store_tree(
         let mut counted = Counting {
             inner: &mut enc,
             progress,
+            cancel: stop.clone(),
         };
         let written = write_tree(&root, &skip, &mut counted);
         let files = match written {
@@ -83,6 +101,12 @@ pub async fn store_tree(
             Err(e) => {
                 if let Some((object, _)) = enc.finish().ok().and_then(|w| w.finish().ok()) {
                     object.abort();
+                }
+                if stop.is_cancelled() {
+                    return Err(Error::Cancelled(format!(
+                        "archiving {} into {rel}",
+                        root.display()
+                    )));
                 }
                 return Err(e);
             }
@@ -102,14 +126,17 @@ pub async fn store_tree(
 /// Extracts the object `rel` of `from` (a `.tar.zst` [`store_tree`] wrote)
 /// into `target`, checking every file against `expected` (see
 /// [`extract_tree`]). Returns the bytes of the regular files. Errors name
-/// the archive, and the file where one is at fault.
+/// the archive, and the file where one is at fault. Once `cancel` fires
+/// it stops with [`Error::Cancelled`], `target` half written.
 pub async fn load_tree(
     from: &Artifact,
     rel: &str,
     target: PathBuf,
     expected: Vec<TreeFile>,
     progress: Arc<Progress>,
+    cancel: &CancellationToken,
 ) -> Result<u64> {
+    let stop = cancel.clone();
     let archive = format!("{} in {}", rel, from.describe());
     let named = {
         let archive = archive.clone();
@@ -128,8 +155,16 @@ pub async fn load_tree(
         let input = Counting {
             inner: dec,
             progress,
+            cancel: stop.clone(),
         };
-        extract_tree(input, &target, &expected)
+        let extracted = extract_tree(input, &target, &expected);
+        if extracted.is_err() && stop.is_cancelled() {
+            return Err(Error::Cancelled(format!(
+                "extracting into {}",
+                target.display()
+            )));
+        }
+        extracted
     })
     .await
     .map_err(|e| Error::Cancelled(format!("the reader of {archive} stopped: {e}")))?
@@ -175,6 +210,7 @@ mod tests {
             skip_for_datadir,
             3,
             progress.clone(),
+            &CancellationToken::new(),
         )
         .await
         .expect("store");
@@ -195,6 +231,7 @@ mod tests {
             dst.clone(),
             files,
             Arc::new(Progress::default()),
+            &CancellationToken::new(),
         )
         .await
         .expect("load");
@@ -228,6 +265,7 @@ mod tests {
             skip_for_datadir,
             3,
             Arc::new(Progress::default()),
+            &CancellationToken::new(),
         )
         .await
         .expect("store");
@@ -242,11 +280,35 @@ mod tests {
             top.path().join("dst"),
             files,
             Arc::new(Progress::default()),
+            &CancellationToken::new(),
         )
         .await
         .expect_err("a flipped byte");
         let text = crate::error::error_text(&err);
         assert!(text.contains("datadir.tar.zst"), "{text}");
         assert!(matches!(err, Error::Archive { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_store_leaves_no_object() {
+        let top = tempfile::tempdir().expect("tempdir");
+        let (src, sink) = (top.path().join("src"), top.path().join("sink"));
+        make_tree(&src);
+        std::fs::create_dir_all(&sink).expect("mkdir");
+        let cancel = CancellationToken::new();
+        cancel.cancel();
+        let err = store_tree(
+            &Artifact::in_directory(&sink),
+            "datadir.tar.zst",
+            src,
+            skip_for_datadir,
+            3,
+            Arc::new(Progress::default()),
+            &cancel,
+        )
+        .await
+        .expect_err("cancelled");
+        assert!(matches!(err, Error::Cancelled(_)), "{err:?}");
+        assert!(!sink.join("datadir.tar.zst").exists());
     }
 }
