@@ -160,6 +160,33 @@ pub enum Error {
 
     #[error("cancelled: {0}")]
     Cancelled(String),
+
+    #[error("{}: {reason}", path.display())]
+    Tree { path: PathBuf, reason: String },
+
+    #[error("archive {archive}: {source}")]
+    Archive {
+        archive: String,
+        #[source]
+        source: Box<Error>,
+    },
+
+    #[error(
+        "server {server}: {setting} is {} and lies outside the datadir {}; a snapshot of the datadir would miss it (move it inside the datadir)", path.display(), datadir.display()
+    )]
+    OutsideDatadir {
+        server: String,
+        setting: &'static str,
+        path: PathBuf,
+        datadir: PathBuf,
+    },
+
+    #[error("recovery of the restored datadir {}: {reason}{}", datadir.display(), if log_tail.is_empty() { String::new() } else { format!("; the last lines of its error log:\n{log_tail}") })]
+    Recover {
+        datadir: PathBuf,
+        reason: String,
+        log_tail: String,
+    },
 }
 
 impl Error {

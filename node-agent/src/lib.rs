@@ -18,6 +18,9 @@
 //! - [`ddl_guard`]: while a dump runs, notices DDL waiting on a table the
 //!   snapshots hold and decides when the dump gives way (`ddl_policy`).
 //! - [`restore`]: verify a snapshot and load it into a server.
+//! - [`physical`]: physical copies: the settings a datadir copy depends
+//!   on, streaming a file tree to a sink as `.tar.zst` and back, and
+//!   recovering a private server on a restored datadir.
 //! - [`progress`]: counters for long jobs.
 //! - [`binlog`]: continuous binlog archiving (its foundation): a byte-exact
 //!   `COM_BINLOG_DUMP` client and an archiver task that writes a server's
@@ -50,6 +53,7 @@ pub mod flavour;
 pub mod format;
 pub mod grpc;
 pub mod mysql;
+pub mod physical;
 pub mod progress;
 pub mod register;
 pub mod restore;

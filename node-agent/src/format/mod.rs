@@ -4,6 +4,8 @@
 //! - [`tsv`]: the `LOAD DATA` text encoding of data files.
 //! - [`sqlfile`]: schema files: statements separated by delimiter lines
 //!   (`;;`, or one no statement of the file contains).
+//! - [`physical`]: physical artifacts: a file tree as a pax tar with each
+//!   file's size, sha256 and mode in the manifest.
 //! - [`files`]: hashing files as they are written (size and sha256 for the
 //!   manifest), `SHA256SUMS`, fsyncing directories.
 //!
@@ -12,6 +14,7 @@
 
 pub mod files;
 pub mod manifest;
+pub mod physical;
 pub mod sqlfile;
 pub mod tsv;
 

@@ -245,6 +245,13 @@ pub fn to_status(e: &Error) -> Status {
         Error::BinlogDump { .. } | Error::BinlogArchive { .. } => Code::FailedPrecondition,
         // A bad file or an event the target refused: fix it and rerun.
         Error::Replay { .. } => Code::FailedPrecondition,
+        // Physical copies: a tree that does not match its manifest, a
+        // server whose files a snapshot of its datadir would miss, a
+        // restored datadir that did not recover.
+        Error::Tree { .. } => Code::DataLoss,
+        Error::Archive { source, .. } => to_status(source).code(),
+        Error::OutsideDatadir { .. } => Code::FailedPrecondition,
+        Error::Recover { .. } => Code::Internal,
     };
     Status::new(code, e.to_string())
 }
