@@ -53,6 +53,9 @@ pub fn backup(b: &Backup) -> pb::Backup {
                 locked_at_unix_us: c.locked_at_unix_us,
                 held_us: c.held_us,
                 released_at_unix_us: c.released_at_unix_us,
+                kind: c.kind.clone(),
+                provider: c.provider.clone(),
+                snapshot_us: c.snapshot_us,
             })
             .collect(),
         artifacts: b
@@ -82,6 +85,10 @@ pub fn stored_artifact(a: lockstep_proto::agent::Artifact) -> crate::catalog::Ar
         rows: a.rows,
         verified_at_unix_ms: None,
         verify_error: None,
+        kind: a.kind,
+        snapshot_bytes: a.snapshot_bytes,
+        free_bytes: a.free_bytes,
+        file_sets: a.file_sets,
     }
 }
 
@@ -97,6 +104,10 @@ pub fn artifact(server: &str, sink: &str, a: &crate::catalog::Artifact) -> pb::A
         sink: crate::sinks::shown(sink).to_string(),
         verified_at_unix_ms: a.verified_at_unix_ms,
         verify_error: a.verify_error.clone().unwrap_or_default(),
+        kind: a.kind.clone(),
+        snapshot_bytes: a.snapshot_bytes,
+        free_bytes: a.free_bytes,
+        file_sets: a.file_sets.clone(),
     }
 }
 
@@ -160,6 +171,8 @@ pub fn restore_request(r: pb::RestoreBackupRequest) -> RestoreRequest {
         allow_reset_master: r.allow_reset_master,
         from: (!r.from.is_empty()).then_some(r.from),
         agents: r.agents.into_iter().collect(),
+        datadirs: r.datadirs.into_iter().collect(),
+        files_to: (!r.files_to.is_empty()).then_some(r.files_to),
     }
 }
 
@@ -177,6 +190,11 @@ pub fn server_restore(server: &str, s: &RestoredServer) -> pb::ServerRestore {
         location: s.location.clone(),
         sink: s.sink.clone(),
         agent: s.agent.clone(),
+        kind: s.kind.clone(),
+        datadir: s.datadir.clone(),
+        gtid_binlog_pos: s.gtid_binlog_pos.clone(),
+        recovery_ms: s.recovery_ms,
+        file_sets: s.file_sets.clone(),
     }
 }
 

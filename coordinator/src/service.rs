@@ -136,7 +136,7 @@ impl CoordinatorService {
         require("cluster", &r.cluster)?;
         let backup_id = self
             .jobs
-            .start_backup(&r.cluster, opt(r.sink).as_deref())
+            .start_backup(&r.cluster, opt(r.sink).as_deref(), &r.kind)
             .await
             .map_err(to_status)?;
         // Fault injection: the backup is recorded and running, its caller

@@ -596,6 +596,27 @@ struct ManifestHead {
     position: ManifestPosition,
     lock: ManifestLock,
     totals: ManifestTotals,
+    /// Present in a physical backup's manifest.
+    #[serde(default)]
+    physical: Option<ManifestPhysical>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ManifestPhysical {
+    #[serde(default)]
+    provider: String,
+    #[serde(default)]
+    snapshot_us: u64,
+    #[serde(default)]
+    snapshot_bytes: u64,
+}
+
+fn kind(m: &ManifestHead) -> &'static str {
+    if m.physical.is_some() {
+        "physical"
+    } else {
+        "logical"
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -683,6 +704,13 @@ pub fn backups_from_scan(cluster: &str, sink: &str, reply: &agent_pb::ScanReply)
                     locked_at_unix_us: m.lock.locked_at_unix_us,
                     held_us: Some(m.lock.held_us),
                     released_at_unix_us: Some(released),
+                    kind: kind(m).into(),
+                    provider: m
+                        .physical
+                        .as_ref()
+                        .map(|p| p.provider.clone())
+                        .unwrap_or_default(),
+                    snapshot_us: m.physical.as_ref().map_or(0, |p| p.snapshot_us),
                 },
             );
             artifacts.insert(
@@ -695,6 +723,10 @@ pub fn backups_from_scan(cluster: &str, sink: &str, reply: &agent_pb::ScanReply)
                     rows: m.totals.rows,
                     verified_at_unix_ms: None,
                     verify_error: None,
+                    kind: kind(m).into(),
+                    snapshot_bytes: m.physical.as_ref().map_or(0, |p| p.snapshot_bytes),
+                    free_bytes: 0,
+                    file_sets: Vec::new(),
                 },
             );
         }

@@ -15,6 +15,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::flavour::LockMethod;
 use crate::grpc::access::Access;
 use crate::mysql::{Server, SslMode, SslSettings};
+use crate::physical::{FileSetOptions, PhysicalOptions};
 use lockstep_proto::tls::TlsOptions;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,6 +90,11 @@ pub struct ServeConfig {
     pub access: Access,
     /// Continuous binlog archiving (`[archive]`).
     pub archive: ArchiveOptions,
+    /// Physical backups: the default kind, the snapshot provider
+    /// (`[physical]`, `[physical.snapshot]`).
+    pub physical: PhysicalOptions,
+    /// Application file sets cut with the databases (`[files]`).
+    pub files: FileSetOptions,
 }
 
 /// `[archive]`: continuous binlog archiving to the cluster's primary sink.
@@ -135,6 +141,8 @@ impl Default for ServeConfig {
             insecure_plaintext: false,
             access: Access::default(),
             archive: ArchiveOptions::default(),
+            physical: PhysicalOptions::default(),
+            files: FileSetOptions::default(),
         }
     }
 }
@@ -265,8 +273,27 @@ impl ServeConfig {
             _ => self.name.clone(),
         };
         let archive = self.archive_settings(&name)?;
+        self.files.validate()?;
+        if self.physical.kind == crate::physical::Kind::Physical && self.physical.snapshot.is_none()
+        {
+            return Err(Error::Config(
+                "physical.kind is physical but no snapshot provider is configured ([physical.snapshot] or --snapshot-provider)".into(),
+            ));
+        }
+        let state_dir = match &self.physical.state_dir {
+            Some(d) => d.clone(),
+            None => self
+                .sink_dir
+                .parent()
+                .unwrap_or(&self.sink_dir)
+                .join("state")
+                .join(crate::format::fs_name(&name)),
+        };
         Ok(AgentConfig {
             archive,
+            physical: self.physical.clone(),
+            files: self.files.clone(),
+            state_dir,
             name,
             server,
             sink_dir: self.sink_dir.clone(),

@@ -87,6 +87,16 @@ impl HeldLock {
         self.locked_at.elapsed()
     }
 
+    /// Runs a statement on the lock's own connection, inside the lock
+    /// (a physical backup flushes InnoDB's log buffer this way).
+    pub async fn execute(&mut self, sql: &str) -> Result<()> {
+        let conn = self
+            .conn
+            .as_mut()
+            .expect("a HeldLock owns its connection until released");
+        conn.query_drop(sql).await.on(&self.server, sql)
+    }
+
     /// Releases the lock and returns how long it was held. If the unlock
     /// statement fails, the connection is closed, which releases it too.
     pub async fn release(mut self) -> Result<Duration> {

@@ -76,6 +76,8 @@ pub struct Origin {
     /// coordinated backup).
     pub cluster: String,
     pub cut_servers: Vec<String>,
+    /// Application file sets captured at the cut, stored beside the data.
+    pub file_sets: Vec<crate::physical::files::Captured>,
 }
 
 #[derive(Debug, Clone)]
@@ -311,13 +313,70 @@ async fn dump_into(
         files.push(entry);
     }
 
+    let (set_files, file_sets) = crate::physical::backup::store_file_sets(
+        out,
+        &origin.file_sets,
+        opts.zstd_level,
+        progress.clone(),
+        &cancel,
+    )
+    .await?;
+    files.extend(set_files);
+    let rows = databases
+        .iter()
+        .flat_map(|d| &d.tables)
+        .map(|t| t.rows)
+        .sum();
+    for w in &warnings {
+        tracing::warn!(server = %addr, "{w}");
+    }
+    seal(
+        out,
+        origin,
+        Sealed {
+            version,
+            databases,
+            files,
+            rows,
+            warnings,
+            physical: None,
+            file_sets,
+        },
+    )
+    .await
+}
+
+/// What an artifact holds, for its manifest.
+pub(crate) struct Sealed {
+    pub version: u32,
+    pub databases: Vec<manifest::Database>,
+    pub files: Vec<FileEntry>,
+    pub rows: u64,
+    pub warnings: Vec<String>,
+    pub physical: Option<crate::format::physical::Physical>,
+    pub file_sets: Vec<crate::format::physical::FileSetRecord>,
+}
+
+/// Finishes an artifact whose files are all stored: writes SHA256SUMS and
+/// then the manifest that lists them (its presence makes the artifact).
+pub(crate) async fn seal(out: &Artifact, origin: Origin, what: Sealed) -> Result<DumpResult> {
+    let Sealed {
+        version,
+        databases,
+        mut files,
+        rows,
+        warnings,
+        physical,
+        file_sets,
+    } = what;
+    let version = if physical.is_some() || !file_sets.is_empty() {
+        version.max(manifest::PHYSICAL_VERSION)
+    } else {
+        version
+    };
     files.sort_by(|a, b| a.path.cmp(&b.path));
     let totals = Totals {
-        rows: databases
-            .iter()
-            .flat_map(|d| &d.tables)
-            .map(|t| t.rows)
-            .sum(),
+        rows,
         bytes: files.iter().map(|f| f.size).sum(),
         files: files.len() as u64,
         tables: databases.iter().map(|d| d.tables.len() as u64).sum(),
@@ -345,10 +404,9 @@ async fn dump_into(
         warnings,
         cluster: origin.cluster,
         cut_servers: origin.cut_servers,
+        physical,
+        file_sets,
     };
-    for w in &manifest.warnings {
-        tracing::warn!(server = %addr, "{w}");
-    }
     // Every file is durable in the sink (its writer finished) before the
     // manifest that lists it is written.
     let entry = out.write_manifest(&manifest).await?;

@@ -54,7 +54,7 @@ impl Default for LoadOptions {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Default)]
 pub struct LoadReport {
     pub server: String,
     pub backup_id: String,
@@ -67,6 +67,15 @@ pub struct LoadReport {
     /// The GTID position the target now starts replication from, if set.
     pub gtid_slave_pos: Option<String>,
     pub warnings: Vec<String>,
+    /// "logical" or "physical".
+    pub kind: &'static str,
+    /// Physical: the datadir written, InnoDB recovery's time and the
+    /// recovered gtid_binlog_pos.
+    pub datadir: String,
+    pub recovery_ms: u64,
+    pub gtid_binlog_pos: String,
+    /// File sets restored, `name -> path`.
+    pub file_sets: Vec<String>,
 }
 
 /// Checks every file of the artifact against its manifest, with `threads`
@@ -116,6 +125,15 @@ pub async fn load(
     let threads = opts.threads.max(1);
 
     let (manifest, _) = verify(from, threads, progress.clone()).await?;
+    if manifest.physical.is_some() {
+        return Err(Error::BadBackup {
+            path: from.describe().into(),
+            reason: format!(
+                "backup {} of server {} is physical: write it into a datadir (--datadir SERVER=PATH), it cannot be loaded into a running server",
+                manifest.backup_id, manifest.server.name
+            ),
+        });
+    }
     let mut control = server.connect("connect for restore").await?;
     let info = ServerInfo::detect(&mut control, &addr).await?;
     let gtid = manifest.position.gtid_set.trim();
@@ -341,6 +359,8 @@ pub async fn load(
         duration_ms: started.elapsed().as_millis() as u64,
         gtid_slave_pos,
         warnings: manifest.warnings.clone(),
+        kind: "logical",
+        ..LoadReport::default()
     })
 }
 

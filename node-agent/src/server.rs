@@ -57,6 +57,8 @@ pub async fn run(
     // The media service serves the sink directory as a disk pool to other
     // agents (and the --pool directories, once there are any).
     let agent = Agent::new(cfg, shutdown.clone());
+    // Before serving: snapshots and staged copies a crashed run left.
+    agent.clean_leftovers().await;
     let pools = agent.local();
     // Registration runs beside the service and never blocks it.
     let registering = (!registration.coordinators.is_empty()).then(|| {

@@ -92,6 +92,7 @@ pub async fn prepare(
 ) -> Result<PreparedCut, tonic::Status> {
     let mut events = client
         .prepare(pb::PrepareRequest {
+            kind: String::new(),
             backup_id: backup_id.into(),
             lease_ms: lease.as_millis() as u64,
             budgets,

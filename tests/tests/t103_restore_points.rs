@@ -28,6 +28,7 @@ fn now_unix_ms() -> i64 {
 /// A position-only Prepare on one agent.
 fn point_request(id: &str, term: u64, lease_ms: u64) -> pb::PrepareRequest {
     pb::PrepareRequest {
+        kind: String::new(),
         backup_id: id.into(),
         lease_ms,
         budgets: None,
@@ -64,6 +65,7 @@ async fn a_position_only_cut_is_a_session_of_its_own() -> anyhow::Result<()> {
     db.exec("INSERT INTO lockstep_probe.w () VALUES ()").await?;
     let mut backup = client
         .prepare(pb::PrepareRequest {
+            kind: String::new(),
             backup_id: "b1".into(),
             lease_ms: 30_000,
             snapshot_connections: 1,

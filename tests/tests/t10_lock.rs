@@ -161,6 +161,7 @@ async fn armed_prepare_locks_only_on_go() -> anyhow::Result<()> {
     let (db, agent) = server_and_agent("go", &[]).await?;
     let mut client = agent.client().await?;
     let request = |id: &str| pb::PrepareRequest {
+        kind: String::new(),
         backup_id: id.into(),
         lease_ms: 30_000,
         budgets: None,
@@ -256,6 +257,7 @@ async fn deposed_coordinator_is_fenced_off() -> anyhow::Result<()> {
     step!("prepare in term 7");
     let mut events = client
         .prepare(pb::PrepareRequest {
+            kind: String::new(),
             backup_id: id.into(),
             lease_ms: 30_000,
             budgets: None,

@@ -71,10 +71,22 @@ pub struct CutEntry {
     /// Set when the server reported its release.
     pub held_us: Option<u64>,
     pub released_at_unix_us: Option<i64>,
+    /// "logical" or "physical" (empty in older catalogs: logical).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    /// Physical: the snapshot provider and the snapshot's time in the lock.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub provider: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub snapshot_us: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// Where one server's snapshot was stored: one copy in one sink.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Artifact {
     /// The key prefix in the sink (or, for host-local copies written by
     /// older agents, the absolute directory).
@@ -89,6 +101,23 @@ pub struct Artifact {
     /// What that check found wrong; `None` when it passed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify_error: Option<String>,
+    /// "logical" or "physical" (empty in older catalogs: logical).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    /// Physical: the snapshot's bytes and the space left on its volume.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub snapshot_bytes: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub free_bytes: u64,
+    /// The application file sets it holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub file_sets: Vec<String>,
+}
+
+impl Artifact {
+    pub fn is_physical(&self) -> bool {
+        self.kind == "physical"
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -322,6 +351,20 @@ pub struct RestoredServer {
     pub sink: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub agent: String,
+    /// "physical" for a datadir written and recovered (empty: logical).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
+    /// Physical: the datadir, the recovered gtid_binlog_pos and how long
+    /// InnoDB recovery took.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub datadir: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub gtid_binlog_pos: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub recovery_ms: u64,
+    /// Application file sets restored, `name -> path`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub file_sets: Vec<String>,
 }
 
 /// A coordinated restore of a backup, recorded as it runs.

@@ -55,6 +55,7 @@ fn artifact() -> Artifact {
         bytes: 1,
         files: 1,
         rows: 1,
+        ..Artifact::default()
     }
 }
 

@@ -32,6 +32,7 @@ pub(super) async fn start(client: &mut Client, json: bool, a: &StartArgs) -> any
     let req = pb::StartBackupRequest {
         cluster: a.cluster.clone(),
         sink: a.sink.clone().unwrap_or_default(),
+        kind: a.kind.clone().unwrap_or_default(),
     };
     let mut lost = LostAnswers::new("start backup", client.patience());
     let id = loop {

@@ -300,6 +300,16 @@ pub struct RestoreArgs {
     /// per server.
     #[arg(long = "agent", value_name = "SERVER=AGENT", value_parser = parse_agent)]
     pub agents: Vec<(String, String)>,
+    /// A physical backup: write SERVER into this datadir on the loading
+    /// agent's host (empty, or emptied with --force; no server may run on
+    /// it); repeat for every server. The agent then recovers it and checks
+    /// its position against the cut.
+    #[arg(long = "datadir", value_name = "SERVER=PATH", value_parser = parse_agent)]
+    pub datadirs: Vec<(String, String)>,
+    /// Restore the application file sets too, under PATH/SERVER/SET on each
+    /// loading agent's host.
+    #[arg(long, value_name = "PATH")]
+    pub files_to: Option<String>,
 }
 
 /// Parses `SERVER=AGENT`.
@@ -308,7 +318,7 @@ fn parse_agent(s: &str) -> Result<(String, String), String> {
         Some((server, agent)) if !server.trim().is_empty() && !agent.trim().is_empty() => {
             Ok((server.trim().to_string(), agent.trim().to_string()))
         }
-        _ => Err(format!("expected SERVER=AGENT, got {s:?}")),
+        _ => Err(format!("expected SERVER=VALUE, got {s:?}")),
     }
 }
 
@@ -391,6 +401,10 @@ pub struct StartArgs {
     /// Wait for the backup to finish, showing progress; exit 1 if it failed.
     #[arg(long)]
     pub wait: bool,
+    /// logical or physical for every server [default: each server's kind
+    /// from its agent's configuration].
+    #[arg(long, value_parser = ["logical", "physical"])]
+    pub kind: Option<String>,
 }
 
 /// `catalog show` arguments.

@@ -39,7 +39,20 @@ fn copy_json(a: &pb::Artifact) -> Value {
         "rows": a.rows,
         "verified_at_unix_ms": a.verified_at_unix_ms,
         "verify_error": (!a.verify_error.is_empty()).then_some(&a.verify_error),
+        "snapshot_bytes": (a.snapshot_bytes > 0).then_some(a.snapshot_bytes),
+        "free_bytes": (a.free_bytes > 0).then_some(a.free_bytes),
+        "file_sets": a.file_sets,
     })
+}
+
+/// A server's kind: from its cut entry, else its artifact; older
+/// catalogs hold only logical backups.
+fn kind_of<'a>(c: Option<&&'a pb::CutEntry>, a: Option<&&'a pb::Artifact>) -> &'a str {
+    match (c.map(|c| c.kind.as_str()), a.map(|a| a.kind.as_str())) {
+        (Some(k), _) if !k.is_empty() => k,
+        (_, Some(k)) if !k.is_empty() => k,
+        _ => "logical",
+    }
 }
 
 /// The JSON form of a backup (`catalog show --json`).
@@ -64,6 +77,9 @@ pub(super) fn backup_json(b: &pb::Backup) -> Value {
                 "lock_ms": c.and_then(|c| c.held_us).map(ms),
                 "locked_at_unix_us": c.map(|c| c.locked_at_unix_us),
                 "released_at_unix_us": c.and_then(|c| c.released_at_unix_us),
+                "kind": kind_of(c, a),
+                "provider": c.map(|c| c.provider.clone()).filter(|p| !p.is_empty()),
+                "snapshot_ms": c.filter(|c| c.snapshot_us > 0).map(|c| ms(c.snapshot_us)),
                 "artifact": a.map(|a| copy_json(a)),
                 "copies": b.copies.iter().filter(|c| c.server == *name).map(copy_json).collect::<Vec<_>>(),
             })
@@ -119,6 +135,15 @@ pub(super) fn print_backup(as_json: bool, b: &pb::Backup) {
                 c.and_then(|c| c.held_us)
                     .map(|h| format!("{:.2}", ms(h)))
                     .unwrap_or_else(|| "-".into()),
+                match (kind_of(c, a), c) {
+                    ("physical", Some(c)) => {
+                        format!("physical {} {:.2} ms", c.provider, ms(c.snapshot_us))
+                    }
+                    (k, _) => k.to_string(),
+                },
+                a.filter(|a| a.snapshot_bytes > 0)
+                    .map(|a| format!("{} ({} free)", a.snapshot_bytes, a.free_bytes))
+                    .unwrap_or_else(|| "-".into()),
                 a.map(|a| a.bytes.to_string()).unwrap_or_else(|| "-".into()),
                 a.map(|a| a.manifest_sha256.chars().take(16).collect())
                     .unwrap_or_else(|| "-".into()),
@@ -129,7 +154,16 @@ pub(super) fn print_backup(as_json: bool, b: &pb::Backup) {
     println!();
     print_table(
         &[
-            "SERVER", "BINLOG", "GTID", "WAIT_MS", "HOLD_MS", "BYTES", "SHA256", "LOCATION",
+            "SERVER",
+            "BINLOG",
+            "GTID",
+            "WAIT_MS",
+            "HOLD_MS",
+            "KIND / SNAPSHOT",
+            "SNAPSHOT_BYTES",
+            "BYTES",
+            "SHA256",
+            "LOCATION",
         ],
         &rows,
     );
@@ -190,6 +224,11 @@ fn servers_restore_json(servers: &[pb::ServerRestore]) -> Vec<Value> {
                 "location": s.location,
                 "sink": (!s.sink.is_empty()).then_some(&s.sink),
                 "agent": (!s.agent.is_empty()).then_some(&s.agent),
+                "kind": if s.kind.is_empty() { "logical" } else { s.kind.as_str() },
+                "datadir": (!s.datadir.is_empty()).then_some(&s.datadir),
+                "gtid_binlog_pos": (!s.gtid_binlog_pos.is_empty()).then_some(&s.gtid_binlog_pos),
+                "recovery_ms": (s.recovery_ms > 0).then_some(s.recovery_ms),
+                "file_sets": s.file_sets,
             })
         })
         .collect()
@@ -262,10 +301,12 @@ pub(super) fn print_restore(as_json: bool, r: &pb::RestoreBackupReply) {
                 dash(s.tables.to_string()),
                 dash(s.rows.to_string()),
                 dash(s.duration_ms.to_string()),
-                if s.gtid_slave_pos.is_empty() {
-                    "-".into()
-                } else {
-                    s.gtid_slave_pos.clone()
+                match (s.gtid_slave_pos.is_empty(), s.gtid_binlog_pos.is_empty()) {
+                    (false, _) => s.gtid_slave_pos.clone(),
+                    (true, false) => {
+                        format!("{} (recovered in {} ms)", s.gtid_binlog_pos, s.recovery_ms)
+                    }
+                    (true, true) => "-".into(),
                 },
                 if s.ok {
                     "ok".into()

@@ -55,6 +55,12 @@ fn request(a: &RestoreArgs) -> anyhow::Result<pb::RestoreBackupRequest> {
             anyhow::bail!("--agent names server {server} twice");
         }
     }
+    let mut datadirs = std::collections::HashMap::new();
+    for (server, dir) in &a.datadirs {
+        if datadirs.insert(server.clone(), dir.clone()).is_some() {
+            anyhow::bail!("--datadir names server {server} twice");
+        }
+    }
     Ok(pb::RestoreBackupRequest {
         backup_id: a.backup.clone(),
         targets,
@@ -63,6 +69,8 @@ fn request(a: &RestoreArgs) -> anyhow::Result<pb::RestoreBackupRequest> {
         allow_reset_master: a.allow_reset_master,
         from: a.from.clone().unwrap_or_default(),
         agents,
+        datadirs,
+        files_to: a.files_to.clone().unwrap_or_default(),
     })
 }
 

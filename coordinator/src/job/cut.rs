@@ -38,6 +38,8 @@ pub(super) struct Cut<'a> {
     pub(super) id: &'a str,
     pub(super) term: u64,
     pub(super) position_only: bool,
+    /// "logical", "physical" or empty (each server's default).
+    pub(super) kind: &'a str,
 }
 
 /// An armed server: everything before its lock is done, and the Prepare
@@ -129,13 +131,24 @@ impl Cut<'_> {
         let prepares = armed
             .into_iter()
             .map(|a| self.lock_one(a, lost_tx.clone(), deadline));
-        let held: Vec<(Held, CutEntry)> = tokio::select! {
+        let held: Vec<(Held, CutEntry, u32)> = tokio::select! {
             r = futures::future::try_join_all(prepares) => r?,
             Some(reason) = lost.recv() => return Err(reason),
         };
         if let Ok(reason) = lost.try_recv() {
             return Err(reason);
         }
+        // Every server holds its lock: the application file sets are cut
+        // now, before any COMMIT lets a server run on.
+        let captures = held
+            .iter()
+            .filter(|(_, _, sets)| *sets > 0)
+            .map(|(h, _, _)| self.capture_files(&h.part.name, h.client.clone()));
+        tokio::select! {
+            r = futures::future::try_join_all(captures) => { r?; }
+            Some(reason) = lost.recv() => return Err(reason),
+        }
+        let held: Vec<(Held, CutEntry)> = held.into_iter().map(|(h, e, _)| (h, e)).collect();
         if self.position_only {
             debug!(servers = held.len(), "every server is prepared; committing");
         } else {
@@ -190,6 +203,7 @@ impl Cut<'_> {
                     term: self.term,
                     wait_for_go: true,
                     position_only: self.position_only,
+                    kind: self.kind.to_string(),
                 })
                 .await
                 .map_err(|s| format!("server {}: prepare refused: {}", p.name, status_text(&s)))?
@@ -213,7 +227,7 @@ impl Cut<'_> {
         armed: Armed,
         lost: mpsc::UnboundedSender<String>,
         deadline: tokio::time::Instant,
-    ) -> std::result::Result<(Held, CutEntry), String> {
+    ) -> std::result::Result<(Held, CutEntry, u32), String> {
         let Armed {
             part: p,
             mut client,
@@ -237,19 +251,26 @@ impl Cut<'_> {
                 }
             };
             let pos = prepared.position.unwrap_or_default();
-            Ok(CutEntry {
-                binlog_file: pos.binlog_file,
-                binlog_pos: pos.binlog_pos,
-                gtid: pos.gtid_set,
-                lock_method: prepared.lock_method,
-                lock_wait_us: prepared.lock_wait_us,
-                capture_us: prepared.capture_us,
-                locked_at_unix_us: prepared.locked_at_unix_us,
-                held_us: None,
-                released_at_unix_us: None,
-            })
+            let sets = prepared.file_sets;
+            Ok((
+                CutEntry {
+                    binlog_file: pos.binlog_file,
+                    binlog_pos: pos.binlog_pos,
+                    gtid: pos.gtid_set,
+                    lock_method: prepared.lock_method,
+                    lock_wait_us: prepared.lock_wait_us,
+                    capture_us: prepared.capture_us,
+                    locked_at_unix_us: prepared.locked_at_unix_us,
+                    held_us: None,
+                    released_at_unix_us: None,
+                    kind: prepared.kind,
+                    provider: prepared.provider,
+                    snapshot_us: prepared.snapshot_us,
+                },
+                sets,
+            ))
         };
-        let entry = self.by_deadline(&p, deadline, work).await?;
+        let (entry, sets) = self.by_deadline(&p, deadline, work).await?;
         let watch = watch_prepared(p.name.clone(), stream, lost);
         Ok((
             Held {
@@ -258,7 +279,40 @@ impl Cut<'_> {
                 _watch: watch,
             },
             entry,
+            sets,
         ))
+    }
+
+    /// CAPTURE FILES on one prepared server: its application file sets
+    /// are cut while every server of the cut is locked.
+    async fn capture_files(
+        &self,
+        name: &str,
+        mut client: NodeAgentClient<Channel>,
+    ) -> std::result::Result<(), String> {
+        let reply = tokio::time::timeout(
+            self.core.config.commit_timeout,
+            client.capture_files(agent_pb::CaptureFilesRequest {
+                backup_id: self.id.to_string(),
+                term: self.term,
+            }),
+        )
+        .await
+        .map_err(|_| {
+            format!(
+                "server {name}: its file sets were not captured within {:?}",
+                self.core.config.commit_timeout
+            )
+        })?
+        .map_err(|s| {
+            format!(
+                "server {name}: capturing its file sets failed: {}",
+                status_text(&s)
+            )
+        })?
+        .into_inner();
+        info!(server = name, took_us = reply.took_us, sets = ?reply.sets, "file sets captured");
+        Ok(())
     }
 
     /// Runs one server's PREPARE step, failing it at the PREPARE deadline.

@@ -178,6 +178,7 @@ impl Jobs {
                                 id: &b.id,
                                 term,
                                 position_only: false,
+                                kind: "",
                             };
                             cut.commit_one(&p.name, client).await
                         }

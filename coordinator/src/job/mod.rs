@@ -142,7 +142,16 @@ impl Jobs {
         self: &Arc<Self>,
         cluster: &str,
         sink: Option<&str>,
+        kind: &str,
     ) -> Result<String> {
+        let kind = match kind.trim().to_ascii_lowercase().as_str() {
+            k @ ("" | "logical" | "physical") => k.to_string(),
+            other => {
+                return Err(crate::Error::Config(format!(
+                    "unknown backup kind {other:?}: expected logical or physical"
+                )));
+            }
+        };
         let term = self.core.require_leader().await?;
         let (c, requested) = (cluster.to_string(), sink.map(str::to_string));
         let (parts, sink) = self
@@ -201,7 +210,7 @@ impl Jobs {
         let cluster = cluster.to_string();
         self.tracker.spawn(
             async move {
-                jobs.run(&job_id, &cluster, term, parts).await;
+                jobs.run(&job_id, &cluster, term, parts, &kind).await;
                 jobs.release(&job_id);
             }
             .instrument(span),
@@ -236,10 +245,10 @@ impl Jobs {
     }
 
     /// Drives one backup to COMPLETE or FAILED.
-    async fn run(&self, id: &str, cluster: &str, term: u64, parts: Vec<Participant>) {
+    async fn run(&self, id: &str, cluster: &str, term: u64, parts: Vec<Participant>, kind: &str) {
         let started = Instant::now();
         let outcome = tokio::select! {
-            r = self.drive(id, cluster, term, &parts) => r,
+            r = self.drive(id, cluster, term, &parts, kind) => r,
             _ = self.shutdown.cancelled() => Err("the coordinator shut down".to_string()),
         };
         let Err(reason) = outcome else {
@@ -294,6 +303,7 @@ impl Jobs {
         cluster: &str,
         term: u64,
         parts: &[Participant],
+        kind: &str,
     ) -> std::result::Result<(), String> {
         // PREPARE, barrier and COMMIT (see `cut.rs`), one cut of the
         // cluster at a time: a restore point waits for this one's end.
@@ -304,6 +314,7 @@ impl Jobs {
             id,
             term,
             position_only: false,
+            kind,
         }
         .run(parts)
         .await;

@@ -123,6 +123,7 @@ impl Jobs {
                 id: &id,
                 term,
                 position_only: true,
+                kind: "",
             }
             .run(&parts)
             .await;

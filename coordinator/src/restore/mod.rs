@@ -60,6 +60,10 @@ pub struct RestoreRequest {
     pub from: Option<String>,
     /// Server name → the agent that loads it.
     pub agents: BTreeMap<String, String>,
+    /// Physical backups: server name → the datadir to write it into.
+    pub datadirs: BTreeMap<String, String>,
+    /// Where the application file sets go (`<files_to>/<server>/<set>`).
+    pub files_to: Option<String>,
 }
 
 impl std::fmt::Debug for RestoreRequest {
@@ -77,6 +81,8 @@ impl std::fmt::Debug for RestoreRequest {
             .field("allow_reset_master", &self.allow_reset_master)
             .field("from", &self.from)
             .field("agents", &self.agents)
+            .field("datadirs", &self.datadirs)
+            .field("files_to", &self.files_to)
             .finish()
     }
 }
@@ -293,6 +299,10 @@ pub async fn run(core: &Core, rec: Recorded) -> Restored {
             if done.target.is_empty() {
                 done.target = p.shown_target();
             }
+            if done.kind.is_empty() && !p.target_datadir.is_empty() {
+                done.kind = "physical".into();
+                done.datadir = p.target_datadir.clone();
+            }
             let record = Command::RestoreServerDone {
                 id: rid.clone(),
                 server: p.server.clone(),
@@ -393,6 +403,8 @@ async fn restore_one(
         .restore(agent_pb::RestoreRequest {
             location: s.copy.location.clone(),
             target_mysql: p.target_mysql.clone(),
+            target_datadir: p.target_datadir.clone(),
+            files_to: p.files_to.clone(),
             force,
             threads: 0,
             binlog: false,
@@ -428,6 +440,11 @@ async fn restore_one(
                 rows: r.rows,
                 duration_ms: r.duration_ms,
                 gtid_slave_pos: r.gtid_slave_pos,
+                kind: r.kind,
+                datadir: r.datadir,
+                gtid_binlog_pos: r.gtid_binlog_pos,
+                recovery_ms: r.recovery_ms,
+                file_sets: r.file_sets,
                 ..RestoredServer::default()
             },
         ));

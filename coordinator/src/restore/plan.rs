@@ -41,6 +41,9 @@ impl Source {
 pub(super) struct Plan {
     pub(super) server: String,
     pub(super) target_mysql: String,
+    /// A physical backup's datadir on the loading agent's host.
+    pub(super) target_datadir: String,
+    pub(super) files_to: String,
     pub(super) sources: Vec<Source>,
     /// Why sources were passed over (or none exist).
     pub(super) skipped: Vec<String>,
@@ -99,7 +102,12 @@ pub(super) fn plan(cat: &Catalog, b: &Backup, req: &RestoreRequest) -> Result<Ve
         });
     }
     let names = || b.servers.join(", ");
-    for unknown in req.targets.keys().chain(req.agents.keys()) {
+    for unknown in req
+        .targets
+        .keys()
+        .chain(req.agents.keys())
+        .chain(req.datadirs.keys())
+    {
         if !b.servers.contains(unknown) {
             return Err(Error::UnknownTarget {
                 id: id.to_string(),
@@ -125,11 +133,12 @@ pub(super) fn plan(cat: &Catalog, b: &Backup, req: &RestoreRequest) -> Result<Ve
             )));
         }
     }
+    check_datadirs(b, req)?;
     let untargeted: Vec<&str> = b
         .servers
         .iter()
         .map(String::as_str)
-        .filter(|name| !req.targets.contains_key(*name))
+        .filter(|name| !req.targets.contains_key(*name) && !req.datadirs.contains_key(*name))
         .collect();
     if !req.in_place && !untargeted.is_empty() {
         return Err(Error::MissingTarget {
@@ -159,15 +168,68 @@ pub(super) fn plan(cat: &Catalog, b: &Backup, req: &RestoreRequest) -> Result<Ve
         .iter()
         .map(|server| {
             let target_mysql = req.targets.get(server).cloned().unwrap_or_default();
-            let (sources, skipped) = sources(cat, b, server, req, target_mysql.is_empty());
+            let target_datadir = req.datadirs.get(server).cloned().unwrap_or_default();
+            // Its own agent loads its own server, and (unless --agent
+            // names another) a datadir on its own host.
+            let own_agent = target_mysql.is_empty();
+            let (sources, skipped) = sources(cat, b, server, req, own_agent);
             Plan {
                 server: server.clone(),
                 target_mysql,
+                target_datadir,
+                files_to: req
+                    .files_to
+                    .as_ref()
+                    .map(|to| format!("{}/{}", to.trim_end_matches('/'), server.replace('/', "_")))
+                    .unwrap_or_default(),
                 sources,
                 skipped,
             }
         })
         .collect())
+}
+
+/// A physical backup is written into a datadir and a logical one loaded
+/// into a server: every server of a physical backup needs `--datadir`
+/// (an absolute path), and none of a logical one may have it.
+fn check_datadirs(b: &Backup, req: &RestoreRequest) -> Result<()> {
+    for server in &b.servers {
+        let physical = b.copies_of(server).iter().any(|(_, a)| a.is_physical());
+        let bad = |reason: String| Error::BadTarget {
+            id: b.id.clone(),
+            server: server.clone(),
+            reason,
+        };
+        match (physical, req.datadirs.get(server)) {
+            (true, None) => {
+                return Err(bad(
+                    "its backup is physical: give the datadir to write it into with --datadir SERVER=PATH (empty, or emptied with --force; no server may run on it)".into(),
+                ));
+            }
+            (true, Some(_)) if req.targets.contains_key(server) => {
+                return Err(bad(
+                    "its backup is physical: it is written into a datadir (--datadir), not loaded into a server (--target)".into(),
+                ));
+            }
+            (true, Some(dir)) if !dir.starts_with('/') => {
+                return Err(bad(format!("--datadir {dir}: must be an absolute path")));
+            }
+            (false, Some(_)) => {
+                return Err(bad(
+                    "its backup is logical: it is loaded into a server (--target), not written into a datadir".into(),
+                ));
+            }
+            _ => {}
+        }
+    }
+    if let Some(to) = &req.files_to
+        && !to.starts_with('/')
+    {
+        return Err(Error::Config(format!(
+            "--files-to {to}: must be an absolute path"
+        )));
+    }
+    Ok(())
 }
 
 /// A server's sources, best first, and the copies left out with why.
@@ -252,7 +314,9 @@ impl Plan {
     /// The target as the catalog and the caller see it: `host:port` (never
     /// the credentials) or "own server".
     pub(super) fn shown_target(&self) -> String {
-        if self.target_mysql.is_empty() {
+        if !self.target_datadir.is_empty() {
+            format!("datadir {}", self.target_datadir)
+        } else if self.target_mysql.is_empty() {
             "own server".to_string()
         } else {
             redact(&self.target_mysql)

@@ -13,6 +13,7 @@ fn artifact(location: &str) -> Artifact {
         rows: 5,
         verified_at_unix_ms: None,
         verify_error: None,
+        ..Artifact::default()
     }
 }
 

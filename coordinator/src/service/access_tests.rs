@@ -115,6 +115,7 @@ async fn roles_are_checked_and_refusals_audited() {
         .await
         .expect("a viewer reads");
     let start = pb::StartBackupRequest {
+        kind: String::new(),
         cluster: "c1".into(),
         sink: String::new(),
     };

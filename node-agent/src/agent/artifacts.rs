@@ -13,6 +13,18 @@ use crate::mysql::Server;
 use crate::progress::Progress;
 use crate::sink::artifact::Artifact;
 
+/// Where a restore goes: a server (its `mysql://` URL or `cred:NAME`;
+/// `None`: the agent's own), or for a physical backup a datadir on this
+/// host; and the file sets, if asked.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreTarget {
+    pub mysql: Option<String>,
+    /// A physical backup's datadir on this host.
+    pub datadir: Option<std::path::PathBuf>,
+    /// Where the application file sets go (`<files_to>/<set>`).
+    pub files_to: Option<std::path::PathBuf>,
+}
+
 /// What the catalog says a restore location holds (empty fields are not
 /// checked).
 #[derive(Debug, Clone, Default)]
@@ -69,17 +81,37 @@ impl Agent {
         &self,
         location: &str,
         sink: Option<&lockstep_proto::agent::SinkSpec>,
-        target: Option<&str>,
+        target: &RestoreTarget,
         expect: &Expected,
         opts: &crate::restore::LoadOptions,
         progress: Arc<Progress>,
     ) -> Result<crate::restore::LoadReport> {
-        let server = match target {
-            Some(target) => self.target_server(target)?,
-            None => self.own_server()?.clone(),
-        };
         let from = self.open_artifact(location, sink).await?;
         check_expected(&from, expect).await?;
+        if let Some(datadir) = &target.datadir {
+            let (manifest, _) = from.manifest().await?;
+            let _exclusive = RestoreClaim::take(&self.restoring, &datadir.display().to_string())?;
+            let span = tracing::info_span!("restore", from = %from.describe(), datadir = %datadir.display());
+            let to = crate::physical::restore::Target {
+                datadir,
+                files_to: target.files_to.as_deref(),
+                force: opts.force,
+            };
+            return crate::physical::restore::restore(
+                &from,
+                &manifest,
+                to,
+                &self.cfg.physical,
+                progress,
+                &self.shutdown.child_token(),
+            )
+            .instrument(span)
+            .await;
+        }
+        let server = match &target.mysql {
+            Some(url) => self.target_server(url)?,
+            None => self.own_server()?.clone(),
+        };
         // Claimed before the backup check: a Prepare checks the claims while
         // it holds the session, so one of the two always sees the other.
         let _exclusive = RestoreClaim::take(&self.restoring, server.address())?;
@@ -97,9 +129,22 @@ impl Agent {
         }
         let span =
             tracing::info_span!("restore", from = %from.describe(), target = %server.address());
-        crate::restore::load(&server, &from, opts, progress)
+        let mut report = crate::restore::load(&server, &from, opts, progress.clone())
             .instrument(span)
-            .await
+            .await?;
+        if let Some(to) = &target.files_to {
+            let (manifest, _) = from.manifest().await?;
+            report.file_sets = crate::physical::restore::restore_file_sets(
+                &from,
+                &manifest,
+                to,
+                opts.force,
+                progress,
+                &self.shutdown.child_token(),
+            )
+            .await?;
+        }
+        Ok(report)
     }
 
     /// A restore target: a `mysql://` URL, or `cred:NAME`, an entry of

@@ -40,12 +40,13 @@ use crate::sink::artifact::Artifact;
 
 mod archive;
 mod artifacts;
+mod physical;
 mod point;
 mod watch;
 
 use watch::Held;
 
-pub use artifacts::Expected;
+pub use artifacts::{Expected, RestoreTarget};
 
 /// The release reason when the Prepare caller went away.
 const CALLER_GONE: &str = "caller-gone";
@@ -95,6 +96,12 @@ pub struct AgentConfig {
     pub cluster: String,
     /// Continuous binlog archiving, if on.
     pub archive: Option<crate::binlog::ship::ArchiveSettings>,
+    /// Physical backups: default kind, snapshot provider, recovery.
+    pub physical: crate::physical::PhysicalOptions,
+    /// Application file sets cut with the databases.
+    pub files: crate::physical::FileSetOptions,
+    /// The agent's own records: snapshots it holds, staged file sets.
+    pub state_dir: PathBuf,
     /// Coordinator URLs to register with (empty: standalone).
     pub coordinators: Vec<String>,
     /// URL registered with the coordinators; `None`: `http://<listen>`.
@@ -114,6 +121,12 @@ pub struct PreparedInfo {
     pub info: ServerInfo,
     pub method: LockMethod,
     pub timings: PrepareTimings,
+    pub kind: crate::physical::Kind,
+    /// Physical: the provider and the snapshot's time inside the lock.
+    pub provider: &'static str,
+    pub snapshot_us: u64,
+    /// Application file sets to capture on CaptureFiles.
+    pub file_sets: usize,
 }
 
 /// What a commit reports. `released.reason` is always [`COMMIT`]: the lock
@@ -146,6 +159,8 @@ struct Session {
     committed: Option<CommitInfo>,
     /// The server's lock is this backup's while it arms and holds it.
     claim: Option<point::Claim>,
+    /// Its file snapshot and file sets (released when dropped).
+    extra: physical::Extra,
 }
 
 /// Snapshot of the agent's state for `Status`.
@@ -188,6 +203,8 @@ pub struct PrepareRequest {
     pub snapshot_connections: usize,
     /// A restore point: no snapshots, a session of its own (see `point.rs`).
     pub position_only: bool,
+    /// "logical", "physical" or empty (the agent's configured default).
+    pub kind: String,
 }
 
 impl Agent {
@@ -282,17 +299,41 @@ impl Agent {
         let lease = req.lease.min(self.cfg.max_lease);
         let started_at = crate::now_rfc3339();
         let span = tracing::info_span!("prepare", backup = %req.backup_id, server = %self.cfg.name);
-        let prepared = self
+        let kind = crate::physical::Kind::parse_or(&req.kind, self.cfg.physical.kind)?;
+        let mut extra = physical::Extra::plan(self, kind, &req.backup_id)
+            .instrument(span.clone())
+            .await?;
+        // A physical backup reads its data from the file snapshot: it opens
+        // no snapshot connections.
+        let connections = match kind {
+            crate::physical::Kind::Logical => req.snapshot_connections.max(1),
+            crate::physical::Kind::Physical => 0,
+        };
+        let mut prepared = self
             .arm_and_lock(
                 &own_server,
                 &req,
-                req.snapshot_connections.max(1),
+                connections,
                 lease,
                 &span,
                 ready,
                 caller_gone.clone(),
             )
             .await?;
+        let snapshot_took = match extra
+            .snapshot_in_lock(&mut prepared, &physical::snapshot_id(&req.backup_id))
+            .instrument(span.clone())
+            .await
+        {
+            Ok(took) => took,
+            Err(e) => {
+                if let Err(unlock) = prepared.lock.release().await {
+                    tracing::warn!(error = %unlock, "release after a failed snapshot");
+                }
+                return Err(e);
+            }
+        };
+        prepared.timings.capture_us += snapshot_took.as_micros() as u64;
         let _in_span = span.enter();
         *self.info.lock().expect("info lock") = Some(prepared.info.clone());
         let info = PreparedInfo {
@@ -301,6 +342,10 @@ impl Agent {
             info: prepared.info.clone(),
             method: prepared.lock.method(),
             timings: prepared.timings,
+            kind,
+            provider: extra.provider_name(),
+            snapshot_us: snapshot_took.as_micros() as u64,
+            file_sets: extra.planned_files.len(),
         };
         tracing::info!(
             position = %info.position,
@@ -326,6 +371,7 @@ impl Agent {
             notify: Some(notify_tx),
             committed: None,
             claim: Some(claim),
+            extra,
         });
         drop(slot);
 
@@ -610,6 +656,9 @@ impl Agent {
                 None => None,
                 Some(session) => match std::mem::replace(&mut session.stage, Stage::Transferring) {
                     Stage::Committed(c) => {
+                        // The transfer owns what the backup holds now, and
+                        // releases it when done.
+                        let extra = std::mem::take(&mut session.extra);
                         let origin = Origin {
                             backup_id: backup_id.into(),
                             server_name: self.cfg.name.clone(),
@@ -620,8 +669,9 @@ impl Agent {
                             started_at: session.started_at.clone(),
                             cluster: self.cfg.cluster.clone(),
                             cut_servers: cut_servers.clone(),
+                            file_sets: extra.files.clone(),
                         };
-                        Some((c, origin))
+                        Some((c, origin, extra))
                     }
                     Stage::Transferring => {
                         // Someone else's dump of this backup is running:
@@ -651,7 +701,7 @@ impl Agent {
                 },
             }
         };
-        let Some((committed, origin)) = started else {
+        let Some((committed, origin, mut extra)) = started else {
             // Finished earlier (or by the dump we attached to).
             let mut out = out;
             out.unlock(self.cfg.key.as_deref()).await?;
@@ -671,16 +721,26 @@ impl Agent {
         if let Some(level) = zstd_level {
             opts.zstd_level = level;
         }
-        let result = dump::dump(
-            origin,
-            committed.snapshots,
-            self.own_server()?,
-            out,
-            &opts,
-            progress,
-            self.shutdown.child_token(),
-        )
-        .await;
+        let result = match extra.kind {
+            crate::physical::Kind::Logical => {
+                dump::dump(
+                    origin,
+                    committed.snapshots,
+                    self.own_server()?,
+                    out,
+                    &opts,
+                    progress,
+                    self.shutdown.child_token(),
+                )
+                .await
+            }
+            crate::physical::Kind::Physical => {
+                extra
+                    .store(origin, out, &opts, progress, &self.shutdown.child_token())
+                    .await
+            }
+        };
+        extra.release().await;
         let mut slot = self.session.lock().await;
         if matches!(slot.as_ref(), Some(s) if s.backup_id == backup_id) {
             *slot = None;
@@ -820,6 +880,7 @@ pub async fn dump_once(
         started_at,
         cluster: String::new(),
         cut_servers: Vec::new(),
+        file_sets: Vec::new(),
     };
     dump::dump(
         origin,

@@ -136,6 +136,10 @@ impl Agent {
             info: prepared.info.clone(),
             method: prepared.lock.method(),
             timings: prepared.timings,
+            kind: crate::physical::Kind::Logical,
+            provider: "",
+            snapshot_us: 0,
+            file_sets: 0,
         };
         *self.info.lock().expect("info lock") = Some(prepared.info.clone());
         tracing::debug!(parent: &span, position = %info.position, lock_wait_us = info.timings.lock_wait_us, "restore point: locked and captured");

@@ -144,6 +144,36 @@ pub struct ServeArgs {
     /// server's replicas) [default: 4000000000 + server_id % 100000000].
     #[arg(long)]
     pub archive_replica_id: Option<u32>,
+    /// The kind of this server's backups when a backup does not say:
+    /// logical or physical [default: logical].
+    #[arg(long, value_parser = ["logical", "physical"])]
+    pub backup_kind: Option<String>,
+    /// Snapshot provider for physical backups given by flags: btrfs or
+    /// reflink (LVM and ZFS are configured in the file, [physical.snapshot]).
+    #[arg(long, value_parser = ["btrfs", "reflink"], requires_all = ["snapshot_volume", "snapshot_dir"])]
+    pub snapshot_provider: Option<String>,
+    /// The directory snapshotted (a btrfs subvolume, or a directory on XFS
+    /// or btrfs for reflink) holding the datadir, its redo log and binlog.
+    #[arg(long)]
+    pub snapshot_volume: Option<PathBuf>,
+    /// Where snapshots are made (same filesystem as the volume).
+    #[arg(long)]
+    pub snapshot_dir: Option<PathBuf>,
+    /// The agent's records of snapshots it holds and its staged file sets
+    /// [default: SINK_DIR/../state/NAME].
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// An application file set cut with the databases, NAME=PATH
+    /// (repeatable); copied during the freeze unless configured with a
+    /// snapshot provider in the file.
+    #[arg(long = "file-set", value_parser = crate::physical::config::parse_file_set)]
+    pub file_sets: Vec<crate::physical::FileSet>,
+    /// The most bytes the copied file sets may hold together.
+    #[arg(long)]
+    pub file_set_budget: Option<u64>,
+    /// The mariadbd that recovers restored physical backups.
+    #[arg(long)]
+    pub mariadbd: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -218,6 +248,36 @@ impl ServeArgs {
         }
         if let Some(v) = self.archive_replica_id {
             c.archive.replica_server_id = Some(v);
+        }
+        if let Some(v) = &self.backup_kind {
+            c.physical.kind = crate::physical::Kind::parse_or(v, c.physical.kind)?;
+        }
+        if let (Some(p), Some(volume), Some(dir)) = (
+            &self.snapshot_provider,
+            &self.snapshot_volume,
+            &self.snapshot_dir,
+        ) {
+            let (volume, snapshot_dir) = (volume.clone(), dir.clone());
+            c.physical.snapshot = Some(match p.as_str() {
+                "btrfs" => crate::snapshot::ProviderConfig::Btrfs {
+                    volume,
+                    snapshot_dir,
+                },
+                _ => crate::snapshot::ProviderConfig::Reflink {
+                    volume,
+                    snapshot_dir,
+                },
+            });
+        }
+        if let Some(v) = &self.state_dir {
+            c.physical.state_dir = Some(v.clone());
+        }
+        if let Some(v) = &self.mariadbd {
+            c.physical.mariadbd = Some(v.clone());
+        }
+        c.files.sets.extend(self.file_sets.iter().cloned());
+        if let Some(v) = self.file_set_budget {
+            c.files.budget_bytes = v;
         }
         Ok(c)
     }

@@ -316,6 +316,7 @@ async fn cut(a: CutArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let mut stream = client
         .prepare(pb::PrepareRequest {
+            kind: String::new(),
             backup_id: id.clone(),
             lease_ms: a.lease.as_millis() as u64,
             budgets: None,

@@ -15,7 +15,10 @@ pub const FORMAT: &str = "lockstep-logical-snapshot";
 /// schema files may use a delimiter other than `;;` and keep every byte of
 /// a statement (see `sqlfile`); a dump writes the lowest version that reads
 /// its files right, so older releases still load most backups.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
+/// The version of a manifest with a physical section or file sets: older
+/// releases refuse it instead of reading it as an empty logical backup.
+pub const PHYSICAL_VERSION: u32 = 3;
 /// The oldest manifest version this build reads.
 pub const MIN_VERSION: u32 = 1;
 /// The string literal in `load_sql` that stands for a data file's path.
@@ -53,6 +56,13 @@ pub struct Manifest {
     pub cluster: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cut_servers: Vec<String>,
+    /// A physical backup: its datadir archive, every file's checksum and
+    /// the server's settings (see `format/physical.rs`). Absent: logical.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physical: Option<crate::format::physical::Physical>,
+    /// Application file sets cut with the databases.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub file_sets: Vec<crate::format::physical::FileSetRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -249,11 +259,11 @@ mod tests {
             .to_string();
         assert!(err.contains("unknown manifest version 99"), "{err}");
         assert!(err.contains("/b/manifest.json"), "{err}");
-        let err = Manifest::parse(br#"{"format":"lockstep-logical-snapshot","version":3}"#, p)
-            .expect_err("version 3")
+        let err = Manifest::parse(br#"{"format":"lockstep-logical-snapshot","version":4}"#, p)
+            .expect_err("version 4")
             .to_string();
-        assert!(err.contains("reads versions 1 to 2"), "{err}");
-        for v in [1, 2] {
+        assert!(err.contains("reads versions 1 to 3"), "{err}");
+        for v in [1, 2, 3] {
             let err = Manifest::parse(
                 format!(r#"{{"format":"lockstep-logical-snapshot","version":{v}}}"#).as_bytes(),
                 p,

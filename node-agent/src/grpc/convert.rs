@@ -55,6 +55,7 @@ pub fn prepare_request(r: pb::PrepareRequest, cfg: &AgentConfig) -> Result<Prepa
             r.snapshot_connections as usize
         },
         position_only: r.position_only,
+        kind: r.kind,
     };
     if req.backup_id.is_empty() || req.backup_id.len() > 128 {
         return Err(out_of_bounds(
@@ -149,6 +150,10 @@ pub fn prepared(p: &PreparedInfo, cfg: &AgentConfig) -> pb::PrepareEvent {
             lock_wait_us: p.timings.lock_wait_us,
             capture_us: p.timings.capture_us,
             locked_at_unix_us: p.timings.locked_at_unix_us,
+            kind: p.kind.as_str().into(),
+            provider: p.provider.into(),
+            snapshot_us: p.snapshot_us,
+            file_sets: p.file_sets as u32,
         })),
     }
 }
@@ -182,6 +187,27 @@ pub fn artifact(d: &DumpResult) -> pb::Artifact {
         files: d.manifest.totals.files,
         manifest_sha256: d.manifest_sha256.clone(),
         rows: d.manifest.totals.rows,
+        kind: if d.manifest.physical.is_some() {
+            "physical"
+        } else {
+            "logical"
+        }
+        .into(),
+        provider: d
+            .manifest
+            .physical
+            .as_ref()
+            .map(|p| p.provider.clone())
+            .unwrap_or_default(),
+        snapshot_us: d.manifest.physical.as_ref().map_or(0, |p| p.snapshot_us),
+        snapshot_bytes: d.manifest.physical.as_ref().map_or(0, |p| p.snapshot_bytes),
+        free_bytes: d.manifest.physical.as_ref().map_or(0, |p| p.free_bytes),
+        file_sets: d
+            .manifest
+            .file_sets
+            .iter()
+            .map(|f| f.name.clone())
+            .collect(),
     }
 }
 
@@ -193,6 +219,11 @@ pub fn restore_report(r: &LoadReport) -> pb::RestoreReport {
         rows: r.rows,
         duration_ms: r.duration_ms,
         gtid_slave_pos: r.gtid_slave_pos.clone().unwrap_or_default(),
+        kind: r.kind.into(),
+        datadir: r.datadir.clone(),
+        recovery_ms: r.recovery_ms,
+        gtid_binlog_pos: r.gtid_binlog_pos.clone(),
+        file_sets: r.file_sets.clone(),
     }
 }
 

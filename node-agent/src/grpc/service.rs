@@ -198,6 +198,23 @@ impl NodeAgent for AgentService {
         }))
     }
 
+    async fn capture_files(
+        &self,
+        request: Request<pb::CaptureFilesRequest>,
+    ) -> Result<Response<pb::CaptureFilesReply>, Status> {
+        let r = request.into_inner();
+        self.fence(r.term)?;
+        let (sets, took) = self
+            .agent
+            .capture_files(&r.backup_id)
+            .await
+            .map_err(|e| convert::to_status(&e))?;
+        Ok(Response::new(pb::CaptureFilesReply {
+            sets,
+            took_us: took.as_micros() as u64,
+        }))
+    }
+
     async fn abort(
         &self,
         request: Request<pb::AbortRequest>,
@@ -261,13 +278,17 @@ impl NodeAgent for AgentService {
         let progress = Arc::new(Progress::default());
         let (agent, p) = (self.agent.clone(), progress.clone());
         let job = async move {
-            let target = (!r.target_mysql.is_empty()).then_some(r.target_mysql.as_str());
             let expect = crate::agent::Expected {
                 backup_id: r.backup_id.clone(),
                 manifest_sha256: r.manifest_sha256.clone(),
             };
+            let target = crate::agent::RestoreTarget {
+                mysql: (!r.target_mysql.is_empty()).then(|| r.target_mysql.clone()),
+                datadir: (!r.target_datadir.is_empty()).then(|| r.target_datadir.clone().into()),
+                files_to: (!r.files_to.is_empty()).then(|| r.files_to.clone().into()),
+            };
             agent
-                .restore(&r.location, r.sink.as_ref(), target, &expect, &opts, p)
+                .restore(&r.location, r.sink.as_ref(), &target, &expect, &opts, p)
                 .await
         };
         Ok(Response::new(stream_job(progress, job, |s, done| {

@@ -209,6 +209,15 @@ impl ServerSettings {
         out
     }
 
+    /// The redo log (`ib_logfile0`), absolute: what a provider that copies
+    /// file by file copies first.
+    pub fn redo_log_files(&self) -> Vec<PathBuf> {
+        vec![
+            self.resolve(&self.innodb_log_group_home_dir)
+                .join("ib_logfile0"),
+        ]
+    }
+
     /// A snapshot of the datadir must hold the binlog, the redo log and the
     /// data files of one moment: refuses, naming the server (`addr`), the
     /// setting and the path, when one of them lies outside the datadir.

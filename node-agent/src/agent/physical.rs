@@ -1,0 +1,296 @@
+//! What a backup holds beyond its lock and snapshot connections: a
+//! physical backup's file snapshot, and the application file sets of
+//! either kind. Planned before the lock ([`Extra::plan`]), taken inside it
+//! ([`Extra::snapshot_in_lock`], [`Agent::capture_files`]), streamed by
+//! the transfer, and released whatever happens: dropping an [`Extra`]
+//! that still holds something releases it in the background.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::cut::PreparedCut;
+use crate::error::{Error, Result};
+use crate::physical::Kind;
+use crate::physical::files::{self, Captured, Planned};
+use crate::physical::settings::ServerSettings;
+use crate::snapshot::registry::Registry;
+use crate::snapshot::{self, Provider, Snapshot, Space};
+
+use super::{Agent, Stage};
+
+/// A physical backup's snapshot and what was known when it was taken.
+#[derive(Debug)]
+pub(crate) struct Physical {
+    pub provider: Box<dyn Provider>,
+    pub settings: ServerSettings,
+    pub space: Space,
+    pub snapshot: Option<Snapshot>,
+}
+
+/// Everything a backup holds beside its lock and snapshot connections.
+#[derive(Debug, Default)]
+pub(crate) struct Extra {
+    pub kind: Kind,
+    pub physical: Option<Physical>,
+    pub planned_files: Vec<Planned>,
+    pub files: Vec<Captured>,
+    /// The snapshots recorded in the registry before the lock (whether
+    /// taken yet or not): released and forgotten by [`Extra::release`].
+    recorded: Vec<Snapshot>,
+    registry: Option<Registry>,
+}
+
+impl Extra {
+    /// Before the lock: sizes the file sets against their budget; for a
+    /// physical backup reads the server's settings, checks the snapshot
+    /// covers its datadir, redo log and binlog and that the volume has
+    /// room, and flushes the volume (`sync -f`), so that taking the
+    /// snapshot inside the lock has no backlog to write.
+    pub async fn plan(agent: &Agent, kind: Kind, backup_id: &str) -> Result<Extra> {
+        let cfg = &agent.cfg;
+        let planned_files = files::plan(&cfg.files).await?;
+        let id = snapshot_id(backup_id);
+        let physical = match kind {
+            Kind::Logical => None,
+            Kind::Physical => {
+                let server = agent.own_server()?;
+                let provider_cfg = cfg.physical.snapshot.as_ref().ok_or_else(|| {
+                    Error::Config(format!(
+                        "server {}: a physical backup needs a snapshot provider ([physical.snapshot] or --snapshot-provider in agent {}'s configuration)",
+                        server.address(),
+                        cfg.name
+                    ))
+                })?;
+                let provider = snapshot::provider(provider_cfg);
+                let mut conn = server
+                    .connect("read settings for a physical backup")
+                    .await?;
+                let settings = crate::physical::settings::read(&mut conn, server.address()).await?;
+                drop(conn);
+                settings.require_inside_datadir(server.address())?;
+                let space = provider.check(&settings.live_paths()).await?;
+                provider.flush().await?;
+                Some(Physical {
+                    provider,
+                    settings,
+                    space,
+                    snapshot: None,
+                })
+            }
+        };
+        let mut extra = Extra {
+            kind,
+            physical,
+            planned_files,
+            files: Vec::new(),
+            recorded: Vec::new(),
+            registry: None,
+        };
+        // Every snapshot this backup may take is recorded before the lock
+        // (fsyncs stay out of the freeze): a crashed agent's successor
+        // finds and deletes them.
+        let mut planned = Vec::new();
+        if let Some(p) = &extra.physical {
+            planned.push(p.provider.planned(&id)?);
+        }
+        for set in &extra.planned_files {
+            if let Some(cfg) = &set.set.snapshot {
+                planned.push(
+                    snapshot::provider(cfg).planned(&files::snapshot_id(&id, &set.set.name))?,
+                );
+            }
+        }
+        if !planned.is_empty() {
+            let registry = Registry::open(&cfg.state_dir)?;
+            for snap in planned {
+                registry.record(&snap)?;
+                extra.recorded.push(snap);
+            }
+            extra.registry = Some(registry);
+        }
+        Ok(extra)
+    }
+
+    /// Inside the lock (held by `cut`): flushes InnoDB's log buffer when
+    /// commits may still sit in it, then takes the snapshot. Returns how
+    /// long the snapshot took.
+    pub async fn snapshot_in_lock(&mut self, cut: &mut PreparedCut, id: &str) -> Result<Duration> {
+        let Some(p) = self.physical.as_mut() else {
+            return Ok(Duration::ZERO);
+        };
+        if p.settings.needs_engine_log_flush() {
+            cut.lock
+                .execute("FLUSH NO_WRITE_TO_BINLOG ENGINE LOGS")
+                .await?;
+        }
+        let started = Instant::now();
+        let snap = p.provider.take(id, &p.settings.redo_log_files()).await?;
+        let took = started.elapsed();
+        tracing::info!(provider = p.provider.name(), snapshot = %snap.handle, took_us = took.as_micros() as u64, "snapshot taken inside the lock");
+        p.snapshot = Some(snap);
+        Ok(took)
+    }
+
+    /// Streams a physical backup's snapshot (and the file sets) into `out`.
+    pub async fn store(
+        &self,
+        origin: crate::dump::Origin,
+        out: crate::sink::artifact::Artifact,
+        opts: &crate::dump::DumpOptions,
+        progress: std::sync::Arc<crate::progress::Progress>,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> Result<crate::dump::DumpResult> {
+        let (Some(p), Some(snap)) = (
+            self.physical.as_ref(),
+            self.physical.as_ref().and_then(|p| p.snapshot.as_ref()),
+        ) else {
+            return Err(Error::BadState {
+                backup_id: origin.backup_id,
+                reason: "it is physical but holds no snapshot".into(),
+            });
+        };
+        let taken = crate::physical::backup::Taken {
+            snap,
+            settings: &p.settings,
+            space: p.space,
+        };
+        crate::physical::backup::store(origin, taken, out, opts, progress, cancel).await
+    }
+
+    /// The provider's name, for a physical backup.
+    pub fn provider_name(&self) -> &'static str {
+        self.physical.as_ref().map_or("", |p| p.provider.name())
+    }
+
+    /// Releases everything still held. Failures are logged; a restarted
+    /// agent deletes the snapshots it finds recorded.
+    pub async fn release(&mut self) {
+        if let Some(p) = self.physical.as_mut() {
+            p.snapshot = None;
+        }
+        // Staged copies; the file sets' snapshots are among the recorded.
+        let sets = std::mem::take(&mut self.files);
+        files::release_copies(&sets).await;
+        for snap in std::mem::take(&mut self.recorded) {
+            match snapshot::release(&snap).await {
+                Ok(()) => {
+                    if let Some(r) = &self.registry
+                        && let Err(e) = r.forget(&snap.id)
+                    {
+                        tracing::warn!(snapshot = %snap.id, error = %e, "snapshot released but its record stays");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(snapshot = %snap.handle, error = %e, "snapshot not released; the agent deletes it when it starts again")
+                }
+            }
+        }
+    }
+
+    fn holds_anything(&self) -> bool {
+        !self.files.is_empty() || !self.recorded.is_empty()
+    }
+}
+
+impl Drop for Extra {
+    fn drop(&mut self) {
+        if !self.holds_anything() {
+            return;
+        }
+        let mut rest = Extra {
+            kind: self.kind,
+            physical: None,
+            planned_files: Vec::new(),
+            files: std::mem::take(&mut self.files),
+            recorded: std::mem::take(&mut self.recorded),
+            registry: self.registry.take(),
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move { rest.release().await });
+            }
+            Err(_) => tracing::warn!(
+                "a backup's snapshot is left behind (no runtime to release it); the agent deletes it when it starts again"
+            ),
+        }
+    }
+}
+
+impl Agent {
+    /// Captures the application file sets of prepared backup `backup_id`
+    /// while its lock is held (the coordinator calls it once every server
+    /// of the cut is locked). Repeating it answers with the sets captured.
+    pub async fn capture_files(&self, backup_id: &str) -> Result<(Vec<String>, Duration)> {
+        let mut slot = self.session.lock().await;
+        let Some(session) = slot.as_mut().filter(|s| s.backup_id == backup_id) else {
+            return Err(self.gone(backup_id));
+        };
+        if !matches!(session.stage, Stage::Prepared(_)) {
+            return Err(Error::BadState {
+                backup_id: backup_id.into(),
+                reason: "its lock is no longer held: file sets are captured only while every server is locked".into(),
+            });
+        }
+        if !session.extra.files.is_empty() {
+            return Ok((
+                session.extra.files.iter().map(Captured::describe).collect(),
+                Duration::ZERO,
+            ));
+        }
+        let started = Instant::now();
+        let stage = self.file_stage(backup_id);
+        let captured = files::capture(
+            &session.extra.planned_files,
+            &snapshot_id(backup_id),
+            &stage,
+        )
+        .await?;
+        let took = started.elapsed();
+        tracing::info!(
+            backup = backup_id,
+            sets = captured.len(),
+            took_us = took.as_micros() as u64,
+            "file sets captured inside the lock"
+        );
+        let described = captured.iter().map(Captured::describe).collect();
+        session.extra.files = captured;
+        Ok((described, took))
+    }
+
+    /// Deletes what a crashed agent left: the snapshots its registry
+    /// records and its staged file set copies. Run once at start.
+    pub async fn clean_leftovers(&self) {
+        let state = &self.cfg.state_dir;
+        if state.join("snapshots").exists() {
+            match Registry::open(state) {
+                Ok(r) => match r.cleanup().await {
+                    Ok(done) if !done.is_empty() => {
+                        tracing::warn!(snapshots = ?done, "deleted snapshots a previous run of the agent left behind")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "leftover snapshots not all deleted"),
+                },
+                Err(e) => tracing::warn!(error = %e, "cannot open the snapshot registry"),
+            }
+        }
+        let staged = state.join("files");
+        if staged.exists()
+            && let Err(e) = tokio::fs::remove_dir_all(&staged).await
+        {
+            tracing::warn!(dir = %staged.display(), error = %e, "staged file set copies not removed");
+        }
+    }
+
+    /// Where copied file sets of a backup are staged.
+    fn file_stage(&self, backup_id: &str) -> PathBuf {
+        self.cfg
+            .state_dir
+            .join("files")
+            .join(crate::format::fs_name(backup_id))
+    }
+}
+
+/// A snapshot's id for a backup: a safe file and subvolume name.
+pub(crate) fn snapshot_id(backup_id: &str) -> String {
+    format!("lockstep-{}", crate::format::fs_name(backup_id))
+}

@@ -1,0 +1,251 @@
+//! Physical backups end to end on loop-mounted filesystems (root only,
+//! behind `LOCKSTEP_LOOPFS_TESTS=1`, which `scripts/test.sh` sets as root):
+//! 3 servers whose datadirs live on btrfs subvolumes (or XFS directories,
+//! reflink), the causal-chain writer with a journal file in an application
+//! file set, a physical cluster backup, and a restore into fresh datadirs on
+//! which servers are started again.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use lockstep_tests::loopfs::{self, LoopFs, run_cmd};
+use lockstep_tests::plain_cluster::Cluster;
+use lockstep_tests::{
+    AgentOptions, CatalogCli, CausalWriter, MariaDb, MariaDbOptions, check_chain, init_tracing,
+    journal_last, step,
+};
+use serde_json::Value;
+
+const CLUSTER_PREFIX: &str = "ph";
+/// Records the chain holds before the backup.
+const BEFORE: u64 = 300;
+
+/// Which filesystem and provider a run uses.
+#[derive(Clone, Copy, Debug)]
+enum Fs {
+    Btrfs,
+    Xfs,
+}
+
+impl Fs {
+    fn provider(self) -> &'static str {
+        match self {
+            Fs::Btrfs => "btrfs",
+            Fs::Xfs => "reflink",
+        }
+    }
+}
+
+/// The btrfs case: each datadir in its own subvolume, snapshotted
+/// read-only inside the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn physical_backup_on_btrfs_restores_the_cut_and_the_file_set() -> anyhow::Result<()> {
+    run(Fs::Btrfs).await
+}
+
+/// The XFS case: each datadir in a directory, copied with
+/// `cp --reflink=always` (redo log first) inside the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn physical_backup_on_xfs_reflink_restores_the_cut_and_the_file_set() -> anyhow::Result<()> {
+    run(Fs::Xfs).await
+}
+
+/// A btrfs snapshot, the chain check and the journal: the whole scenario
+/// for one filesystem.
+async fn run(fs_kind: Fs) -> anyhow::Result<()> {
+    init_tracing();
+    if !loopfs::enabled() {
+        return Ok(());
+    }
+    step!("make a loop-mounted {fs_kind:?} filesystem with a volume per server");
+    let fs = match fs_kind {
+        Fs::Btrfs => LoopFs::btrfs(2048)?,
+        Fs::Xfs => LoopFs::xfs(2048)?,
+    };
+    let mut volumes = Vec::new();
+    let mut snapdirs = Vec::new();
+    for i in 0..3 {
+        volumes.push(match fs_kind {
+            Fs::Btrfs => fs.subvolume(&format!("db{i}"))?,
+            Fs::Xfs => fs.dir(&format!("db{i}"))?,
+        });
+        snapdirs.push(fs.dir(&format!("snaps{i}"))?);
+    }
+    let app = tempfile::tempdir()?;
+    let journal = app.path().join("journal.log");
+
+    step!("start 3 servers with their datadirs on the volumes");
+    let mut servers = Vec::new();
+    for (i, v) in volumes.iter().enumerate() {
+        let opts = MariaDbOptions {
+            datadir: Some(v.join("data")),
+            ..MariaDbOptions::named(format!("{CLUSTER_PREFIX}{i}"))
+        };
+        servers.push(MariaDb::start(opts).await?);
+    }
+    let ids: Vec<(u32, u32)> = servers
+        .iter()
+        .map(|s| (s.server_id(), s.gtid_domain_id()))
+        .collect();
+    let provider = fs_kind.provider();
+    let cluster = Cluster::start_on(servers, None, |i, s| {
+        let mut o = AgentOptions::new(s.name(), s.url());
+        o.extra_args = vec![
+            "--backup-kind".into(),
+            "physical".into(),
+            "--snapshot-provider".into(),
+            provider.into(),
+            "--snapshot-volume".into(),
+            volumes[i].display().to_string(),
+            "--snapshot-dir".into(),
+            snapdirs[i].display().to_string(),
+        ];
+        if i == 0 {
+            o.extra_args
+                .extend(["--file-set".into(), format!("app={}", app.path().display())]);
+        }
+        o
+    })
+    .await?;
+
+    step!("the causal writer runs, appending each record to the app's journal");
+    let writer = CausalWriter::start_with_journal(cluster.chain(), &journal).await?;
+    writer
+        .wait_committed(BEFORE, Duration::from_secs(60))
+        .await?;
+
+    step!("lockstep backup start --wait (each agent's default kind: physical)");
+    let backup = cluster.backup_and_wait(None).await?;
+    let written = writer.stop().await;
+    assert_eq!(backup["status"], "COMPLETE", "{backup}");
+    let id = backup["id"].as_str().unwrap_or_default().to_string();
+    let shown = cluster.cli_json(&["catalog", "show", &id]).await?;
+    let servers = shown["servers"].as_array().cloned().unwrap_or_default();
+    assert_eq!(servers.len(), 3, "{shown}");
+    for s in &servers {
+        assert_eq!(s["kind"], "physical", "{s}");
+        assert_eq!(s["provider"], provider, "{s}");
+        let snap_ms = s["snapshot_ms"].as_f64().unwrap_or(0.0);
+        assert!(snap_ms > 0.0, "snapshot time recorded: {s}");
+        let lock_ms = s["lock_ms"].as_f64().unwrap_or(0.0);
+        assert!(snap_ms <= lock_ms, "the snapshot is inside the lock: {s}");
+        let art = &s["artifact"];
+        assert!(
+            art["snapshot_bytes"].as_u64().unwrap_or(0) > 10 << 20,
+            "{s}"
+        );
+        assert!(art["free_bytes"].as_u64().unwrap_or(0) > 0, "{s}");
+    }
+    assert_eq!(
+        servers[0]["artifact"]["file_sets"],
+        serde_json::json!(["app"])
+    );
+    let cut: Vec<String> = servers
+        .iter()
+        .map(|s| s["gtid"].as_str().unwrap_or_default().to_string())
+        .collect();
+    tracing::info!(?cut, written, "backup {id} complete");
+
+    step!("every snapshot was deleted and forgotten once streamed");
+    assert_no_snapshots(fs_kind, fs.mount(), &snapdirs)?;
+    for a in &cluster.agents {
+        let state = a.sink_dir().parent().expect("sink dir has a parent");
+        let records = state.join("state").join(a.name()).join("snapshots");
+        let left: Vec<_> = std::fs::read_dir(&records)
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "registry records left: {left:?}");
+    }
+
+    step!("a restore without --datadir is refused, naming the server");
+    let out = cluster
+        .cli(&["restore", "run", "--backup", &id, "--in-place"])
+        .await?;
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains("physical") && out.stderr.contains("--datadir"),
+        "{}",
+        out.stderr
+    );
+
+    step!("lockstep restore run --datadir ...=FRESH --files-to DIR");
+    let restored_root = fs.dir("restored")?;
+    let files_to = fs.dir("files")?;
+    let mut argv: Vec<String> = ["--json", "restore", "run", "--backup", &id]
+        .map(String::from)
+        .to_vec();
+    let mut datadirs = Vec::new();
+    for i in 0..3 {
+        let d = restored_root.join(format!("{CLUSTER_PREFIX}{i}"));
+        argv.push("--datadir".into());
+        argv.push(format!("{CLUSTER_PREFIX}{i}={}", d.display()));
+        datadirs.push(d);
+    }
+    argv.extend(["--files-to".into(), files_to.display().to_string()]);
+    let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let out = cluster.cli(&refs).await?;
+    let restore: Value = serde_json::from_str(out.stdout.trim())
+        .map_err(|e| anyhow::anyhow!("{e}: {} {}", out.stdout, out.stderr))?;
+    assert_eq!(restore["ok"], true, "{restore}");
+    for (i, s) in restore["servers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(s["kind"], "physical", "{s}");
+        assert_eq!(
+            s["gtid_binlog_pos"],
+            cut[i].as_str(),
+            "recovered to the cut: {s}"
+        );
+    }
+
+    step!("start servers on the restored datadirs: the chain has no gap, each at its cut");
+    let mut restored = Vec::new();
+    for (i, d) in datadirs.iter().enumerate() {
+        let opts = MariaDbOptions {
+            server_id: Some(ids[i].0),
+            gtid_domain_id: Some(ids[i].1),
+            ..MariaDbOptions::named(format!("restored{i}"))
+        };
+        let db = MariaDb::start_on(d.clone(), opts).await?;
+        assert_eq!(db.gtid_binlog_pos().await?, cut[i], "server {i}");
+        restored.push(db);
+    }
+    let targets = lockstep_tests::Target::chain_on(&restored);
+    let m = check_chain(&targets).await?;
+    assert!(
+        m >= BEFORE,
+        "the backup holds at least {BEFORE} records, got {m}"
+    );
+    assert!(m <= written, "{m} > {written} written");
+
+    step!("the app's journal was cut at the same moment: it ends at record {m}");
+    let restored_journal = files_to
+        .join(format!("{CLUSTER_PREFIX}0"))
+        .join("app")
+        .join("journal.log");
+    assert_eq!(journal_last(&restored_journal)?, m);
+    drop(restored);
+    drop(cluster);
+    Ok(())
+}
+
+/// No snapshot of ours is left: no `lockstep-*` subvolume (btrfs) and
+/// every snapshot directory empty.
+fn assert_no_snapshots(fs: Fs, mount: &Path, snapdirs: &[PathBuf]) -> anyhow::Result<()> {
+    if let Fs::Btrfs = fs {
+        let list = run_cmd(
+            "btrfs",
+            &["subvolume", "list", &mount.display().to_string()],
+        )?;
+        assert!(!list.contains("lockstep-"), "snapshots left: {list}");
+    }
+    for d in snapdirs {
+        let left: Vec<_> = std::fs::read_dir(d)?.filter_map(|e| e.ok()).collect();
+        assert!(left.is_empty(), "{} holds {left:?}", d.display());
+    }
+    Ok(())
+}
