@@ -128,11 +128,22 @@ impl Cluster {
         tls: Option<Arc<Pki>>,
         agent: impl Fn(usize, &MariaDb) -> AgentOptions,
     ) -> anyhow::Result<Cluster> {
-        step!("start 3 coordinators (TLS: {})", tls.is_some());
         let coordinator = CoordinatorOptions {
-            tls: tls.clone(),
+            tls,
             ..CoordinatorOptions::default()
         };
+        Cluster::start_on_with(servers, coordinator, agent).await
+    }
+
+    /// Like [`Cluster::start_on`], with the coordinators' options (their
+    /// environment, e.g. `FAILPOINTS`, and TLS) given.
+    pub async fn start_on_with(
+        servers: Vec<MariaDb>,
+        coordinator: CoordinatorOptions,
+        agent: impl Fn(usize, &MariaDb) -> AgentOptions,
+    ) -> anyhow::Result<Cluster> {
+        let tls = coordinator.tls.clone();
+        step!("start 3 coordinators (TLS: {})", tls.is_some());
         let group = CoordinatorGroup::start_with_options(3, &coordinator).await?;
         step!("start an agent beside each server, registering with the coordinators");
         Cluster::with_agents(servers, group, tls, agent).await

@@ -14,6 +14,7 @@ use lockstep_tests::{
     AgentOptions, CatalogCli, CausalWriter, MariaDb, MariaDbOptions, check_chain, init_tracing,
     journal_last, step,
 };
+use lockstep_tests::{CoordinatorOptions, Supervised};
 use serde_json::Value;
 
 const CLUSTER_PREFIX: &str = "ph";
@@ -57,56 +58,16 @@ async fn run(fs_kind: Fs) -> anyhow::Result<()> {
     if !loopfs::enabled() {
         return Ok(());
     }
-    step!("make a loop-mounted {fs_kind:?} filesystem with a volume per server");
-    let fs = match fs_kind {
-        Fs::Btrfs => LoopFs::btrfs(2048)?,
-        Fs::Xfs => LoopFs::xfs(2048)?,
-    };
-    let mut volumes = Vec::new();
-    let mut snapdirs = Vec::new();
-    for i in 0..3 {
-        volumes.push(match fs_kind {
-            Fs::Btrfs => fs.subvolume(&format!("db{i}"))?,
-            Fs::Xfs => fs.dir(&format!("db{i}"))?,
-        });
-        snapdirs.push(fs.dir(&format!("snaps{i}"))?);
-    }
-    let app = tempfile::tempdir()?;
+    let Setup {
+        fs,
+        snapdirs,
+        app,
+        cluster,
+        ids,
+        ..
+    } = setup(fs_kind, &[]).await?;
     let journal = app.path().join("journal.log");
-
-    step!("start 3 servers with their datadirs on the volumes");
-    let mut servers = Vec::new();
-    for (i, v) in volumes.iter().enumerate() {
-        let opts = MariaDbOptions {
-            datadir: Some(v.join("data")),
-            ..MariaDbOptions::named(format!("{CLUSTER_PREFIX}{i}"))
-        };
-        servers.push(MariaDb::start(opts).await?);
-    }
-    let ids: Vec<(u32, u32)> = servers
-        .iter()
-        .map(|s| (s.server_id(), s.gtid_domain_id()))
-        .collect();
     let provider = fs_kind.provider();
-    let cluster = Cluster::start_on(servers, None, |i, s| {
-        let mut o = AgentOptions::new(s.name(), s.url());
-        o.extra_args = vec![
-            "--backup-kind".into(),
-            "physical".into(),
-            "--snapshot-provider".into(),
-            provider.into(),
-            "--snapshot-volume".into(),
-            volumes[i].display().to_string(),
-            "--snapshot-dir".into(),
-            snapdirs[i].display().to_string(),
-        ];
-        if i == 0 {
-            o.extra_args
-                .extend(["--file-set".into(), format!("app={}", app.path().display())]);
-        }
-        o
-    })
-    .await?;
 
     step!("the causal writer runs, appending each record to the app's journal");
     let writer = CausalWriter::start_with_journal(cluster.chain(), &journal).await?;
@@ -230,7 +191,85 @@ async fn run(fs_kind: Fs) -> anyhow::Result<()> {
     assert_eq!(journal_last(&restored_journal)?, m);
     drop(restored);
     drop(cluster);
+    drop(fs);
     Ok(())
+}
+
+/// A loop-mounted filesystem with a volume and a snapshot directory per
+/// server, 3 servers on it, coordinators, and agents taking physical
+/// backups of their volume; agent 0 has the file set `app`.
+struct Setup {
+    // Dropped in this order: the cluster (its servers) before the
+    // filesystem they live on.
+    cluster: Cluster,
+    app: tempfile::TempDir,
+    snapdirs: Vec<PathBuf>,
+    /// Each server's (server id, GTID domain id).
+    ids: Vec<(u32, u32)>,
+    fs: LoopFs,
+}
+
+async fn setup(fs_kind: Fs, coordinator_env: &[(&str, &str)]) -> anyhow::Result<Setup> {
+    step!("make a loop-mounted {fs_kind:?} filesystem with a volume per server");
+    let fs = match fs_kind {
+        Fs::Btrfs => LoopFs::btrfs(2048)?,
+        Fs::Xfs => LoopFs::xfs(2048)?,
+    };
+    let mut volumes = Vec::new();
+    let mut snapdirs = Vec::new();
+    for i in 0..3 {
+        volumes.push(match fs_kind {
+            Fs::Btrfs => fs.subvolume(&format!("db{i}"))?,
+            Fs::Xfs => fs.dir(&format!("db{i}"))?,
+        });
+        snapdirs.push(fs.dir(&format!("snaps{i}"))?);
+    }
+    let app = tempfile::tempdir()?;
+
+    step!("start 3 servers with their datadirs on the volumes");
+    let mut servers = Vec::new();
+    for (i, v) in volumes.iter().enumerate() {
+        let opts = MariaDbOptions {
+            datadir: Some(v.join("data")),
+            ..MariaDbOptions::named(format!("{CLUSTER_PREFIX}{i}"))
+        };
+        servers.push(MariaDb::start(opts).await?);
+    }
+    let ids: Vec<(u32, u32)> = servers
+        .iter()
+        .map(|s| (s.server_id(), s.gtid_domain_id()))
+        .collect();
+    let provider = fs_kind.provider();
+    let cluster = Cluster::start_on_with(
+        servers,
+        CoordinatorOptions::with_env(coordinator_env),
+        |i, s| {
+            let mut o = AgentOptions::new(s.name(), s.url());
+            o.extra_args = vec![
+                "--backup-kind".into(),
+                "physical".into(),
+                "--snapshot-provider".into(),
+                provider.into(),
+                "--snapshot-volume".into(),
+                volumes[i].display().to_string(),
+                "--snapshot-dir".into(),
+                snapdirs[i].display().to_string(),
+            ];
+            if i == 0 {
+                o.extra_args
+                    .extend(["--file-set".into(), format!("app={}", app.path().display())]);
+            }
+            o
+        },
+    )
+    .await?;
+    Ok(Setup {
+        cluster,
+        app,
+        snapdirs,
+        ids,
+        fs,
+    })
 }
 
 /// No snapshot of ours is left: no `lockstep-*` subvolume (btrfs) and
@@ -247,5 +286,194 @@ fn assert_no_snapshots(fs: Fs, mount: &Path, snapdirs: &[PathBuf]) -> anyhow::Re
         let left: Vec<_> = std::fs::read_dir(d)?.filter_map(|e| e.ok()).collect();
         assert!(left.is_empty(), "{} holds {left:?}", d.display());
     }
+    Ok(())
+}
+
+/// An agent killed while it holds its snapshot (between the cut and its
+/// transfer, held open by the coordinator's `after-commit-cut` fail
+/// point): the snapshot survives the crash, and the restarted agent
+/// deletes it and its record before it serves; the backup fails naming
+/// the server, and the other servers' snapshots are released too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_agent_deletes_its_snapshot_when_it_starts_again() -> anyhow::Result<()> {
+    init_tracing();
+    if !loopfs::enabled() {
+        return Ok(());
+    }
+    let Setup {
+        fs,
+        snapdirs,
+        mut cluster,
+        app: _app,
+        ..
+    } = setup(
+        Fs::Btrfs,
+        &[("FAILPOINTS", "after-commit-cut=return(3000)")],
+    )
+    .await?;
+
+    step!("a physical backup, held for 3 s after its cut");
+    let out = cluster
+        .cli(&[
+            "--json",
+            "backup",
+            "start",
+            "--cluster",
+            lockstep_tests::plain_cluster::CLUSTER,
+        ])
+        .await?;
+    out.success()?;
+    let started: Value = serde_json::from_str(out.stdout.trim())?;
+    let id = started["backup_id"]
+        .as_str()
+        .or_else(|| started["id"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let b = cluster
+        .wait_backup(&id, Duration::from_secs(20), |s| s != "PREPARING")
+        .await?;
+    tracing::info!(status = %b["status"], reason = %b["reason"], "after the cut");
+    let held = |d: &Path| std::fs::read_dir(d).map(|e| e.count()).unwrap_or(0);
+    assert_eq!(
+        held(&snapdirs[0]),
+        1,
+        "agent 0 holds its snapshot after the cut"
+    );
+    let records = {
+        let a = &cluster.agents[0];
+        let base = a.sink_dir().parent().expect("sink dir has a parent");
+        base.join("state").join(a.name()).join("snapshots")
+    };
+    assert_eq!(held(&records), 1, "and its record");
+
+    step!("SIGKILL agent 0 while it holds the snapshot: the snapshot survives");
+    cluster.agents[0].kill()?;
+    assert_eq!(held(&snapdirs[0]), 1);
+
+    step!("restart agent 0: it deletes the snapshot and its record before serving");
+    cluster.agents[0].restart().await?;
+    assert_eq!(held(&snapdirs[0]), 0, "the leftover snapshot is deleted");
+    assert_eq!(held(&records), 0, "and forgotten");
+    let list = run_cmd(
+        "btrfs",
+        &["subvolume", "list", &fs.mount().display().to_string()],
+    )?;
+    assert!(!list.contains("snaps0/lockstep-"), "{list}");
+
+    step!("the backup fails naming the server; no server keeps a snapshot");
+    let b = cluster
+        .wait_backup(&id, Duration::from_secs(60), |s| {
+            s == "FAILED" || s == "COMPLETE"
+        })
+        .await?;
+    assert_eq!(b["status"], "FAILED", "{b}");
+    let reason = b["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains(&format!("{CLUSTER_PREFIX}0")), "{reason}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while snapdirs.iter().any(|d| held(d) > 0) {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "snapshots left: {:?}",
+            snapdirs.iter().map(|d| held(d)).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_no_snapshots(Fs::Btrfs, fs.mount(), &snapdirs)?;
+    drop(cluster);
+    drop(fs);
+    Ok(())
+}
+
+/// A logical backup cuts the file set too (runs without root): the
+/// writer appends each record to a file of the set right after its insert,
+/// and the restored file ends exactly at the restored chain's last record.
+/// A physical backup of agents without a snapshot provider, and a file set
+/// over its budget, are refused before anything is locked, naming the
+/// server and the set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_logical_backup_cuts_the_file_set_with_the_databases() -> anyhow::Result<()> {
+    init_tracing();
+    let app = tempfile::tempdir()?;
+    let journal = app.path().join("journal.log");
+    let names = ["fs0", "fs1", "fs2"];
+    let servers = MariaDb::start_many(&names).await?;
+    let cluster = Cluster::start_on(servers, None, |i, s| {
+        let mut o = AgentOptions::new(s.name(), s.url());
+        if i == 0 {
+            o.extra_args = vec!["--file-set".into(), format!("app={}", app.path().display())];
+        }
+        o
+    })
+    .await?;
+
+    step!("the causal writer runs with its journal in file set app");
+    let writer = CausalWriter::start_with_journal(cluster.chain(), &journal).await?;
+    writer
+        .wait_committed(BEFORE, Duration::from_secs(60))
+        .await?;
+    let backup = cluster.backup_and_wait(None).await?;
+    let written = writer.stop().await;
+    assert_eq!(backup["status"], "COMPLETE", "{backup}");
+    let id = backup["id"].as_str().unwrap_or_default().to_string();
+    let shown = cluster.cli_json(&["catalog", "show", &id]).await?;
+    assert_eq!(shown["servers"][0]["kind"], "logical", "{shown}");
+    assert_eq!(
+        shown["servers"][0]["artifact"]["file_sets"],
+        serde_json::json!(["app"])
+    );
+
+    step!("restore into fresh servers with --files-to: the journal ends at the chain's end");
+    let fresh = MariaDb::start_many(&["fs0r", "fs1r", "fs2r"]).await?;
+    let files_to = tempfile::tempdir()?;
+    let mut argv = lockstep_tests::plain_cluster::restore_args(&id, "fs", &fresh);
+    argv.extend(["--files-to".into(), files_to.path().display().to_string()]);
+    let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let restore = cluster.cli_json(&refs[1..]).await?;
+    assert_eq!(restore["ok"], true, "{restore}");
+    assert_eq!(
+        restore["servers"][0]["file_sets"][0],
+        format!(
+            "app -> {}",
+            files_to.path().join("fs0").join("app").display()
+        ),
+        "{restore}"
+    );
+    let m = check_chain(&lockstep_tests::Target::chain_on(&fresh)).await?;
+    assert!(m >= BEFORE && m <= written, "{m} of {written}");
+    assert_eq!(
+        journal_last(&files_to.path().join("fs0").join("app").join("journal.log"))?,
+        m
+    );
+
+    step!("--kind physical without snapshot providers is refused, naming the server");
+    let out = cluster
+        .cli(&[
+            "--json",
+            "backup",
+            "start",
+            "--cluster",
+            lockstep_tests::plain_cluster::CLUSTER,
+            "--kind",
+            "physical",
+            "--wait",
+        ])
+        .await?;
+    let failed: Value = serde_json::from_str(out.stdout.trim())?;
+    assert_eq!(failed["status"], "FAILED", "{failed}");
+    let reason = failed["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("snapshot provider") && reason.contains("fs"),
+        "{reason}"
+    );
+
+    step!("a file set over its budget (64 MiB) is refused before the lock, naming it");
+    std::fs::write(app.path().join("big.bin"), vec![0u8; 65 << 20])?;
+    let failed = cluster.backup_and_wait(None).await?;
+    assert_eq!(failed["status"], "FAILED", "{failed}");
+    let reason = failed["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("over the budget") && reason.contains("app") && reason.contains("fs0"),
+        "{reason}"
+    );
     Ok(())
 }
