@@ -323,7 +323,7 @@ impl Agent {
             )
             .await?;
         let snapshot_took = match extra
-            .snapshot_in_lock(&mut prepared, &physical::snapshot_id(&req.backup_id))
+            .snapshot_in_lock(&mut prepared)
             .instrument(span.clone())
             .await
         {

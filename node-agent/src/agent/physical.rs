@@ -31,6 +31,8 @@ pub(crate) struct Physical {
 #[derive(Debug, Default)]
 pub(crate) struct Extra {
     pub kind: Kind,
+    /// Names this backup's snapshots (see [`snapshot_id`]).
+    id: String,
     pub physical: Option<Physical>,
     pub planned_files: Vec<Planned>,
     pub files: Vec<Captured>,
@@ -49,7 +51,7 @@ impl Extra {
     pub async fn plan(agent: &Agent, kind: Kind, backup_id: &str) -> Result<Extra> {
         let cfg = &agent.cfg;
         let planned_files = files::plan(&cfg.files).await?;
-        let id = snapshot_id(backup_id);
+        let id = snapshot_id(&cfg.name, backup_id);
         let physical = match kind {
             Kind::Logical => None,
             Kind::Physical => {
@@ -80,6 +82,7 @@ impl Extra {
         };
         let mut extra = Extra {
             kind,
+            id: id.clone(),
             physical,
             planned_files,
             files: Vec::new(),
@@ -114,7 +117,7 @@ impl Extra {
     /// Inside the lock (held by `cut`): flushes InnoDB's log buffer when
     /// commits may still sit in it, then takes the snapshot. Returns how
     /// long the snapshot took.
-    pub async fn snapshot_in_lock(&mut self, cut: &mut PreparedCut, id: &str) -> Result<Duration> {
+    pub async fn snapshot_in_lock(&mut self, cut: &mut PreparedCut) -> Result<Duration> {
         let Some(p) = self.physical.as_mut() else {
             return Ok(Duration::ZERO);
         };
@@ -124,7 +127,10 @@ impl Extra {
                 .await?;
         }
         let started = Instant::now();
-        let snap = p.provider.take(id, &p.settings.redo_log_files()).await?;
+        let snap = p
+            .provider
+            .take(&self.id, &p.settings.redo_log_files())
+            .await?;
         let took = started.elapsed();
         tracing::info!(provider = p.provider.name(), snapshot = %snap.handle, took_us = took.as_micros() as u64, "snapshot taken inside the lock");
         p.snapshot = Some(snap);
@@ -199,6 +205,7 @@ impl Drop for Extra {
         }
         let mut rest = Extra {
             kind: self.kind,
+            id: std::mem::take(&mut self.id),
             physical: None,
             planned_files: Vec::new(),
             files: std::mem::take(&mut self.files),
@@ -239,12 +246,8 @@ impl Agent {
         }
         let started = Instant::now();
         let stage = self.file_stage(backup_id);
-        let captured = files::capture(
-            &session.extra.planned_files,
-            &snapshot_id(backup_id),
-            &stage,
-        )
-        .await?;
+        let captured =
+            files::capture(&session.extra.planned_files, &session.extra.id, &stage).await?;
         let took = started.elapsed();
         tracing::info!(
             backup = backup_id,
@@ -290,7 +293,34 @@ impl Agent {
     }
 }
 
-/// A snapshot's id for a backup: a safe file and subvolume name.
-pub(crate) fn snapshot_id(backup_id: &str) -> String {
-    format!("lockstep-{}", crate::format::fs_name(backup_id))
+/// The snapshot id of agent `agent`'s share of backup `backup_id`: a safe
+/// file and subvolume name (letters, digits, `.`, `_`, `-`), unique even
+/// when several agents share a snapshot directory.
+pub(crate) fn snapshot_id(agent: &str, backup_id: &str) -> String {
+    let safe = |s: &str, max: usize| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(max)
+            .collect()
+    };
+    format!("lockstep-{}-{}", safe(agent, 32), safe(backup_id, 48))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::snapshot_id;
+
+    #[test]
+    fn snapshot_ids_are_safe_and_per_agent() {
+        let id = snapshot_id("db/1 ü", "6f1c2a9e-0000-4000-8000-000000000001");
+        assert_eq!(id, "lockstep-db_1__-6f1c2a9e-0000-4000-8000-000000000001");
+        assert_ne!(snapshot_id("db1", "b"), snapshot_id("db2", "b"));
+        assert!(snapshot_id(&"x".repeat(500), &"y".repeat(500)).len() <= 100);
+    }
 }
