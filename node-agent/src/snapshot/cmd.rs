@@ -246,6 +246,48 @@ pub fn fs_space(path: &Path) -> Result<(u64, u64)> {
     Ok((used, free))
 }
 
+/// The space of the copy-on-write filesystem holding `volume`, checked
+/// to have room for `what`.
+pub fn fs_room(volume: &Path, what: &str) -> Result<super::Space> {
+    let (used, free) = fs_space(volume)?;
+    let space = super::Space {
+        used_bytes: used,
+        free_bytes: free,
+        needed_bytes: needed_for(used),
+    };
+    check_room(volume, what, &space)?;
+    Ok(space)
+}
+
+/// The snapshot `id` of `volume` that lives at `snapshot_dir/<id>` (btrfs,
+/// reflink): its record before it is taken.
+pub fn planned_in(
+    provider: &str,
+    volume: &Path,
+    snapshot_dir: &Path,
+    id: &str,
+) -> Result<super::Snapshot> {
+    check_id(id)?;
+    let root = snapshot_dir.join(id);
+    Ok(super::Snapshot {
+        id: id.to_string(),
+        provider: provider.to_string(),
+        volume: volume.to_path_buf(),
+        handle: root.display().to_string(),
+        root,
+        mount: None,
+        took: std::time::Duration::ZERO,
+    })
+}
+
+/// `sync -f VOLUME`: writes out the filesystem's dirty data before the
+/// lock, so a snapshot inside it has no backlog to commit.
+pub async fn sync_volume(runner: &dyn Runner, volume: &Path) -> Result<()> {
+    let sync = argv(["sync".as_ref(), "-f".as_ref(), volume.as_os_str()]);
+    run_ok(runner, &sync, volume, "flush the volume (sync -f)").await?;
+    Ok(())
+}
+
 /// An error unless `space` has room.
 pub fn check_room(volume: &Path, what: &str, space: &super::Space) -> Result<()> {
     if space.free_bytes < space.needed_bytes {

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::cmd::{self, Runner, argv};
 use super::{Provider, Snapshot, Space};
@@ -207,40 +207,15 @@ impl Provider for Reflink {
                 "probe reflink copies (the filesystem must be XFS with reflink=1 or btrfs)",
             ));
         }
-        let (used, free) = cmd::fs_space(&self.volume)?;
-        let space = Space {
-            used_bytes: used,
-            free_bytes: free,
-            needed_bytes: cmd::needed_for(used),
-        };
-        cmd::check_room(&self.volume, "a reflink copy", &space)?;
-        Ok(space)
+        cmd::fs_room(&self.volume, "a reflink copy")
     }
 
     async fn flush(&self) -> Result<()> {
-        let sync = argv(["sync".as_ref(), "-f".as_ref(), self.volume.as_os_str()]);
-        cmd::run_ok(
-            &*self.runner,
-            &sync,
-            &self.volume,
-            "flush the volume (sync -f)",
-        )
-        .await?;
-        Ok(())
+        cmd::sync_volume(&*self.runner, &self.volume).await
     }
 
     fn planned(&self, id: &str) -> Result<Snapshot> {
-        cmd::check_id(id)?;
-        let root = self.snapshot_dir.join(id);
-        Ok(Snapshot {
-            id: id.to_string(),
-            provider: self.name().to_string(),
-            volume: self.volume.clone(),
-            handle: root.display().to_string(),
-            root,
-            mount: None,
-            took: Duration::ZERO,
-        })
+        cmd::planned_in(self.name(), &self.volume, &self.snapshot_dir, id)
     }
 
     async fn take(&self, id: &str, first: &[PathBuf]) -> Result<Snapshot> {

@@ -104,15 +104,7 @@ impl Provider for Zfs {
     }
 
     async fn flush(&self) -> Result<()> {
-        let sync = argv(["sync".as_ref(), "-f".as_ref(), self.mounted_at.as_os_str()]);
-        cmd::run_ok(
-            &*self.runner,
-            &sync,
-            &self.mounted_at,
-            "flush the volume (sync -f)",
-        )
-        .await?;
-        Ok(())
+        cmd::sync_volume(&*self.runner, &self.mounted_at).await
     }
 
     fn planned(&self, id: &str) -> Result<Snapshot> {
