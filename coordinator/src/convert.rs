@@ -85,7 +85,7 @@ pub fn stored_artifact(a: lockstep_proto::agent::Artifact) -> crate::catalog::Ar
         rows: a.rows,
         verified_at_unix_ms: None,
         verify_error: None,
-        kind: a.kind,
+        kind: crate::catalog::stored_kind(&a.kind),
         snapshot_bytes: a.snapshot_bytes,
         free_bytes: a.free_bytes,
         file_sets: a.file_sets,

@@ -9,11 +9,11 @@ use lockstep_tests::{CoordinatorGroup, Supervised, run_lockstep, step};
 use serde_json::Value;
 
 /// The catalog version this build of the coordinator supports.
-const CATALOG_VERSION: u64 = 4;
+const CATALOG_VERSION: u64 = 5;
 
 /// A group of 3 coordinators of one build starts at cluster version 1 and
 /// the leader raises it to the version every member supports:
-/// `coordinator status --json` then shows cluster version 4, and every
+/// `coordinator status --json` then shows cluster version 5, and every
 /// member supports and has applied it; the human output says the cluster
 /// version. With one member SIGKILLed, its versions are unknown (null, "-")
 /// and the cluster version stays where it was.

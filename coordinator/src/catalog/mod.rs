@@ -85,6 +85,23 @@ fn is_zero(v: &u64) -> bool {
     *v == 0
 }
 
+/// A kind as the catalog stores it: "physical", or empty for logical (so
+/// a logical backup's records stay readable by builds before version 5).
+pub fn stored_kind(kind: &str) -> String {
+    if kind == "physical" {
+        kind.to_string()
+    } else {
+        String::new()
+    }
+}
+
+impl CutEntry {
+    /// Whether it carries fields of catalog version 5 (physical backups).
+    pub fn is_physical_era(&self) -> bool {
+        !self.kind.is_empty() || !self.provider.is_empty() || self.snapshot_us > 0
+    }
+}
+
 /// Where one server's snapshot was stored: one copy in one sink.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Artifact {
@@ -117,6 +134,27 @@ pub struct Artifact {
 impl Artifact {
     pub fn is_physical(&self) -> bool {
         self.kind == "physical"
+    }
+
+    /// Whether it carries fields of catalog version 5 (physical backups,
+    /// file sets).
+    pub fn is_physical_era(&self) -> bool {
+        !self.kind.is_empty()
+            || self.snapshot_bytes > 0
+            || self.free_bytes > 0
+            || !self.file_sets.is_empty()
+    }
+}
+
+impl RestoredServer {
+    /// Whether it carries fields of catalog version 5 (physical restores,
+    /// file sets).
+    pub fn is_physical_era(&self) -> bool {
+        !self.kind.is_empty()
+            || !self.datadir.is_empty()
+            || !self.gtid_binlog_pos.is_empty()
+            || self.recovery_ms > 0
+            || !self.file_sets.is_empty()
     }
 }
 

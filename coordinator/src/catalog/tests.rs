@@ -374,6 +374,40 @@ fn every_command_fits_this_builds_version() {
     }
 }
 
+/// A physical backup's records need catalog version 5; a logical one's
+/// stay at version 1 (the agent's "logical" is stored as empty).
+#[test]
+fn physical_fields_need_version_5_and_logical_ones_do_not() {
+    let mut cmd = commit_cut("b1", &[("a", 1)]);
+    assert_eq!(cmd.min_version(), 1);
+    if let Command::CommitCut { cut, .. } = &mut cmd {
+        let e = cut.get_mut("a").expect("entry");
+        e.kind = super::stored_kind("logical");
+        assert_eq!(e.kind, "");
+        e.kind = super::stored_kind("physical");
+        e.provider = "btrfs".into();
+    }
+    assert_eq!(cmd.min_version(), super::version::PHYSICAL_VERSION);
+    assert!(cmd.min_version() <= CATALOG_VERSION);
+    let stored = |artifact: Artifact| Command::ArtifactStored {
+        id: "b1".into(),
+        server: "a".into(),
+        artifact,
+    };
+    assert_eq!(stored(artifact()).min_version(), 1);
+    let with_sets = Artifact {
+        file_sets: vec!["etc".into()],
+        ..artifact()
+    };
+    assert_eq!(
+        stored(with_sets).min_version(),
+        super::version::PHYSICAL_VERSION
+    );
+    // A physical backup's record round-trips.
+    let text = serde_json::to_string(&cmd).expect("serialise");
+    assert_eq!(serde_json::from_str::<Command>(&text).expect("parse"), cmd);
+}
+
 /// A command needing a higher catalog version than the cluster's is not
 /// admitted; once the cluster version is raised it is; it is never lowered.
 #[test]

@@ -21,7 +21,7 @@
 use super::{Catalog, Command, Rejected};
 
 /// The catalog version this build supports.
-pub const CATALOG_VERSION: u32 = 4;
+pub const CATALOG_VERSION: u32 = 5;
 
 /// Version 2: sinks, media agents, copies and imports.
 pub const SINKS_VERSION: u32 = 2;
@@ -35,6 +35,12 @@ pub const RESTORE_POINTS_VERSION: u32 = 4;
 
 /// Version 4 also holds the binlog archive.
 pub const ARCHIVE_VERSION: u32 = RESTORE_POINTS_VERSION;
+
+/// Version 5: physical backups and application file sets: the kind,
+/// provider and snapshot fields of cut entries, artifacts and restored
+/// servers. A logical backup without file sets writes none of them, so
+/// its commands stay at their older versions.
+pub const PHYSICAL_VERSION: u32 = 5;
 
 /// The version of a new catalog and of builds that advertise none (they
 /// report 0 on the wire): the commands of the first release.
@@ -51,6 +57,23 @@ impl Command {
     /// or a new field (see the module doc).
     pub fn min_version(&self) -> u32 {
         match self {
+            Command::CommitCut { cut, .. } if cut.values().any(|c| c.is_physical_era()) => {
+                PHYSICAL_VERSION
+            }
+            Command::ArtifactStored { artifact, .. } | Command::CopyStored { artifact, .. }
+                if artifact.is_physical_era() =>
+            {
+                PHYSICAL_VERSION
+            }
+            Command::RestoreServerDone { result, .. } if result.is_physical_era() => {
+                PHYSICAL_VERSION
+            }
+            Command::ImportBackup { backup }
+                if backup.cut.values().any(|c| c.is_physical_era())
+                    || backup.artifacts.values().any(|a| a.is_physical_era()) =>
+            {
+                PHYSICAL_VERSION
+            }
             Command::AddRestorePoint { .. } | Command::SetRestorePointSchedule { .. } => {
                 RESTORE_POINTS_VERSION
             }

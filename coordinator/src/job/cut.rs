@@ -263,7 +263,7 @@ impl Cut<'_> {
                     locked_at_unix_us: prepared.locked_at_unix_us,
                     held_us: None,
                     released_at_unix_us: None,
-                    kind: prepared.kind,
+                    kind: crate::catalog::stored_kind(&prepared.kind),
                     provider: prepared.provider,
                     snapshot_us: prepared.snapshot_us,
                 },

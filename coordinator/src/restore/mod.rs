@@ -440,7 +440,7 @@ async fn restore_one(
                 rows: r.rows,
                 duration_ms: r.duration_ms,
                 gtid_slave_pos: r.gtid_slave_pos,
-                kind: r.kind,
+                kind: crate::catalog::stored_kind(&r.kind),
                 datadir: r.datadir,
                 gtid_binlog_pos: r.gtid_binlog_pos,
                 recovery_ms: r.recovery_ms,

@@ -105,6 +105,24 @@ impl Agent {
                 _ => Err(self.gone(backup_id)),
             };
         };
+        if extra.files.len() < extra.planned_files.len() {
+            // An older coordinator sends no CaptureFiles: a backup without
+            // the file sets it was configured to hold is not one.
+            let result = Err(Error::BadState {
+                backup_id: backup_id.into(),
+                reason: format!(
+                    "its {} application file set(s) were never captured (the coordinator sent no CaptureFiles while every server was locked; is it older than this agent?)",
+                    extra.planned_files.len()
+                ),
+            });
+            drop(extra);
+            let mut slot = self.session.lock().await;
+            if matches!(slot.as_ref(), Some(s) if s.backup_id == backup_id) {
+                *slot = None;
+            }
+            self.transfer_done.notify_waiters();
+            return result;
+        }
         let mut opts = self.cfg.dump.clone();
         if let Some(level) = zstd_level {
             opts.zstd_level = level;
