@@ -275,6 +275,9 @@ pub fn plan(cat: &Catalog, cluster: &str, target: &Target) -> Result<Plan> {
         .backups
         .values()
         .filter(|b| b.cluster == cluster && b.status == Status::Complete)
+        // The replay starts from a base loaded into running servers: a
+        // physical backup (restored into datadirs) is not one yet.
+        .filter(|b| b.artifacts.values().all(|a| !a.is_physical()))
         .filter(|b| exact_at.is_none_or(|at| locked_at(&b.cut).is_some_and(|l| l <= at)))
         .filter(|b| {
             point.positions.iter().all(|(s, (to, _))| {
@@ -289,7 +292,7 @@ pub fn plan(cat: &Catalog, cluster: &str, target: &Target) -> Result<Plan> {
         .max_by_key(|b| b.started_at_unix_ms)
         .ok_or_else(|| {
             refuse(format!(
-                "{} lies before the oldest COMPLETE backup of cluster {cluster} that holds every server: nothing to start the replay from",
+                "{} lies before the oldest COMPLETE logical backup of cluster {cluster} that holds every server: nothing to start the replay from (physical backups are not PITR bases yet)",
                 point.name
             ))
         })?;
