@@ -84,8 +84,12 @@ pub async fn store_tree(
                 reason: e.to_string(),
             }
         };
+        // Compression runs on zstd's worker threads, beside this thread's
+        // reading and hashing of the files.
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4)) as u32;
         let mut enc = match zstd::Encoder::new(HashingWriter::new(object, &rel), zstd_level)
             .and_then(|mut enc| enc.include_checksum(true).map(|()| enc))
+            .and_then(|mut enc| enc.multithread(workers).map(|()| enc))
         {
             Ok(enc) => enc,
             Err(e) => return Err(io("start compressing")(e)),
@@ -152,8 +156,10 @@ pub async fn load_tree(
             path: target.clone(),
             reason: format!("cannot start decompressing: {e}"),
         })?;
+        // Reading and decompressing on one core, hashing and writing the
+        // files on another.
         let input = Counting {
-            inner: dec,
+            inner: Readahead::start(dec),
             progress,
             cancel: stop.clone(),
         };
@@ -169,6 +175,71 @@ pub async fn load_tree(
     .await
     .map_err(|e| Error::Cancelled(format!("the reader of {archive} stopped: {e}")))?
     .map_err(named)
+}
+
+/// Runs a reader on a thread of its own and hands its bytes over in
+/// chunks through a bounded queue (at most [`READAHEAD_DEPTH`] chunks of
+/// [`READAHEAD_CHUNK`] bytes wait), so producing the bytes (reading the
+/// sink, decompressing) and consuming them (hashing, writing files) run on
+/// two cores. Dropping it stops the thread at its next chunk.
+struct Readahead {
+    rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+const READAHEAD_CHUNK: usize = 1 << 20;
+const READAHEAD_DEPTH: usize = 8;
+
+impl Readahead {
+    fn start<R: Read + Send + 'static>(mut inner: R) -> Readahead {
+        let (tx, rx) = std::sync::mpsc::sync_channel(READAHEAD_DEPTH);
+        std::thread::spawn(move || {
+            loop {
+                let mut buf = vec![0u8; READAHEAD_CHUNK];
+                let sent = match inner.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        tx.send(Ok(buf))
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        break;
+                    }
+                };
+                if sent.is_err() {
+                    break;
+                }
+            }
+        });
+        Readahead {
+            rx,
+            chunk: Vec::new(),
+            at: 0,
+        }
+    }
+}
+
+impl Read for Readahead {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.at == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.chunk = chunk;
+                    self.at = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                // The reader's end.
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
 }
 
 #[cfg(test)]
@@ -189,6 +260,33 @@ mod tests {
             std::fs::Permissions::from_mode(0o640),
         )
         .expect("chmod");
+    }
+
+    #[test]
+    fn readahead_hands_over_every_byte_and_the_error() {
+        let data: Vec<u8> = (0..(3 * READAHEAD_CHUNK + 123)).map(|i| i as u8).collect();
+        let mut got = Vec::new();
+        Readahead::start(std::io::Cursor::new(data.clone()))
+            .read_to_end(&mut got)
+            .expect("read");
+        assert_eq!(got, data);
+        struct Failing(usize);
+        impl Read for Failing {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                if self.0 == 0 {
+                    return Err(std::io::Error::other("disk gone"));
+                }
+                self.0 -= 1;
+                buf[0] = 1;
+                Ok(1)
+            }
+        }
+        let mut got = Vec::new();
+        let e = Readahead::start(Failing(5))
+            .read_to_end(&mut got)
+            .expect_err("the reader's error");
+        assert_eq!(e.to_string(), "disk gone");
+        assert_eq!(got, vec![1; 5]);
     }
 
     #[tokio::test]
