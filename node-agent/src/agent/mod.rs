@@ -320,6 +320,7 @@ impl Agent {
                 &span,
                 ready,
                 caller_gone.clone(),
+                extra.provider(),
             )
             .await?;
         let snapshot_took = match extra
@@ -389,8 +390,10 @@ impl Agent {
     }
 
     /// Phase one up to the held lock, for a backup or a restore point:
-    /// arm (connections, pre-flight, pre-flush), wait for Go when the
-    /// caller sent `ready`, then lock and capture.
+    /// arm (connections, pre-flight, pre-flush), flush the snapshot's
+    /// volume (a physical backup: `sync -f` as late as it can be before the
+    /// lock), wait for Go when the caller sent `ready`, then lock and
+    /// capture.
     #[allow(clippy::too_many_arguments)]
     async fn arm_and_lock(
         &self,
@@ -401,6 +404,7 @@ impl Agent {
         span: &tracing::Span,
         ready: Option<oneshot::Sender<()>>,
         caller_gone: impl Future<Output = ()>,
+        volume: Option<&dyn crate::snapshot::Provider>,
     ) -> Result<PreparedCut> {
         let armed = cut::arm(
             server,
@@ -414,6 +418,9 @@ impl Agent {
         )
         .instrument(span.clone())
         .await?;
+        if let Some(provider) = volume {
+            provider.flush().instrument(span.clone()).await?;
+        }
         if let Some(ready) = ready {
             self.wait_for_go(&req.backup_id, ready, lease, caller_gone)
                 .instrument(span.clone())

@@ -46,8 +46,8 @@ impl Extra {
     /// Before the lock: sizes the file sets against their budget; for a
     /// physical backup reads the server's settings, checks the snapshot
     /// covers its datadir, redo log and binlog and that the volume has
-    /// room, and flushes the volume (`sync -f`), so that taking the
-    /// snapshot inside the lock has no backlog to write.
+    /// room, and records the snapshot in the registry. (The volume is
+    /// flushed later, as the last step before the lock.)
     pub async fn plan(agent: &Agent, kind: Kind, backup_id: &str) -> Result<Extra> {
         let cfg = &agent.cfg;
         let planned_files = files::plan(&cfg.files).await?;
@@ -71,7 +71,6 @@ impl Extra {
                 drop(conn);
                 settings.require_inside_datadir(server.address())?;
                 let space = provider.check(&settings.live_paths()).await?;
-                provider.flush().await?;
                 Some(Physical {
                     provider,
                     settings,
@@ -161,6 +160,11 @@ impl Extra {
             space: p.space,
         };
         crate::physical::backup::store(origin, taken, out, opts, progress, cancel).await
+    }
+
+    /// A physical backup's provider.
+    pub fn provider(&self) -> Option<&dyn Provider> {
+        self.physical.as_ref().map(|p| p.provider.as_ref())
     }
 
     /// The provider's name, for a physical backup.

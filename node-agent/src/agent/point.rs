@@ -128,6 +128,7 @@ impl Agent {
                 &span,
                 ready,
                 caller_gone.clone(),
+                None,
             )
             .await?;
         let info = PreparedInfo {
