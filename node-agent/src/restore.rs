@@ -383,6 +383,10 @@ struct LoadJob {
     sql: String,
 }
 
+/// How often a chunk rolled back by a deadlock or lock wait timeout is
+/// loaded before the restore fails.
+const LOAD_ATTEMPTS: u32 = 5;
+
 async fn load_worker(
     mut conn: Conn,
     addr: &str,
@@ -396,10 +400,26 @@ async fn load_worker(
             let _ = conn.disconnect().await;
             return Ok(());
         };
-        let stream = from.read(&job.file).await?;
         let path = format!("{} ({})", job.file, from.describe());
-        conn.set_infile_handler(infile(std::sync::Mutex::new(stream), path.clone()));
-        let result = conn.query_drop(job.sql.as_str()).await;
+        let mut attempt = 1;
+        let result = loop {
+            let stream = from.read(&job.file).await?;
+            conn.set_infile_handler(infile(std::sync::Mutex::new(stream), path.clone()));
+            match conn.query_drop(job.sql.as_str()).await {
+                // A deadlock with another chunk of the same table (or a
+                // lock wait timeout) rolled this chunk's statement back
+                // whole: load it again.
+                Err(mysql_async::Error::Server(e))
+                    if (e.code == 1213 || e.code == 1205) && attempt < LOAD_ATTEMPTS =>
+                {
+                    tracing::warn!(server = addr, file = %job.file, table = %job.table, attempt, error = %e.message, "chunk rolled back; loading it again");
+                    tokio::time::sleep(std::time::Duration::from_millis(100 * attempt as u64))
+                        .await;
+                    attempt += 1;
+                }
+                other => break other,
+            }
+        };
         if let Err(e) = result {
             queue.lock().expect("queue lock").clear();
             return Err(Error::mysql(
