@@ -613,10 +613,11 @@ impl Agent {
         if !matches!(slot.as_ref(), Some(s) if s.backup_id == backup_id) {
             return false;
         }
-        let session = slot.take().expect("checked above");
+        let mut session = slot.take().expect("checked above");
         match session.stage {
             Stage::Prepared(cut) => {
                 let released = self.release_prepared(backup_id, cut, "abort").await;
+                session.extra.release().await;
                 tracing::info!(
                     backup = backup_id,
                     reason,
@@ -629,6 +630,7 @@ impl Agent {
                 true
             }
             Stage::Committed(_) => {
+                session.extra.release().await;
                 tracing::info!(backup = backup_id, reason, "aborted: snapshots dropped");
                 false
             }
