@@ -143,6 +143,18 @@ async fn run(fs_kind: Fs) -> anyhow::Result<()> {
         datadirs.push(d);
     }
     argv.extend(["--files-to".into(), files_to.display().to_string()]);
+    let mut plan_argv = argv.clone();
+    plan_argv[2] = "plan".into();
+    let plan_refs: Vec<&str> = plan_argv.iter().map(String::as_str).collect();
+    let plan = cluster.cli_json(&plan_refs[1..]).await?;
+    tracing::info!(%plan, "restore plan");
+    let planned = plan["servers"].as_array().cloned().unwrap_or_default();
+    assert_eq!(planned.len(), 3, "{plan}");
+    for p in &planned {
+        let target = p["target"].as_str().unwrap_or_default();
+        assert!(target.starts_with("datadir /"), "{plan}");
+        assert!(p["estimated_ms"].as_u64().unwrap_or(0) > 0, "{plan}");
+    }
     let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
     let out = cluster.cli(&refs).await?;
     let restore: Value = serde_json::from_str(out.stdout.trim())
