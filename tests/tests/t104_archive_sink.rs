@@ -21,7 +21,8 @@ const FD_FLAGS_AT: usize = 4 + 17;
 /// along a chain of contiguous segments from offset 0 to the file's
 /// furthest end; fails if there is none. A segment stored but never
 /// recorded (the agent was killed between the two) can remain beside the
-/// chain, with the same bytes: the catalog ignores it, and so does this.
+/// chain, with the same bytes: the catalog ignores it, and so does this, as it ignores
+/// the partial file of a write the kill cut short.
 fn sink_files(sink: &Path, server: &str) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
     let root = sink.join("binlog").join(CLUSTER).join(server);
     let mut out = BTreeMap::new();
@@ -32,6 +33,11 @@ fn sink_files(sink: &Path, server: &str) -> anyhow::Result<BTreeMap<String, Vec<
         for seg in std::fs::read_dir(file.path())? {
             let seg = seg?;
             let n = seg.file_name().to_string_lossy().into_owned();
+            if n.starts_with('.') {
+                // `.NAME.partial`: a write the SIGKILLed agent never
+                // finished (the disk sink's objects appear only whole).
+                continue;
+            }
             let (a, b) = n.split_once('-').context("segment name")?;
             from.entry(a.parse()?)
                 .or_default()
