@@ -24,7 +24,7 @@ use crate::cut::{Position, Snapshots};
 use crate::ddl_guard::{DdlGuard, DdlOptions, Touched};
 use crate::error::{Error, MysqlContext, Result};
 use crate::flavour::ServerInfo;
-use crate::format::files::{self, HashingWriter};
+use crate::format::files;
 use crate::format::manifest::{
     self, Chunk, Database, FileEntry, LockRecord, Manifest, ServerRecord, Table, Totals,
 };
@@ -32,7 +32,7 @@ use crate::format::{fs_name, sqlfile, tsv};
 use crate::mysql::{DATA_SESSION, Server, ident};
 use crate::progress::Progress;
 use crate::schema::{self, TableDef};
-use crate::sink::artifact::{Artifact, BlockingWriter};
+use crate::sink::artifact::{Artifact, BlockingWriter, ZstdObject};
 
 /// Rows buffered before a block is handed to the compressor.
 const BLOCK_BYTES: usize = 1 << 20;
@@ -515,17 +515,7 @@ async fn dump_chunk(
     let object = BlockingWriter::new(out.create(&rel).await?);
     let sink = out.describe();
     let writer = tokio::task::spawn_blocking(move || -> Result<FileEntry> {
-        let io = |action: &'static str| {
-            let (sink, rel) = (sink.clone(), rel.clone());
-            move |e: std::io::Error| Error::Sink {
-                sink,
-                key: rel,
-                action,
-                reason: e.to_string(),
-            }
-        };
-        let w = HashingWriter::new(object, &rel);
-        let mut enc = zstd::Encoder::new(w, level).map_err(io("start compressing"))?;
+        let mut obj = ZstdObject::new(object, sink, &rel, level)?;
         let compressed = (|| -> Result<()> {
             while let Some(block) = rx.blocking_recv() {
                 // A cancelled dump's files are removed: stop compressing
@@ -535,24 +525,16 @@ async fn dump_chunk(
                     if stop.is_cancelled() {
                         return Err(Error::Cancelled("dump cancelled".into()));
                     }
-                    enc.write_all(piece).map_err(io("write"))?;
+                    obj.write_all(piece).map_err(|e| obj.fail("write", e))?;
                 }
             }
             Ok(())
         })();
         if let Err(e) = compressed {
-            if let Some((object, _)) = enc.finish().ok().and_then(|w| w.finish().ok()) {
-                object.abort();
-            }
+            obj.abort();
             return Err(e);
         }
-        let (object, entry) = enc
-            .finish()
-            .map_err(io("finish compressing"))?
-            .finish()
-            .map_err(io("write"))?;
-        object.finish()?;
-        Ok(entry)
+        obj.finish()
     });
 
     let read = async {

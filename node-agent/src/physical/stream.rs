@@ -8,11 +8,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::format::files::HashingWriter;
 use crate::format::manifest::FileEntry;
 use crate::format::physical::{TreeFile, extract_tree, write_tree};
 use crate::progress::Progress;
-use crate::sink::artifact::{Artifact, BlockingWriter};
+use crate::sink::artifact::{Artifact, BlockingWriter, ZstdObject};
 use tokio_util::sync::CancellationToken;
 
 /// Counts the bytes of the tar stream into [`Progress`], and stops it
@@ -75,37 +74,28 @@ pub async fn store_tree(
     let sink = out.describe();
     let rel = rel.to_string();
     tokio::task::spawn_blocking(move || {
-        let io = |action: &'static str| {
-            let (sink, rel) = (sink.clone(), rel.clone());
-            move |e: std::io::Error| Error::Sink {
-                sink,
-                key: rel,
-                action,
-                reason: e.to_string(),
-            }
-        };
+        let mut obj = ZstdObject::new(object, sink, &rel, zstd_level)?;
         // Compression runs on zstd's worker threads, beside this thread's
         // reading and hashing of the files.
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4)) as u32;
-        let mut enc = match zstd::Encoder::new(HashingWriter::new(object, &rel), zstd_level)
-            .and_then(|mut enc| enc.include_checksum(true).map(|()| enc))
-            .and_then(|mut enc| enc.multithread(workers).map(|()| enc))
-        {
-            Ok(enc) => enc,
-            Err(e) => return Err(io("start compressing")(e)),
-        };
+        let options = obj
+            .encoder()
+            .include_checksum(true)
+            .and_then(|()| obj.encoder().multithread(workers));
+        if let Err(e) = options {
+            let e = obj.fail("start compressing", e);
+            obj.abort();
+            return Err(e);
+        }
         let mut counted = Counting {
-            inner: &mut enc,
+            inner: &mut obj,
             progress,
             cancel: stop.clone(),
         };
-        let written = write_tree(&root, &skip, &mut counted);
-        let files = match written {
+        let files = match write_tree(&root, &skip, &mut counted) {
             Ok((_, files)) => files,
             Err(e) => {
-                if let Some((object, _)) = enc.finish().ok().and_then(|w| w.finish().ok()) {
-                    object.abort();
-                }
+                obj.abort();
                 if stop.is_cancelled() {
                     return Err(Error::Cancelled(format!(
                         "archiving {} into {rel}",
@@ -115,13 +105,7 @@ pub async fn store_tree(
                 return Err(e);
             }
         };
-        let (object, entry) = enc
-            .finish()
-            .map_err(io("finish compressing"))?
-            .finish()
-            .map_err(io("write"))?;
-        object.finish()?;
-        Ok((entry, files))
+        Ok((obj.finish()?, files))
     })
     .await
     .map_err(|e| Error::Cancelled(format!("the writer of the archive stopped: {e}")))?

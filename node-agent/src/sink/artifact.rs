@@ -384,6 +384,93 @@ impl BlockingWriter {
     }
 }
 
+/// A compressed file of an artifact being written on a blocking thread:
+/// zstd over the sha256 of the stored bytes over the object. Finish it to
+/// make it durable and get its manifest entry; on any failure abort it, so
+/// no partial object is left under its key.
+pub struct ZstdObject {
+    enc: zstd::Encoder<'static, crate::format::files::HashingWriter<BlockingWriter>>,
+    sink: String,
+    rel: String,
+}
+
+impl std::fmt::Debug for ZstdObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZstdObject")
+            .field("sink", &self.sink)
+            .field("rel", &self.rel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ZstdObject {
+    /// Starts compressing into `object`, the file `rel` of the artifact in
+    /// `sink` (as errors name them), at `level`.
+    pub fn new(object: BlockingWriter, sink: String, rel: &str, level: i32) -> Result<ZstdObject> {
+        let hashing = crate::format::files::HashingWriter::new(object, rel);
+        match zstd::Encoder::new(hashing, level) {
+            Ok(enc) => Ok(ZstdObject {
+                enc,
+                sink,
+                rel: rel.to_string(),
+            }),
+            Err(e) => Err(sink_error(sink, rel, "start compressing", e)),
+        }
+    }
+
+    /// The encoder, to set its options before the first write.
+    pub fn encoder(
+        &mut self,
+    ) -> &mut zstd::Encoder<'static, crate::format::files::HashingWriter<BlockingWriter>> {
+        &mut self.enc
+    }
+
+    /// An I/O error of `action` on this object, naming the sink and file.
+    pub fn fail(&self, action: &'static str, e: std::io::Error) -> Error {
+        sink_error(self.sink.clone(), &self.rel, action, e)
+    }
+
+    /// Ends the frame and makes the object durable; returns its entry (the
+    /// stored bytes' size and sha256).
+    pub fn finish(self) -> Result<FileEntry> {
+        let (sink, rel) = (self.sink, self.rel);
+        let (object, entry) = self
+            .enc
+            .finish()
+            .map_err(|e| sink_error(sink.clone(), &rel, "finish compressing", e))?
+            .finish()
+            .map_err(|e| sink_error(sink, &rel, "write", e))?;
+        object.finish()?;
+        Ok(entry)
+    }
+
+    /// Drops the object.
+    pub fn abort(self) {
+        if let Some((object, _)) = self.enc.finish().ok().and_then(|w| w.finish().ok()) {
+            object.abort();
+        }
+    }
+}
+
+impl std::io::Write for ZstdObject {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.enc.write(data)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.enc.flush()
+    }
+}
+
+fn sink_error(sink: String, rel: &str, action: &'static str, e: std::io::Error) -> Error {
+    Error::Sink {
+        sink,
+        key: rel.to_string(),
+        action,
+        reason: e.to_string(),
+    }
+}
+
 impl std::io::Write for BlockingWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         self.buf.extend_from_slice(data);
