@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use lockstep_tests::loopfs::{self, LoopFs, run_cmd};
 use lockstep_tests::plain_cluster::Cluster;
+use lockstep_tests::sinks::{add_pool, media_agent, sink_policy};
 use lockstep_tests::{
     AgentOptions, CatalogCli, CausalWriter, MariaDb, MariaDbOptions, check_chain, init_tracing,
     journal_last, step,
@@ -62,12 +63,24 @@ async fn run(fs_kind: Fs) -> anyhow::Result<()> {
         fs,
         snapdirs,
         app,
-        cluster,
+        mut cluster,
         ids,
         ..
     } = setup(fs_kind, &[]).await?;
     let journal = app.path().join("journal.log");
     let provider = fs_kind.provider();
+    // The XFS run backs up to a media agent's pool and restores with the
+    // source host gone; the btrfs run keeps its copies on each host.
+    let vault = match fs_kind {
+        Fs::Xfs => {
+            step!("backups go to the pool of media agent vault");
+            let vault = media_agent(&cluster, "vault").await?;
+            add_pool(&cluster, &vault).await?;
+            sink_policy(&cluster, "pool", &[]).await?;
+            Some(vault)
+        }
+        Fs::Btrfs => None,
+    };
 
     step!("the causal writer runs, appending each record to the app's journal");
     let writer = CausalWriter::start_with_journal(cluster.chain(), &journal).await?;
@@ -143,6 +156,41 @@ async fn run(fs_kind: Fs) -> anyhow::Result<()> {
         datadirs.push(d);
     }
     argv.extend(["--files-to".into(), files_to.display().to_string()]);
+
+    step!("a typo in --datadir is refused, naming the servers the backup has");
+    let mut typo: Vec<&str> = argv[1..5].iter().map(String::as_str).collect();
+    let bad = format!("{CLUSTER_PREFIX}9={}", datadirs[0].display());
+    typo.extend(["--datadir", &bad]);
+    let out = cluster.cli(&typo).await?;
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains(&format!("{CLUSTER_PREFIX}9"))
+            && out.stderr.contains(&format!("{CLUSTER_PREFIX}0")),
+        "{}",
+        out.stderr
+    );
+
+    if vault.is_some() {
+        step!("the source host of {CLUSTER_PREFIX}0 is gone: its agent is killed");
+        cluster.agents[0].kill()?;
+        step!("at once: restore without --agent is refused, naming the server");
+        let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let out = cluster.cli(&refs).await?;
+        assert!(!out.status.success(), "{}", out.stdout);
+        tracing::info!(error = %out.stderr.trim(), "restore with the source host gone");
+        assert!(
+            out.stderr.contains(&format!("{CLUSTER_PREFIX}0")) && out.stderr.contains("--agent"),
+            "{}",
+            out.stderr
+        );
+        step!(
+            "--agent {CLUSTER_PREFIX}0={CLUSTER_PREFIX}1: another host's agent writes its datadir"
+        );
+        argv.extend([
+            "--agent".into(),
+            format!("{CLUSTER_PREFIX}0={CLUSTER_PREFIX}1"),
+        ]);
+    }
     let mut plan_argv = argv.clone();
     plan_argv[2] = "plan".into();
     let plan_refs: Vec<&str> = plan_argv.iter().map(String::as_str).collect();
@@ -202,6 +250,7 @@ async fn run(fs_kind: Fs) -> anyhow::Result<()> {
         .join("journal.log");
     assert_eq!(journal_last(&restored_journal)?, m);
     drop(restored);
+    drop(vault);
     drop(cluster);
     drop(fs);
     Ok(())

@@ -130,12 +130,17 @@ async fn prepare(core: &Core, req: &RestoreRequest) -> Result<(Vec<Plan>, u64)> 
         .filter(|p| p.sources.is_empty())
         .map(|p| {
             format!(
-                "server {}: no reachable copy ({})",
+                "server {}: no reachable copy ({}){}",
                 p.server,
                 if p.skipped.is_empty() {
                     "the backup has no copy of it".to_string()
                 } else {
                     p.skipped.join("; ")
+                },
+                if p.target_datadir.is_empty() {
+                    ""
+                } else {
+                    "; a datadir is written by the server's own agent unless --agent SERVER=AGENT names one on another host"
                 }
             )
         })

@@ -169,9 +169,10 @@ pub(super) fn plan(cat: &Catalog, b: &Backup, req: &RestoreRequest) -> Result<Ve
         .map(|server| {
             let target_mysql = req.targets.get(server).cloned().unwrap_or_default();
             let target_datadir = req.datadirs.get(server).cloned().unwrap_or_default();
-            // Its own agent loads its own server, and (unless --agent
-            // names another) a datadir on its own host.
-            let own_agent = target_mysql.is_empty();
+            // Its own agent loads its own server, and a datadir on its own
+            // host unless --agent names another.
+            let own_agent = target_mysql.is_empty()
+                && (target_datadir.is_empty() || !req.agents.contains_key(server));
             let (sources, skipped) = sources(cat, b, server, req, own_agent);
             Plan {
                 server: server.clone(),
