@@ -440,6 +440,11 @@ async fn a_killed_agent_deletes_its_snapshot_when_it_starts_again() -> anyhow::R
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_no_snapshots(Fs::Btrfs, fs.mount(), &snapdirs)?;
+
+    step!("the next physical backup, started right away, completes and leaves nothing");
+    let next = cluster.backup_and_wait(None).await?;
+    assert_eq!(next["status"], "COMPLETE", "{next}");
+    assert_no_snapshots(Fs::Btrfs, fs.mount(), &snapdirs)?;
     drop(cluster);
     drop(fs);
     Ok(())
