@@ -367,6 +367,120 @@ fn check_rel(rel: &str) -> std::result::Result<(), &'static str> {
     Ok(())
 }
 
+/// Bytes written to a restored file between two nudges of the kernel's
+/// writeback (see [`Restored`]).
+const WRITEBACK_STEP: u64 = 16 << 20;
+
+/// A file being restored. Every [`WRITEBACK_STEP`] bytes it asks the kernel
+/// to start writing out the bytes behind it (`posix_fadvise(DONTNEED)`
+/// starts writeback of dirty pages and drops the pages already written), so
+/// the disk works while the archive is still being read, the sync at the
+/// end finds little left, and a big restore does not push the host's
+/// running servers out of the page cache.
+struct Restored<'f> {
+    file: &'f File,
+    written: u64,
+    started: u64,
+}
+
+impl<'f> Restored<'f> {
+    fn new(file: &'f File) -> Restored<'f> {
+        Restored {
+            file,
+            written: 0,
+            started: 0,
+        }
+    }
+
+    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        (&mut &*self.file).write_all(data)?;
+        self.written += data.len() as u64;
+        if self.written - self.started >= WRITEBACK_STEP {
+            self.start_writeback()?;
+        }
+        Ok(())
+    }
+
+    fn start_writeback(&mut self) -> io::Result<()> {
+        if let Some(len) = std::num::NonZeroU64::new(self.written - self.started) {
+            rustix::fs::fadvise(
+                self.file,
+                self.started,
+                Some(len),
+                rustix::fs::Advice::DontNeed,
+            )?;
+        }
+        self.started = self.written;
+        Ok(())
+    }
+
+    /// Starts the writeback of the rest.
+    fn done(mut self) -> io::Result<()> {
+        self.start_writeback()
+    }
+}
+
+/// SHA-256 of the files being restored, computed on a thread of its own
+/// beside the thread that writes them. Buffers go there and come back.
+struct HashThread {
+    tx: std::sync::mpsc::SyncSender<Option<Vec<u8>>>,
+    digests: std::sync::mpsc::Receiver<String>,
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
+}
+
+impl HashThread {
+    fn start() -> io::Result<HashThread> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Vec<u8>>>(4);
+        let (digest_tx, digests) = std::sync::mpsc::channel();
+        let (spare_tx, spare) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("sha256".into())
+            .spawn(move || {
+                let mut hasher = Sha256::new();
+                while let Ok(msg) = rx.recv() {
+                    match msg {
+                        Some(buf) => {
+                            hasher.update(&buf);
+                            let _ = spare_tx.send(buf);
+                        }
+                        None => {
+                            let digest = hex::encode(std::mem::take(&mut hasher).finalize());
+                            if digest_tx.send(digest).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            })?;
+        Ok(HashThread { tx, digests, spare })
+    }
+
+    /// A buffer of [`BUF`] bytes to read into.
+    fn buffer(&self) -> Vec<u8> {
+        match self.spare.try_recv() {
+            Ok(mut buf) => {
+                buf.resize(BUF, 0);
+                buf
+            }
+            Err(_) => vec![0u8; BUF],
+        }
+    }
+
+    /// Adds `buf` to the current file's hash.
+    fn update(&self, buf: Vec<u8>) {
+        // The thread is gone only if it panicked: finish() reports that.
+        let _ = self.tx.send(Some(buf));
+    }
+
+    /// The hex SHA-256 of what was added since the last call.
+    fn finish(&self) -> String {
+        let _ = self.tx.send(None);
+        self.digests
+            .recv()
+            .unwrap_or_else(|_| "(the hashing thread stopped)".to_string())
+    }
+}
+
 /// Extracts a tar [`write_tree`] wrote into `target` (created if missing;
 /// nothing in it is replaced: an entry that exists is an error). Each
 /// regular file's size and sha256 are checked as it is written; at the end
@@ -399,7 +513,7 @@ pub fn extract_tree<R: Read>(input: R, target: &Path, expected: &[TreeFile]) -> 
             format!("cannot read the archive after entry {last}: {e}"),
         )
     };
-    let mut buf = vec![0u8; BUF];
+    let hasher = HashThread::start().on_file(target, "start hashing")?;
     for entry in archive.entries().map_err(|e| read_failed(&last, e))? {
         let mut entry = entry.map_err(|e| read_failed(&last, e))?;
         let raw = entry.path_bytes().into_owned();
@@ -476,26 +590,29 @@ pub fn extract_tree<R: Read>(input: R, target: &Path, expected: &[TreeFile]) -> 
                 std::os::unix::fs::symlink(to, &path).on_file(&path, "create symlink")?;
             }
             TreeKind::Regular => {
-                let mut file = fs::OpenOptions::new()
+                let file = fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .mode(0o600)
                     .open(&path)
                     .on_file(&path, "create")?;
-                let mut hasher = Sha256::new();
+                let mut out = Restored::new(&file);
                 let mut size = 0u64;
                 loop {
+                    let mut buf = hasher.buffer();
                     let n = entry.read(&mut buf).map_err(|e| {
                         tree_error(&path, format!("cannot read it from the archive: {e}"))
                     })?;
                     if n == 0 {
                         break;
                     }
-                    hasher.update(&buf[..n]);
+                    buf.truncate(n);
                     size += n as u64;
-                    file.write_all(&buf[..n]).on_file(&path, "write")?;
+                    out.write(&buf).on_file(&path, "write")?;
+                    hasher.update(buf);
                 }
-                let actual = hex::encode(hasher.finalize());
+                out.done().on_file(&path, "write")?;
+                let actual = hasher.finish();
                 if actual != want.sha256 || size != want.size {
                     return Err(Error::Checksum {
                         path,

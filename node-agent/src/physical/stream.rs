@@ -12,6 +12,7 @@ use crate::format::manifest::FileEntry;
 use crate::format::physical::{TreeFile, extract_tree, write_tree};
 use crate::progress::Progress;
 use crate::sink::artifact::{Artifact, BlockingWriter, ZstdObject};
+use crate::sink::frames::{self, FrameReader};
 use tokio_util::sync::CancellationToken;
 
 /// Counts the bytes of the tar stream into [`Progress`], and stops it
@@ -74,19 +75,10 @@ pub async fn store_tree(
     let sink = out.describe();
     let rel = rel.to_string();
     tokio::task::spawn_blocking(move || {
-        let mut obj = ZstdObject::new(object, sink, &rel, zstd_level)?;
-        // Compression runs on zstd's worker threads, beside this thread's
-        // reading and hashing of the files.
-        let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4)) as u32;
-        let options = obj
-            .encoder()
-            .include_checksum(true)
-            .and_then(|()| obj.encoder().multithread(workers));
-        if let Err(e) = options {
-            let e = obj.fail("start compressing", e);
-            obj.abort();
-            return Err(e);
-        }
+        // Frames compressed on several threads, beside this thread's
+        // reading and hashing of the files; a restore decompresses them on
+        // as many.
+        let mut obj = ZstdObject::frames(object, sink, &rel, zstd_level, frames::workers())?;
         let mut counted = Counting {
             inner: &mut obj,
             progress,
@@ -136,14 +128,14 @@ pub async fn load_tree(
     let stream = from.read(rel).await.map_err(named.clone())?;
     let reader = crate::sink::blocking_reader(stream);
     tokio::task::spawn_blocking(move || {
-        let dec = zstd::Decoder::new(reader).map_err(|e| Error::Tree {
+        // Reading and decompressing on other threads (several, for an
+        // archive of frames), hashing and writing the files on this one.
+        let dec = FrameReader::start(reader, frames::workers()).map_err(|e| Error::Tree {
             path: target.clone(),
             reason: format!("cannot start decompressing: {e}"),
         })?;
-        // Reading and decompressing on one core, hashing and writing the
-        // files on another.
         let input = Counting {
-            inner: Readahead::start(dec),
+            inner: dec,
             progress,
             cancel: stop.clone(),
         };
@@ -159,71 +151,6 @@ pub async fn load_tree(
     .await
     .map_err(|e| Error::Cancelled(format!("the reader of {archive} stopped: {e}")))?
     .map_err(named)
-}
-
-/// Runs a reader on a thread of its own and hands its bytes over in
-/// chunks through a bounded queue (at most [`READAHEAD_DEPTH`] chunks of
-/// [`READAHEAD_CHUNK`] bytes wait), so producing the bytes (reading the
-/// sink, decompressing) and consuming them (hashing, writing files) run on
-/// two cores. Dropping it stops the thread at its next chunk.
-struct Readahead {
-    rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
-    chunk: Vec<u8>,
-    at: usize,
-}
-
-const READAHEAD_CHUNK: usize = 1 << 20;
-const READAHEAD_DEPTH: usize = 8;
-
-impl Readahead {
-    fn start<R: Read + Send + 'static>(mut inner: R) -> Readahead {
-        let (tx, rx) = std::sync::mpsc::sync_channel(READAHEAD_DEPTH);
-        std::thread::spawn(move || {
-            loop {
-                let mut buf = vec![0u8; READAHEAD_CHUNK];
-                let sent = match inner.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        buf.truncate(n);
-                        tx.send(Ok(buf))
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        break;
-                    }
-                };
-                if sent.is_err() {
-                    break;
-                }
-            }
-        });
-        Readahead {
-            rx,
-            chunk: Vec::new(),
-            at: 0,
-        }
-    }
-}
-
-impl Read for Readahead {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.at == self.chunk.len() {
-            match self.rx.recv() {
-                Ok(Ok(chunk)) => {
-                    self.chunk = chunk;
-                    self.at = 0;
-                }
-                Ok(Err(e)) => return Err(e),
-                // The reader's end.
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.chunk.len() - self.at);
-        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
 }
 
 #[cfg(test)]
@@ -244,33 +171,6 @@ mod tests {
             std::fs::Permissions::from_mode(0o640),
         )
         .expect("chmod");
-    }
-
-    #[test]
-    fn readahead_hands_over_every_byte_and_the_error() {
-        let data: Vec<u8> = (0..(3 * READAHEAD_CHUNK + 123)).map(|i| i as u8).collect();
-        let mut got = Vec::new();
-        Readahead::start(std::io::Cursor::new(data.clone()))
-            .read_to_end(&mut got)
-            .expect("read");
-        assert_eq!(got, data);
-        struct Failing(usize);
-        impl Read for Failing {
-            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-                if self.0 == 0 {
-                    return Err(std::io::Error::other("disk gone"));
-                }
-                self.0 -= 1;
-                buf[0] = 1;
-                Ok(1)
-            }
-        }
-        let mut got = Vec::new();
-        let e = Readahead::start(Failing(5))
-            .read_to_end(&mut got)
-            .expect_err("the reader's error");
-        assert_eq!(e.to_string(), "disk gone");
-        assert_eq!(got, vec![1; 5]);
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@ use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
 use super::crypt::{DataKey, EncryptingWriter, KeyFile, decrypt_stream};
+use super::frames;
 use super::{BINLOG_PREFIX, ByteStream, ObjectWriter, SharedStore, check_key, join};
 use crate::error::{Error, Result};
 use crate::format::files::sha256_hex;
@@ -389,9 +390,18 @@ impl BlockingWriter {
 /// make it durable and get its manifest entry; on any failure abort it, so
 /// no partial object is left under its key.
 pub struct ZstdObject {
-    enc: zstd::Encoder<'static, crate::format::files::HashingWriter<BlockingWriter>>,
+    enc: Compressor,
     sink: String,
     rel: String,
+}
+
+type Hashing = crate::format::files::HashingWriter<BlockingWriter>;
+
+/// One zstd frame streamed on the calling thread, or frames of
+/// [`frames::FRAME_BYTES`] compressed on several (see [`frames`]).
+enum Compressor {
+    Stream(zstd::Encoder<'static, Hashing>),
+    Frames(frames::FrameWriter<Hashing>),
 }
 
 impl std::fmt::Debug for ZstdObject {
@@ -405,12 +415,12 @@ impl std::fmt::Debug for ZstdObject {
 
 impl ZstdObject {
     /// Starts compressing into `object`, the file `rel` of the artifact in
-    /// `sink` (as errors name them), at `level`.
+    /// `sink` (as errors name them), at `level`, as one zstd frame.
     pub fn new(object: BlockingWriter, sink: String, rel: &str, level: i32) -> Result<ZstdObject> {
-        let hashing = crate::format::files::HashingWriter::new(object, rel);
+        let hashing = Hashing::new(object, rel);
         match zstd::Encoder::new(hashing, level) {
             Ok(enc) => Ok(ZstdObject {
-                enc,
+                enc: Compressor::Stream(enc),
                 sink,
                 rel: rel.to_string(),
             }),
@@ -418,11 +428,25 @@ impl ZstdObject {
         }
     }
 
-    /// The encoder, to set its options before the first write.
-    pub fn encoder(
-        &mut self,
-    ) -> &mut zstd::Encoder<'static, crate::format::files::HashingWriter<BlockingWriter>> {
-        &mut self.enc
+    /// Like [`ZstdObject::new`], as independent frames (each with its
+    /// content size and checksum) compressed on `workers` threads, which
+    /// [`frames::FrameReader`] decompresses on as many.
+    pub fn frames(
+        object: BlockingWriter,
+        sink: String,
+        rel: &str,
+        level: i32,
+        workers: usize,
+    ) -> Result<ZstdObject> {
+        let hashing = Hashing::new(object, rel);
+        match frames::FrameWriter::new(hashing, level, workers) {
+            Ok(enc) => Ok(ZstdObject {
+                enc: Compressor::Frames(enc),
+                sink,
+                rel: rel.to_string(),
+            }),
+            Err(e) => Err(sink_error(sink, rel, "start compressing", e)),
+        }
     }
 
     /// An I/O error of `action` on this object, naming the sink and file.
@@ -430,13 +454,15 @@ impl ZstdObject {
         sink_error(self.sink.clone(), &self.rel, action, e)
     }
 
-    /// Ends the frame and makes the object durable; returns its entry (the
-    /// stored bytes' size and sha256).
+    /// Ends the compression and makes the object durable; returns its
+    /// entry (the stored bytes' size and sha256).
     pub fn finish(self) -> Result<FileEntry> {
         let (sink, rel) = (self.sink, self.rel);
-        let (object, entry) = self
-            .enc
-            .finish()
+        let hashing = match self.enc {
+            Compressor::Stream(enc) => enc.finish(),
+            Compressor::Frames(enc) => enc.finish(),
+        };
+        let (object, entry) = hashing
             .map_err(|e| sink_error(sink.clone(), &rel, "finish compressing", e))?
             .finish()
             .map_err(|e| sink_error(sink, &rel, "write", e))?;
@@ -446,7 +472,11 @@ impl ZstdObject {
 
     /// Drops the object.
     pub fn abort(self) {
-        if let Some((object, _)) = self.enc.finish().ok().and_then(|w| w.finish().ok()) {
+        let hashing = match self.enc {
+            Compressor::Stream(enc) => enc.finish().ok(),
+            Compressor::Frames(enc) => Some(enc.abandon()),
+        };
+        if let Some((object, _)) = hashing.and_then(|w| w.finish().ok()) {
             object.abort();
         }
     }
@@ -454,11 +484,17 @@ impl ZstdObject {
 
 impl std::io::Write for ZstdObject {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.enc.write(data)
+        match &mut self.enc {
+            Compressor::Stream(enc) => enc.write(data),
+            Compressor::Frames(enc) => enc.write(data),
+        }
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.enc.flush()
+        match &mut self.enc {
+            Compressor::Stream(enc) => enc.flush(),
+            Compressor::Frames(enc) => enc.flush(),
+        }
     }
 }
 

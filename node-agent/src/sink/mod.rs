@@ -8,7 +8,9 @@
 //! - [`s3`]: S3-compatible object storage through `object_store`.
 //!
 //! [`artifact`] is one server's snapshot in a store (what dumps write and
-//! restores read); [`crypt`] encrypts its files for sinks that ask for it.
+//! restores read); [`crypt`] encrypts its files for sinks that ask for it;
+//! [`frames`] compresses and decompresses big objects as independent zstd
+//! frames on several threads.
 //! [`open`] turns a catalog's sink description (`SinkSpec`) into a store.
 //! An object written through [`ObjectWriter`] is visible under its key only
 //! once [`ObjectWriter::finish`] returned: the sink has it durably then (the
@@ -33,6 +35,7 @@ use crate::error::{Error, Result};
 pub mod artifact;
 pub mod crypt;
 pub mod disk;
+pub mod frames;
 pub mod media;
 pub mod s3;
 
