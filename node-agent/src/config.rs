@@ -274,10 +274,23 @@ impl ServeConfig {
         };
         let archive = self.archive_settings(&name)?;
         self.files.validate()?;
-        if self.physical.kind == crate::physical::Kind::Physical && self.physical.snapshot.is_none()
+        if !(-7..=22).contains(&self.physical.zstd_level) {
+            return Err(Error::Config(format!(
+                "physical.zstd_level must be -7..=22, got {}",
+                self.physical.zstd_level
+            )));
+        }
+        if self.physical.kind == crate::physical::Kind::Physical
+            && self.physical.snapshot.is_none()
+            && self.physical.mariabackup.is_none()
         {
             return Err(Error::Config(
-                "physical.kind is physical but no snapshot provider is configured ([physical.snapshot] or --snapshot-provider)".into(),
+                "physical.kind is physical but no snapshot provider is configured ([physical.snapshot] or --snapshot-provider, or [physical.mariabackup] or --mariabackup)".into(),
+            ));
+        }
+        if self.physical.snapshot.is_some() && self.physical.mariabackup.is_some() {
+            return Err(Error::Config(
+                "[physical.snapshot] and [physical.mariabackup] are both set: choose one way to take physical backups".into(),
             ));
         }
         let state_dir = match &self.physical.state_dir {

@@ -209,7 +209,7 @@ async fn a_crash_image_restores_to_the_servers_committed_state() -> anyhow::Resu
 
     step!("recover the copy with a private server and read it");
     let (recovered, (rows, long_rows, sum, uncommitted)) =
-        recover::recover_with(&target, &before.settings, &small_server(), |conn| {
+        recover::recover_with(&target, &before.settings, &small_server(), |conn, _| {
             Box::pin(async move {
                 let q =
                     |e: mysql_async::Error| lockstep_node_agent::Error::Cancelled(e.to_string());
@@ -280,7 +280,7 @@ async fn a_crash_image_restores_to_the_servers_committed_state() -> anyhow::Resu
     );
 
     step!("the recovered copy starts again at once, at the same position");
-    let (again, ()) = recover::recover_with(&target, &before.settings, &small_server(), |_| {
+    let (again, ()) = recover::recover_with(&target, &before.settings, &small_server(), |_, _| {
         Box::pin(async { Ok(()) })
     })
     .await?;

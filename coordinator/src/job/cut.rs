@@ -283,6 +283,52 @@ impl Cut<'_> {
         ))
     }
 
+    /// Before the cut: TAKE BASE on every server at once. A server whose
+    /// physical backups use `mariadb-backup` copies its base now (minutes
+    /// for a big server, bounded by `transfer_timeout`); the others answer
+    /// at once, as does an agent too old to know the call. Nothing is
+    /// locked meanwhile.
+    pub(super) async fn take_bases(
+        &self,
+        parts: &[Participant],
+    ) -> std::result::Result<(), String> {
+        let limit = self.core.config.transfer_timeout;
+        let bases = parts.iter().map(|p| async move {
+            let mut client = self
+                .core
+                .agent_client(&p.addr)
+                .await
+                .map_err(|e| format!("server {}: {e}", p.name))?;
+            let call = client.take_base(agent_pb::TakeBaseRequest {
+                backup_id: self.id.to_string(),
+                term: self.term,
+                kind: self.kind.to_string(),
+            });
+            let reply = match tokio::time::timeout(limit, call).await {
+                Err(_) => {
+                    return Err(format!(
+                        "server {}: its mariadb-backup base was not taken within {limit:?}",
+                        p.name
+                    ));
+                }
+                Ok(Err(s)) if s.code() == tonic::Code::Unimplemented => return Ok(()),
+                Ok(Err(s)) => {
+                    return Err(format!(
+                        "server {}: taking its base failed: {}",
+                        p.name,
+                        status_text(&s)
+                    ));
+                }
+                Ok(Ok(r)) => r.into_inner(),
+            };
+            if reply.taken {
+                info!(server = %p.name, file = %reply.binlog_file, pos = reply.binlog_pos, bytes = reply.bytes, took_ms = reply.took_ms, "mariadb-backup base taken before the cut");
+            }
+            Ok(())
+        });
+        futures::future::try_join_all(bases).await.map(|_| ())
+    }
+
     /// CAPTURE FILES on one prepared server: its application file sets
     /// are cut while every server of the cut is locked.
     async fn capture_files(

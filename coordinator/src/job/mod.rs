@@ -305,19 +305,23 @@ impl Jobs {
         parts: &[Participant],
         kind: &str,
     ) -> std::result::Result<(), String> {
-        // PREPARE, barrier and COMMIT (see `cut.rs`), one cut of the
-        // cluster at a time: a restore point waits for this one's end.
-        let turn = self.cut_turn(cluster);
-        let turn = turn.lock().await;
         let cut = Cut {
             core: &self.core,
             id,
             term,
             position_only: false,
             kind,
+        };
+        // Bases of servers backed up with mariadb-backup, taken before
+        // the cut (nothing is locked meanwhile).
+        if kind != "logical" {
+            cut.take_bases(parts).await?;
         }
-        .run(parts)
-        .await;
+        // PREPARE, barrier and COMMIT (see `cut.rs`), one cut of the
+        // cluster at a time: a restore point waits for this one's end.
+        let turn = self.cut_turn(cluster);
+        let turn = turn.lock().await;
+        let cut = cut.run(parts).await;
         drop(turn);
         let cut = cut?;
         fail_pause("before-commit-cut").await;

@@ -191,6 +191,9 @@ pub struct Agent {
     restoring: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Position-only cuts (restore points) and who holds the lock.
     points: point::Points,
+    /// `mariadb-backup` bases taken before their backups' cuts, by backup
+    /// id (see `physical.rs`).
+    bases: std::sync::Mutex<std::collections::HashMap<String, crate::physical::mariabackup::Base>>,
     shutdown: CancellationToken,
 }
 
@@ -221,6 +224,7 @@ impl Agent {
             armed: std::sync::Mutex::new(None),
             restoring: std::sync::Mutex::new(Default::default()),
             points: point::Points::default(),
+            bases: std::sync::Mutex::new(Default::default()),
             shutdown,
         })
     }
@@ -609,6 +613,7 @@ impl Agent {
         if let Some(was_held) = self.abort_point(backup_id, reason).await {
             return was_held;
         }
+        self.drop_base(backup_id);
         let mut slot = self.session.lock().await;
         if !matches!(slot.as_ref(), Some(s) if s.backup_id == backup_id) {
             return false;

@@ -12,6 +12,7 @@ use crate::cut::PreparedCut;
 use crate::error::{Error, Result};
 use crate::physical::Kind;
 use crate::physical::files::{self, Captured, Planned};
+use crate::physical::mariabackup::{self, Base};
 use crate::physical::settings::ServerSettings;
 use crate::snapshot::registry::Registry;
 use crate::snapshot::{self, Provider, Snapshot, Space};
@@ -27,6 +28,14 @@ pub(crate) struct Physical {
     pub snapshot: Option<Snapshot>,
 }
 
+/// A physical backup whose data mover is `mariadb-backup`: the base taken
+/// before the cut, and the server's settings.
+#[derive(Debug)]
+pub(crate) struct Based {
+    pub base: Base,
+    pub settings: ServerSettings,
+}
+
 /// Everything a backup holds beside its lock and snapshot connections.
 #[derive(Debug, Default)]
 pub(crate) struct Extra {
@@ -34,6 +43,8 @@ pub(crate) struct Extra {
     /// Names this backup's snapshots (see [`snapshot_id`]).
     id: String,
     pub physical: Option<Physical>,
+    /// Instead of `physical`: a `mariadb-backup` base.
+    pub based: Option<Based>,
     pub planned_files: Vec<Planned>,
     pub files: Vec<Captured>,
     /// The snapshots recorded in the registry before the lock (whether
@@ -52,8 +63,24 @@ impl Extra {
         let cfg = &agent.cfg;
         let planned_files = files::plan(&cfg.files).await?;
         let id = snapshot_id(&cfg.name, backup_id);
+        let mut based = None;
         let physical = match kind {
             Kind::Logical => None,
+            Kind::Physical if cfg.physical.mariabackup.is_some() => {
+                let server = agent.own_server()?;
+                let base = agent.bases.lock().map_err(|_| Error::Cancelled("poisoned".into()))?.remove(backup_id).ok_or_else(|| {
+                    Error::Config(format!(
+                        "server {}: backup {backup_id} has no mariadb-backup base: the coordinator takes one before the cut (TakeBase); a coordinator older than the agent does not",
+                        server.address()
+                    ))
+                })?;
+                let mut conn = server
+                    .connect("read settings for a physical backup")
+                    .await?;
+                let settings = crate::physical::settings::read(&mut conn, server.address()).await?;
+                based = Some(Based { base, settings });
+                None
+            }
             Kind::Physical => {
                 let server = agent.own_server()?;
                 let provider_cfg = cfg.physical.snapshot.as_ref().ok_or_else(|| {
@@ -83,6 +110,7 @@ impl Extra {
             kind,
             id: id.clone(),
             physical,
+            based,
             planned_files,
             files: Vec::new(),
             recorded: Vec::new(),
@@ -145,6 +173,18 @@ impl Extra {
         progress: std::sync::Arc<crate::progress::Progress>,
         cancel: &tokio_util::sync::CancellationToken,
     ) -> Result<crate::dump::DumpResult> {
+        if let Some(b) = &self.based {
+            return crate::physical::backup::store_base(
+                origin,
+                &b.base,
+                &b.settings,
+                out,
+                opts,
+                progress,
+                cancel,
+            )
+            .await;
+        }
         let (Some(p), Some(snap)) = (
             self.physical.as_ref(),
             self.physical.as_ref().and_then(|p| p.snapshot.as_ref()),
@@ -169,6 +209,9 @@ impl Extra {
 
     /// The provider's name, for a physical backup.
     pub fn provider_name(&self) -> &'static str {
+        if self.based.is_some() {
+            return mariabackup::NAME;
+        }
         self.physical.as_ref().map_or("", |p| p.provider.name())
     }
 
@@ -177,6 +220,9 @@ impl Extra {
     pub async fn release(&mut self) {
         if let Some(p) = self.physical.as_mut() {
             p.snapshot = None;
+        }
+        if let Some(b) = self.based.take() {
+            remove_staged(&b.base);
         }
         // Staged copies; the file sets' snapshots are among the recorded.
         let sets = std::mem::take(&mut self.files);
@@ -204,6 +250,9 @@ impl Extra {
 
 impl Drop for Extra {
     fn drop(&mut self) {
+        if let Some(b) = self.based.take() {
+            remove_staged(&b.base);
+        }
         if !self.holds_anything() {
             return;
         }
@@ -211,6 +260,7 @@ impl Drop for Extra {
             kind: self.kind,
             id: std::mem::take(&mut self.id),
             physical: None,
+            based: None,
             planned_files: Vec::new(),
             files: std::mem::take(&mut self.files),
             recorded: std::mem::take(&mut self.recorded),
@@ -280,11 +330,79 @@ impl Agent {
                 Err(e) => tracing::warn!(error = %e, "cannot open the snapshot registry"),
             }
         }
+        let bases = mariabackup::clean_staged(state);
+        if bases > 0 {
+            tracing::warn!(
+                bases,
+                "deleted mariadb-backup bases a previous run of the agent left behind"
+            );
+        }
         let staged = state.join("files");
         if staged.exists()
             && let Err(e) = tokio::fs::remove_dir_all(&staged).await
         {
             tracing::warn!(dir = %staged.display(), error = %e, "staged file set copies not removed");
+        }
+    }
+
+    /// Before the cut of backup `backup_id` (the coordinator's TakeBase):
+    /// when this server's backup is physical with `mariadb-backup` as its
+    /// data mover, copies the base and keeps it for the backup's PREPARE.
+    /// None when the server takes no base.
+    pub async fn take_base(&self, backup_id: &str, kind: &str) -> Result<Option<Base>> {
+        let kind = Kind::parse_or(kind, self.cfg.physical.kind)?;
+        let Some(mover) = self
+            .cfg
+            .physical
+            .mariabackup
+            .as_ref()
+            .filter(|_| kind == Kind::Physical)
+        else {
+            return Ok(None);
+        };
+        if backup_id.is_empty() {
+            return Err(Error::Config("backup id is empty".into()));
+        }
+        let server = self.own_server()?.clone();
+        self.refuse_while_restoring(&server, backup_id)?;
+        // The coordinator runs one backup of a cluster at a time: bases of
+        // other backups still here were abandoned (their coordinator died
+        // before PREPARE or ABORT reached this agent).
+        let abandoned: Vec<Base> = {
+            let mut bases = self
+                .bases
+                .lock()
+                .map_err(|_| Error::Cancelled("poisoned".into()))?;
+            if let Some(base) = bases.get(backup_id) {
+                return Ok(Some(base.clone()));
+            }
+            bases.drain().map(|(_, b)| b).collect()
+        };
+        for b in &abandoned {
+            tracing::warn!(file = %b.staged.display(), "deleting the base of an abandoned backup");
+            remove_staged(b);
+        }
+        let base = mariabackup::take_base(
+            &server,
+            &mover.mover(),
+            &self.cfg.state_dir,
+            backup_id,
+            self.cfg.physical.zstd_level,
+        )
+        .await?;
+        self.bases
+            .lock()
+            .map_err(|_| Error::Cancelled("poisoned".into()))?
+            .insert(backup_id.to_string(), base.clone());
+        Ok(Some(base))
+    }
+
+    /// Forgets and deletes the base of `backup_id`, if any (its backup was
+    /// aborted before a PREPARE took it over).
+    pub(super) fn drop_base(&self, backup_id: &str) {
+        let base = self.bases.lock().ok().and_then(|mut b| b.remove(backup_id));
+        if let Some(base) = base {
+            remove_staged(&base);
         }
     }
 
@@ -294,6 +412,14 @@ impl Agent {
             .state_dir
             .join("files")
             .join(crate::format::fs_name(backup_id))
+    }
+}
+
+fn remove_staged(base: &Base) {
+    if let Err(e) = std::fs::remove_file(&base.staged)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(file = %base.staged.display(), error = %e, "staged base not removed; the agent deletes it when it starts again");
     }
 }
 

@@ -141,6 +141,7 @@ impl Agent {
                 .await
             }
             crate::physical::Kind::Physical => {
+                opts.zstd_level = zstd_level.unwrap_or(self.cfg.physical.zstd_level);
                 extra
                     .store(origin, out, &opts, progress, &self.shutdown.child_token())
                     .await

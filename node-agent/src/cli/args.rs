@@ -152,6 +152,11 @@ pub struct ServeArgs {
     /// reflink (LVM and ZFS are configured in the file, [physical.snapshot]).
     #[arg(long, value_parser = ["btrfs", "reflink"], requires_all = ["snapshot_volume", "snapshot_dir"])]
     pub snapshot_provider: Option<String>,
+    /// Physical backups with `mariadb-backup` as the data mover (no
+    /// snapshotting filesystem needed): a base copied before the cut,
+    /// rolled to the cut with the server's binlog on restore.
+    #[arg(long, conflicts_with = "snapshot_provider")]
+    pub mariabackup: bool,
     /// The directory snapshotted (a btrfs subvolume, or a directory on XFS
     /// or btrfs for reflink) holding the datadir, its redo log and binlog.
     #[arg(long)]
@@ -268,6 +273,9 @@ impl ServeArgs {
                     snapshot_dir,
                 },
             });
+        }
+        if self.mariabackup && c.physical.mariabackup.is_none() {
+            c.physical.mariabackup = Some(crate::physical::MariabackupConfig::default());
         }
         if let Some(v) = &self.state_dir {
             c.physical.state_dir = Some(v.clone());

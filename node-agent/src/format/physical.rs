@@ -81,6 +81,13 @@ pub struct Physical {
     /// Settings that weaken the copy, for the operator.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Provider `mariabackup`: where the base (`archive`, an mbstream) is
+    /// consistent; `binlogs` (objects of the artifact, in order) carry the
+    /// server from there to the cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<crate::physical::mariabackup::BasePosition>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub binlogs: Vec<String>,
 }
 
 /// An application file set captured with a backup.

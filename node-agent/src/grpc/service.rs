@@ -215,6 +215,29 @@ impl NodeAgent for AgentService {
         }))
     }
 
+    async fn take_base(
+        &self,
+        request: Request<pb::TakeBaseRequest>,
+    ) -> Result<Response<pb::TakeBaseReply>, Status> {
+        let r = request.into_inner();
+        self.fence(r.term)?;
+        let base = self
+            .agent
+            .take_base(&r.backup_id, &r.kind)
+            .await
+            .map_err(|e| convert::to_status(&e))?;
+        Ok(Response::new(match base {
+            Some(b) => pb::TakeBaseReply {
+                taken: true,
+                binlog_file: b.position.binlog_file,
+                binlog_pos: b.position.binlog_pos,
+                bytes: b.bytes,
+                took_ms: b.took.as_millis() as u64,
+            },
+            None => pb::TakeBaseReply::default(),
+        }))
+    }
+
     async fn abort(
         &self,
         request: Request<pb::AbortRequest>,

@@ -52,6 +52,10 @@ pub struct PhysicalOptions {
     /// How the datadir is snapshotted (`[physical.snapshot]`, with
     /// `provider = "btrfs" | "reflink" | "lvm" | "zfs"`).
     pub snapshot: Option<ProviderConfig>,
+    /// Or `mariadb-backup` as the data mover, where no snapshotting
+    /// filesystem exists (`[physical.mariabackup]`; see
+    /// [`crate::physical::mariabackup`]).
+    pub mariabackup: Option<MariabackupConfig>,
     /// Where the agent records the snapshots it holds (so a restarted
     /// agent deletes what a crashed one left) and stages copied file sets;
     /// default `<sink_dir>/../state/<name>`.
@@ -62,6 +66,11 @@ pub struct PhysicalOptions {
     /// How long InnoDB recovery of a restored datadir may take.
     #[serde(with = "humantime_serde")]
     pub recover_timeout: Duration,
+    /// The zstd level of the datadir and file-set archives (a backup's own
+    /// level, when it sets one, wins). Level 1 compresses this kind of data
+    /// as well as 3 here, in half the time, and decompresses 1.7x faster
+    /// (BENCHMARKS.md, "Physical backups").
+    pub zstd_level: i32,
 }
 
 impl Default for PhysicalOptions {
@@ -69,9 +78,46 @@ impl Default for PhysicalOptions {
         PhysicalOptions {
             kind: Kind::Logical,
             snapshot: None,
+            mariabackup: None,
             state_dir: None,
             mariadbd: None,
             recover_timeout: Duration::from_secs(600),
+            zstd_level: 1,
+        }
+    }
+}
+
+/// `[physical.mariabackup]`: how `mariadb-backup` takes a physical
+/// backup's base before the cut.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MariabackupConfig {
+    /// The `mariadb-backup` binary (also `--prepare`s restores).
+    pub binary: PathBuf,
+    /// The longest the base copy may take.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// The longest it waits for its own lock (`--ftwrl-wait-timeout`).
+    #[serde(with = "humantime_serde")]
+    pub lock_wait: Duration,
+}
+
+impl Default for MariabackupConfig {
+    fn default() -> Self {
+        MariabackupConfig {
+            binary: PathBuf::from("mariadb-backup"),
+            timeout: Duration::from_secs(6 * 3600),
+            lock_wait: Duration::from_secs(60),
+        }
+    }
+}
+
+impl MariabackupConfig {
+    pub fn mover(&self) -> crate::physical::mariabackup::Mover {
+        crate::physical::mariabackup::Mover {
+            binary: self.binary.clone(),
+            timeout: self.timeout,
+            lock_wait: self.lock_wait,
         }
     }
 }

@@ -17,15 +17,19 @@
 //!   the file sets streamed to the sink, then the manifest.
 //! - [`recover`]: a private `mariadbd` on a restored datadir: crash
 //!   recovery, the position it recovered to, a clean shutdown.
+//! - [`mariabackup`]: `mariadb-backup` as the data mover where no
+//!   snapshotting filesystem exists: a base taken before the cut, rolled
+//!   to the cut with the server's binlog on restore.
 //! - [`restore`]: a physical backup written into a datadir, recovered and
 //!   checked against the cut; file sets restored to a chosen path.
 
 pub mod backup;
 pub mod config;
 pub mod files;
+pub mod mariabackup;
 pub mod recover;
 pub mod restore;
 pub mod settings;
 pub mod stream;
 
-pub use config::{FileSet, FileSetOptions, Kind, PhysicalOptions};
+pub use config::{FileSet, FileSetOptions, Kind, MariabackupConfig, PhysicalOptions};

@@ -130,14 +130,15 @@ pub async fn recover(
     opts: &RecoverOptions,
 ) -> Result<Recovered> {
     let (recovered, ()) =
-        recover_with(datadir, settings, opts, |_| Box::pin(async { Ok(()) })).await?;
+        recover_with(datadir, settings, opts, |_, _| Box::pin(async { Ok(()) })).await?;
     Ok(recovered)
 }
 
 /// Starts a private `mariadbd` on `datadir`, waits (up to
 /// `opts.timeout`) until it accepts connections or exits (an error with
 /// the tail of its error log, naming the datadir), reads its position,
-/// runs `inspect` on a connection to it (checks of the restored data),
+/// runs `inspect` on a connection to it and the path of its socket
+/// (checks of the restored data, a replay),
 /// shuts it down with `SHUTDOWN` and waits for it to exit (killed after
 /// `opts.timeout`). The process never outlives this call, also when the
 /// call is dropped.
@@ -145,7 +146,7 @@ pub async fn recover_with<T>(
     datadir: &Path,
     settings: &ServerSettings,
     opts: &RecoverOptions,
-    inspect: impl for<'c> FnOnce(&'c mut Conn) -> BoxFuture<'c, Result<T>> + Send,
+    inspect: impl for<'c> FnOnce(&'c mut Conn, &'c Path) -> BoxFuture<'c, Result<T>> + Send,
 ) -> Result<(Recovered, T)> {
     let failed = |reason: String, log_tail: String| Error::Recover {
         datadir: datadir.to_path_buf(),
@@ -271,7 +272,7 @@ pub async fn recover_with<T>(
                 )
             })
             .unwrap_or_default();
-        let checked = inspect(&mut conn).await?;
+        let checked = inspect(&mut conn, &socket).await?;
         Ok::<_, Error>((gtid_binlog_pos, version, binlog_file, binlog_pos, checked))
     }
     .await;

@@ -2,7 +2,10 @@
 //! sink into an empty datadir (every file checked against the manifest as
 //! it is written), a private `mariadbd` recovers it (InnoDB crash recovery,
 //! the binlog's GTID state), and its `gtid_binlog_pos` is checked against
-//! the cut. Also the application file sets of either kind of backup.
+//! the cut. A `mariadb-backup` backup instead has its base extracted and
+//! prepared, and the private server replays the backup's binlog from the
+//! base to the cut before the check. Also the application file sets of
+//! either kind of backup.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,10 +13,14 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::binlog::replay::{Method, ReplayPlan, replay};
 use crate::error::{Error, IoContext, Result};
+use crate::format::manifest::FileEntry;
 use crate::format::manifest::Manifest;
+use crate::mysql::Server;
 use crate::physical::PhysicalOptions;
-use crate::physical::recover::{RecoverOptions, recover};
+use crate::physical::mariabackup;
+use crate::physical::recover::{RecoverOptions, Recovered, recover, recover_with};
 use crate::physical::stream::load_tree;
 use crate::progress::Progress;
 use crate::restore::LoadReport;
@@ -73,23 +80,40 @@ pub async fn restore(
                 physical.archive
             ),
         })?;
-    let bytes = load_tree(
-        from,
-        &entry.path,
-        datadir.to_path_buf(),
-        physical.files.clone(),
-        progress.clone(),
-        cancel,
-    )
-    .await?;
-    match_owner(datadir).await?;
-    tracing::info!(datadir = %datadir.display(), bytes, "datadir written; recovering it");
     let recover_opts = RecoverOptions {
         mariadbd: opts.mariadbd.clone(),
         timeout: opts.recover_timeout,
         ..RecoverOptions::default()
     };
-    let recovered = recover(datadir, &physical.settings, &recover_opts).await?;
+    let (bytes, recovered) = if physical.provider == mariabackup::NAME {
+        restore_base(
+            from,
+            manifest,
+            entry,
+            datadir,
+            opts,
+            recover_opts,
+            progress.clone(),
+            cancel,
+        )
+        .await?
+    } else {
+        let bytes = load_tree(
+            from,
+            &entry.path,
+            datadir.to_path_buf(),
+            physical.files.clone(),
+            progress.clone(),
+            cancel,
+        )
+        .await?;
+        match_owner(datadir).await?;
+        tracing::info!(datadir = %datadir.display(), bytes, "datadir written; recovering it");
+        (
+            bytes,
+            recover(datadir, &physical.settings, &recover_opts).await?,
+        )
+    };
     if !same_gtid_set(&recovered.gtid_binlog_pos, &manifest.position.gtid_set) {
         return Err(Error::Recover {
             datadir: datadir.to_path_buf(),
@@ -121,6 +145,202 @@ pub async fn restore(
         file_sets,
         ..LoadReport::default()
     })
+}
+
+/// The server id of the private server that replays a `mariadb-backup`
+/// base's binlog: not the source's own, whose events its SQL thread would
+/// skip. It lives only as long as the private server.
+const REPLAY_SERVER_ID: u32 = 4_294_967_000;
+
+/// A `mariadb-backup` backup (`entry` is its base): the base extracted
+/// into `datadir` and prepared, then a private server on it replays the
+/// backup's binlog from the base's position to the cut. Returns the base's
+/// bytes and the recovered state, its `gtid_binlog_pos` the one after the
+/// replay.
+#[allow(clippy::too_many_arguments)]
+async fn restore_base(
+    from: &Artifact,
+    manifest: &Manifest,
+    entry: &FileEntry,
+    datadir: &Path,
+    opts: &PhysicalOptions,
+    mut recover_opts: RecoverOptions,
+    progress: Arc<Progress>,
+    cancel: &CancellationToken,
+) -> Result<(u64, Recovered)> {
+    let bad = |reason: String| Error::BadBackup {
+        path: from.describe().into(),
+        reason,
+    };
+    let physical = manifest
+        .physical
+        .as_ref()
+        .ok_or_else(|| bad("it is not a physical backup".into()))?;
+    let base = physical
+        .base
+        .as_ref()
+        .ok_or_else(|| bad("its manifest has no base position".into()))?;
+    let binary = opts
+        .mariabackup
+        .as_ref()
+        .map_or_else(|| PathBuf::from("mariadb-backup"), |m| m.binary.clone());
+    // The base, checked against its sha256 as it is read.
+    let stream = from.read(&entry.path).await?;
+    let (reader, digest) = Hashing::new(crate::sink::blocking_reader(stream));
+    let target = datadir.to_path_buf();
+    tokio::task::spawn_blocking(move || mariabackup::extract_and_prepare(reader, &target, &binary))
+        .await
+        .map_err(|e| Error::Cancelled(format!("extracting the base stopped: {e}")))??;
+    let (size, sha256) = digest.finish();
+    if sha256 != entry.sha256 || size != entry.size {
+        return Err(Error::Checksum {
+            path: PathBuf::from(format!("{} in {}", entry.path, from.describe())),
+            expected: entry.sha256.clone(),
+            actual: sha256,
+            expected_size: entry.size,
+            actual_size: size,
+        });
+    }
+    // The binlog from the base to the cut, beside the datadir for the
+    // replay's time.
+    let parent = datadir.parent().unwrap_or(datadir);
+    let binlog_dir = tempfile::Builder::new()
+        .prefix(".lockstep-binlog-")
+        .tempdir_in(parent)
+        .on_file(parent, "create a temp dir in")?;
+    let mut files = Vec::new();
+    for rel in &physical.binlogs {
+        let want = manifest
+            .files
+            .iter()
+            .find(|f| f.path == *rel)
+            .ok_or_else(|| bad(format!("its manifest does not list {rel}")))?;
+        let name = rel.rsplit('/').next().unwrap_or(rel);
+        let path = binlog_dir.path().join(name);
+        fetch_checked(from, want, &path, cancel).await?;
+        files.push(path);
+    }
+    match_owner(datadir).await?;
+    tracing::info!(datadir = %datadir.display(), binlogs = files.len(), "base prepared; replaying the binlog to the cut");
+    recover_opts
+        .extra_args
+        .push(format!("--server-id={REPLAY_SERVER_ID}"));
+    let plan = ReplayPlan {
+        files,
+        start_pos: base.binlog_pos,
+        stop_pos: manifest.position.binlog_pos,
+        method: Some(Method::Relay),
+    };
+    let (mut recovered, report) = recover_with(
+        datadir,
+        &physical.settings,
+        &recover_opts,
+        move |_, socket| {
+            Box::pin(async move {
+                let url = format!("mysql://root@localhost/?socket={}", socket.display());
+                let server = Server::parse(&url)?;
+                replay(&server, &plan, &progress).await
+            })
+        },
+    )
+    .await?;
+    drop(binlog_dir);
+    tracing::info!(datadir = %datadir.display(), transactions = report.transactions, gtid_binlog_pos = %report.gtid_binlog_pos, "binlog replayed to the cut");
+    recovered.gtid_binlog_pos = report.gtid_binlog_pos;
+    Ok((size, recovered))
+}
+
+/// Copies the artifact file `want` of `from` to the local `path`,
+/// checking its size and sha256.
+async fn fetch_checked(
+    from: &Artifact,
+    want: &FileEntry,
+    path: &Path,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    use futures::StreamExt;
+    use sha2::Digest;
+    use tokio::io::AsyncWriteExt;
+    let mut stream = from.read(&want.path).await?;
+    let mut file = tokio::fs::File::create(path)
+        .await
+        .on_file(path, "create")?;
+    let mut hasher = sha2::Sha256::new();
+    let mut size = 0u64;
+    while let Some(chunk) = stream.next().await {
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled(format!("fetching {}", want.path)));
+        }
+        let chunk = chunk.map_err(|e| Error::Io {
+            path: PathBuf::from(format!("{} in {}", want.path, from.describe())),
+            action: "read",
+            source: e,
+        })?;
+        hasher.update(&chunk);
+        size += chunk.len() as u64;
+        file.write_all(&chunk).await.on_file(path, "write")?;
+    }
+    file.sync_all().await.on_file(path, "sync")?;
+    let actual = hex::encode(hasher.finalize());
+    if actual != want.sha256 || size != want.size {
+        return Err(Error::Checksum {
+            path: PathBuf::from(format!("{} in {}", want.path, from.describe())),
+            expected: want.sha256.clone(),
+            actual,
+            expected_size: want.size,
+            actual_size: size,
+        });
+    }
+    Ok(())
+}
+
+/// A reader that hashes what passes through it; the hash is read from the
+/// [`Digest`] handle once the reader (moved to another thread) is done.
+struct Hashing<R> {
+    inner: R,
+    state: Arc<std::sync::Mutex<(sha2::Sha256, u64)>>,
+}
+
+struct Digest(Arc<std::sync::Mutex<(sha2::Sha256, u64)>>);
+
+impl<R> Hashing<R> {
+    fn new(inner: R) -> (Hashing<R>, Digest) {
+        let state = Arc::new(std::sync::Mutex::new((
+            <sha2::Sha256 as sha2::Digest>::new(),
+            0,
+        )));
+        (
+            Hashing {
+                inner,
+                state: state.clone(),
+            },
+            Digest(state),
+        )
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Ok(mut s) = self.state.lock() {
+            sha2::Digest::update(&mut s.0, &buf[..n]);
+            s.1 += n as u64;
+        }
+        Ok(n)
+    }
+}
+
+impl Digest {
+    /// The bytes read and their hex sha256.
+    fn finish(self) -> (u64, String) {
+        match self.0.lock() {
+            Ok(mut s) => {
+                let hasher = std::mem::take(&mut s.0);
+                (s.1, hex::encode(sha2::Digest::finalize(hasher)))
+            }
+            Err(_) => (0, String::new()),
+        }
+    }
 }
 
 /// Restores every file set of `manifest` under `to/<set name>`; returns
