@@ -140,7 +140,22 @@ pub async fn take_base(
             format!("cannot start {}: {e}", mover.binary.display()),
         )
     })?;
-    let pid = child.id();
+    // Stopped with SIGKILL if this call is dropped or times out (SIGTERM
+    // does not stop it while it waits for its lock); its partial output
+    // is removed.
+    let mut guard = Running {
+        // A pidfd, taken before anything reaps the child: signalling it
+        // never reaches another process that reused the pid.
+        pidfd: i32::try_from(child.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .and_then(|pid| {
+                rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+            }),
+        partial: partial.clone(),
+        log: log.clone(),
+        armed: true,
+    };
     let stdout = child.stdout.take();
     let out_path = partial.clone();
     let copy = tokio::task::spawn_blocking(
@@ -158,12 +173,7 @@ pub async fn take_base(
     let log_tail = || tail(&log);
     let result = match outcome {
         Err(_) => {
-            // SIGTERM does not stop it while it waits for its lock.
-            let _ = rustix::process::kill_process(
-                rustix::process::Pid::from_raw(pid as i32)
-                    .ok_or_else(|| Error::Cancelled("no pid".into()))?,
-                rustix::process::Signal::KILL,
-            );
+            guard.kill();
             Err(failed(
                 &addr,
                 format!(
@@ -204,6 +214,7 @@ pub async fn take_base(
         Ok((bytes, position)) => {
             std::fs::rename(&partial, &staged)
                 .map_err(|e| failed(&addr, format!("cannot rename {}: {e}", partial.display())))?;
+            guard.armed = false;
             let _ = std::fs::remove_file(&log);
             let took = started.elapsed();
             tracing::info!(server = %addr, file = %position.binlog_file, pos = position.binlog_pos, bytes, took_ms = took.as_millis() as u64, "mariadb-backup base taken before the cut");
@@ -214,9 +225,34 @@ pub async fn take_base(
                 took,
             })
         }
-        Err(e) => {
-            let _ = std::fs::remove_file(&partial);
-            Err(e)
+        Err(e) => Err(e),
+    }
+}
+
+/// A running `mariadb-backup` and its output files: killed and removed
+/// when dropped armed.
+struct Running {
+    pidfd: Option<std::os::fd::OwnedFd>,
+    partial: PathBuf,
+    log: PathBuf,
+    armed: bool,
+}
+
+impl Running {
+    fn kill(&self) {
+        if let Some(fd) = &self.pidfd {
+            let _ = rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.armed {
+            // The copying thread reaps the process once its output ends.
+            self.kill();
+            let _ = std::fs::remove_file(&self.partial);
+            let _ = std::fs::remove_file(&self.log);
         }
     }
 }
