@@ -322,6 +322,13 @@ impl AgentProc {
         crate::process::file_tail(&self.log_path, n)
     }
 
+    /// Like [`AgentProc::restart`], with `extra_args` in place of the
+    /// options' own.
+    pub async fn restart_with(&mut self, extra_args: Vec<String>) -> anyhow::Result<()> {
+        self.opts.extra_args = extra_args;
+        self.restart().await
+    }
+
     /// Stops the agent if it runs, then starts it again with the same
     /// options on the same port.
     pub async fn restart(&mut self) -> anyhow::Result<()> {

@@ -390,3 +390,45 @@ impl CatalogCli for Cluster {
         self.servers.len()
     }
 }
+
+/// After a physical `restore run --json` (`report`) into `datadirs` (one
+/// per server, in the backup's order): every server of the report is
+/// physical and recovered to its `cut` GTID position, and a server started
+/// on each datadir (with the source's server and domain ids, `ids`) is at
+/// it too. Returns the started servers.
+pub async fn start_at_cut(
+    report: &Value,
+    datadirs: &[std::path::PathBuf],
+    ids: &[(u32, u32)],
+    cut: &[String],
+) -> anyhow::Result<Vec<MariaDb>> {
+    anyhow::ensure!(report["ok"] == true, "restore failed: {report}");
+    let servers = report["servers"].as_array().cloned().unwrap_or_default();
+    anyhow::ensure!(servers.len() == cut.len(), "{report}");
+    for (s, want) in servers.iter().zip(cut) {
+        anyhow::ensure!(s["kind"] == "physical", "{s}");
+        anyhow::ensure!(
+            s["gtid_binlog_pos"] == want.as_str(),
+            "recovered to {} instead of the cut's {want}: {s}",
+            s["gtid_binlog_pos"]
+        );
+    }
+    step!("start servers on the restored datadirs: each at its cut");
+    let mut restored = Vec::new();
+    for (i, d) in datadirs.iter().enumerate() {
+        let opts = crate::mariadb::MariaDbOptions {
+            server_id: Some(ids[i].0),
+            gtid_domain_id: Some(ids[i].1),
+            ..crate::mariadb::MariaDbOptions::named(format!("restored{i}"))
+        };
+        let db = MariaDb::start_on(d.clone(), opts).await?;
+        let at = db.gtid_binlog_pos().await?;
+        anyhow::ensure!(
+            at == cut[i],
+            "server {i} started at {at}, not the cut's {}",
+            cut[i]
+        );
+        restored.push(db);
+    }
+    Ok(restored)
+}

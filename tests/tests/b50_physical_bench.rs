@@ -18,8 +18,9 @@
 //! Knobs: `SMALL=1` (a quick check: 64 MB, 5 cuts), `SIZE_MB` (InnoDB data
 //! of the backup/restore run, default 2048), `TABLES` (8), `THREADS` (2:
 //! generation connections and `mariadb-backup --parallel`), `CUTS` (20 per
-//! kind in the freeze run). Results go to BENCHMARKS.md by hand, with the
-//! command.
+//! kind in the freeze run), `RESTORE_ON_HOST=1` (restore targets on the
+//! host's own filesystem instead of the loop-mounted btrfs). Results go to
+//! BENCHMARKS.md by hand, with the command.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -379,7 +380,7 @@ async fn backup_and_restore_physical_logical_mariadb_backup() -> anyhow::Result<
     let checksum_s = t.elapsed().as_secs_f64();
 
     step!("start the coordinators and a physical agent; a probe client commits back to back");
-    let cluster = Cluster::start_on(vec![source], None, |_, s| {
+    let mut cluster = Cluster::start_on(vec![source], None, |_, s| {
         physical_agent(s, &volume, &snapdir)
     })
     .await?;
@@ -416,14 +417,45 @@ async fn backup_and_restore_physical_logical_mariadb_backup() -> anyhow::Result<
     let mb_stall = probe.take();
     let mb_bytes = dir_bytes(&mb_dir)?;
     let mb_prepare_s = run_tool("mariadb-backup", &["--prepare".into(), mb_target.clone()]).await?;
+
+    step!(
+        "the agent again with mariadb-backup as its data mover; lockstep backup start --kind physical --wait"
+    );
+    cluster.agents[0]
+        .restart_with(vec![
+            "--backup-kind".into(),
+            "physical".into(),
+            "--mariabackup".into(),
+        ])
+        .await?;
+    probe.reset();
+    let mover = backup(&cluster, "physical").await?;
+    let mover_stall = probe.take();
     probe.stop().await?;
+
+    // Where the restores write: the loop-mounted btrfs (as the source), or
+    // the host's own filesystem.
+    let host_root = tempfile::tempdir()?;
+    let on_host = env_usize("RESTORE_ON_HOST", 0) == 1;
+    let restore_root = if on_host {
+        host_root.path().to_path_buf()
+    } else {
+        fs.mount().to_path_buf()
+    };
+    let sync_target = || -> anyhow::Result<()> {
+        if on_host {
+            loopfs::run_cmd("sync", &["-f", &restore_root.display().to_string()])?;
+        }
+        fs.sync()
+    };
+    step!("restores write under {}", restore_root.display());
 
     // Each restore starts with nothing of earlier steps left to write back
     // (the physical restore syncs the filesystem it writes to, and would
     // pay for mariadb-backup's 2 GB copy otherwise).
-    fs.sync()?;
+    sync_target()?;
     step!("physical restore: lockstep restore run --datadir, then a server on it");
-    let dir = fs.mount().join("restore-physical");
+    let dir = restore_root.join("restore-physical");
     let t = Instant::now();
     let out = cluster
         .cli_json(&[
@@ -461,9 +493,41 @@ async fn backup_and_restore_physical_logical_mariadb_backup() -> anyhow::Result<
     drop(restored);
     remove_dir(&dir)?;
 
-    fs.sync()?;
+    sync_target()?;
+    step!(
+        "mariadb-backup mover restore: lockstep restore run --datadir (extract, prepare, binlog to the cut)"
+    );
+    let dir = restore_root.join("restore-mover");
+    let t = Instant::now();
+    let out = cluster
+        .cli_json(&[
+            "restore",
+            "run",
+            "--backup",
+            &mover.id,
+            "--datadir",
+            &format!("pb0={}", dir.display()),
+        ])
+        .await?;
+    let mover_restore_s = t.elapsed().as_secs_f64();
+    anyhow::ensure!(out["ok"] == true, "mover restore: {out}");
+    let restored = MariaDb::start_on(
+        dir.clone(),
+        MariaDbOptions {
+            server_id: Some(ids.0),
+            gtid_domain_id: Some(ids.1),
+            extra_args: server_args(),
+            ..MariaDbOptions::named("restored-mover")
+        },
+    )
+    .await?;
+    same_as_source(&restored, &source_sums, "mariadb-backup mover").await?;
+    drop(restored);
+    remove_dir(&dir)?;
+
+    sync_target()?;
     step!("logical restore: lockstep restore run --target into a fresh server");
-    let dir = fs.mount().join("restore-logical");
+    let dir = restore_root.join("restore-logical");
     let target = MariaDb::start(MariaDbOptions {
         datadir: Some(dir.clone()),
         extra_args: server_args(),
@@ -488,9 +552,9 @@ async fn backup_and_restore_physical_logical_mariadb_backup() -> anyhow::Result<
     drop(target);
     remove_dir(&dir)?;
 
-    fs.sync()?;
+    sync_target()?;
     step!("mariadb-backup --copy-back, then a server on it");
-    let dir = fs.mount().join("restore-mariabackup");
+    let dir = restore_root.join("restore-mariabackup");
     let mb_copy_s = run_tool(
         "mariadb-backup",
         &[
@@ -504,7 +568,7 @@ async fn backup_and_restore_physical_logical_mariadb_backup() -> anyhow::Result<
     // copy-back does not sync; lockstep's restore does (its time includes
     // it), so the sync is timed apart here.
     let t = Instant::now();
-    fs.sync()?;
+    sync_target()?;
     let mb_sync_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let restored = MariaDb::start_on(
@@ -529,6 +593,14 @@ async fn backup_and_restore_physical_logical_mariadb_backup() -> anyhow::Result<
     let phys_total = phys_restore_s + phys_start_s;
     let mb_total = mb_copy_s + mb_sync_s + mb_start_s;
     println!();
+    println!(
+        "- Restore targets: {}",
+        if on_host {
+            "the host's own filesystem (RESTORE_ON_HOST=1)"
+        } else {
+            "the loop-mounted btrfs, beside the source"
+        }
+    );
     println!(
         "- Data: {tables} sysbench-like tables x {rows} rows, InnoDB data+index {:.0} MiB, generated in {gen_s:.1}s (CHECKSUM TABLE of the source: {checksum_s:.1}s)",
         mib(data_bytes)
@@ -571,6 +643,14 @@ async fn backup_and_restore_physical_logical_mariadb_backup() -> anyhow::Result<
     );
     println!("| mariadb-backup --prepare | {mb_prepare_s:.2} | - | - | - | - | - |");
     println!(
+        "| lockstep physical backup, mariadb-backup as the data mover (base before the cut) | {:.2} | {:.1} | - | {} | {:.1} | {:.0} |",
+        mover.wall_s,
+        mover.freeze_ms,
+        join_ms(&mover.lock_ms),
+        mover_stall.0,
+        mib(mover.bytes)
+    );
+    println!(
         "| lockstep physical restore (restore run --datadir, recovery included) | {phys_restore_s:.2} | | | | | |"
     );
     println!(
@@ -579,6 +659,9 @@ async fn backup_and_restore_physical_logical_mariadb_backup() -> anyhow::Result<
         recovery_ms / 1000.0
     );
     println!("| + start a server on it | {phys_start_s:.2} | | | | | |");
+    println!(
+        "| lockstep restore of the mover's backup (extract, --prepare, binlog to the cut, recovery) | {mover_restore_s:.2} | | | | | |"
+    );
     println!(
         "| lockstep logical restore (restore run --target, fresh server) | {logi_restore_s:.2} | | | | | |"
     );

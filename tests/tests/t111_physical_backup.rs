@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lockstep_tests::loopfs::{self, LoopFs, run_cmd};
-use lockstep_tests::plain_cluster::Cluster;
+use lockstep_tests::plain_cluster::{Cluster, start_at_cut};
 use lockstep_tests::sinks::{add_pool, media_agent, sink_policy};
 use lockstep_tests::{
     AgentOptions, CatalogCli, CausalWriter, MariaDb, MariaDbOptions, check_chain, init_tracing,
@@ -207,34 +207,7 @@ async fn run(fs_kind: Fs) -> anyhow::Result<()> {
     let out = cluster.cli(&refs).await?;
     let restore: Value = serde_json::from_str(out.stdout.trim())
         .map_err(|e| anyhow::anyhow!("{e}: {} {}", out.stdout, out.stderr))?;
-    assert_eq!(restore["ok"], true, "{restore}");
-    for (i, s) in restore["servers"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
-        assert_eq!(s["kind"], "physical", "{s}");
-        assert_eq!(
-            s["gtid_binlog_pos"],
-            cut[i].as_str(),
-            "recovered to the cut: {s}"
-        );
-    }
-
-    step!("start servers on the restored datadirs: the chain has no gap, each at its cut");
-    let mut restored = Vec::new();
-    for (i, d) in datadirs.iter().enumerate() {
-        let opts = MariaDbOptions {
-            server_id: Some(ids[i].0),
-            gtid_domain_id: Some(ids[i].1),
-            ..MariaDbOptions::named(format!("restored{i}"))
-        };
-        let db = MariaDb::start_on(d.clone(), opts).await?;
-        assert_eq!(db.gtid_binlog_pos().await?, cut[i], "server {i}");
-        restored.push(db);
-    }
+    let restored = start_at_cut(&restore, &datadirs, &ids, &cut).await?;
     let targets = lockstep_tests::Target::chain_on(&restored);
     let m = check_chain(&targets).await?;
     assert!(

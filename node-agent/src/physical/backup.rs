@@ -82,20 +82,7 @@ pub async fn store(
             base: None,
             binlogs: Vec::new(),
         };
-        seal(
-            &out,
-            origin,
-            Sealed {
-                version: PHYSICAL_VERSION,
-                databases: Vec::new(),
-                files,
-                rows: 0,
-                warnings: settings.warnings(),
-                physical: Some(physical),
-                file_sets,
-            },
-        )
-        .await
+        seal_physical(&out, origin, files, physical, file_sets).await
     }
     .await;
     if result.is_err() {
@@ -164,26 +151,38 @@ pub async fn store_base(
             base: Some(base.position.clone()),
             binlogs,
         };
-        seal(
-            &out,
-            origin,
-            Sealed {
-                version: PHYSICAL_VERSION,
-                databases: Vec::new(),
-                files,
-                rows: 0,
-                warnings: settings.warnings(),
-                physical: Some(physical),
-                file_sets,
-            },
-        )
-        .await
+        seal_physical(&out, origin, files, physical, file_sets).await
     }
     .await;
     if result.is_err() {
         out.discard().await;
     }
     result
+}
+
+/// Writes the manifest of a physical backup holding `files`.
+async fn seal_physical(
+    out: &Artifact,
+    origin: Origin,
+    files: Vec<FileEntry>,
+    physical: Physical,
+    file_sets: Vec<FileSetRecord>,
+) -> Result<DumpResult> {
+    let warnings = physical.warnings.clone();
+    seal(
+        out,
+        origin,
+        Sealed {
+            version: PHYSICAL_VERSION,
+            databases: Vec::new(),
+            files,
+            rows: 0,
+            warnings,
+            physical: Some(physical),
+            file_sets,
+        },
+    )
+    .await
 }
 
 /// Copies the first `len` bytes (all, if None) of the local file `path`
