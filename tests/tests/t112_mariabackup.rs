@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use lockstep_tests::Supervised;
 use lockstep_tests::plain_cluster::{Cluster, start_at_cut};
 use lockstep_tests::{
     AgentOptions, CatalogCli, CausalWriter, MariaDb, check_chain, init_tracing, journal_last, step,
@@ -57,7 +58,7 @@ async fn a_mariadb_backup_base_is_rolled_to_the_cut() -> anyhow::Result<()> {
         .iter()
         .map(|s| (s.server_id(), s.gtid_domain_id()))
         .collect();
-    let cluster = Cluster::start_on(servers, None, |i, s| {
+    let mut cluster = Cluster::start_on(servers, None, |i, s| {
         let mut o = AgentOptions::new(s.name(), s.url());
         o.extra_args = vec![
             "--backup-kind".into(),
@@ -160,6 +161,22 @@ async fn a_mariadb_backup_base_is_rolled_to_the_cut() -> anyhow::Result<()> {
     let restored_journal = files_to.join(&names[0]).join("app").join("journal.log");
     assert_eq!(journal_last(&restored_journal)?, m);
     drop(restored);
+
+    step!("a base a killed agent left behind is deleted when the agent starts again");
+    let a = &mut cluster.agents[0];
+    let bases = a
+        .sink_dir()
+        .parent()
+        .expect("sink dir has a parent")
+        .join("state")
+        .join(a.name())
+        .join("bases");
+    std::fs::create_dir_all(&bases)?;
+    let left = bases.join("left-by-a-crash.mbstream.zst");
+    std::fs::write(&left, b"partial")?;
+    a.kill()?;
+    a.restart().await?;
+    assert!(!left.exists(), "{} is still there", left.display());
     drop(cluster);
     Ok(())
 }
