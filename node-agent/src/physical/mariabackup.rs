@@ -160,13 +160,22 @@ pub async fn take_base(
     let out_path = partial.clone();
     let copy = tokio::task::spawn_blocking(
         move || -> std::io::Result<(u64, std::process::ExitStatus)> {
-            let file = std::fs::File::create(&out_path)?;
-            let mut w = FrameWriter::new(std::io::BufWriter::new(file), level, frames::workers())?;
-            let mut stream = stdout.ok_or_else(|| std::io::Error::other("no stdout"))?;
-            let bytes = std::io::copy(&mut stream, &mut w)?;
-            let file = w.finish()?.into_inner().map_err(|e| e.into_error())?;
-            file.sync_all()?;
-            Ok((bytes, child.wait()?))
+            let copied = (|| -> std::io::Result<u64> {
+                let file = std::fs::File::create(&out_path)?;
+                let mut w =
+                    FrameWriter::new(std::io::BufWriter::new(file), level, frames::workers())?;
+                let mut stream = stdout.ok_or_else(|| std::io::Error::other("no stdout"))?;
+                let bytes = std::io::copy(&mut stream, &mut w)?;
+                let file = w.finish()?.into_inner().map_err(|e| e.into_error())?;
+                file.sync_all()?;
+                Ok(bytes)
+            })();
+            if copied.is_err() {
+                let _ = child.kill();
+            }
+            // Always reaped, whatever happened to its output.
+            let status = child.wait()?;
+            Ok((copied?, status))
         },
     );
     let outcome = tokio::time::timeout(mover.timeout, copy).await;
