@@ -91,6 +91,14 @@ async fn a_mariadb_backup_base_is_rolled_to_the_cut() -> anyhow::Result<()> {
         assert_eq!(s["kind"], "physical", "{s}");
         assert_eq!(s["provider"], "mariabackup", "{s}");
     }
+    let table = cluster.cli(&["catalog", "show", &id]).await?;
+    assert!(
+        table
+            .stdout
+            .contains("physical mariabackup (base before the cut)"),
+        "{}",
+        table.stdout
+    );
     let cut: Vec<String> = servers
         .iter()
         .map(|s| s["gtid"].as_str().unwrap_or_default().to_string())

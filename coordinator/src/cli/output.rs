@@ -136,13 +136,20 @@ pub(super) fn print_backup(as_json: bool, b: &pb::Backup) {
                     .map(|h| format!("{:.2}", ms(h)))
                     .unwrap_or_else(|| "-".into()),
                 match (kind_of(c, a), c) {
+                    // Its copy ran before the cut: no snapshot inside it.
+                    ("physical", Some(c)) if c.provider == MARIABACKUP => {
+                        "physical mariabackup (base before the cut)".to_string()
+                    }
                     ("physical", Some(c)) => {
                         format!("physical {} {:.2} ms", c.provider, ms(c.snapshot_us))
                     }
                     (k, _) => k.to_string(),
                 },
                 a.filter(|a| a.snapshot_bytes > 0)
-                    .map(|a| format!("{} ({} free)", a.snapshot_bytes, a.free_bytes))
+                    .map(|a| match c.map(|c| c.provider.as_str()) {
+                        Some(MARIABACKUP) => format!("{} (base)", a.snapshot_bytes),
+                        _ => format!("{} ({} free)", a.snapshot_bytes, a.free_bytes),
+                    })
                     .unwrap_or_else(|| "-".into()),
                 a.map(|a| a.bytes.to_string()).unwrap_or_else(|| "-".into()),
                 a.map(|a| a.manifest_sha256.chars().take(16).collect())
@@ -194,6 +201,10 @@ pub(super) fn print_backup(as_json: bool, b: &pb::Backup) {
         print_table(&["COPY IN SINK", "SERVER", "BYTES", "VERIFIED"], &copies);
     }
 }
+
+/// The provider name of a physical backup whose data mover is
+/// `mariadb-backup` (the agent's `physical::mariabackup::NAME`).
+const MARIABACKUP: &str = "mariabackup";
 
 /// A unix time in milliseconds as RFC 3339 (UTC, seconds).
 pub(super) use crate::core::unix_ms_text;
