@@ -44,6 +44,22 @@ fn manifest(sink_dir: &Path, id: &str, server: &str) -> anyhow::Result<Value> {
     )
 }
 
+/// The file `name` of backup `id`'s artifact under `sink_dir`.
+fn find_file(sink_dir: &Path, id: &str, name: &str) -> anyhow::Result<PathBuf> {
+    let mut stack = vec![sink_dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir)?.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n == name) && p.to_string_lossy().contains(id) {
+                return Ok(p);
+            }
+        }
+    }
+    anyhow::bail!("no {name} of backup {id} under {}", sink_dir.display())
+}
+
 /// The whole scenario: backup with bases under writes, restore into fresh
 /// datadirs, servers started on them at the cut, chain and journal exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -169,6 +185,38 @@ async fn a_mariadb_backup_base_is_rolled_to_the_cut() -> anyhow::Result<()> {
     let restored_journal = files_to.join(&names[0]).join("app").join("journal.log");
     assert_eq!(journal_last(&restored_journal)?, m);
     drop(restored);
+
+    step!("a damaged base fails its restore, naming the server and the base");
+    let base = find_file(cluster.agents[0].sink_dir(), &id, "base.mbstream.zst")?;
+    let mut bytes = std::fs::read(&base)?;
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&base, bytes)?;
+    let again = root.path().join("again");
+    let out = cluster
+        .cli(&[
+            "--json",
+            "restore",
+            "run",
+            "--backup",
+            &id,
+            "--datadir",
+            &format!("{}={}", names[0], again.display()),
+            "--datadir",
+            &format!("{}={}", names[1], root.path().join("again1").display()),
+            "--datadir",
+            &format!("{}={}", names[2], root.path().join("again2").display()),
+        ])
+        .await?;
+    let failed: Value = serde_json::from_str(out.stdout.trim())
+        .map_err(|e| anyhow::anyhow!("{e}: {} {}", out.stdout, out.stderr))?;
+    assert_eq!(failed["ok"], false, "{failed}");
+    let error = failed["servers"][0]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&names[0]) && error.contains("base.mbstream.zst"),
+        "{failed}"
+    );
+    tracing::info!(error, "the damaged base's restore");
 
     step!("a base a killed agent left behind is deleted when the agent starts again");
     let a = &mut cluster.agents[0];

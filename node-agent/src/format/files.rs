@@ -1,9 +1,10 @@
-//! Hashing snapshot files as they are written (size and sha256 for the
-//! manifest), `SHA256SUMS`, and fsyncing directories.
+//! Hashing snapshot files as they are written or read (size and sha256
+//! for the manifest), `SHA256SUMS`, and fsyncing directories.
 
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
@@ -34,6 +35,58 @@ pub fn sync_ancestors(dir: &Path, up_to: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A file being read: counts and hashes every byte that passes through.
+/// Its [`ReadDigest`] gives the count and the hash, also once the reader
+/// itself has moved to another thread.
+#[derive(Debug)]
+pub struct HashingReader<R> {
+    inner: R,
+    state: Arc<Mutex<(Sha256, u64)>>,
+}
+
+/// The count and hash of what a [`HashingReader`] read.
+#[derive(Debug)]
+pub struct ReadDigest(Arc<Mutex<(Sha256, u64)>>);
+
+impl<R> HashingReader<R> {
+    pub fn new(inner: R) -> (HashingReader<R>, ReadDigest) {
+        let state = Arc::new(Mutex::new((Sha256::new(), 0)));
+        (
+            HashingReader {
+                inner,
+                state: state.clone(),
+            },
+            ReadDigest(state),
+        )
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| std::io::Error::other("a hashing reader panicked"))?;
+        state.0.update(&buf[..n]);
+        state.1 += n as u64;
+        Ok(n)
+    }
+}
+
+impl ReadDigest {
+    /// The bytes read so far and their hex sha256.
+    pub fn finish(self) -> (u64, String) {
+        match self.0.lock() {
+            Ok(mut state) => {
+                let hasher = std::mem::take(&mut state.0);
+                (state.1, hex::encode(hasher.finalize()))
+            }
+            Err(_) => (0, String::new()),
+        }
+    }
 }
 
 /// A file being written: counts and hashes every byte on its way to `W`.

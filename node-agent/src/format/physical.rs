@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, IoContext, Result};
+use crate::format::files::HashingReader;
 use crate::physical::settings::ServerSettings;
 
 /// ustar's numeric size field holds at most 11 octal digits.
@@ -129,22 +130,6 @@ pub fn skip_for_datadir(rel: &str) -> bool {
         || name.ends_with(".sock.lock")
         || name.starts_with("lockstep-")
         || rel == "ibtmp1"
-}
-
-/// A reader that hashes and counts what passes through.
-struct Hashing<R> {
-    inner: R,
-    hasher: Sha256,
-    size: u64,
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.size += n as u64;
-        Ok(n)
-    }
 }
 
 fn tree_error(path: impl Into<PathBuf>, reason: impl Into<String>) -> Error {
@@ -253,26 +238,24 @@ fn walk<W: Write>(
                 pax.push(("size", size.to_string().into_bytes()));
             }
             set_name(&mut header, &rel, &mut pax, &path)?;
-            let mut reader = Hashing {
-                inner: BufReader::with_capacity(BUF, &file).take(size),
-                hasher: Sha256::new(),
-                size: 0,
-            };
+            let (mut reader, digest) =
+                HashingReader::new(BufReader::with_capacity(BUF, &file).take(size));
             append(builder, &mut header, &pax, &mut reader, &path)?;
+            let (read, sha256) = digest.finish();
             let now = file.metadata().on_file(&path, "stat")?.len();
-            if reader.size != size || now != size {
+            if read != size || now != size {
                 return Err(tree_error(
                     &path,
                     format!(
                         "changed while it was archived ({size} bytes when opened, {} read, {now} now); a tree must be frozen (a snapshot) while it is read",
-                        reader.size
+                        read
                     ),
                 ));
             }
             files.push(TreeFile {
                 path: rel,
                 size,
-                sha256: hex::encode(reader.hasher.finalize()),
+                sha256,
                 mode,
                 link: None,
                 kind: TreeKind::Regular,

@@ -387,11 +387,12 @@ pub fn binlog_range(
         .collect()
 }
 
-/// Extracts the base stream `input` (zstd frames of mbstream) into the
-/// empty directory `datadir` with `mbstream -x`, then `mariadb-backup
-/// --prepare`s it. Blocking.
+/// Extracts the base stream `input` (zstd frames of mbstream; `base`
+/// names it in errors) into the empty directory `datadir` with `mbstream
+/// -x`, then `mariadb-backup --prepare`s it. Blocking.
 pub fn extract_and_prepare(
     input: impl Read + Send + 'static,
+    base: &str,
     datadir: &Path,
     binary: &Path,
 ) -> Result<()> {
@@ -401,7 +402,7 @@ pub fn extract_and_prepare(
         log_tail: String::new(),
     };
     let mut reader = FrameReader::start(input, frames::workers())
-        .map_err(|e| fail(format!("cannot start decompressing the base: {e}")))?;
+        .map_err(|e| fail(format!("cannot start decompressing the base {base}: {e}")))?;
     let mut mbstream = std::process::Command::new("mbstream")
         .arg("-x")
         .arg("-C")
@@ -423,7 +424,7 @@ pub fn extract_and_prepare(
     let errors = String::from_utf8_lossy(&out.stderr).trim().to_string();
     if let Err(e) = copied {
         return Err(fail(format!(
-            "cannot read the base: {e}; mbstream says: {errors}"
+            "cannot read the base {base}: {e}; mbstream says: {errors}"
         )));
     }
     // mbstream exits 0 on some failures (an existing file): its output is

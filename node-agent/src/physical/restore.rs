@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::binlog::replay::{Method, ReplayPlan, replay};
 use crate::error::{Error, IoContext, Result};
+use crate::format::files::HashingReader;
 use crate::format::manifest::FileEntry;
 use crate::format::manifest::Manifest;
 use crate::mysql::Server;
@@ -186,21 +187,16 @@ async fn restore_base(
         .map_or_else(|| PathBuf::from("mariadb-backup"), |m| m.binary.clone());
     // The base, checked against its sha256 as it is read.
     let stream = from.read(&entry.path).await?;
-    let (reader, digest) = Hashing::new(crate::sink::blocking_reader(stream));
+    let (reader, digest) = HashingReader::new(crate::sink::blocking_reader(stream));
     let target = datadir.to_path_buf();
-    tokio::task::spawn_blocking(move || mariabackup::extract_and_prepare(reader, &target, &binary))
-        .await
-        .map_err(|e| Error::Cancelled(format!("extracting the base stopped: {e}")))??;
+    let named = format!("{} in {}", entry.path, from.describe());
+    tokio::task::spawn_blocking(move || {
+        mariabackup::extract_and_prepare(reader, &named, &target, &binary)
+    })
+    .await
+    .map_err(|e| Error::Cancelled(format!("extracting the base stopped: {e}")))??;
     let (size, sha256) = digest.finish();
-    if sha256 != entry.sha256 || size != entry.size {
-        return Err(Error::Checksum {
-            path: PathBuf::from(format!("{} in {}", entry.path, from.describe())),
-            expected: entry.sha256.clone(),
-            actual: sha256,
-            expected_size: entry.size,
-            actual_size: size,
-        });
-    }
+    from.verify_read(entry, sha256, size)?;
     // The binlog from the base to the cut, beside the datadir for the
     // replay's time.
     let parent = datadir.parent().unwrap_or(datadir);
@@ -217,7 +213,12 @@ async fn restore_base(
             .ok_or_else(|| bad(format!("its manifest does not list {rel}")))?;
         let name = rel.rsplit('/').next().unwrap_or(rel);
         let path = binlog_dir.path().join(name);
-        fetch_checked(from, want, &path, cancel).await?;
+        tokio::select! {
+            fetched = from.fetch_to(want, &path) => fetched?,
+            () = cancel.cancelled() => {
+                return Err(Error::Cancelled(format!("fetching {}", want.path)));
+            }
+        }
         files.push(path);
     }
     match_owner(datadir).await?;
@@ -248,99 +249,6 @@ async fn restore_base(
     tracing::info!(datadir = %datadir.display(), transactions = report.transactions, gtid_binlog_pos = %report.gtid_binlog_pos, "binlog replayed to the cut");
     recovered.gtid_binlog_pos = report.gtid_binlog_pos;
     Ok((size, recovered))
-}
-
-/// Copies the artifact file `want` of `from` to the local `path`,
-/// checking its size and sha256.
-async fn fetch_checked(
-    from: &Artifact,
-    want: &FileEntry,
-    path: &Path,
-    cancel: &CancellationToken,
-) -> Result<()> {
-    use futures::StreamExt;
-    use sha2::Digest;
-    use tokio::io::AsyncWriteExt;
-    let mut stream = from.read(&want.path).await?;
-    let mut file = tokio::fs::File::create(path)
-        .await
-        .on_file(path, "create")?;
-    let mut hasher = sha2::Sha256::new();
-    let mut size = 0u64;
-    while let Some(chunk) = stream.next().await {
-        if cancel.is_cancelled() {
-            return Err(Error::Cancelled(format!("fetching {}", want.path)));
-        }
-        let chunk = chunk.map_err(|e| Error::Io {
-            path: PathBuf::from(format!("{} in {}", want.path, from.describe())),
-            action: "read",
-            source: e,
-        })?;
-        hasher.update(&chunk);
-        size += chunk.len() as u64;
-        file.write_all(&chunk).await.on_file(path, "write")?;
-    }
-    file.sync_all().await.on_file(path, "sync")?;
-    let actual = hex::encode(hasher.finalize());
-    if actual != want.sha256 || size != want.size {
-        return Err(Error::Checksum {
-            path: PathBuf::from(format!("{} in {}", want.path, from.describe())),
-            expected: want.sha256.clone(),
-            actual,
-            expected_size: want.size,
-            actual_size: size,
-        });
-    }
-    Ok(())
-}
-
-/// A reader that hashes what passes through it; the hash is read from the
-/// [`Digest`] handle once the reader (moved to another thread) is done.
-struct Hashing<R> {
-    inner: R,
-    state: Arc<std::sync::Mutex<(sha2::Sha256, u64)>>,
-}
-
-struct Digest(Arc<std::sync::Mutex<(sha2::Sha256, u64)>>);
-
-impl<R> Hashing<R> {
-    fn new(inner: R) -> (Hashing<R>, Digest) {
-        let state = Arc::new(std::sync::Mutex::new((
-            <sha2::Sha256 as sha2::Digest>::new(),
-            0,
-        )));
-        (
-            Hashing {
-                inner,
-                state: state.clone(),
-            },
-            Digest(state),
-        )
-    }
-}
-
-impl<R: std::io::Read> std::io::Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if let Ok(mut s) = self.state.lock() {
-            sha2::Digest::update(&mut s.0, &buf[..n]);
-            s.1 += n as u64;
-        }
-        Ok(n)
-    }
-}
-
-impl Digest {
-    /// The bytes read and their hex sha256.
-    fn finish(self) -> (u64, String) {
-        match self.0.lock() {
-            Ok(mut s) => {
-                let hasher = std::mem::take(&mut s.0);
-                (s.1, hex::encode(sha2::Digest::finalize(hasher)))
-            }
-            Err(_) => (0, String::new()),
-        }
-    }
 }
 
 /// Restores every file set of `manifest` under `to/<set name>`; returns

@@ -158,7 +158,16 @@ impl Artifact {
     /// `Ok` if what was read of `key` (hashed into `hasher`, `size` bytes)
     /// is the file `entry` lists.
     fn matches(&self, entry: &FileEntry, key: &str, hasher: Sha256, size: u64) -> Result<()> {
-        let actual = hex::encode(hasher.finalize());
+        self.check_read(entry, key, hex::encode(hasher.finalize()), size)
+    }
+
+    /// Fails unless `size` bytes with hex sha256 `actual`, read from the
+    /// listed file `entry`, are what the manifest lists.
+    pub fn verify_read(&self, entry: &FileEntry, actual: String, size: u64) -> Result<()> {
+        self.check_read(entry, &self.key(&entry.path)?, actual, size)
+    }
+
+    fn check_read(&self, entry: &FileEntry, key: &str, actual: String, size: u64) -> Result<()> {
         if actual != entry.sha256 || size != entry.size {
             return Err(Error::Checksum {
                 path: PathBuf::from(self.store.locate(key)),
@@ -549,6 +558,32 @@ impl Artifact {
             return Err(e);
         }
         Ok((manifest, sha256))
+    }
+
+    /// Writes the listed file `entry` to the local file `path` (created,
+    /// fsynced), checking its size and sha256 as [`Artifact::copy_to`]
+    /// does.
+    pub async fn fetch_to(&self, entry: &FileEntry, path: &std::path::Path) -> Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let key = self.key(&entry.path)?;
+        let mut stream = self.read(&entry.path).await?;
+        let mut file = tokio::fs::File::create(path)
+            .await
+            .map_err(|e| Error::io(path, "create", e))?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        while let Some(piece) = stream.next().await {
+            let piece = piece.map_err(|e| self.read_failed(&key, e))?;
+            hasher.update(&piece);
+            size += piece.len() as u64;
+            file.write_all(&piece)
+                .await
+                .map_err(|e| Error::io(path, "write", e))?;
+        }
+        file.sync_all()
+            .await
+            .map_err(|e| Error::io(path, "sync", e))?;
+        self.matches(entry, &key, hasher, size)
     }
 
     async fn copy_file(

@@ -103,12 +103,11 @@ impl Pool {
 impl Drop for Pool {
     fn drop(&mut self) {
         self.jobs = None;
-        // Unblock workers waiting to hand a result over, then wait for them.
-        while self.done.try_recv().is_ok() {}
+        // Workers stop at their next job; one waiting to hand a result
+        // over is let go by taking (and dropping) the results meanwhile.
         for t in self.threads.drain(..) {
             while !t.is_finished() {
-                while self.done.try_recv().is_ok() {}
-                std::thread::yield_now();
+                let _ = self.done.recv_timeout(std::time::Duration::from_millis(5));
             }
             let _ = t.join();
         }
@@ -494,6 +493,13 @@ mod tests {
         w.finish().expect("finish")
     }
 
+    /// Everything a [`FrameReader`] on 2 threads reads from `bytes`.
+    fn unframe(bytes: Vec<u8>) -> io::Result<Vec<u8>> {
+        let mut back = Vec::new();
+        FrameReader::start(io::Cursor::new(bytes), 2)?.read_to_end(&mut back)?;
+        Ok(back)
+    }
+
     #[test]
     fn frames_round_trip_on_several_threads_and_read_as_one_zstd_stream() {
         let input = data(3 * FRAME_BYTES + 12_345);
@@ -507,23 +513,13 @@ mod tests {
         assert_eq!(sizes, [4 << 20, 4 << 20, 4 << 20, 12_345]);
         // Any zstd reader reads the frames as one stream.
         assert_eq!(zstd::decode_all(&out[..]).expect("zstd"), input);
-        let mut back = Vec::new();
-        FrameReader::start(io::Cursor::new(out), 2)
-            .expect("reader")
-            .read_to_end(&mut back)
-            .expect("read");
-        assert_eq!(back, input);
+        assert_eq!(unframe(out).expect("read"), input);
     }
 
     #[test]
     fn an_empty_stream_is_one_empty_frame() {
         let out = framed(&[], 2);
-        let mut back = Vec::new();
-        FrameReader::start(io::Cursor::new(out), 2)
-            .expect("reader")
-            .read_to_end(&mut back)
-            .expect("read");
-        assert!(back.is_empty());
+        assert!(unframe(out).expect("read").is_empty());
     }
 
     #[test]
@@ -533,35 +529,24 @@ mod tests {
         enc.write_all(&input).expect("write");
         let out = enc.finish().expect("finish");
         assert_eq!(first_content_size(&out), None);
-        let mut back = Vec::new();
-        FrameReader::start(io::Cursor::new(out), 2)
-            .expect("reader")
-            .read_to_end(&mut back)
-            .expect("read");
-        assert_eq!(back, input);
+        assert_eq!(unframe(out).expect("read"), input);
     }
 
     #[test]
     fn a_damaged_or_cut_archive_fails() {
         let input = data(2 * FRAME_BYTES + 5);
         let out = framed(&input, 2);
-        let read_all = |bytes: Vec<u8>| {
-            let mut back = Vec::new();
-            FrameReader::start(io::Cursor::new(bytes), 2)
-                .expect("reader")
-                .read_to_end(&mut back)
-        };
         // A flipped byte in the middle of the second frame.
         let mut flipped = out.clone();
         let at = out.len() * 3 / 4;
         flipped[at] ^= 0x40;
-        assert!(read_all(flipped).is_err());
+        assert!(unframe(flipped).is_err());
         let cut = out[..out.len() - 10].to_vec();
-        let e = read_all(cut).expect_err("cut");
+        let e = unframe(cut).expect_err("cut");
         assert!(e.to_string().contains("ends inside a zstd frame"), "{e}");
         let mut garbage = out.clone();
         garbage.extend_from_slice(b"not zstd at all");
-        let e = read_all(garbage).expect_err("garbage");
+        let e = unframe(garbage).expect_err("garbage");
         assert!(e.to_string().contains("not a zstd frame"), "{e}");
     }
 }
