@@ -300,6 +300,58 @@ async fn backup(cluster: &Cluster, kind: &str) -> anyhow::Result<BackupRun> {
     })
 }
 
+/// A physical restore timed: `restore run --datadir pb0=DIR` of backup
+/// `id`, then a server started on DIR (the source's ids), checked against
+/// the source's `CHECKSUM TABLE` sums, stopped, and DIR removed.
+struct DatadirRestore {
+    restore_s: f64,
+    start_s: f64,
+    report: serde_json::Value,
+}
+
+async fn restore_datadir(
+    cluster: &Cluster,
+    id: &str,
+    dir: &Path,
+    ids: (u32, u32),
+    source_sums: &BTreeMap<String, Option<u64>>,
+    what: &str,
+) -> anyhow::Result<DatadirRestore> {
+    let t = Instant::now();
+    let report = cluster
+        .cli_json(&[
+            "restore",
+            "run",
+            "--backup",
+            id,
+            "--datadir",
+            &format!("pb0={}", dir.display()),
+        ])
+        .await?;
+    let restore_s = t.elapsed().as_secs_f64();
+    anyhow::ensure!(report["ok"] == true, "{what} restore: {report}");
+    let t = Instant::now();
+    let restored = MariaDb::start_on(
+        dir.to_path_buf(),
+        MariaDbOptions {
+            server_id: Some(ids.0),
+            gtid_domain_id: Some(ids.1),
+            extra_args: server_args(),
+            ..MariaDbOptions::named(format!("restored-{}", what.replace(' ', "-")))
+        },
+    )
+    .await?;
+    let start_s = t.elapsed().as_secs_f64();
+    same_as_source(&restored, source_sums, what).await?;
+    drop(restored);
+    remove_dir(dir)?;
+    Ok(DatadirRestore {
+        restore_s,
+        start_s,
+        report,
+    })
+}
+
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / 1048576.0
 }
@@ -455,75 +507,39 @@ async fn backup_and_restore_physical_logical_mariadb_backup() -> anyhow::Result<
     // pay for mariadb-backup's 2 GB copy otherwise).
     sync_target()?;
     step!("physical restore: lockstep restore run --datadir, then a server on it");
-    let dir = restore_root.join("restore-physical");
-    let t = Instant::now();
-    let out = cluster
-        .cli_json(&[
-            "restore",
-            "run",
-            "--backup",
-            &phys.id,
-            "--datadir",
-            &format!("pb0={}", dir.display()),
-        ])
-        .await?;
-    let phys_restore_s = t.elapsed().as_secs_f64();
-    anyhow::ensure!(out["ok"] == true, "physical restore: {out}");
-    // The agent's own split: writing the datadir, then the private
-    // mariadbd's start and recovery until it answers (`recovery_ms`).
-    let agent_ms = out["servers"][0]["duration_ms"]
-        .as_f64()
-        .unwrap_or(f64::NAN);
-    let recovery_ms = out["servers"][0]["recovery_ms"]
-        .as_f64()
-        .unwrap_or(f64::NAN);
-    let t = Instant::now();
-    let restored = MariaDb::start_on(
-        dir.clone(),
-        MariaDbOptions {
-            server_id: Some(ids.0),
-            gtid_domain_id: Some(ids.1),
-            extra_args: server_args(),
-            ..MariaDbOptions::named("restored-physical")
-        },
+    let phys_restore = restore_datadir(
+        &cluster,
+        &phys.id,
+        &restore_root.join("restore-physical"),
+        ids,
+        &source_sums,
+        "physical",
     )
     .await?;
-    let phys_start_s = t.elapsed().as_secs_f64();
-    same_as_source(&restored, &source_sums, "physical").await?;
-    drop(restored);
-    remove_dir(&dir)?;
+    let (phys_restore_s, phys_start_s) = (phys_restore.restore_s, phys_restore.start_s);
+    // The agent's own split: writing the datadir, then the private
+    // mariadbd's start and recovery until it answers (`recovery_ms`).
+    let agent_ms = phys_restore.report["servers"][0]["duration_ms"]
+        .as_f64()
+        .unwrap_or(f64::NAN);
+    let recovery_ms = phys_restore.report["servers"][0]["recovery_ms"]
+        .as_f64()
+        .unwrap_or(f64::NAN);
 
     sync_target()?;
     step!(
         "mariadb-backup mover restore: lockstep restore run --datadir (extract, prepare, binlog to the cut)"
     );
-    let dir = restore_root.join("restore-mover");
-    let t = Instant::now();
-    let out = cluster
-        .cli_json(&[
-            "restore",
-            "run",
-            "--backup",
-            &mover.id,
-            "--datadir",
-            &format!("pb0={}", dir.display()),
-        ])
-        .await?;
-    let mover_restore_s = t.elapsed().as_secs_f64();
-    anyhow::ensure!(out["ok"] == true, "mover restore: {out}");
-    let restored = MariaDb::start_on(
-        dir.clone(),
-        MariaDbOptions {
-            server_id: Some(ids.0),
-            gtid_domain_id: Some(ids.1),
-            extra_args: server_args(),
-            ..MariaDbOptions::named("restored-mover")
-        },
+    let mover_restore_s = restore_datadir(
+        &cluster,
+        &mover.id,
+        &restore_root.join("restore-mover"),
+        ids,
+        &source_sums,
+        "mariadb-backup mover",
     )
-    .await?;
-    same_as_source(&restored, &source_sums, "mariadb-backup mover").await?;
-    drop(restored);
-    remove_dir(&dir)?;
+    .await?
+    .restore_s;
 
     sync_target()?;
     step!("logical restore: lockstep restore run --target into a fresh server");
