@@ -65,8 +65,10 @@ pub enum Error {
     #[error("point-in-time recovery refused: {reason}")]
     PitrRefused { reason: String },
     /// A restore target names a server that is not in the backup.
-    #[error("--target names server {server}, which is not in backup {id} (its servers: {servers})")]
+    #[error("{flag} names server {server}, which is not in backup {id} (its servers: {servers})")]
     UnknownTarget {
+        /// The option that named it (`--target`, `--agent`, `--datadir`).
+        flag: &'static str,
         /// The backup.
         id: String,
         /// The name given.

@@ -94,9 +94,13 @@ pub enum Error {
     },
 
     #[error(
-        "server {server}: target is not empty: it has database(s) {databases}; pass --force to load into it anyway"
+        "server {server}: target is not empty: it holds {holds}; pass --force to load into it anyway"
     )]
-    TargetNotEmpty { server: String, databases: String },
+    TargetNotEmpty {
+        server: String,
+        /// What it holds: "database(s) a, b", "3 entries".
+        holds: String,
+    },
 
     #[error("server {server}: table {table}: restored {actual} rows but the backup has {expected}")]
     RowCount {

@@ -151,7 +151,7 @@ pub async fn load(
     if !existing.is_empty() && !opts.force {
         return Err(Error::TargetNotEmpty {
             server: addr,
-            databases: existing.join(", "),
+            holds: format!("database(s) {}", existing.join(", ")),
         });
     }
     let session = session_sql(&manifest, opts.binlog);

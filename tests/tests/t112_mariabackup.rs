@@ -173,7 +173,37 @@ async fn a_mariadb_backup_base_is_rolled_to_the_cut() -> anyhow::Result<()> {
         datadirs.push(d);
     }
     argv.extend(["--files-to".into(), files_to.display().to_string()]);
+    step!("a typo in --datadir is refused naming the option, the name and the backup's servers");
+    let typo = format!("{PREFIX}9={}", root.path().join("typo").display());
+    let out = cluster
+        .cli(&["restore", "run", "--backup", &id, "--datadir", &typo])
+        .await?;
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains(&format!(
+            "--datadir names server {PREFIX}9, which is not in backup"
+        )) && out.stderr.contains(&names[0]),
+        "{}",
+        out.stderr
+    );
+    step!("a datadir that is not empty is refused without --force, naming it");
+    std::fs::create_dir_all(&datadirs[0])?;
+    std::fs::write(datadirs[0].join("stray"), b"x")?;
     let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let out = cluster.cli(&refs).await?;
+    assert!(!out.status.success());
+    assert!(
+        out.stdout.contains(&format!(
+            "{}: target is not empty: it holds 1 entry;",
+            datadirs[0].display()
+        )),
+        "{} {}",
+        out.stdout,
+        out.stderr
+    );
+    let _ = std::fs::remove_dir_all(root.path());
+    std::fs::create_dir_all(root.path())?;
+
     let out = cluster.cli(&refs).await?;
     let restore: Value = serde_json::from_str(out.stdout.trim())
         .map_err(|e| anyhow::anyhow!("{e}: {} {}", out.stdout, out.stderr))?;

@@ -102,14 +102,18 @@ pub(super) fn plan(cat: &Catalog, b: &Backup, req: &RestoreRequest) -> Result<Ve
         });
     }
     let names = || b.servers.join(", ");
-    for unknown in req
-        .targets
-        .keys()
-        .chain(req.agents.keys())
-        .chain(req.datadirs.keys())
+    let named = [
+        ("--target", &req.targets),
+        ("--agent", &req.agents),
+        ("--datadir", &req.datadirs),
+    ];
+    for (flag, unknown) in named
+        .iter()
+        .flat_map(|(flag, m)| m.keys().map(move |k| (*flag, k)))
     {
         if !b.servers.contains(unknown) {
             return Err(Error::UnknownTarget {
+                flag,
                 id: id.to_string(),
                 server: unknown.clone(),
                 servers: names(),

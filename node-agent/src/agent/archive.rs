@@ -91,7 +91,7 @@ impl Agent {
             if !existing.is_empty() {
                 return Err(Error::TargetNotEmpty {
                     server: server.address().to_string(),
-                    databases: existing.join(", "),
+                    holds: format!("database(s) {}", existing.join(", ")),
                 });
             }
         }

@@ -304,7 +304,10 @@ async fn make_empty(dir: &Path, force: bool, what: &str) -> Result<()> {
         if !force {
             return Err(Error::TargetNotEmpty {
                 server: format!("{what} {}", dir.display()),
-                databases: format!("{} entries", entries.len()),
+                holds: match entries.len() {
+                    1 => "1 entry".to_string(),
+                    n => format!("{n} entries"),
+                },
             });
         }
         for e in entries {
@@ -397,7 +400,10 @@ mod tests {
             .await
             .expect_err("an error")
             .to_string();
-        assert!(e.contains("datadir") && e.contains("1 entries"), "{e}");
+        assert!(
+            e.contains("datadir") && e.contains("it holds 1 entry;"),
+            "{e}"
+        );
         std::fs::write(t.join("srv.pid"), std::process::id().to_string()).expect("ok");
         let e = make_empty(&t, true, "datadir")
             .await
